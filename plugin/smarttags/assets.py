@@ -100,8 +100,7 @@ def _sync_scores(doc: dict[str, Any]) -> None:
         entry["promoted"] = entry["tag"] in promoted
     doc["smart_ids"] = [e["tag"] for e in entries]
     doc["smart_scores"] = {
-        feature_name(e["tag"]): max(float(e["confidence"]), 1e-4) + (1.0 if e["promoted"] else 0.0)
-        for e in entries
+        feature_name(e["tag"]): max(float(e["confidence"]), 1e-4) + (1.0 if e["promoted"] else 0.0) for e in entries
     }
 
 

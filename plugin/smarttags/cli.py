@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from smarttags import settings as settings_mod
@@ -25,12 +26,448 @@ def _print_json(value: Any) -> None:
 # --- backbone and embeddings ----------------------------------------------------------------------
 
 
+# --- index, taxonomy, ingest, training, models ---------------------------------------------------
+
+
+def _services(settings: Settings) -> Any:
+    from smarttags.services import Services
+
+    return Services(settings)
+
+
+def _cmd_init(settings: Settings, args: argparse.Namespace) -> int:
+    services = _services(settings)
+    created = services.index.ensure()
+    print(f"OpenSearch {services.index.server_version()}: indices ready ({len(created)} created), templates installed")
+    if settings.is_local_aws:
+        from smarttags.clients import ensure_bucket_and_queue
+
+        ensure_bucket_and_queue(settings)
+        print(f"bucket {settings.aws.bucket} and queue {settings.aws.queue_name} ready")
+    return 0
+
+
+def _cmd_taxonomy_import(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import taxonomy
+
+    path = Path(args.file)
+    tags = taxonomy.parse(path.read_text(encoding="utf-8"), source=str(path))
+    count = _services(settings).taxonomy.import_tags(tags)
+    print(f"imported {count} tags from {path}")
+    return 0
+
+
+class _Progress:
+    """A tqdm bar per phase, on stderr; quiet when --json asks for machine output."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._bars: dict[str, Any] = {}
+
+    def __call__(self, phase: str, advance: int, total: int | None) -> None:
+        if not self._enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self._bars.get(phase)
+        if bar is None:
+            bar = self._bars[phase] = tqdm(total=total, desc=phase, unit="img", file=sys.stderr, leave=True)
+        elif total is not None and bar.total != total:
+            bar.total = total
+            bar.refresh()
+        if advance:
+            bar.update(advance)
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+def _cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import ingest
+    from smarttags.folders import parse_uri
+    from smarttags.store import ObjectStore
+
+    services = _services(settings)
+    bucket, prefix = parse_uri(args.uri, settings.aws.bucket)
+    manifest = ingest.read_manifest(Path(args.manifest).read_text(encoding="utf-8")) if args.manifest else None
+    progress = _Progress(not args.json)
+    try:
+        result = ingest.sync_folder(
+            services.index,
+            ObjectStore(services.s3, bucket),
+            prefix,
+            services.taxonomy.load(),
+            manifest=manifest,
+            max_pixels=settings.backbone.max_pixels,
+            progress=lambda n: progress("ingest", n, None),
+        )
+    finally:
+        progress.close()
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print(
+            f"{result.new} new, {result.changed} changed, {result.unchanged} unchanged, {result.removed} removed, "
+            f"{len(result.failed)} unreadable"
+        )
+        for tag, keys in sorted(result.unknown_tags.items()):
+            print(f"refused tag {tag!r} (not in the taxonomy) on {len(keys)} asset(s), e.g. {keys[0]}")
+    return 0
+
+
+def _cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import ingest, report
+    from smarttags.folders import parse_uri
+    from smarttags.runs import ON_DEMAND
+
+    services = _services(settings)
+    folders = [parse_uri(uri, settings.aws.bucket) for uri in args.folder]
+    manifest = ingest.read_manifest(Path(args.manifest).read_text(encoding="utf-8")) if args.manifest else None
+    progress = _Progress(not args.json)
+    try:
+        result = services.trainer.train(
+            folders, trigger=ON_DEMAND, manifest=manifest, activate=not args.no_activate, progress=progress
+        )
+    finally:
+        progress.close()
+    if args.xlsx:
+        Path(args.xlsx).write_bytes(report.as_xlsx(result))
+    if args.json:
+        print(report.as_json(result))
+    else:
+        print(report.as_table(result))
+        if args.xlsx:
+            print(f"report written to {args.xlsx}")
+    return 0 if result.model_version else 1
+
+
+def _cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import report
+    from smarttags.errors import NotFound
+
+    services = _services(settings)
+    runs = [services.runs.get(args.run)] if args.run else services.runs.list(kind="train", size=20)
+    found = next((r for r in runs if r is not None and r.report), None)
+    if found is None or found.report is None:
+        raise NotFound("no training report yet: run `smarttags train --folder ...`")
+    result = report.TrainingReport.from_json(found.report)
+    if args.xlsx:
+        Path(args.xlsx).write_bytes(report.as_xlsx(result))
+    print(report.as_json(result) if args.json else report.as_table(result))
+    return 0
+
+
+def _cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    models = _services(settings).models
+    if args.action == "list":
+        active = models.active_version()
+        for manifest in models.list():
+            aps = [m["average_precision"] for m in manifest.metrics.values()]
+            mean_ap = sum(aps) / len(aps) if aps else 0.0
+            mark = "*" if manifest.version == active else " "
+            print(
+                f"{mark} {manifest.version}  {len(manifest.tags):3d} tags  mean AP {mean_ap:.3f}  {manifest.backbone_id[:40]}"
+            )
+        return 0
+    if args.action == "show":
+        version = args.version or models.active_version()
+        if version is None:
+            print("no active model", file=sys.stderr)
+            return 1
+        _print_json(models.manifest(version).to_json())
+        return 0
+    if args.action == "activate":
+        if not args.version:
+            print("activate needs a VERSION", file=sys.stderr)
+            return 2
+        print(f"active: {models.activate(args.version).version}")
+        return 0
+    print(f"active: {models.rollback().version}")
+    return 0
+
+
+def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags.errors import ImageError
+    from smarttags.models import apply_thresholds
+
+    services = _services(settings)
+    model = services.models.load_active()
+    embedder = services.embedder()
+    files = [Path(f) for f in args.images]
+    results = embedder.embed_bytes([f.read_bytes() for f in files])
+    out = []
+    for path, result in zip(files, results, strict=True):
+        if isinstance(result, ImageError):
+            out.append({"file": str(path), "error": result.reason})
+            continue
+        scores = model.heads.scores(result[None, :])[0]
+        chosen = apply_thresholds(
+            model.heads.tags, scores, model.heads.thresholds, max_tags=settings.tagging.max_tags_per_asset
+        )
+        entry: dict[str, Any] = {
+            "file": str(path),
+            "tags": [{"tag": t.tag, "confidence": t.confidence} for t in chosen],
+        }
+        if args.all_scores:
+            entry["scores"] = {t: round(float(v), 4) for t, v in zip(model.heads.tags, scores.tolist(), strict=True)}
+        out.append(entry)
+    if args.json:
+        _print_json({"model": model.version, "predictions": out})
+    else:
+        for entry in out:
+            if "error" in entry:
+                print(f"{entry['file']}: {entry['error']}")
+            else:
+                tags = ", ".join(f"{t['tag']} ({t['confidence']:.2f})" for t in entry["tags"]) or "(no tag)"
+                print(f"{entry['file']}: {tags}")
+    return 0
+
+
+# --- tagging, runs, folders, worker, scheduler -----------------------------------------------------
+
+
+def _cmd_tag(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import scheduling
+    from smarttags.runs import ON_DEMAND
+
+    services = _services(settings)
+    if args.asset:
+        run = scheduling.tag_assets(services, args.asset)
+        _print_json(run.to_json()) if args.json else print(f"run {run.run_id}: {dict(run.counts)}")
+        return 0 if not run.errors else 1
+    if not args.folder:
+        print("tag needs --folder URI or --asset KEY ...", file=sys.stderr)
+        return 2
+    dispatch = scheduling.dispatch_tagging(services, args.folder, trigger=ON_DEMAND)
+    if args.json:
+        _print_json({**dispatch.run.to_json(), "reasons": dispatch.reasons})
+    else:
+        print(f"run {dispatch.run.run_id}: {dispatch.run.counts['selected']} assets queued {dispatch.reasons}")
+    return 0
+
+
+def _cmd_runs(settings: Settings, args: argparse.Namespace) -> int:
+    runs = _services(settings).runs.list(kind=args.kind, size=args.size)
+    if args.json:
+        _print_json([{k: v for k, v in r.to_json().items() if k != "report"} for r in runs])
+        return 0
+    for run in runs:
+        counts = " ".join(f"{k}={v}" for k, v in run.to_json()["counts"].items() if v)
+        print(f"{run.started_at[:19]}  {run.kind:5} {run.trigger:9} {run.status:12} {run.folder or '-'}  {counts}")
+        for error in run.errors[:3]:
+            print(f"    ! {error['key']}: {error['reason']}")
+    return 0
+
+
+def _cmd_folders(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags.folders import parse_uri
+
+    registry = _services(settings).folders
+    if args.action in ("enable", "disable"):
+        if not args.uri:
+            print(f"folders {args.action} needs a URI", file=sys.stderr)
+            return 2
+        bucket, prefix = parse_uri(args.uri, settings.aws.bucket)
+        folder = registry.set_enabled(bucket, prefix, args.action == "enable", user="cli")
+        print(f"{folder.uri}: Smart Tags {'enabled' if folder.enabled else 'disabled'}")
+        return 0
+    for folder in registry.all():
+        print(f"{'on ' if folder.enabled else 'off'}  {folder.uri}")
+    return 0
+
+
+def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    import signal
+
+    from smarttags.worker import Worker
+
+    services = _services(settings)
+    worker = Worker(
+        services.tagger, services.queue, concurrency=args.concurrency or settings.tagging.worker_concurrency
+    )
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    try:
+        worker.run()
+    except KeyboardInterrupt:
+        worker.stop.set()
+    return 0
+
+
+def _cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
+    module = load_adapter("scheduler/service.py", "smarttags_scheduler_service")
+    return int(module.main(settings, once=args.once))
+
+
+def load_adapter(relative: str, name: str) -> Any:
+    """Load one of the top-level adapter files (``scheduler/``, ``lambda/``) by path, as Lambda does."""
+    import importlib.util
+
+    from smarttags.resources import templates_dir
+
+    path = templates_dir().parent / relative
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- search and moderation ---------------------------------------------------------------------------
+
+
+def _cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags.search import TIER_NAMES, SearchRequest
+
+    request = SearchRequest(text=args.text, locale=args.locale, folder=args.folder, page=args.page, size=args.size)
+    result = _services(settings).searcher.search(request)
+    if args.json:
+        _print_json(
+            {
+                "total": result.total,
+                "hits": [
+                    {
+                        "key": h.key,
+                        "tier": h.tier,
+                        "score": round(h.score, 4),
+                        "why": h.why,
+                        "matched_tags": h.matched_tags,
+                        "title": h.source.get("title"),
+                        "smart_tags": h.source.get("smart_tags"),
+                    }
+                    for h in result.hits
+                ],
+            }
+        )
+        return 0
+    print(f"{result.total} result(s) for {args.text!r}")
+    tier = None
+    for hit in result.hits:
+        if hit.tier != tier:
+            tier = hit.tier
+            print(f"-- tier {tier}: {TIER_NAMES[tier]}")
+        print(f"  {hit.score:6.3f}  {hit.key}  [{hit.why}]")
+    return 0
+
+
+def _cmd_similar(settings: Settings, args: argparse.Namespace) -> int:
+    hits = _services(settings).searcher.similar(args.key, folder=args.folder, size=args.size)
+    if args.json:
+        _print_json([{"key": h.key, "score": round(h.score, 4)} for h in hits])
+    else:
+        for hit in hits:
+            print(f"  {hit.score:6.3f}  {hit.key}")
+    return 0
+
+
+def _cmd_moderate(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags.assets import asset_id
+
+    services = _services(settings)
+    doc_id = asset_id(settings.aws.bucket, args.key)
+    action = {
+        "remove": services.moderation.remove,
+        "promote": services.moderation.promote,
+        "unpromote": services.moderation.unpromote,
+    }[args.action]
+    doc = action(doc_id, args.tag, user=args.user)
+    print(f"{args.key}: smart tags now {', '.join(doc.get('smart_ids') or []) or '(none)'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smarttags", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (default: $SMARTTAGS_CONFIG)")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    del sub  # subcommands are added below, one block per area
+
+    p = sub.add_parser("init", help="create the indices and stored templates (and the local bucket/queue)")
+    p.set_defaults(handler=_cmd_init)
+
+    taxonomy = sub.add_parser("taxonomy", help="the business taxonomy").add_subparsers(dest="action", required=True)
+    p = taxonomy.add_parser("import", help="import tags from a JSON or YAML file")
+    p.add_argument("file")
+    p.set_defaults(handler=_cmd_taxonomy_import)
+
+    p = sub.add_parser("ingest", help="register a folder's images as assets with their own tags")
+    p.add_argument("uri", help="s3://bucket/prefix/")
+    p.add_argument("--manifest", help="CSV with columns key,tags (tags separated by ';')")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_ingest)
+
+    p = sub.add_parser("train", help="train on folders' tagged assets now")
+    p.add_argument("--folder", action="append", required=True, help="s3://bucket/prefix/ (repeatable)")
+    p.add_argument("--manifest", help="CSV key,tags applied while syncing the folder")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--xlsx", help="also write the report as an Excel file")
+    p.add_argument("--no-activate", action="store_true", help="keep the current model active")
+    p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser("report", help="show the latest (or a given) training report")
+    p.add_argument("--run")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--xlsx")
+    p.set_defaults(handler=_cmd_report)
+
+    p = sub.add_parser("models", help="model versions")
+    p.add_argument("action", choices=["list", "show", "activate", "rollback"])
+    p.add_argument("version", nargs="?")
+    p.set_defaults(handler=_cmd_models)
+
+    p = sub.add_parser("predict", help="dry run: the active model's tags for local image files")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--all-scores", action="store_true")
+    p.set_defaults(handler=_cmd_predict)
+
+    p = sub.add_parser("tag", help="tag a folder (through the queue) or up to 15 assets (now)")
+    p.add_argument("--folder")
+    p.add_argument("--asset", nargs="+", help="object keys (or s3:// URIs)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_tag)
+
+    p = sub.add_parser("runs", help="training and tagging run history")
+    p.add_argument("--kind", choices=["train", "tag"])
+    p.add_argument("--size", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_runs)
+
+    p = sub.add_parser("folders", help="folders and their Enable Smart Tags flag")
+    p.add_argument("action", choices=["list", "enable", "disable"])
+    p.add_argument("uri", nargs="?")
+    p.set_defaults(handler=_cmd_folders)
+
+    p = sub.add_parser("worker", help="tag uploads from the local queue (the Lambda handler, locally)")
+    p.add_argument("--concurrency", type=int)
+    p.set_defaults(handler=_cmd_worker)
+
+    p = sub.add_parser("scheduler", help="run the weekly training and daily tagging windows")
+    p.add_argument("--once", action="store_true", help="catch up on a missed window, then exit")
+    p.set_defaults(handler=_cmd_scheduler)
+
+    p = sub.add_parser("search", help="omnisearch through the stored template")
+    p.add_argument("text")
+    p.add_argument("--locale", default="en")
+    p.add_argument("--folder")
+    p.add_argument("--page", type=int, default=0)
+    p.add_argument("--size", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_search)
+
+    p = sub.add_parser("similar", help="assets that look like the given one")
+    p.add_argument("key")
+    p.add_argument("--folder")
+    p.add_argument("--size", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_similar)
+
+    p = sub.add_parser("moderate", help="remove, promote or unpromote a smart tag on an asset")
+    p.add_argument("action", choices=["remove", "promote", "unpromote"])
+    p.add_argument("key")
+    p.add_argument("tag")
+    p.add_argument("--user", default="cli")
+    p.set_defaults(handler=_cmd_moderate)
     return parser
 
 

@@ -69,9 +69,7 @@ class FolderRegistry:
             return self._cache[1]
         folders = sorted(
             (
-                Folder(
-                    h["_source"]["bucket"], h["_source"]["prefix"], bool(h["_source"]["smart_tags_enabled"])
-                )
+                Folder(h["_source"]["bucket"], h["_source"]["prefix"], bool(h["_source"]["smart_tags_enabled"]))
                 for h in self._index.scan("folders", {"match_all": {}})
             ),
             key=lambda f: (f.bucket, f.prefix),

@@ -59,14 +59,10 @@ def imbalanced(labels: NDArray[np.floating], tags: Sequence[str]) -> list[str]:
     counts = labels.sum(axis=0)
     if counts.size == 0 or counts.max() == 0:
         return []
-    return [
-        tag for tag, c in zip(tags, counts.tolist(), strict=True) if 0 < c * IMBALANCE_RATIO < counts.max()
-    ]
+    return [tag for tag, c in zip(tags, counts.tolist(), strict=True) if 0 < c * IMBALANCE_RATIO < counts.max()]
 
 
-def always_together(
-    labels: NDArray[np.floating], tags: Sequence[str], *, min_count: int = 3
-) -> list[tuple[str, str]]:
+def always_together(labels: NDArray[np.floating], tags: Sequence[str], *, min_count: int = 3) -> list[tuple[str, str]]:
     positive = labels > 0.5
     pairs = []
     for a in range(len(tags)):

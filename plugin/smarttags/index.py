@@ -164,9 +164,7 @@ class SearchIndex:
             kwargs["refresh"] = "wait_for" if refresh is True else refresh
         self._call("index", **kwargs)
 
-    def delete(
-        self, kind: str, doc_id: str, *, expected: Versioned | None = None, refresh: bool = False
-    ) -> bool:
+    def delete(self, kind: str, doc_id: str, *, expected: Versioned | None = None, refresh: bool = False) -> bool:
         kwargs: dict[str, Any] = {
             "index": self.name(kind),
             "id": doc_id,
@@ -255,9 +253,7 @@ class SearchIndex:
         return result
 
     def render_template(self, template_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self._call(
-            "render_search_template", id=template_id, body={"params": dict(params)}
-        )
+        result: dict[str, Any] = self._call("render_search_template", id=template_id, body={"params": dict(params)})
         return result
 
     def analyze(self, text: str, analyzer: str, *, kind: str | None = None) -> list[str]:

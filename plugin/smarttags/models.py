@@ -177,9 +177,7 @@ class ModelStore:
             raise ModelError(f"model {version}: manifest is unreadable ({exc})") from None
 
     def list(self) -> list[Manifest]:
-        versions = sorted(
-            {info.key[len(self._prefix) :].split("/", 1)[0] for info in self._store.list(self._prefix)}
-        )
+        versions = sorted({info.key[len(self._prefix) :].split("/", 1)[0] for info in self._store.list(self._prefix)})
         return [self.manifest(v) for v in versions if _VERSION.match(v)]
 
     def load(self, version: str) -> Model:
@@ -248,6 +246,4 @@ class ModelStore:
         raise NotFound("no earlier model to roll back to")
 
     def _write_pointer(self, pointer: dict[str, Any]) -> None:
-        self._store.put_bytes(
-            self._key(ACTIVE_FILE), json.dumps(pointer).encode(), content_type="application/json"
-        )
+        self._store.put_bytes(self._key(ACTIVE_FILE), json.dumps(pointer).encode(), content_type="application/json")

@@ -91,9 +91,9 @@ class WorkQueue:
         for start in range(0, len(entries), SEND_BATCH):
             self._call("delete_message_batch", Entries=entries[start : start + SEND_BATCH])
 
-    def release(self, receipt_handle: str) -> None:
-        """Make a failed message visible again at once (Lambda waits for the visibility timeout)."""
-        self._call("change_message_visibility", ReceiptHandle=receipt_handle, VisibilityTimeout=0)
+    def backoff(self, receipt_handle: str, seconds: int) -> None:
+        """Make a failed message visible again after ``seconds`` instead of the full visibility timeout."""
+        self._call("change_message_visibility", ReceiptHandle=receipt_handle, VisibilityTimeout=seconds)
 
     def depth(self) -> dict[str, int]:
         attributes = self._call(

@@ -143,9 +143,7 @@ def as_xlsx(report: TrainingReport) -> bytes:
             ]
         )
         status_cell = sheet.cell(row=sheet.max_row, column=3)
-        status_cell.fill = PatternFill(
-            "solid", start_color=COLOURS[row.status], end_color=COLOURS[row.status]
-        )
+        status_cell.fill = PatternFill("solid", start_color=COLOURS[row.status], end_color=COLOURS[row.status])
     for letter, width in zip("ABCDEFGHIJK", (32, 24, 18, 8, 12, 10, 10, 10, 12, 10, 60), strict=True):
         sheet.column_dimensions[letter].width = width
     info = book.create_sheet("Run")

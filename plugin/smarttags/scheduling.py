@@ -36,9 +36,7 @@ def _parse_time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def needs_tagging(
-    doc: dict[str, Any], *, now: datetime, active_model: str | None, gap: timedelta
-) -> str | None:
+def needs_tagging(doc: dict[str, Any], *, now: datetime, active_model: str | None, gap: timedelta) -> str | None:
     """Why an asset must be tagged in this run, or None. The rules: never tagged; modified since it was
     tagged (ETag); tagged by another model than the active one; unaltered but last tagged longer ago
     than the gap (24 hours for on-demand runs, 6 months for periodic ones)."""
@@ -127,9 +125,7 @@ def tag_assets(services: Services, keys: Sequence[str], *, user: str = "cli") ->
     for key in keys:
         b, _, k = key[5:].partition("/") if key.startswith("s3://") else (bucket, "/", key)
         try:
-            outcome = services.tagger.handle(
-                events.ObjectEvent(events.TAG, b, k, run_id=run.run_id, trigger=ON_DEMAND)
-            )
+            outcome = services.tagger.handle(events.ObjectEvent(events.TAG, b, k, run_id=run.run_id, trigger=ON_DEMAND))
         except Exception as exc:
             run.counts["processed"] += 1
             run.error(k, str(exc))
@@ -202,9 +198,7 @@ def window_id(kind: str, fire_time: datetime) -> str:
     return f"{kind}@{fire_time.astimezone(UTC).isoformat()}"
 
 
-def run_window(
-    services: Services, kind: str, fire_time: datetime, *, owner: str | None = None
-) -> list[str] | None:
+def run_window(services: Services, kind: str, fire_time: datetime, *, owner: str | None = None) -> list[str] | None:
     """Run one scheduled window for every folder with Smart Tags enabled, unless another replica has
     it. Returns the ids of the runs it started, or None when the window was not ours to run."""
     owner = owner or default_owner()

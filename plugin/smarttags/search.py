@@ -19,14 +19,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from smarttags.assets import feature_name
-from smarttags.errors import RequestError
+from smarttags.assets import asset_id, feature_name
+from smarttags.errors import NotFound, RequestError
 from smarttags.index import TEMPLATES, SearchIndex
 from smarttags.taxonomy import DEFAULT_LOCALE, TaxonomyStore, analyzer_for
 
 log = logging.getLogger(__name__)
 
 SEARCH_TEMPLATE = TEMPLATES["search.mustache"]
+SIMILAR_TEMPLATE = TEMPLATES["similar.mustache"]
 MAX_QUERY_CHARS = 2000
 MAX_PAGE_SIZE = 100
 MAX_WINDOW = 10_000
@@ -140,6 +141,37 @@ class Searcher:
                 )
             )
         total = response["hits"]["total"]
-        return SearchResult(
-            total=int(total["value"] if isinstance(total, dict) else total), hits=hits, params=params
-        )
+        return SearchResult(total=int(total["value"] if isinstance(total, dict) else total), hits=hits, params=params)
+
+    def similar(self, key: str, *, folder: str | None = None, size: int = 10) -> list[Hit]:
+        """The assets that look most like ``key`` (k-NN on embeddings, Lucene engine, cosine)."""
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise RequestError(f"size must be between 1 and {MAX_PAGE_SIZE}")
+        doc_id = asset_id(self._bucket, key)
+        found = self._index.get("assets", doc_id)
+        if found is None:
+            raise NotFound(f"no asset s3://{self._bucket}/{key}")
+        vector = found.source.get("embedding")
+        if not vector:
+            raise NotFound(f"s3://{self._bucket}/{key} has no embedding yet (tag or train first)")
+        params = {
+            "vector": vector,
+            "k": size,
+            "size": size,
+            "bucket": self._bucket,
+            "folder": (folder or "").strip("/") or None,
+            "exclude_ids": [doc_id],
+        }
+        response = self._index.search_template("assets", SIMILAR_TEMPLATE, params)
+        return [
+            Hit(
+                asset_id=raw["_source"]["asset_id"],
+                key=raw["_source"]["key"],
+                score=float(raw.get("_score") or 0.0),
+                tier=0,
+                matched_tags=[],
+                highlights={},
+                source=raw["_source"],
+            )
+            for raw in response["hits"]["hits"]
+        ]

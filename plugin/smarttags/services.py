@@ -87,9 +87,7 @@ class Services:
 
     @cached_property
     def tagger(self) -> Tagger:
-        return Tagger(
-            self.settings, self.index, self.s3, embedder=self.embedder, folders=self.folders, runs=self.runs
-        )
+        return Tagger(self.settings, self.index, self.s3, embedder=self.embedder, folders=self.folders, runs=self.runs)
 
     @cached_property
     def trainer(self) -> Trainer:

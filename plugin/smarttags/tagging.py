@@ -89,11 +89,7 @@ class Tagger:
                 return self._model[1]
             cached = self._model[1] if self._model else None
         version = self._models.active_version()
-        model = (
-            cached
-            if cached and cached.version == version
-            else (self._models.load(version) if version else None)
-        )
+        model = cached if cached and cached.version == version else (self._models.load(version) if version else None)
         with self._lock:
             self._model = (time.monotonic(), model)
         return model
@@ -124,9 +120,7 @@ class Tagger:
             try:
                 outcome = self.handle(event)
             except SmartTagsError as exc:
-                log.warning(
-                    "s3://%s/%s failed (receive %d): %s", event.bucket, event.key, message.receive_count, exc
-                )
+                log.warning("s3://%s/%s failed (receive %d): %s", event.bucket, event.key, message.receive_count, exc)
                 self._count(event, {"processed": 1, "failed": 1}, {"key": event.key, "reason": str(exc)})
                 return str(exc)
             log.info(
@@ -176,9 +170,7 @@ class Tagger:
             data, info = store.get_bytes(event.key)
         except NotFound:
             return Outcome(event.key, "gone", "the object no longer exists")
-        enabled = self._settings.tagging.ignore_smart_tag_flag or self._folders.is_enabled(
-            event.bucket, event.key
-        )
+        enabled = self._settings.tagging.ignore_smart_tag_flag or self._folders.is_enabled(event.bucket, event.key)
         fields: dict[str, Any] = {
             "etag": info.etag,
             "size": info.size,
@@ -219,9 +211,7 @@ class Tagger:
                 doc["embedding_model"] = self.embedder.model_id
                 doc["embedding_etag"] = info.etag
             if failure is not None:
-                non_image = (
-                    not (info.content_type or "").startswith("image/") and failure.reason_code != "too_large"
-                )
+                non_image = not (info.content_type or "").startswith("image/") and failure.reason_code != "too_large"
                 status = assets.SKIPPED if non_image else assets.FAILED
                 assets.set_status(doc, status, reason=_reason(failure, info.content_type), etag=info.etag)
             elif not enabled:
@@ -302,9 +292,7 @@ class Tagger:
                 return doc
             except ConflictError:
                 current = self._index.get("assets", doc_id)
-        raise ConflictError(
-            "opensearch", f"asset {event.key} kept changing; gave up after {WRITE_ATTEMPTS} attempts"
-        )
+        raise ConflictError("opensearch", f"asset {event.key} kept changing; gave up after {WRITE_ATTEMPTS} attempts")
 
     def _remove(self, event: events.ObjectEvent) -> Outcome:
         doc_id = assets.asset_id(event.bucket, event.key)

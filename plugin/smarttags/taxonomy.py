@@ -109,15 +109,11 @@ def parse(text: str, *, source: str = "taxonomy") -> list[Tag]:
         titles = entry.get("titles") or {DEFAULT_LOCALE: tag_id.rsplit("/", 1)[-1].split(":")[-1]}
         synonyms = entry.get("synonyms") or {}
         if not isinstance(titles, dict) or not all(
-            isinstance(k, str) and LOCALE.match(k) and isinstance(v, str) and v.strip()
-            for k, v in titles.items()
+            isinstance(k, str) and LOCALE.match(k) and isinstance(v, str) and v.strip() for k, v in titles.items()
         ):
             raise TaxonomyError(f"{where}: titles must map locales like 'en' or 'de-CH' to text")
         if not isinstance(synonyms, dict) or not all(
-            isinstance(k, str)
-            and LOCALE.match(k)
-            and isinstance(v, list)
-            and all(isinstance(s, str) for s in v)
+            isinstance(k, str) and LOCALE.match(k) and isinstance(v, list) and all(isinstance(s, str) for s in v)
             for k, v in synonyms.items()
         ):
             raise TaxonomyError(f"{where}: synonyms must map locales to lists of text")
@@ -191,9 +187,7 @@ class TaxonomyStore:
         actions: list[tuple[Mapping[str, Any], Mapping[str, Any] | None]] = []
         for tag in tags:
             analyzed = Tag(tag.id, tag.titles, tag.synonyms, self.tokens_for(tag))
-            actions.append(
-                ({"index": {"_index": self._index.name("taxonomy"), "_id": tag.id}}, analyzed.to_json())
-            )
+            actions.append(({"index": {"_index": self._index.name("taxonomy"), "_id": tag.id}}, analyzed.to_json()))
         self._index.bulk(actions)
         self._index.refresh("taxonomy")
         self._cache = None

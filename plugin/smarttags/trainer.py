@@ -186,9 +186,7 @@ class Trainer:
             len(usable), len(tags)
         )
         positives_per_tag = {t: int(y[:, j].sum()) for j, t in enumerate(tags)}
-        learnable = [
-            t for t in tags if positives_per_tag[t] >= MIN_TO_LEARN and positives_per_tag[t] < len(usable)
-        ]
+        learnable = [t for t in tags if positives_per_tag[t] >= MIN_TO_LEARN and positives_per_tag[t] < len(usable)]
         rows: dict[str, TagRow] = {}
         for tag in tags:
             if tag not in learnable:
@@ -211,9 +209,7 @@ class Trainer:
                 tag,
                 NOT_TRAINED,
                 0,
-                advice=[
-                    f"not in the taxonomy (on {len(keys)} assets): add it to the taxonomy file and import it"
-                ],
+                advice=[f"not in the taxonomy (on {len(keys)} assets): add it to the taxonomy file and import it"],
             )
         model_version = None
         duplicates: list[list[str]] = []
@@ -251,9 +247,7 @@ class Trainer:
                 advice = _advice(fit.positives, status, settings.min_images_per_tag, fit.average_precision)
                 if fit.tag in findings.outliers:
                     keys = [usable[i][1].key for i in findings.outliers[fit.tag]]
-                    advice.append(
-                        f"{len(keys)} image(s) look unlike the rest of this tag: {', '.join(keys[:3])}"
-                    )
+                    advice.append(f"{len(keys)} image(s) look unlike the rest of this tag: {', '.join(keys[:3])}")
                 if fit.tag in findings.imbalanced:
                     advice.append("far fewer images than the largest tag")
                 partner = [b if a == fit.tag else a for a, b in findings.always_together if fit.tag in (a, b)]

@@ -241,9 +241,7 @@ def train_heads(
         aps = [average_precision(y[:, j], oof[ci, :, j]) for ci in range(len(grid))]
         best = int(np.nanargmax(aps)) if not np.all(np.isnan(aps)) else 0
         chosen[j] = grid[best]
-        threshold_logit, precision, recall, f1 = choose_threshold(
-            y[:, j], oof[best, :, j], policy, target_precision
-        )
+        threshold_logit, precision, recall, f1 = choose_threshold(y[:, j], oof[best, :, j], policy, target_precision)
         thresholds[j] = float(_sigmoid(np.float64(threshold_logit)))
         fits.append(
             TagFit(
