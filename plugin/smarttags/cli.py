@@ -167,7 +167,8 @@ def _cmd_models(settings: Settings, args: argparse.Namespace) -> int:
             mean_ap = sum(aps) / len(aps) if aps else 0.0
             mark = "*" if manifest.version == active else " "
             print(
-                f"{mark} {manifest.version}  {len(manifest.tags):3d} tags  mean AP {mean_ap:.3f}  {manifest.backbone_id[:40]}"
+                f"{mark} {manifest.version}  {len(manifest.tags):3d} tags  "
+                f"mean AP {mean_ap:.3f}  {manifest.backbone_id[:40]}"
             )
         return 0
     if args.action == "show":
