@@ -1,0 +1,42 @@
+"""AWS Lambda entry point of the upload tagger (handler string ``handler.handler``).
+
+Thin: configure JSON logs, build the services once per container (warm starts reuse the ONNX session and
+the active model), hand the event to the library. SQS batches get partial-batch failure reporting
+(``ReportBatchItemFailures``); a direct S3 invocation raises on failure so Lambda retries it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+from smarttags import settings as settings_mod
+from smarttags.services import Services
+
+_services: Services | None = None
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    global _services
+    if _services is None:
+        _configure_logging()
+        _services = Services(settings_mod.load())
+    return _services.tagger.handle_invocation(event)

@@ -1,0 +1,115 @@
+"""The APScheduler service: the weekly training window and the daily tagging window.
+
+Thin: APScheduler decides *when*; ``smarttags.scheduling.run_window`` decides *what* and makes sure each
+window runs once across replicas (a lease in OpenSearch). Run it as ONE process (``smarttags scheduler``),
+never inside web workers, or every job would run once per worker.
+
+A window missed while the service was down runs once when it returns, if it is not older than the misfire
+grace time: at start, the most recent fire time of each window is checked against its lease document.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from smarttags import scheduling
+from smarttags.services import Services
+from smarttags.settings import Settings
+
+log = logging.getLogger("smarttags.scheduler")
+
+
+def triggers(settings: Settings) -> dict[str, CronTrigger]:
+    """The cron trigger of each window, from the settings."""
+    zone = settings.scheduler.timezone
+    return {
+        scheduling.TRAINING_WINDOW: CronTrigger.from_crontab(settings.scheduler.training_cron, timezone=zone),
+        scheduling.TAGGING_WINDOW: CronTrigger.from_crontab(settings.scheduler.tagging_cron, timezone=zone),
+    }
+
+
+def last_fire_time(trigger: CronTrigger, now: datetime, grace: timedelta) -> datetime | None:
+    """The latest fire time in (now - grace, now], if any."""
+    fire: datetime | None = trigger.get_next_fire_time(None, now - grace)
+    latest = None
+    while fire is not None and fire <= now:
+        latest = fire
+        fire = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+    return latest
+
+
+def catch_up(services: Services, now: datetime, run: Callable[[str, datetime], Any]) -> list[str]:
+    """Run, once, each window whose latest fire time passed while no scheduler ran it."""
+    grace = timedelta(seconds=services.settings.scheduler.misfire_grace_seconds)
+    leases = scheduling.Leases(services.index)
+    caught = []
+    for kind, trigger in triggers(services.settings).items():
+        fire = last_fire_time(trigger, now, grace)
+        if fire is not None and leases.state(scheduling.window_id(kind, fire)) is None:
+            log.info("window %s at %s was missed; running it now", kind, fire.isoformat())
+            run(kind, fire)
+            caught.append(kind)
+    return caught
+
+
+def build(services: Services, owner: str) -> BackgroundScheduler:
+    settings = services.settings.scheduler
+
+    def job(kind: str, trigger: CronTrigger) -> None:
+        # The window's identity is its scheduled fire time, the same on every replica.
+        fire = last_fire_time(
+            trigger, datetime.now(trigger.timezone), timedelta(seconds=settings.misfire_grace_seconds)
+        )
+        if fire is not None:
+            scheduling.run_window(services, kind, fire, owner=owner)
+
+    scheduler = BackgroundScheduler(timezone=settings.timezone)
+    for kind, trigger in triggers(services.settings).items():
+        scheduler.add_job(
+            job,
+            trigger=trigger,
+            args=(kind, trigger),
+            id=f"smarttags-{kind}",
+            name=f"SmartTags {kind} window",
+            replace_existing=True,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=settings.misfire_grace_seconds,
+        )
+    return scheduler
+
+
+def next_run_times(settings: Settings, now: datetime) -> dict[str, str | None]:
+    out = {}
+    for kind, trigger in triggers(settings).items():
+        fire = trigger.get_next_fire_time(None, now)
+        out[kind] = fire.isoformat() if fire else None
+    return out
+
+
+def main(settings: Settings, *, once: bool = False) -> int:
+    services = Services(settings)
+    owner = scheduling.default_owner()
+    stop = threading.Event()
+    now = datetime.now().astimezone()
+    catch_up(services, now, lambda kind, fire: scheduling.run_window(services, kind, fire, owner=owner))
+    if once:
+        return 0
+    scheduler = build(services, owner)
+    scheduler.start()
+    for job in scheduler.get_jobs():
+        log.info("%s: next run %s", job.name, job.next_run_time)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    # Let a running window finish; its lease records it as done (or interrupted if it raised).
+    scheduler.shutdown(wait=True)
+    return 0

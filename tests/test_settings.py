@@ -1,0 +1,48 @@
+import pytest
+from smarttags import settings
+from smarttags.errors import ConfigError
+
+
+def test_defaults_are_the_embedded_stack():
+    s = settings.load()
+    assert s.opensearch.url == "http://127.0.0.1:9200"
+    assert s.scheduler.training_cron == "30 0 * * sat" and s.scheduler.tagging_cron == "0 0 * * *"
+    assert s.index_name("runs") == "smarttags-runs"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        ({"opensearch": {"url": "ftp://x"}}, "SMARTTAGS_OPENSEARCH__URL"),
+        ({"opensearch": {"auth": "basic"}}, "SMARTTAGS_OPENSEARCH"),
+        ({"scheduler": {"tagging_cron": "every day"}}, "SMARTTAGS_SCHEDULER__TAGGING_CRON"),
+        ({"scheduler": {"timezone": "Mars/Olympus"}}, "SMARTTAGS_SCHEDULER__TIMEZONE"),
+        ({"training": {"min_images_per_tag": 0}}, "SMARTTAGS_TRAINING__MIN_IMAGES_PER_TAG"),
+        ({"backbone": {"name": "custom"}}, "SMARTTAGS_BACKBONE"),
+    ],
+)
+def test_a_wrong_value_names_the_setting(overrides, setting):
+    with pytest.raises(ConfigError) as raised:
+        settings.load(**overrides)
+    assert raised.value.setting == setting
+    assert setting in str(raised.value)
+
+
+def test_environment_and_toml_file(tmp_path, monkeypatch):
+    config = tmp_path / "smarttags.toml"
+    config.write_text('[aws]\nbucket = "from-file"\n[opensearch]\nindex_prefix = "filed"\n')
+    monkeypatch.setenv("SMARTTAGS_OPENSEARCH__INDEX_PREFIX", "from-env")
+    s = settings.load(config)
+    assert s.aws.bucket == "from-file"
+    assert s.opensearch.index_prefix == "from-env"  # the environment outranks the file
+    with pytest.raises(ConfigError, match="no such file"):
+        settings.load(tmp_path / "missing.toml")
+
+
+def test_secrets_never_show(monkeypatch):
+    monkeypatch.setenv("SMARTTAGS_OPENSEARCH__PASSWORD", "hunter2-secret")
+    monkeypatch.setenv("SMARTTAGS_AWS__SECRET_ACCESS_KEY", "aws-secret-value")
+    s = settings.load(opensearch={"auth": "basic", "username": "admin"})
+    text = repr(s) + str(s) + s.model_dump_json()
+    assert "hunter2-secret" not in text and "aws-secret-value" not in text
+    assert s.opensearch.password is not None and s.opensearch.password.get_secret_value() == "hunter2-secret"

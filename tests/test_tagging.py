@@ -1,0 +1,225 @@
+"""The upload tagger against the embedded OpenSearch and the moto S3 server, fed real S3 event JSON."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from event_files import s3_event, via_sqs
+from images import HEIC, bomb_png, picture, truncated_jpeg
+from smarttags import assets, tagging
+from smarttags.index import SearchIndex
+from smarttags.models import Model
+from smarttags.services import Services
+from smarttags.training import Heads, TagFit
+
+pytestmark = pytest.mark.slow
+
+RED = picture("red")
+BLUE = picture("blue", "square")
+
+
+@pytest.fixture
+def model(services, embedder) -> Model:
+    """A model that knows the red picture: 'shapes:red' fires on it; 'shapes:any' fires on everything."""
+    red = embedder.embed_bytes([RED])[0]
+    weights = np.zeros((red.size, 2), dtype=np.float32)
+    weights[:, 0] = 40 * red
+    heads = Heads(
+        ("shapes:red", "shapes:any"),
+        weights,
+        np.array([-36.0, 10.0], dtype=np.float32),  # red fires above cosine 0.9
+        np.array([0.5, 0.5], dtype=np.float32),
+    )
+    fits = [TagFit(t, 30, 1.0, 0.5, 1.0, 1.0, 1.0, 1.0) for t in heads.tags]
+    manifest = services.models.save(
+        heads,
+        fits,
+        backbone_id=embedder.model_id,
+        backbone_sha256=embedder.sha256,
+        training_fingerprint="t",
+        folders=[],
+    )
+    services.models.activate(manifest.version)
+    services.tagger.forget_model()
+    return services.models.load(manifest.version)
+
+
+@pytest.fixture
+def enabled(services):
+    services.folders.set_enabled(services.settings.aws.bucket, "up/", True)
+
+
+def _upload(services, key, data, content_type="image/jpeg"):
+    services.s3.put_object(Bucket=services.settings.aws.bucket, Key=key, Body=data, ContentType=content_type)
+    return services.store.head(key).etag
+
+
+def _created(services, key, etag, sequencer):
+    return s3_event(
+        "s3_object_created.json", bucket=services.settings.aws.bucket, key=key, etag=etag, sequencer=sequencer
+    )
+
+
+def _doc(services, key):
+    found = services.index.get("assets", assets.asset_id(services.settings.aws.bucket, key))
+    return None if found is None else found.source
+
+
+def test_create_overwrite_delete(services, model, enabled):
+    key = "up/new folder/red car +1.jpg"
+    etag = _upload(services, key, RED)
+    result = services.tagger.handle_invocation(via_sqs(_created(services, key, etag, "0055AA")))
+    assert result == {"batchItemFailures": []}
+    doc = _doc(services, key)
+    assert doc["tagging"]["status"] == "tagged" and doc["tagging"]["model_version"] == model.version
+    assert sorted(doc["smart_ids"]) == ["shapes:any", "shapes:red"]
+    assert doc["etag"] == etag and (doc["width"], doc["height"]) == (640, 480) and doc["folder"] == "up/new folder"
+    assert len(doc["embedding"]) == 1280 and doc["smart_tags"][0]["model_version"] == model.version
+
+    etag2 = _upload(services, key, BLUE)
+    services.tagger.handle_invocation(via_sqs(_created(services, key, etag2, "0055AB")))
+    doc = _doc(services, key)
+    assert doc["etag"] == etag2 and doc["smart_ids"] == ["shapes:any"]
+
+    services.s3.delete_object(Bucket=services.settings.aws.bucket, Key=key)
+    removed = s3_event("s3_object_removed.json", bucket=services.settings.aws.bucket, key=key, sequencer="0055AC")
+    assert services.tagger.handle_invocation(removed) == {"batchItemFailures": []}
+    assert _doc(services, key) is None
+
+
+def test_duplicate_delivery_changes_nothing(services, model, enabled):
+    key = "up/dup.jpg"
+    event = via_sqs(_created(services, key, _upload(services, key, RED), "0100"))
+    services.tagger.handle_invocation(event)
+    before = services.index.get("assets", assets.asset_id(services.settings.aws.bucket, key))
+    outcome = services.tagger.handle(next(iter(tagging.events.parse_invocation(event))).events[0])
+    after = services.index.get("assets", assets.asset_id(services.settings.aws.bucket, key))
+    assert outcome.status == "duplicate" and after.seq_no == before.seq_no
+
+
+def test_out_of_order_delivery_keeps_the_newest(services, model, enabled):
+    key = "up/order.jpg"
+    old_etag = _upload(services, key, RED)
+    new_etag = _upload(services, key, BLUE)
+    services.tagger.handle_invocation(via_sqs(_created(services, key, new_etag, "0200B")))
+    late = services.tagger.handle(
+        next(iter(tagging.events.parse_invocation(_created(services, key, old_etag, "0200A")))).events[0]
+    )
+    assert late.status == "stale"
+    assert _doc(services, key)["etag"] == new_etag
+    # A delete older than the upload the index holds is ignored too.
+    stale_delete = s3_event("s3_object_removed.json", bucket=services.settings.aws.bucket, key=key, sequencer="01FF")
+    services.tagger.handle_invocation(stale_delete)
+    assert _doc(services, key) is not None
+
+
+class RacingIndex(SearchIndex):
+    """The real index, except that a moderator edits the asset right before the tagger's first write."""
+
+    def __init__(self, inner: SearchIndex, edit) -> None:
+        super().__init__(inner.client, inner.prefix)
+        self._edit = edit
+
+    def put(self, kind, doc_id, source, **kwargs):
+        if kind == "assets" and self._edit is not None:
+            edit, self._edit = self._edit, None
+            edit(doc_id)
+        return super().put(kind, doc_id, source, **kwargs)
+
+
+def test_a_moderators_concurrent_edit_is_never_lost(services, model, enabled):
+    key = "up/race.jpg"
+    etag = _upload(services, key, RED)
+    services.tagger.handle_invocation(via_sqs(_created(services, key, etag, "0300")))
+    etag2 = _upload(services, key, picture("red", size=(700, 500)))
+    racing = RacingIndex(services.index, lambda doc_id: services.moderation.remove(doc_id, "shapes:any", user="mod"))
+    tagger = tagging.Tagger(services.settings, racing, services.s3, embedder=services.embedder)
+    assert tagger.handle_invocation(via_sqs(_created(services, key, etag2, "0301"))) == {"batchItemFailures": []}
+    doc = _doc(services, key)
+    assert doc["etag"] == etag2 and doc["width"] == 700  # the tagger's write landed...
+    assert "shapes:any" not in doc["smart_ids"] and doc["rejected_tags"] == ["shapes:any"]  # ...and so did the edit
+    # A later run never re-adds the removed tag; a promoted tag stays promoted.
+    services.moderation.promote(assets.asset_id(services.settings.aws.bucket, key), "shapes:red", user="mod")
+    services.tagger.handle(tagging.events.ObjectEvent(tagging.events.TAG, services.settings.aws.bucket, key))
+    doc = _doc(services, key)
+    assert "shapes:any" not in doc["smart_ids"] and doc["promoted_tags"] == ["shapes:red"]
+    assert doc["smart_scores"]["shapes:red"] > 1.0
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status", "reason"),
+    [
+        (truncated_jpeg(), "image/jpeg", "failed", "corrupt"),
+        (b"", "image/jpeg", "failed", "corrupt"),
+        (b"\xff\xd8\xff\xe0garbage" * 10, "image/jpeg", "failed", "corrupt"),
+        (HEIC, "image/heic", "failed", "unsupported"),
+        (bomb_png(), "image/png", "failed", "too_large"),
+        (b"quarterly numbers, not a picture", "text/plain", "skipped", "not an image: text/plain"),
+    ],
+)
+def test_bad_input_is_recorded_and_retried_only_by_choice(services, model, enabled, data, content_type, status, reason):
+    key = "up/bad-input"
+    etag = _upload(services, key, data, content_type)
+    result = services.tagger.handle_invocation(via_sqs(_created(services, key, etag, "0400")))
+    doc = _doc(services, key)
+    assert doc["tagging"]["status"] == status and reason in doc["tagging"]["reason"]
+    # Failures fail the record (retried, then the dead-letter queue); skipped objects do not.
+    assert result["batchItemFailures"] == ([{"itemIdentifier": "m0"}] if status == "failed" else [])
+
+
+def test_ignore_errors_lets_the_record_succeed(services, model, enabled, settings):
+    ignoring = Services(
+        settings.model_copy(update={"tagging": settings.tagging.model_copy(update={"ignore_errors": True})})
+    )
+    key = "up/bad.jpg"
+    etag = _upload(services, key, truncated_jpeg())
+    assert ignoring.tagger.handle_invocation(via_sqs(_created(services, key, etag, "0500"))) == {
+        "batchItemFailures": []
+    }
+    assert _doc(services, key)["tagging"]["status"] == "failed"
+
+
+def test_one_bad_record_never_redoes_the_others(services, model, enabled):
+    good = _created(services, "up/good.jpg", _upload(services, "up/good.jpg", RED), "0600")
+    bad = _created(services, "up/bad.jpg", _upload(services, "up/bad.jpg", b""), "0601")
+    result = services.tagger.handle_invocation(via_sqs(good, bad))
+    assert result == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+    assert _doc(services, "up/good.jpg")["tagging"]["status"] == "tagged"
+
+
+def test_folder_flag_and_the_ignore_flag_setting(services, model, settings):
+    key = "elsewhere/red.jpg"
+    event = via_sqs(_created(services, key, _upload(services, key, RED), "0700"))
+    services.tagger.handle_invocation(event)
+    doc = _doc(services, key)
+    assert doc["tagging"]["status"] == "not_enabled" and doc["smart_ids"] == []
+    ignoring = Services(
+        settings.model_copy(update={"tagging": settings.tagging.model_copy(update={"ignore_smart_tag_flag": True})})
+    )
+    ignoring.embedder = services.embedder
+    ignoring.tagger.handle(tagging.events.ObjectEvent(tagging.events.TAG, services.settings.aws.bucket, key))
+    assert _doc(services, key)["tagging"]["status"] == "tagged"
+
+
+def test_opensearch_down_fails_the_record_then_it_succeeds(services, model, enabled, settings):
+    key = "up/outage.jpg"
+    event = via_sqs(_created(services, key, _upload(services, key, RED), "0800"))
+    down = Services(
+        settings.model_copy(update={"opensearch": settings.opensearch.model_copy(update={"url": "http://127.0.0.1:9"})})
+    )
+    down.embedder = services.embedder
+    assert down.tagger.handle_invocation(event) == {"batchItemFailures": [{"itemIdentifier": "m0"}]}
+    assert _doc(services, key) is None
+    assert services.tagger.handle_invocation(event) == {"batchItemFailures": []}
+    assert _doc(services, key)["tagging"]["status"] == "tagged"
+
+
+def test_the_lambda_handler_file_loads_by_path_and_handles_an_event(services, model, enabled, settings, monkeypatch):
+    from adapters import load
+
+    handler = load("lambda/handler.py", "smarttags_lambda_handler_test")
+    handler._services = services  # a warm container
+    key = "up/lambda.jpg"
+    result = handler.handler(via_sqs(_created(services, key, _upload(services, key, RED), "0900")), None)
+    assert result == {"batchItemFailures": []}
+    assert _doc(services, key)["tagging"]["status"] == "tagged"
