@@ -137,7 +137,9 @@ class _Storage:
 
 
 class _TensorRef:
-    def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
+    def __init__(
+        self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]
+    ) -> None:
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
     def materialize(self) -> np.ndarray[Any, Any]:
@@ -302,7 +304,7 @@ def block_plan(width: float, depth: float) -> list[_Block]:
     for i, (repeats, kernel, stride, expand, inp, out) in enumerate(_STAGES):
         inp_f = 32 if i == 0 else _round_filters(inp, width)
         out_f = _round_filters(out, width)
-        n = repeats if i in (0, last) else int(math.ceil(depth * repeats))
+        n = repeats if i in (0, last) else math.ceil(depth * repeats)
         blocks.append(_Block(kernel, stride, expand, inp_f, out_f))
         blocks.extend(_Block(kernel, 1, expand, out_f, out_f) for _ in range(n - 1))
     return blocks
@@ -339,7 +341,16 @@ class _GraphBuilder:
         return out
 
     def conv_bn(
-        self, x: str, prefix: str, bn: str, cin: int, cout: int, k: int, stride: int, size: int, groups: int = 1
+        self,
+        x: str,
+        prefix: str,
+        bn: str,
+        cin: int,
+        cout: int,
+        k: int,
+        stride: int,
+        size: int,
+        groups: int = 1,
     ) -> str:
         """Conv without bias followed by batch norm, folded into one Conv with bias."""
         w = self.take(f"{prefix}.weight", (cout, cin // groups, k, k))
@@ -383,7 +394,9 @@ def build_graph(weights: dict[str, np.ndarray[Any, Any]], preset: Preset, input_
         if b.expand != 1:
             h = g.relu6(g.conv_bn(h, f"{p}._expand_conv", f"{p}._bn0", b.inp, hidden, 1, 1, size))
         h = g.relu6(
-            g.conv_bn(h, f"{p}._depthwise_conv", f"{p}._bn1", hidden, hidden, b.kernel, b.stride, size, hidden)
+            g.conv_bn(
+                h, f"{p}._depthwise_conv", f"{p}._bn1", hidden, hidden, b.kernel, b.stride, size, hidden
+            )
         )
         size = math.ceil(size / b.stride)
         h = g.conv_bn(h, f"{p}._project_conv", f"{p}._bn2", hidden, b.out, 1, 1, size)
@@ -402,20 +415,20 @@ def build_graph(weights: dict[str, np.ndarray[Any, Any]], preset: Preset, input_
         raise ModelError(f"weights _fc: shapes {fc_w.shape}, {fc_b.shape} do not fit {feat} features")
     g.node("Gemm", [emb, g.const("_fc.w", fc_w), g.const("_fc.b", fc_b)], LOGITS_OUTPUT, transB=1)
 
-    h = onnx.helper
-    graph = h.make_graph(
+    mk = onnx.helper
+    graph = mk.make_graph(
         g.nodes,
         preset.name,
-        [h.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["batch", 3, input_size, input_size])],
+        [mk.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["batch", 3, input_size, input_size])],
         [
-            h.make_tensor_value_info(EMBEDDING_OUTPUT, onnx.TensorProto.FLOAT, ["batch", feat]),
-            h.make_tensor_value_info(LOGITS_OUTPUT, onnx.TensorProto.FLOAT, ["batch", fc_w.shape[0]]),
+            mk.make_tensor_value_info(EMBEDDING_OUTPUT, onnx.TensorProto.FLOAT, ["batch", feat]),
+            mk.make_tensor_value_info(LOGITS_OUTPUT, onnx.TensorProto.FLOAT, ["batch", fc_w.shape[0]]),
         ],
         g.initializers,
     )
-    model = h.make_model(
+    model = mk.make_model(
         graph,
-        opset_imports=[h.make_opsetid("", OPSET)],
+        opset_imports=[mk.make_opsetid("", OPSET)],
         producer_name="smarttags.backbone",
         producer_version=BUILDER_VERSION,
         doc_string=f"{preset.name} ({input_size}px), built from {preset.package}",
