@@ -243,7 +243,8 @@ def normalise(vectors: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.floa
     """Rows scaled to unit L2 norm (all-zero rows stay zero)."""
     v = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(v, axis=1, keepdims=True)
-    return (v / np.maximum(norms, 1e-12)).astype(np.float32)
+    out: np.ndarray[Any, np.dtype[np.float32]] = (v / np.maximum(norms, 1e-12)).astype(np.float32)
+    return out
 
 
 def load_embedder(settings: Settings) -> Embedder:
