@@ -34,8 +34,9 @@ from smarttags.errors import CorruptImage, ImageTooLarge, UnsupportedImage
 
 log = logging.getLogger(__name__)
 
-# The formats we decode; "MPO" is how Pillow names the multi-picture JPEGs many phones write.
-DECODED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "TIFF", "BMP")
+# The formats we decode. Multi-picture JPEGs (many phones) open through "JPEG" as format "MPO".
+DECODED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
+_DECODED_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/tiff", "image/bmp"}
 GREY = (128, 128, 128)  # the neutral grey of padding and of transparent areas
 _EXIF_ORIENTATION = 0x0112
 _EXIF_IMAGE_DESCRIPTION = 0x010E
@@ -164,6 +165,8 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
             f"refused by the decompression-bomb guard: {exc}", content_type=content_type
         ) from None
     except UnidentifiedImageError:
+        if content_type in _DECODED_TYPES:
+            raise CorruptImage(f"not a valid {content_type} file", content_type=content_type) from None
         if content_type is not None and content_type != "application/octet-stream":
             raise UnsupportedImage(f"{content_type} could not be read", content_type=content_type) from None
         raise CorruptImage("not an image (no known format signature)") from None
