@@ -104,8 +104,9 @@ class Embedder:
     @property
     def session(self) -> Any:
         if self._session is None:
-            self._session = get_session(self.model_path, self.sha256, self.threads)
-            self._check_contract(self._session)
+            session = get_session(self.model_path, self.sha256, self.threads)
+            self._check_contract(session)  # before keeping it: a failed check must fail every call
+            self._session = session
         return self._session
 
     def _check_contract(self, session: Any) -> None:
