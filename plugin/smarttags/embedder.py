@@ -141,12 +141,21 @@ class Embedder:
 
     # --- arrays ---
 
+    def normalise_one(self, pixels: Pixels) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """One ``(size, size, 3)`` uint8 image as CHW float32, normalised with the configured mean/std
+        (given on a 0..1 scale). Decode threads call this, so it runs beside inference."""
+        chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+        chw -= self._mean[:, None, None]
+        chw *= self._inv_std[:, None, None]
+        return chw
+
     def to_tensor(self, pixels: Sequence[Pixels]) -> np.ndarray[Any, np.dtype[np.float32]]:
-        """NCHW float32 input, normalised with the configured mean/std (given on a 0..1 scale)."""
-        batch = np.stack([imaging.prepare_array(p, self.input_size) for p in pixels]).astype(np.float32)
-        batch -= self._mean
-        batch *= self._inv_std
-        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        """NCHW float32 input for uint8 RGB arrays of any size (letterboxed to the input size)."""
+        return np.stack([self.normalise_one(imaging.prepare_array(p, self.input_size)) for p in pixels])
+
+    def _run_tensor(self, batch: np.ndarray[Any, Any], names: list[str]) -> list[np.ndarray[Any, Any]]:
+        session = self.session
+        return [np.asarray(r) for r in session.run(names, {self._input_name: batch})]
 
     def run(
         self, pixels: Sequence[Pixels], outputs: Sequence[str] | None = None
@@ -154,10 +163,7 @@ class Embedder:
         """Raw model outputs for a batch of uint8 RGB arrays (any size; letterboxed to the input size)."""
         if not pixels:
             return [np.zeros((0, self.dim), dtype=np.float32) for _ in outputs or [self.settings.output_name]]
-        session = self.session
-        names = list(outputs or [self.settings.output_name])
-        result = session.run(names, {self._input_name: self.to_tensor(pixels)})
-        return [np.asarray(r) for r in result]
+        return self._run_tensor(self.to_tensor(pixels), list(outputs or [self.settings.output_name]))
 
     def embed_arrays(self, pixels: Sequence[Pixels]) -> np.ndarray[Any, np.dtype[np.float32]]:
         """``(N, dim)`` float32, each row L2-normalised, for uint8 RGB arrays."""
@@ -204,7 +210,7 @@ class Embedder:
         pool = self._executor()
         batch_size = self.settings.batch_size
         # Keep up to two batches decoding ahead of the one being run: overlap without hoarding memory.
-        pending: deque[Future[Pixels]] = deque()
+        pending: deque[Future[np.ndarray[Any, np.dtype[np.float32]]]] = deque()
         source = iter(items)
         exhausted = False
 
@@ -220,7 +226,7 @@ class Embedder:
 
         fill()
         while pending:
-            results: list[Pixels | ImageError] = []
+            results: list[np.ndarray[Any, np.dtype[np.float32]] | ImageError] = []
             while pending and len(results) < batch_size:
                 future = pending.popleft()
                 fill()
@@ -229,12 +235,18 @@ class Embedder:
                 except ImageError as exc:
                     results.append(exc)
             good = [r for r in results if not isinstance(r, ImageError)]
-            embedded = iter(self.embed_arrays(good)) if good else iter(())
+            vectors: list[Embedding] = []
+            if good:
+                (raw,) = self._run_tensor(np.stack(good), [self.settings.output_name])
+                vectors = list(normalise(raw.reshape(raw.shape[0], -1)))
+            embedded = iter(vectors)
             for r in results:
                 yield r if isinstance(r, ImageError) else next(embedded)
 
-    def _load_and_decode(self, load: Callable[[Any], bytes], item: Any) -> Pixels:
-        return self.decode(load(item))
+    def _load_and_decode(
+        self, load: Callable[[Any], bytes], item: Any
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        return self.normalise_one(self.decode(load(item)))
 
     def close(self) -> None:
         with self._pool_lock:
