@@ -357,3 +357,34 @@ def test_sniff_names_supported_formats_too():
     assert imaging.sniff(encode(solid(RED), "PNG")) == "image/png"
     assert imaging.sniff(encode(solid(RED), "WEBP")) == "image/webp"
     assert imaging.sniff(b"hello") is None
+
+
+def _samples() -> list[bytes]:
+    img = Image.effect_noise((48, 40), 50).convert("RGB")
+    return [
+        encode(img, "JPEG"),
+        encode(img, "PNG"),
+        encode(img.convert("P"), "GIF"),
+        encode(img, "WEBP"),
+        encode(img, "TIFF"),
+        encode(img, "BMP"),
+        encode(img.convert("RGBA"), "PNG"),
+    ]
+
+
+def test_mutated_files_only_ever_raise_image_errors():
+    # A small fuzz: flipped bytes and cut files must end as a picture or as an ImageError, never else.
+    rng = np.random.default_rng(1)
+    outcomes = {"ok": 0, "error": 0}
+    for sample in _samples():
+        for _ in range(40):
+            raw = bytearray(sample)
+            for pos in rng.integers(0, len(raw), rng.integers(1, 8)):
+                raw[pos] = int(rng.integers(0, 256))
+            cut = bytes(raw[: int(rng.integers(len(raw) // 2, len(raw) + 1))])
+            try:
+                assert prepare(cut).shape == (32, 32, 3)
+                outcomes["ok"] += 1
+            except imaging.ImageError:
+                outcomes["error"] += 1
+    assert outcomes["error"] > 0 and sum(outcomes.values()) == 280

@@ -39,8 +39,12 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
     from smarttags.embedder import load_embedder
     from smarttags.errors import ImageError
 
-    embedder = load_embedder(settings)
     paths = [Path(p) for p in args.files]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"smarttags embed: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    embedder = load_embedder(settings)
     report: list[dict[str, Any]] = []
     failed = 0
     for path, result in zip(paths, embedder.iter_embed(paths, Path.read_bytes), strict=True):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, IptcImagePlugin, UnidentifiedImageError
 
-from smarttags.errors import CorruptImage, ImageTooLarge, UnsupportedImage
+from smarttags.errors import CorruptImage, ImageError, ImageTooLarge, UnsupportedImage
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,18 @@ def prepare(data: bytes, size: int, *, max_pixels: int) -> np.ndarray[Any, np.dt
 
     Raises an ``ImageError`` subclass for anything that cannot become such an array.
     """
+    try:
+        return _prepare(data, size, max_pixels)
+    except (ImageError, MemoryError):
+        raise
+    except Exception as exc:
+        # A decoder bug on hostile bytes (Pillow's plugins raise many types) is still this file's
+        # problem only: one bad file must never fail the batch it is in.
+        log.warning("decoder failed unexpectedly: %s: %s", type(exc).__name__, exc)
+        raise CorruptImage(f"decoder failed: {type(exc).__name__}: {exc}", content_type=sniff(data)) from None
+
+
+def _prepare(data: bytes, size: int, max_pixels: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
     img = open_image(data, max_pixels=max_pixels)
     turn = orientation(img)
     if img.format in ("JPEG", "MPO"):
