@@ -525,7 +525,8 @@ def verify(path: Path) -> str:
         raise ModelError(f"backbone file {path} does not exist")
     if not sidecar.is_file():
         raise ModelError(f"backbone file {path} has no checksum file {sidecar.name}")
-    expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+    words = sidecar.read_text().split()
+    expected = words[0] if words else ""
     actual = sha256_file(path)
     if actual != expected:
         raise ModelError(f"backbone file {path}: sha256 {actual} does not match {sidecar.name} ({expected})")
@@ -533,6 +534,7 @@ def verify(path: Path) -> str:
 
 
 def _verified(name: str, path: Path, size: int) -> BackboneFile:
+    # EfficientNet-Lite never scales its head: every preset pools 1280 features.
     return BackboneFile(name, path, verify(path), size, 1280)
 
 
