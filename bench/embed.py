@@ -1,0 +1,138 @@
+"""Benchmark of the embedding path on this machine (a script, not a test; about a minute).
+
+    .venv/bin/python bench/embed.py [--data-dir var] [--n 64]
+
+Prints ms/image for: the backbone alone (batch 1 and 32), decoding alone, end to end (bytes ->
+embedding, batches of 32) on small PNGs and on 4000x3000 JPEGs, and a naive pipeline (full decode,
+then resize, then the backbone) on the same JPEGs. The last line holds the ratios, with their goals:
+naive/ours on large JPEGs >= 5; end-to-end / (decode + backbone) on large JPEGs <= 1.1; end-to-end /
+backbone on small PNGs <= 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from skimage import data as skdata
+from smarttags import imaging, settings
+from smarttags.embedder import load_embedder
+
+
+def timed(fn: Callable[[], object], repeat: int = 3) -> float:
+    """Best wall time of ``repeat`` runs, in seconds (first run also warms caches)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def photos() -> list[np.ndarray]:
+    return [skdata.chelsea(), skdata.coffee(), skdata.astronaut(), skdata.rocket()]
+
+
+def large_jpegs(count: int) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(min(count, 8)):  # 8 distinct 12 MP photos, repeated: generating them is the slow part
+        base = Image.fromarray(photos()[i % 4]).resize((4000, 3000), Image.Resampling.BILINEAR)
+        noisy = np.asarray(base, dtype=np.int16) + rng.integers(-12, 13, (3000, 4000, 3), dtype=np.int16)
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return [out[i % len(out)] for i in range(count)]
+
+
+def small_pngs(count: int) -> list[bytes]:
+    out = []
+    for i in range(count):
+        img = photos()[i % 4]
+        y, x = (i * 7) % (img.shape[0] - 256), (i * 13) % (img.shape[1] - 256)
+        buf = io.BytesIO()
+        Image.fromarray(img[y : y + 256, x : x + 256]).save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def naive_prepare(data: bytes, size: int) -> np.ndarray:
+    """The textbook way: decode every pixel, then one resize of the full image, then pad."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")  # full 12 MP decode
+    scale = size / max(img.size)
+    img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR)
+    canvas = Image.new("RGB", (size, size), imaging.GREY)
+    canvas.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
+    return np.asarray(canvas)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="var", type=Path)
+    parser.add_argument("--n", default=64, type=int, help="images per measured set (a multiple of 32)")
+    args = parser.parse_args()
+
+    s = settings.load(data_dir=args.data_dir)
+    embedder = load_embedder(s)
+    size = embedder.input_size
+    n = args.n
+    print(
+        f"model {embedder.model_id[:40]}..., {size}px, "
+        f"{embedder.threads} threads, batch {s.backbone.batch_size}"
+    )
+
+    t0 = time.perf_counter()
+    big, small = large_jpegs(n), small_pngs(n)
+    print(
+        f"generated {n} 4000x3000 JPEGs ({sum(map(len, big)) / n / 1e6:.1f} MB each) and {n} 256px PNGs "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
+
+    pixels = [embedder.decode(b) for b in small[:32]]
+    batch32 = embedder.to_tensor(pixels)
+    session = embedder.session
+    feed = session.get_inputs()[0].name
+    backbone_1 = timed(lambda: [session.run(None, {feed: batch32[i : i + 1]}) for i in range(32)]) / 32
+    backbone_32 = timed(lambda: session.run(None, {feed: batch32})) / 32
+
+    decode_big = (
+        timed(lambda: [imaging.prepare(b, size, max_pixels=s.backbone.max_pixels) for b in big[:16]], 2) / 16
+    )
+    decode_small = (
+        timed(lambda: [imaging.prepare(b, size, max_pixels=s.backbone.max_pixels) for b in small], 2) / n
+    )
+
+    e2e_big = timed(lambda: embedder.embed_bytes(big), 2) / n
+    e2e_small = timed(lambda: embedder.embed_bytes(small), 2) / n
+
+    def naive() -> None:
+        for start in range(0, 16, 8):
+            embedder.embed_arrays([naive_prepare(b, size) for b in big[start : start + 8]])
+
+    naive_big = timed(naive, 1) / 16
+
+    ms = 1000.0
+    print(f"backbone only       batch 1: {backbone_1 * ms:7.2f} ms/image")
+    print(f"backbone only      batch 32: {backbone_32 * ms:7.2f} ms/image")
+    print(f"decode only     small PNGs : {decode_small * ms:7.2f} ms/image")
+    print(f"decode only   4000x3000 JPG: {decode_big * ms:7.2f} ms/image")
+    print(f"end to end      small PNGs : {e2e_small * ms:7.2f} ms/image")
+    print(f"end to end    4000x3000 JPG: {e2e_big * ms:7.2f} ms/image")
+    print(f"naive (full decode) 4000x3000 JPG: {naive_big * ms:7.2f} ms/image")
+    r_naive = naive_big / e2e_big
+    r_big = e2e_big / (decode_big + backbone_32)
+    r_small = e2e_small / backbone_32
+    print(
+        f"RATIOS naive/ours(large)={r_naive:.1f} (goal >=5) | "
+        f"e2e/(decode+backbone)(large)={r_big:.2f} (goal <=1.1) | "
+        f"e2e/backbone(small)={r_small:.2f} (goal <=1.5)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""The backbone builder: torch-free weights reader, the ONNX graph, its cache and checksum, accuracy."""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import shutil
+import sys
+import types
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+from skimage import data as skdata
+from smarttags import backbone, settings
+from smarttags.embedder import Embedder, load_embedder
+from smarttags.errors import ModelError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CLASS_NAMES = (Path(backbone.__file__).parent / "data" / "imagenet_classes.txt").read_text().splitlines()
+CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+
+
+@pytest.fixture(scope="session")
+def lite0_settings(tmp_path_factory) -> settings.Settings:
+    data_dir = tmp_path_factory.mktemp("backbone-data")
+    s = settings.load(data_dir=data_dir)
+    backbone.build(s)  # once per session; later builds hit the cache
+    return s
+
+
+@pytest.fixture(scope="session")
+def lite0(lite0_settings) -> Embedder:
+    return load_embedder(lite0_settings)
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def top(logits: np.ndarray, k: int) -> list[str]:
+    return [CLASS_NAMES[i] for i in np.argsort(-logits)[:k]]
+
+
+# --- reading weights without torch --------------------------------------------------------------
+
+
+def test_class_names_file_has_the_1000_imagenet_classes():
+    assert len(CLASS_NAMES) == 1000
+    assert CLASS_NAMES[281] == "tabby" and CLASS_NAMES[967] == "espresso" and CLASS_NAMES[968] == "cup"
+
+
+def test_reads_the_pinned_legacy_weights():
+    weights = backbone.read_state_dict(backbone.weights_path(backbone.PRESETS["efficientnet-lite0"]))
+    assert weights["_conv_stem.weight"].shape == (32, 3, 3, 3)
+    assert weights["_fc.weight"].shape == (1000, 1280)
+    assert weights["_conv_stem.weight"].dtype == np.float32
+    assert all(np.all(v >= 0) for k, v in weights.items() if k.endswith("running_var"))
+
+
+def _fake_torch(monkeypatch) -> types.ModuleType:
+    """Stand-ins named like torch's, so the stdlib pickler writes what torch.save would."""
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("never called while saving")
+
+    class FloatStorage:
+        pass
+
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    FloatStorage.__module__, FloatStorage.__qualname__ = "torch", "FloatStorage"
+    utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+    torch.FloatStorage = FloatStorage
+    torch._utils = utils
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils)
+    return torch
+
+
+def test_reads_the_zip_format(tmp_path, monkeypatch):
+    torch = _fake_torch(monkeypatch)
+    values = np.arange(12, dtype="<f4")
+
+    class Tensor:
+        def __reduce__(self):
+            # a transposed (3, 4) view of a (4, 3) storage: offset 0, strides (1, 3)
+            return (torch._utils._rebuild_tensor_v2, (StorageRef(), 0, (3, 4), (1, 3), False, OrderedDict()))
+
+    class StorageRef:
+        pass
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", 12) if isinstance(obj, StorageRef) else None
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump(OrderedDict([("w", Tensor())]))
+    path = tmp_path / "tiny.pt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("tiny/data.pkl", buf.getvalue())
+        zf.writestr("tiny/data/0", values.tobytes())
+    monkeypatch.delitem(sys.modules, "torch")
+    got = backbone.read_state_dict(path)
+    np.testing.assert_array_equal(got["w"], values.reshape(4, 3).T)
+
+
+def test_refuses_a_pickle_that_would_run_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("evil/data.pkl", pickle.dumps({"w": Evil()}, protocol=2))
+    with pytest.raises(ModelError, match=r"refusing to load (__builtin__|builtins)\.print"):
+        backbone.read_state_dict(path)
+    legacy = tmp_path / "evil-legacy.pt"
+    legacy.write_bytes(pickle.dumps(Evil(), protocol=2))
+    with pytest.raises(ModelError, match="refusing"):
+        backbone.read_state_dict(legacy)
+
+
+def test_same_padding_is_tf_style():
+    assert backbone._same_pads(224, 3, 2) == (0, 1)  # extra pixel bottom/right, like TF
+    assert backbone._same_pads(56, 5, 2) == (1, 2)
+    assert backbone._same_pads(14, 5, 1) == (2, 2)
+
+
+def test_lite2_block_plan_scales_width_and_depth():
+    plan = backbone.block_plan(1.1, 1.2)
+    assert len(plan) == 1 + 3 + 3 + 4 + 4 + 5 + 1
+    assert plan[0].inp == 32 and plan[-1].out == 352
+
+
+# --- the graph and its cache ---------------------------------------------------------------------
+
+
+def test_build_writes_a_checked_onnx_with_two_outputs_and_dynamic_batch(lite0_settings):
+    built = backbone.build(lite0_settings)
+    assert built.path.parent == lite0_settings.data_dir / "models"
+    assert built.path.with_name(built.path.name + ".sha256").read_text().split()[0] == built.sha256
+    model = onnx.load(str(built.path))
+    outputs = {o.name: o for o in model.graph.output}
+    assert set(outputs) == {"embedding", "logits"}
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)  # folded
+
+
+def test_build_is_cached(lite0_settings):
+    first = backbone.build(lite0_settings)
+    mtime = first.path.stat().st_mtime_ns
+    again = backbone.build(lite0_settings)
+    assert again == first and again.path.stat().st_mtime_ns == mtime
+
+
+def test_tampered_onnx_file_is_refused(lite0_settings, tmp_path):
+    built = backbone.build(lite0_settings)
+    copy = tmp_path / built.path.name
+    shutil.copy(built.path, copy)
+    shutil.copy(built.path.with_name(built.path.name + ".sha256"), tmp_path)
+    assert backbone.verify(copy) == built.sha256
+    raw = bytearray(copy.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    copy.write_bytes(bytes(raw))
+    with pytest.raises(ModelError, match="does not match"):
+        backbone.verify(copy)
+    with pytest.raises(ModelError, match="does not match"):
+        Embedder(lite0_settings.backbone, copy)
+    copy.with_name(copy.name + ".sha256").unlink()
+    with pytest.raises(ModelError, match="no checksum file"):
+        Embedder(lite0_settings.backbone, copy)
+
+
+def test_a_tampered_cache_is_rebuilt(tmp_path, caplog):
+    s = settings.load(data_dir=tmp_path)
+    built = backbone.build(s)
+    built.path.write_bytes(built.path.read_bytes()[:-10])
+    with caplog.at_level(logging.WARNING, logger="smarttags.backbone"):
+        again = backbone.build(s)
+    assert again.sha256 == built.sha256
+    assert "fails its checksum" in caplog.text
+
+
+# --- correctness ---------------------------------------------------------------------------------
+
+
+def test_matches_the_independent_reference_embedding(lite0):
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        from make_reference import reference_input
+    finally:
+        sys.path.remove(str(FIXTURES))
+    (raw,) = lite0.run([reference_input()])
+    expected = np.load(FIXTURES / "chelsea_lite0_embedding.npy")
+    assert raw.shape == (1, 1280)
+    np.testing.assert_allclose(raw[0], expected, atol=1e-3, rtol=0)
+
+
+def test_chelsea_is_a_cat_and_coffee_is_espresso(lite0):
+    cat, coffee = (lite0.decode(png(img)) for img in (skdata.chelsea(), skdata.coffee()))
+    logits = lite0.logits([cat, coffee])
+    assert logits.shape == (2, 1000)
+    assert CATS & set(top(logits[0], 3)), top(logits[0], 5)
+    assert {"espresso", "cup"} & set(top(logits[1], 3)), top(logits[1], 5)
+
+
+def test_lite2_builds_and_classifies(tmp_path):
+    s = settings.load(data_dir=tmp_path, backbone={"name": "efficientnet-lite2"})
+    embedder = load_embedder(s)
+    assert embedder.input_size == 260 and embedder.model_id.startswith("efficientnet-lite2:")
+    logits = embedder.logits([embedder.decode(png(skdata.chelsea()))])
+    assert CATS & set(top(logits[0], 3)), top(logits[0], 5)
+
+
+# --- bring your own encoder ----------------------------------------------------------------------
+
+
+def _tiny_encoder(path: Path, output: str = "features") -> None:
+    h = onnx.helper
+    nodes = [
+        h.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
+        h.make_node("Flatten", ["pooled"], [output], axis=1),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "tiny",
+        [h.make_tensor_value_info("pixels", onnx.TensorProto.FLOAT, ["n", 3, 32, 32])],
+        [h.make_tensor_value_info(output, onnx.TensorProto.FLOAT, ["n", 3])],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_custom_onnx_encoder(tmp_path):
+    _tiny_encoder(tmp_path / "tiny.onnx")
+    custom = {
+        "name": "custom",
+        "onnx_file": tmp_path / "tiny.onnx",
+        "input_size": 32,
+        "mean": (0.0, 0.0, 0.0),
+        "std": (1.0, 1.0, 1.0),
+        "output_name": "features",
+        "embedding_dim": 3,
+    }
+    embedder = load_embedder(settings.load(data_dir=tmp_path, backbone=custom))
+    assert embedder.model_id == f"custom:{backbone.sha256_file(tmp_path / 'tiny.onnx')}"
+    red = np.zeros((10, 10, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    (vec,) = embedder.embed_arrays([red])
+    np.testing.assert_allclose(vec, [1.0, 0.0, 0.0], atol=1e-6)  # a square: no grey padding
+    assert vec.dtype == np.float32
+    with pytest.raises(ModelError, match="logits"):
+        embedder.logits([red])
+
+
+def test_custom_encoder_contract_is_checked(tmp_path):
+    _tiny_encoder(tmp_path / "tiny.onnx", output="other")
+    custom = {"name": "custom", "onnx_file": tmp_path / "tiny.onnx", "embedding_dim": 3}
+    embedder = load_embedder(settings.load(data_dir=tmp_path, backbone=custom))
+    with pytest.raises(ModelError, match="no output named 'embedding'"):
+        embedder.embed_arrays([np.zeros((32, 32, 3), dtype=np.uint8)])
+    wrong_dim = {**custom, "output_name": "other", "embedding_dim": 4}
+    embedder = load_embedder(settings.load(data_dir=tmp_path, backbone=wrong_dim))
+    with pytest.raises(ModelError, match="output dimension 3"):
+        embedder.embed_arrays([np.zeros((32, 32, 3), dtype=np.uint8)])
