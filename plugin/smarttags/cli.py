@@ -610,6 +610,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # opensearch-py logs every request at INFO; that is noise on a terminal.
+        logging.getLogger("opensearch").setLevel(logging.WARNING)
     try:
         settings: Settings = settings_mod.load(args.config)
         return int(args.handler(settings, args))
