@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 TRAIN_PREFIX = "demo/train/"
 NEW_PREFIX = "demo/new/"
-QUERIES: list[tuple[str, str]] = [("fruit", "en"), ("fruit drink", "en"), ("vehicle", "en"), ("Obst Getränk", "de")]
+# "food fruit" shows the three tiers: training pictures carry both words as keywords (tier 1), new
+# pictures tagged Food and Fruit (tier 2), new pictures tagged Food only (tier 3).
+QUERIES: list[tuple[str, str]] = [("food fruit", "en"), ("car", "en"), ("Obst", "de")]
 
 
 @dataclass
@@ -118,15 +120,14 @@ def run(settings: Settings, *, out: Callable[[str], None] = print, wait_seconds:
     demo = DemoResult(report=result, tagged=tagged)
     services.index.refresh()
     for text, locale in QUERIES:
-        found = services.searcher.search(SearchRequest(text=text, locale=locale, size=12))
+        found = services.searcher.search(SearchRequest(text=text, locale=locale, size=100))
         demo.searches[text] = [(hit.tier, hit.key) for hit in found.hits]
-        out(f"Search {text!r} ({locale}): {found.total} results")
-        tier = None
-        for hit in found.hits:
-            if hit.tier != tier:
-                tier = hit.tier
-                out(f"  tier {tier}: {TIER_NAMES[tier]}")
-            out(f"    {hit.key}  [{', '.join(hit.matched_tags) or ', '.join(hit.highlights) or '-'}]")
+        out(f"Search {text!r} ({locale}): {found.total} results, best first")
+        for tier in sorted({hit.tier for hit in found.hits}):
+            hits = [hit for hit in found.hits if hit.tier == tier]
+            out(f"  tier {tier} ({TIER_NAMES[tier]}): {len(hits)}")
+            for hit in hits[:3]:
+                out(f"    {hit.key}  [{hit.why}]")
     return demo
 
 

@@ -252,15 +252,11 @@ def _wait_ready(process: ManagedProcess, pid: int, child: subprocess.Popen[bytes
     while time.monotonic() < deadline:
         exited = child.poll() is not None if child is not None else not _pid_alive(pid)
         if exited:
-            raise ServiceUnavailable(
-                process.name, f"exited during start; last log lines:\n{_tail(process.log_file)}"
-            )
+            raise ServiceUnavailable(process.name, f"exited during start; last log lines:\n{_tail(process.log_file)}")
         if process.ready():
             return
         time.sleep(0.25)
-    raise ServiceUnavailable(
-        process.name, f"not ready after {process.ready_timeout:.0f} s; see {process.log_file}"
-    )
+    raise ServiceUnavailable(process.name, f"not ready after {process.ready_timeout:.0f} s; see {process.log_file}")
 
 
 def _tail(path: Path, lines: int = 15) -> str:
