@@ -228,6 +228,11 @@ def start_processes(processes: Sequence[ManagedProcess]) -> list[ProcessHandle]:
     return [ProcessHandle(p, pid, reused=child is None) for p, child, pid in started]
 
 
+# Popen objects of the services this process started. Kept so that a running service's Popen is never
+# garbage-collected (that warns "subprocess is still running") and so stop_process can reap it.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def _spawn(process: ManagedProcess) -> subprocess.Popen[bytes]:
     process.pid_file.parent.mkdir(parents=True, exist_ok=True)
     process.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +247,7 @@ def _spawn(process: ManagedProcess) -> subprocess.Popen[bytes]:
             env={**os.environ, **process.env},
             start_new_session=True,
         )
+    _CHILDREN[child.pid] = child
     process.pid_file.write_text(f"{child.pid}\n")
     logger.info("started %s (pid %d), log %s", process.name, child.pid, process.log_file)
     return child
@@ -300,13 +306,11 @@ def _terminate(pid: int, timeout: float) -> None:
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            # Reap it if it is our child (the pytest fixtures start it from this process).
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:
-            pass
-        if not _pid_alive(pid):
+        child = _CHILDREN.get(pid)
+        if child is not None and child.poll() is not None:  # our child: reap it
+            del _CHILDREN[pid]
+            return True
+        if child is None and not _pid_alive(pid):
             return True
         time.sleep(0.1)
     return False
