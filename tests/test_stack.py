@@ -164,6 +164,15 @@ def test_knn_lucene_hnsw_cosine_returns_nearest_in_order(settings: Settings, os_
     top = int(expected[0])
     assert hits[0]["_score"] == pytest.approx((1 + cosine[top]) / 2, rel=1e-4)
 
+    # k-NN's painless functions (its allowlist extension) work too: exact scoring in a script.
+    script = {
+        "source": "1.0 + cosineSimilarity(params.query_value, doc[params.field])",
+        "params": {"field": "embedding", "query_value": query.tolist()},
+    }
+    body = {"size": 5, "query": {"script_score": {"query": {"match_all": {}}, "script": script}}}
+    hits = os_client.search(index=index, body=body)["hits"]["hits"]
+    assert [hit["_id"] for hit in hits] == expected
+
 
 @pytest.mark.slow
 def test_sigv4_client_signs_requests_with_refreshable_credentials(
