@@ -422,3 +422,23 @@ def test_loopback_detection() -> None:
     assert clients.is_loopback_url("http://localhost:9400")
     assert not clients.is_loopback_url("https://search-x.eu-west-1.es.amazonaws.com")
     assert not clients.is_loopback_url(None)
+
+
+def test_external_services_are_never_managed(tmp_path: Path) -> None:
+    external = settings_mod.load(
+        opensearch={
+            "url": "https://search-x.eu-west-1.es.amazonaws.com",
+            "auth": "sigv4",
+            "region": "eu-west-1",
+        },
+        aws={"endpoint_url": None, "region": "eu-west-1"},
+        data_dir=tmp_path,
+    )
+    assert stack.managed_processes(external) == []
+    assert stack.stack_down(external) == []
+    local = make_settings("http://127.0.0.1:9200", "http://localhost:9400", tmp_path)
+    processes = {p.name: p for p in stack.managed_processes(local)}
+    assert list(processes) == ["opensearch", "moto"]
+    assert processes["opensearch"].pid_file.parent == processes["moto"].pid_file.parent == tmp_path / "stack"
+    assert "--http-port" in processes["opensearch"].argv and "9200" in processes["opensearch"].argv
+    assert processes["moto"].argv[-1] == "9400"
