@@ -442,3 +442,11 @@ def test_external_services_are_never_managed(tmp_path: Path) -> None:
     assert processes["opensearch"].pid_file.parent == processes["moto"].pid_file.parent == tmp_path / "stack"
     assert "--http-port" in processes["opensearch"].argv and "9200" in processes["opensearch"].argv
     assert processes["moto"].argv[-1] == "9400"
+
+
+def test_start_refuses_a_port_taken_by_a_stranger(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as stranger:
+        port = stranger.getsockname()[1]
+        with pytest.raises(errors.ServiceUnavailable, match="taken by a process"):
+            stack.start_moto(port, tmp_path)
+    assert not (tmp_path / "moto.pid").exists()
