@@ -88,9 +88,7 @@ def make_settings(opensearch_url: str, aws_endpoint: str, data_dir: Path, **open
 
 
 @pytest.fixture
-def settings(
-    opensearch_node: stack.ProcessHandle, moto_server: stack.ProcessHandle, tmp_path: Path
-) -> Settings:
+def settings(opensearch_node: stack.ProcessHandle, moto_server: stack.ProcessHandle, tmp_path: Path) -> Settings:
     return make_settings(opensearch_node.url, moto_server.url, tmp_path / "var")
 
 
@@ -111,3 +109,60 @@ def s3(settings: Settings) -> Any:
 @pytest.fixture
 def sqs(settings: Settings) -> Any:
     return clients.sqs_client(settings)
+
+
+# --- The library on the real services ---------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Any:
+    """The real default backbone, built once (cached in the project's var/ by `make install`)."""
+    from smarttags.embedder import load_embedder
+
+    return load_embedder(settings_mod.load(data_dir=ROOT / "var"))
+
+
+@pytest.fixture
+def services(settings: Settings, os_client: Any, embedder: Any) -> Any:
+    """Everything wired on this test's own indices, bucket and queues, with the session's embedder."""
+    from smarttags.services import Services
+
+    built = Services(settings)
+    built.embedder = lambda: embedder  # one ONNX session for the whole run
+    built.index.ensure()
+    clients.ensure_bucket_and_queue(settings)
+    return built
+
+
+@pytest.fixture
+def shape_model(services: Any, embedder: Any) -> Any:
+    """An active model that knows one picture: 'shapes:red' fires on red circles (cosine above 0.9 to the
+    reference picture), 'shapes:any' on everything."""
+    import numpy as np
+    from smarttags.training import Heads, TagFit
+
+    from tests.images import picture
+
+    red = embedder.embed_bytes([picture("red")])[0]
+    weights = np.zeros((red.size, 2), dtype=np.float32)
+    weights[:, 0] = 40 * red
+    heads = Heads(
+        ("shapes:red", "shapes:any"),
+        weights,
+        np.array([-36.0, 10.0], dtype=np.float32),
+        np.array([0.5, 0.5], dtype=np.float32),
+    )
+    fits = [TagFit(t, 30, 1.0, 0.5, 1.0, 1.0, 1.0, 1.0) for t in heads.tags]
+    manifest = services.models.save(
+        heads,
+        fits,
+        backbone_id=embedder.model_id,
+        backbone_sha256=embedder.sha256,
+        training_fingerprint="t",
+        folders=[],
+    )
+    services.models.activate(manifest.version)
+    services.tagger.forget_model()
+    return services.models.load(manifest.version)

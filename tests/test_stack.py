@@ -94,9 +94,9 @@ def test_stored_mustache_template_renders_and_searches(settings: Settings, os_cl
             index=index, body={"id": script_id, "params": {"text": "red", "tag": "bike", "size": 5}}
         )["hits"]["hits"]
         assert [hit["_id"] for hit in hits] == ["1"]
-        hits = os_client.search_template(
-            index=index, body={"id": script_id, "params": {"text": "bicycle", "size": 5}}
-        )["hits"]["hits"]
+        hits = os_client.search_template(index=index, body={"id": script_id, "params": {"text": "bicycle", "size": 5}})[
+            "hits"
+        ]["hits"]
         assert {hit["_id"] for hit in hits} == {"1", "3"}
     finally:
         os_client.delete_script(id=script_id)
@@ -175,9 +175,7 @@ def test_knn_lucene_hnsw_cosine_returns_nearest_in_order(settings: Settings, os_
 
 
 @pytest.mark.slow
-def test_sigv4_client_signs_requests_with_refreshable_credentials(
-    opensearch_node: Any, tmp_path: Path
-) -> None:
+def test_sigv4_client_signs_requests_with_refreshable_credentials(opensearch_node: Any, tmp_path: Path) -> None:
     # The node has no security plugin: it ignores the signature, so this proves the signing path runs.
     settings = settings_mod.load(
         opensearch={"url": opensearch_node.url, "auth": "sigv4", "region": "eu-west-1"},
@@ -274,9 +272,7 @@ def _port_pair() -> int:
 
 @pytest.mark.slow
 def test_stack_up_status_down_leaves_nothing_running(tmp_path: Path) -> None:
-    settings = make_settings(
-        f"http://127.0.0.1:{_port_pair()}", f"http://127.0.0.1:{free_port()}", tmp_path / "var"
-    )
+    settings = make_settings(f"http://127.0.0.1:{_port_pair()}", f"http://127.0.0.1:{free_port()}", tmp_path / "var")
     result = stack.stack_up(settings, heap_max="512m")
     try:
         pids = {handle.name: handle.pid for handle in result.handles}
@@ -312,9 +308,7 @@ def _alive(pid: int) -> bool:
 # --- Error translation and secrets (no services) -----------------------------------------------------------
 
 
-def _client_error(
-    code: str, message: str = "", status: int = 400, operation: str = "GetObject"
-) -> ClientError:
+def _client_error(code: str, message: str = "", status: int = 400, operation: str = "GetObject") -> ClientError:
     return ClientError(
         {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}},
         operation,
@@ -356,9 +350,7 @@ def test_aws_credentials_rejected_by_code(code: str) -> None:
 def test_aws_classifies_by_code_not_message() -> None:
     error = clients.translate_aws_error(_client_error("InvalidRequest", "AccessDenied: expired token"), "s3")
     assert type(error) is errors.ServiceError
-    assert isinstance(
-        clients.translate_aws_error(_client_error("NoSuchKey", status=404), "s3"), errors.NotFound
-    )
+    assert isinstance(clients.translate_aws_error(_client_error("NoSuchKey", status=404), "s3"), errors.NotFound)
 
 
 def test_aws_real_connection_refused_is_unavailable(tmp_path: Path) -> None:

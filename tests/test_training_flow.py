@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from openpyxl import load_workbook
-
 from smarttags import cli, report, sample
 from smarttags.errors import ModelError
 
@@ -33,7 +32,7 @@ def config(settings, tmp_path) -> Path:
     """The test's settings as a TOML file, the way an operator hands them to the CLI."""
     aws = settings.aws
     text = f"""
-data_dir = "{ROOT / 'var'}"
+data_dir = "{ROOT / "var"}"
 [opensearch]
 url = "{settings.opensearch.url}"
 index_prefix = "{settings.opensearch.index_prefix}"
@@ -96,7 +95,9 @@ def test_train_report_retrain_and_models(services, sample_dir, config, capsys, t
             assert 0 < row["threshold"] < 1 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
     book = load_workbook(io.BytesIO(xlsx.read_bytes()))
     sheet = book["Training report"]
-    statuses = {sheet.cell(row=r, column=1).value: sheet.cell(row=r, column=3).value for r in range(2, sheet.max_row + 1)}
+    statuses = {
+        sheet.cell(row=r, column=1).value: sheet.cell(row=r, column=3).value for r in range(2, sheet.max_row + 1)
+    }
     assert statuses == {tag: row["status"] for tag, row in rows.items()}
 
     # Change three assets and delete one: the retrain embeds exactly three pictures.

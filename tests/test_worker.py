@@ -9,15 +9,15 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from adapters import load
-from images import picture
-
 from smarttags import scheduling
 from smarttags.runs import SCHEDULE
 from smarttags.search import SearchRequest
 from smarttags.services import Services
 from smarttags.taxonomy import Tag
 from smarttags.worker import Worker
+
+from tests.adapters import load
+from tests.images import picture
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,9 @@ def test_a_poison_message_ends_in_the_dead_letter_queue(services):
 def test_an_outage_loses_no_event(services, settings, shape_model):
     services.folders.set_enabled(services.settings.aws.bucket, "o/", True)
     services.s3.put_object(Bucket=services.settings.aws.bucket, Key="o/red.jpg", Body=picture("red"))
-    down = Services(settings.model_copy(update={"opensearch": settings.opensearch.model_copy(update={"url": "http://127.0.0.1:9"})}))
+    down = Services(
+        settings.model_copy(update={"opensearch": settings.opensearch.model_copy(update={"url": "http://127.0.0.1:9"})})
+    )
     down.embedder = services.embedder
     broken = Worker(down.tagger, services.queue, wait_seconds=2)
     assert broken.run_once() == 1  # received, failed, left on the queue
@@ -83,7 +85,9 @@ def test_a_daily_tagging_run_goes_through_the_queue_and_is_recorded(services, sh
     bucket = services.settings.aws.bucket
     # Assets that arrived while the folder was not enabled: registered, not tagged.
     for i in range(4):
-        services.s3.put_object(Bucket=bucket, Key=f"daily/{i}.jpg", Body=picture("red" if i % 2 else "blue", size=(600 + i, 400)))
+        services.s3.put_object(
+            Bucket=bucket, Key=f"daily/{i}.jpg", Body=picture("red" if i % 2 else "blue", size=(600 + i, 400))
+        )
     _wait(lambda: services.index.count("assets", {"term": {"tagging.status": "not_enabled"}}) == 4, 20)
     services.folders.set_enabled(bucket, "daily/", True)
     dispatch = scheduling.dispatch_tagging(services, f"s3://{bucket}/daily/", trigger=SCHEDULE)

@@ -160,7 +160,9 @@ class RunLog:
             self._index.client.update(
                 index=self._index.name("runs"),
                 id=run_id,
-                body={"script": {"source": script, "lang": "painless", "params": {"selected": selected, "now": now_iso()}}},
+                body={
+                    "script": {"source": script, "lang": "painless", "params": {"selected": selected, "now": now_iso()}}
+                },
                 retry_on_conflict=10,
                 refresh="wait_for",
             )
