@@ -23,6 +23,69 @@ def _print_json(value: Any) -> None:
 # --- stack ------------------------------------------------------------------------------------------
 
 
+def _stack_build(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import stack
+
+    built = stack.build_launcher(force=args.force)
+    print("launcher built" if built else "launcher up to date")
+    return 0
+
+
+def _stack_up(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import stack
+
+    result = stack.stack_up(settings, heap_max=args.heap)
+    for handle in result.handles:
+        verb = "already running" if handle.reused else "started"
+        print(f"{handle.name}: {verb}, pid {handle.pid}, {handle.url}")
+    wiring = result.wiring
+    print(f"bucket {wiring.bucket} -> queue {wiring.queue_url} (DLQ {wiring.dead_letter_queue_url})")
+    return 0
+
+
+def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from smarttags import stack
+
+    rows = stack.stack_status(settings)
+    if args.json:
+        _print_json([asdict(row) for row in rows])
+    else:
+        for row in rows:
+            owner = (
+                f"pid {row.pid}" if row.pid is not None else ("not running" if row.managed else "external")
+            )
+            print(f"{row.name:<11} {row.state:<5} {owner:<12} {row.url}  {row.detail}")
+    return 0 if all(row.state == "up" for row in rows) else 1
+
+
+def _stack_down(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import stack
+
+    stopped = stack.stack_down(settings)
+    print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+    return 0
+
+
+def _add_stack_commands(sub: Any) -> None:
+    stack_parser = sub.add_parser(
+        "stack", help="the embedded OpenSearch node and moto (S3+SQS) for dev and tests"
+    )
+    stack_sub = stack_parser.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
+    build = stack_sub.add_parser("build", help="build the OpenSearch launcher (skipped when up to date)")
+    build.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    build.set_defaults(handler=_stack_build)
+    up = stack_sub.add_parser("up", help="start local services, wire bucket -> queue (harmless if running)")
+    up.add_argument("--heap", default="1g", help="OpenSearch max heap, e.g. 1g or 768m (default 1g)")
+    up.set_defaults(handler=_stack_up)
+    status = stack_sub.add_parser("status", help="each service with pid, URL, version and health")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_stack_status)
+    down = stack_sub.add_parser("down", help="stop what `stack up` started")
+    down.set_defaults(handler=_stack_down)
+
+
 # --- backbone and embeddings ----------------------------------------------------------------------
 
 
@@ -536,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_moderate)
 
     _add_backbone_commands(sub)
+    _add_stack_commands(sub)
     return parser
 
 
