@@ -1,6 +1,6 @@
 """Build the tagger's Lambda deployment package into ``build/lambda/``.
 
-    .venv/bin/python lambda/build.py [--model FILE.onnx] [--python-version 3.12] [--no-zip]
+    .venv/bin/python lambda/build.py [--model FILE.onnx] [--python-version 3.12] [--no-zip] [--with-boto3]
 
 Lays out ``build/lambda/package/`` (the directory ``template.yaml``'s ``CodeUri`` names) and zips it to
 ``build/lambda/smarttags-tagger.zip``:
@@ -12,8 +12,10 @@ Lays out ``build/lambda/package/`` (the directory ``template.yaml``'s ``CodeUri`
     numpy/, onnxruntime/, PIL/, opensearchpy/, pydantic/, ...   run-time dependencies only
 
 Dependencies are wheels for the Lambda platform (x86_64, Amazon Linux 2023's glibc), not this machine's.
-boto3/botocore come with the Lambda Python runtime and are left out. The unzipped size must stay under
-Lambda's 250 MB limit, and torch must never get in: both are checked and fail the build.
+boto3/botocore come with the Lambda Python runtime and are left out (``--with-boto3`` ships the tested
+version instead, 23 MB more; the code needs boto3>=1.34, which every current Python runtime has).
+The unzipped size must stay under Lambda's 250 MB limit, and torch must never get in: both are checked
+and fail the build.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ RUNTIME_REQUIREMENTS = (
 )
 # Lambda's python3.12 runtime runs on Amazon Linux 2023 (glibc 2.34): manylinux_2_28 wheels run there.
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")
-FORBIDDEN = ("torch", "torchvision", "boto3", "botocore")
+NEVER = ("torch", "torchvision")
+# The runtime's boto3 is older than ours and changes with the runtime; --with-boto3 ships the tested one.
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath")
+FORBIDDEN = (*NEVER, *RUNTIME_PROVIDED)
 STRIP_DIRS = frozenset({"tests", "test", "__pycache__"})
 
 
@@ -59,7 +64,7 @@ def tested_versions() -> list[str]:
     pins = {}
     for dist in metadata.distributions():
         name = dist.metadata["Name"]
-        if name and name.lower() not in ("smarttags", *FORBIDDEN):
+        if name and name.lower() not in ("smarttags", *NEVER):
             pins[name.lower()] = f"{name}=={dist.version}"
     return sorted(pins.values())
 
@@ -96,12 +101,12 @@ def tree_size(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def forbidden_present(root: Path) -> list[str]:
+def forbidden_present(root: Path, forbidden: Sequence[str] = FORBIDDEN) -> list[str]:
     """Top-level packages in ``root`` that must not ship (torch above all)."""
     found = []
     for path in root.iterdir():
         name = path.name.split("-")[0].lower() if path.name.endswith(".dist-info") else path.name.lower()
-        if name in FORBIDDEN:
+        if name in forbidden:
             found.append(path.name)
     return sorted(found)
 
@@ -135,16 +140,19 @@ def write_zip(package: Path, zip_path: Path) -> None:
                 zf.write(path, path.relative_to(package).as_posix())
 
 
-def build(out: Path, model: Path, python_version: str, *, make_zip: bool = True) -> int:
+def build(out: Path, model: Path, python_version: str, *, make_zip: bool = True, with_boto3: bool = False) -> int:
     """Lay out the package, check it, optionally zip it; return the unzipped size in bytes."""
     package = out / "package"
     if package.exists():
         shutil.rmtree(package)
     package.mkdir(parents=True)
-    pip_install(package, python_version)
+    requirements = list(RUNTIME_REQUIREMENTS)
+    if with_boto3:
+        requirements.append("boto3>=1.34")  # pinned to this environment's version by the constraints
+    pip_install(package, python_version, requirements)
     saved = strip(package)
     copy_project(package, model)
-    bad = forbidden_present(package)
+    bad = forbidden_present(package, NEVER if with_boto3 else FORBIDDEN)
     if bad:
         raise SystemExit(f"build: {', '.join(bad)} must not be in the Lambda package")
     size = tree_size(package)
@@ -164,11 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--python-version", default=os.environ.get("LAMBDA_PYTHON_VERSION", "3.12"))
     parser.add_argument("--no-zip", action="store_true")
+    parser.add_argument("--with-boto3", action="store_true", help="ship the tested boto3 instead of the runtime's")
     args = parser.parse_args(argv)
     model = args.model or default_model()
     if not model.is_file():
         parser.error(f"no such model file: {model}")
-    build(args.out, model, args.python_version, make_zip=not args.no_zip)
+    build(args.out, model, args.python_version, make_zip=not args.no_zip, with_boto3=args.with_boto3)
     return 0
 
 
