@@ -137,9 +137,7 @@ class _Storage:
 
 
 class _TensorRef:
-    def __init__(
-        self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]
-    ) -> None:
+    def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
     def materialize(self) -> np.ndarray[Any, Any]:
@@ -393,11 +391,7 @@ def build_graph(weights: dict[str, np.ndarray[Any, Any]], preset: Preset, input_
         h = x
         if b.expand != 1:
             h = g.relu6(g.conv_bn(h, f"{p}._expand_conv", f"{p}._bn0", b.inp, hidden, 1, 1, size))
-        h = g.relu6(
-            g.conv_bn(
-                h, f"{p}._depthwise_conv", f"{p}._bn1", hidden, hidden, b.kernel, b.stride, size, hidden
-            )
-        )
+        h = g.relu6(g.conv_bn(h, f"{p}._depthwise_conv", f"{p}._bn1", hidden, hidden, b.kernel, b.stride, size, hidden))
         size = math.ceil(size / b.stride)
         h = g.conv_bn(h, f"{p}._project_conv", f"{p}._bn2", hidden, b.out, 1, 1, size)
         if b.stride == 1 and b.inp == b.out:

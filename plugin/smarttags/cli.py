@@ -53,9 +53,7 @@ def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
         _print_json([asdict(row) for row in rows])
     else:
         for row in rows:
-            owner = (
-                f"pid {row.pid}" if row.pid is not None else ("not running" if row.managed else "external")
-            )
+            owner = f"pid {row.pid}" if row.pid is not None else ("not running" if row.managed else "external")
             print(f"{row.name:<11} {row.state:<5} {owner:<12} {row.url}  {row.detail}")
     return 0 if all(row.state == "up" for row in rows) else 1
 
@@ -69,9 +67,7 @@ def _stack_down(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _add_stack_commands(sub: Any) -> None:
-    stack_parser = sub.add_parser(
-        "stack", help="the embedded OpenSearch node and moto (S3+SQS) for dev and tests"
-    )
+    stack_parser = sub.add_parser("stack", help="the embedded OpenSearch node and moto (S3+SQS) for dev and tests")
     stack_sub = stack_parser.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
     build = stack_sub.add_parser("build", help="build the OpenSearch launcher (skipped when up to date)")
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
@@ -363,6 +359,20 @@ def _cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
     return int(module.main(settings, once=args.once))
 
 
+def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import demo
+
+    demo.run(settings)
+    if args.no_serve:
+        return 0
+    return _serve_admin(settings, demo_login=True)
+
+
+def _serve_admin(settings: Settings, *, demo_login: bool = False) -> int:
+    print("the admin panel is not available in this build", file=sys.stderr)
+    return 1
+
+
 def load_adapter(relative: str, name: str) -> Any:
     """Load one of the top-level adapter files (``scheduler/``, ``lambda/``) by path, as Lambda does."""
     import importlib.util
@@ -621,6 +631,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default="cli")
     p.set_defaults(handler=_cmd_moderate)
 
+    p = sub.add_parser("demo", help="the whole product on the embedded stack with public-domain sample art")
+    p.add_argument("--no-serve", action="store_true", help="stop after the searches instead of serving the admin panel")
+    p.set_defaults(handler=_cmd_demo)
+
     _add_backbone_commands(sub)
     _add_stack_commands(sub)
     _add_dashboards_commands(sub)
@@ -634,6 +648,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # opensearch-py logs every request at INFO; that is noise on a terminal.
+        logging.getLogger("opensearch").setLevel(logging.WARNING)
     try:
         settings: Settings = settings_mod.load(args.config)
         return int(args.handler(settings, args))

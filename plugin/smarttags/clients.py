@@ -136,9 +136,7 @@ def s3_client(settings: Settings, session: boto3.session.Session | None = None) 
     session = session or aws_session(settings)
     # Path-style for local endpoints: bucket.127.0.0.1 does not resolve.
     extra = {"s3": {"addressing_style": "path"}} if is_loopback_url(settings.aws.endpoint_url) else {}
-    return session.client(
-        "s3", endpoint_url=settings.aws.endpoint_url, config=_client_config(settings, **extra)
-    )
+    return session.client("s3", endpoint_url=settings.aws.endpoint_url, config=_client_config(settings, **extra))
 
 
 def sqs_client(settings: Settings, session: boto3.session.Session | None = None) -> SQSClient:
@@ -186,9 +184,7 @@ def translate_aws_error(exc: BaseException, service: str) -> errors.SmartTagsErr
 # --- OpenSearch --------------------------------------------------------------------------------------
 
 
-def opensearch_client(
-    settings: Settings, session: boto3.session.Session | None = None
-) -> opensearchpy.OpenSearch:
+def opensearch_client(settings: Settings, session: boto3.session.Session | None = None) -> opensearchpy.OpenSearch:
     """An OpenSearch client for ``settings.opensearch``: no auth, basic auth or AWS SigV4."""
     cfg = settings.opensearch
     kwargs: dict[str, Any] = {
@@ -293,9 +289,7 @@ def ensure_bucket_and_queue(settings: Settings) -> QueueWiring:
         _ensure_notification(s3, aws.bucket, queue_arn)
     except (ClientError, BotoCoreError) as exc:
         raise translate_aws_error(exc, "s3/sqs") from exc
-    logger.info(
-        "bucket %s notifies queue %s (DLQ %s)", aws.bucket, aws.queue_name, aws.dead_letter_queue_name
-    )
+    logger.info("bucket %s notifies queue %s (DLQ %s)", aws.bucket, aws.queue_name, aws.dead_letter_queue_name)
     return QueueWiring(aws.bucket, queue_url, queue_arn, dlq_url, dlq_arn)
 
 

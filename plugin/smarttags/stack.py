@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -136,6 +137,8 @@ class ManagedProcess:
     # A string that must appear in /proc/PID/cmdline for a pid file to count as ours (pids get reused).
     marker: str
     cwd: Path | None = None
+    # The 127.0.0.1 ports it binds: checked free before a start, so a stranger on them is not "ready".
+    ports: tuple[int, ...] = ()
     ready_timeout: float = 120.0
     stop_timeout: float = 30.0
     env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
@@ -216,6 +219,7 @@ def start_processes(processes: Sequence[ManagedProcess]) -> list[ProcessHandle]:
                 logger.info("%s already running (pid %d)", process.name, pid)
                 started.append((process, None, pid))
             else:
+                _check_ports_free(process)
                 spawned = _spawn(process)
                 started.append((process, spawned, spawned.pid))
         for process, child, pid in started:
@@ -226,6 +230,22 @@ def start_processes(processes: Sequence[ManagedProcess]) -> list[ProcessHandle]:
                 stop_process(process)
         raise
     return [ProcessHandle(p, pid, reused=child is None) for p, child, pid in started]
+
+
+def _check_ports_free(process: ManagedProcess) -> None:
+    for port in process.ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                raise ServiceUnavailable(
+                    process.name,
+                    f"127.0.0.1:{port} is taken by a process `stack up` did not start; stop it or pick "
+                    "another port in the settings",
+                )
+
+
+# Popen objects of the services this process started. Kept so that a running service's Popen is never
+# garbage-collected (that warns "subprocess is still running") and so stop_process can reap it.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def _spawn(process: ManagedProcess) -> subprocess.Popen[bytes]:
@@ -242,6 +262,7 @@ def _spawn(process: ManagedProcess) -> subprocess.Popen[bytes]:
             env={**os.environ, **process.env},
             start_new_session=True,
         )
+    _CHILDREN[child.pid] = child
     process.pid_file.write_text(f"{child.pid}\n")
     logger.info("started %s (pid %d), log %s", process.name, child.pid, process.log_file)
     return child
@@ -252,15 +273,11 @@ def _wait_ready(process: ManagedProcess, pid: int, child: subprocess.Popen[bytes
     while time.monotonic() < deadline:
         exited = child.poll() is not None if child is not None else not _pid_alive(pid)
         if exited:
-            raise ServiceUnavailable(
-                process.name, f"exited during start; last log lines:\n{_tail(process.log_file)}"
-            )
+            raise ServiceUnavailable(process.name, f"exited during start; last log lines:\n{_tail(process.log_file)}")
         if process.ready():
             return
         time.sleep(0.25)
-    raise ServiceUnavailable(
-        process.name, f"not ready after {process.ready_timeout:.0f} s; see {process.log_file}"
-    )
+    raise ServiceUnavailable(process.name, f"not ready after {process.ready_timeout:.0f} s; see {process.log_file}")
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -300,13 +317,11 @@ def _terminate(pid: int, timeout: float) -> None:
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            # Reap it if it is our child (the pytest fixtures start it from this process).
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:
-            pass
-        if not _pid_alive(pid):
+        child = _CHILDREN.get(pid)
+        if child is not None and child.poll() is not None:  # our child: reap it
+            del _CHILDREN[pid]
+            return True
+        if child is None and not _pid_alive(pid):
             return True
         time.sleep(0.1)
     return False
@@ -390,6 +405,7 @@ def opensearch_process(
         ready=ready,
         marker=f"--home {home} ",
         cwd=launcher,
+        ports=(http_port, transport_port),
         ready_timeout=ready_timeout,
     )
 
@@ -406,6 +422,7 @@ def moto_process(port: int, run_dir: Path, *, ready_timeout: float = 30.0) -> Ma
         log_file=run_dir / "moto.log",
         ready=lambda: _answers_http(f"{url}/moto-api/"),
         marker=f"moto.server -H 127.0.0.1 -p {port}",
+        ports=(port,),
         ready_timeout=ready_timeout,
         # moto and its dependencies warn freely; that noise belongs in no terminal.
         env={"PYTHONWARNINGS": "ignore"},

@@ -9,6 +9,7 @@ import java.nio.file.StandardCopyOption;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import java.util.ServiceLoader;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 
@@ -18,6 +19,8 @@ import org.opensearch.common.settings.Settings;
 import org.opensearch.env.Environment;
 import org.opensearch.node.InternalSettingsPreparer;
 import org.opensearch.node.Node;
+import org.opensearch.painless.PainlessPlugin;
+import org.opensearch.plugins.ExtensiblePlugin;
 import org.opensearch.plugins.Plugin;
 
 /**
@@ -120,6 +123,7 @@ public final class Main {
             }
         });
 
+        loadPainlessExtensions();
         Node node = new EmbeddedNode(environment, loadPlugins());
         CountDownLatch stopped = new CountDownLatch(1);
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
@@ -145,6 +149,25 @@ public final class Main {
             plugins.add((Class<? extends Plugin>) Class.forName(name).asSubclass(Plugin.class));
         }
         return plugins;
+    }
+
+    /**
+     * Gives painless the allowlist extensions of the other plugins (k-NN's vector functions, ingest-common's
+     * processors, analysis-common's), as a packaged node has them.
+     *
+     * <p>PluginsService calls ExtensiblePlugin.loadExtensions only for plugins installed in directories, never
+     * for classpath plugins. Painless keeps its allowlists in a static map, so one call here, before the node
+     * creates its own PainlessPlugin, is enough.
+     */
+    private static void loadPainlessExtensions() {
+        new PainlessPlugin().loadExtensions(new ExtensiblePlugin.ExtensionLoader() {
+            @Override
+            public <T> List<T> loadExtensions(Class<T> extensionPointType) {
+                List<T> found = new ArrayList<>();
+                ServiceLoader.load(extensionPointType, Main.class.getClassLoader()).forEach(found::add);
+                return found;
+            }
+        });
     }
 
     /** Writes our log4j2.properties into the node's config dir unless someone put their own there. */
