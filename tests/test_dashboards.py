@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections import Counter
 from typing import Any
 
@@ -232,8 +231,9 @@ def test_cli_export(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pyte
 
 
 @pytest.mark.slow
-def test_objects_index_under_the_strict_saved_objects_mapping(os_client: Any) -> None:
-    index = f"smarttags-test-{uuid.uuid4().hex[:8]}-kibana"
+def test_objects_index_under_the_strict_saved_objects_mapping(os_client: Any, settings: Any) -> None:
+    # Under this test's own prefix, so the fixture's clean-up removes it even if the test fails.
+    index = f"{settings.opensearch.index_prefix}-kibana"
     os_client.indices.create(
         index=index,
         body={"settings": {"number_of_shards": 1, "number_of_replicas": 0}, "mappings": SAVED_OBJECTS_MAPPING},
