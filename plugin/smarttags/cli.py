@@ -515,6 +515,29 @@ def _add_backbone_commands(sub: Any) -> None:
     embed.set_defaults(handler=cmd_embed)
 
 
+# --- dashboards -----------------------------------------------------------------------------------
+
+
+def _cmd_dashboards_export(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import dashboards
+
+    text = dashboards.render(settings.opensearch.index_prefix)
+    if args.out in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {text.count(chr(10))} saved objects to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _add_dashboards_commands(sub: Any) -> None:
+    dash = sub.add_parser("dashboards", help="OpenSearch Dashboards saved objects")
+    dash_sub = dash.add_subparsers(dest="dashboards_command", required=True, metavar="ACTION")
+    p = dash_sub.add_parser("export", help="the index patterns, visualizations and dashboard as ndjson to import")
+    p.add_argument("--out", help="file to write (default: standard output)")
+    p.set_defaults(handler=_cmd_dashboards_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smarttags", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (default: $SMARTTAGS_CONFIG)")
@@ -614,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_backbone_commands(sub)
     _add_stack_commands(sub)
+    _add_dashboards_commands(sub)
     return parser
 
 
