@@ -177,7 +177,9 @@ def test_environment_configures_real_aws(transformed: dict[str, Any], monkeypatc
     loaded = settings.load()
     assert loaded.aws.endpoint_url is None and not loaded.is_local_aws
     assert loaded.opensearch.auth == "sigv4" and loaded.opensearch.region == "example-value"
-    assert loaded.backbone.name == "custom" and str(loaded.backbone.onnx_file).endswith("models/backbone.onnx")
+    assert loaded.backbone.name == "efficientnet-lite0" and str(loaded.backbone.onnx_file).endswith(
+        "models/backbone.onnx"
+    )
 
 
 @pytest.mark.parametrize(

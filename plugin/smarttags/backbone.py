@@ -535,12 +535,16 @@ def _verified(name: str, path: Path, size: int) -> BackboneFile:
 def resolve(settings: Settings) -> BackboneFile:
     """The backbone the settings ask for: a preset built on demand, or a custom ONNX file verified."""
     backbone = settings.backbone
-    if backbone.name != "custom":
+    if backbone.name != "custom" and backbone.onnx_file is None:
         return build(settings)
-    assert backbone.onnx_file is not None  # the settings validator guarantees it
+    # A prebuilt file: custom, or a preset shipped ready-made (the Lambda package carries the built
+    # preset, not its weights); a preset keeps its name so its embeddings match the trainer's.
+    assert backbone.onnx_file is not None
     path = backbone.onnx_file
     if not path.is_file():
         raise ModelError(f"custom backbone {path} does not exist")
     # A custom file is checked against its .sha256 when one is there; its hash names it either way.
     sha = verify(path) if _sidecar(path).is_file() else sha256_file(path)
+    if backbone.name != "custom":
+        return BackboneFile(backbone.name, path, sha, input_size_for(backbone), backbone.embedding_dim)
     return BackboneFile("custom", path, sha, backbone.input_size, backbone.embedding_dim)

@@ -256,7 +256,7 @@ def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
     embedder = services.embedder()
     files = [Path(f) for f in args.images]
     results = embedder.embed_bytes([f.read_bytes() for f in files])
-    out = []
+    out: list[dict[str, Any]] = []
     for path, result in zip(files, results, strict=True):
         if isinstance(result, ImageError):
             out.append({"file": str(path), "error": result.reason})

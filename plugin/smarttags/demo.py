@@ -104,11 +104,8 @@ def run(settings: Settings, *, out: Callable[[str], None] = print, wait_seconds:
         result = services.trainer.train([(bucket, TRAIN_PREFIX)], trigger=ON_DEMAND, progress=_Bar())
     out(report.as_table(result))
 
-    new_keys = [
-        NEW_PREFIX + Path(str(entry["file"])).name
-        for entry in built["images"]  # type: ignore[union-attr]
-        if not entry["train"]
-    ]
+    images: list[dict[str, Any]] = list(built["images"])  # type: ignore[call-overload]
+    new_keys = [NEW_PREFIX + Path(str(entry["file"])).name for entry in images if not entry["train"]]
     out(f"Uploading {len(new_keys)} untagged pictures to s3://{bucket}/{NEW_PREFIX}; the upload tagger tags them...")
     started = time.monotonic()
     _upload_folder(services, sample_dir / "new", NEW_PREFIX)

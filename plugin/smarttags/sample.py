@@ -91,13 +91,13 @@ def render(source: Path, title: str, keywords: list[str]) -> bytes | None:
         with warnings.catch_warnings():
             # Some clip art is enormous; refuse it quietly rather than warn.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(source)
-        with image:
-            if image.width * image.height > MAX_SOURCE_PIXELS:
+            opened = Image.open(source)
+        with opened:
+            if opened.width * opened.height > MAX_SOURCE_PIXELS:
                 return None
-            image = image.convert("RGBA")
-            canvas = Image.new("RGB", image.size, "white")
-            canvas.paste(image, mask=image.getchannel("A"))
+            rgba = opened.convert("RGBA")
+            canvas = Image.new("RGB", rgba.size, "white")
+            canvas.paste(rgba, mask=rgba.getchannel("A"))
     except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
         return None
     scale = SIDE / max(canvas.size)

@@ -49,7 +49,8 @@ class Heads:
 
 
 def _sigmoid(x: NDArray[np.floating]) -> NDArray[np.floating]:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+    out: NDArray[np.floating] = 0.5 * (1.0 + np.tanh(0.5 * x))
+    return out
 
 
 def balanced_weights(labels: FloatArray) -> FloatArray:
@@ -79,7 +80,8 @@ class _Whitened:
 
     def project(self, x: FloatArray) -> FloatArray:
         """New rows into the whitened coordinates of the training rows."""
-        return (x - self.mean) @ self.basis / self.sigma * np.sqrt(self.z.shape[0])
+        out: FloatArray = (x - self.mean) @ self.basis / self.sigma * np.sqrt(self.z.shape[0])
+        return out
 
     def to_weights(self, a: FloatArray, b: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Coefficients in whitened space -> weights and bias on raw (uncentred) embeddings."""
@@ -244,7 +246,7 @@ def train_heads(
         best = int(np.nanargmax(aps)) if not np.all(np.isnan(aps)) else 0
         chosen[j] = grid[best]
         threshold_logit, precision, recall, f1 = choose_threshold(y[:, j], oof[best, :, j], policy, target_precision)
-        thresholds[j] = float(_sigmoid(np.float64(threshold_logit)))
+        thresholds[j] = float(_sigmoid(np.array([threshold_logit]))[0])
         fits.append(
             TagFit(
                 tag=tag,
