@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -343,6 +344,7 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from smarttags.worker import Worker
 
     services = _services(settings)
+    services.index.ensure()  # never let a first write auto-create an index without our mapping
     worker = Worker(
         services.tagger, services.queue, concurrency=args.concurrency or settings.tagging.worker_concurrency
     )
@@ -651,6 +653,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # opensearch-py logs every request at INFO; that is noise on a terminal.
         logging.getLogger("opensearch").setLevel(logging.WARNING)
+    if args.config:
+        # Processes this command starts (the stack's worker) read the same file.
+        os.environ[settings_mod.ENV_PREFIX + "CONFIG"] = str(Path(args.config).resolve())
     try:
         settings: Settings = settings_mod.load(args.config)
         return int(args.handler(settings, args))

@@ -487,6 +487,29 @@ def managed_processes(settings: Settings, *, heap_max: str = "1g") -> list[Manag
     return processes
 
 
+def worker_process(settings: Settings) -> ManagedProcess:
+    """The upload worker: the Lambda handler, run against the local queue (`smarttags worker`).
+    It inherits this process's environment, so ``SMARTTAGS_*`` settings (and ``SMARTTAGS_CONFIG``) reach it."""
+    run_dir = (settings.data_dir / "stack").resolve()
+    log_file = run_dir / "worker.log"
+
+    def ready() -> bool:
+        # The worker says so once it has its queue and starts polling.
+        return log_file.is_file() and "worker polling" in log_file.read_text(errors="replace")
+
+    return ManagedProcess(
+        name="worker",
+        argv=[sys.executable, "-m", "smarttags.cli", "worker"],
+        url=f"queue {settings.aws.queue_name}",
+        pid_file=run_dir / "worker.pid",
+        log_file=log_file,
+        ready=ready,
+        marker="-m smarttags.cli worker",
+        cwd=Path.cwd(),
+        ready_timeout=60.0,
+    )
+
+
 @dataclass(frozen=True)
 class UpResult:
     handles: list[ProcessHandle]
@@ -501,6 +524,8 @@ def stack_up(settings: Settings, *, heap_max: str = "1g") -> UpResult:
         find_java()
     handles = start_processes(processes)
     wiring = clients.ensure_bucket_and_queue(settings)
+    # The worker needs the queue, so it starts once the wiring exists.
+    handles += start_processes([worker_process(settings)])
     return UpResult(handles, wiring)
 
 
@@ -516,7 +541,7 @@ class ServiceStatus:
 
 def stack_status(settings: Settings) -> list[ServiceStatus]:
     """Each service with its pid (if ours), URL and version/health."""
-    managed = {p.name: p for p in managed_processes(settings)}
+    managed = {p.name: p for p in [*managed_processes(settings), worker_process(settings)]}
     rows: list[ServiceStatus] = []
     os_proc = managed.get("opensearch")
     rows.append(_opensearch_status(settings, os_proc is not None, running_pid(os_proc) if os_proc else None))
@@ -559,7 +584,7 @@ def _aws_status(settings: Settings, managed: bool, pid: int | None) -> ServiceSt
 def stack_down(settings: Settings) -> list[str]:
     """Stop what `stack up` started (by pid file, nothing else). Returns the names of those stopped."""
     stopped = []
-    for process in reversed(managed_processes(settings)):
+    for process in [worker_process(settings), *reversed(managed_processes(settings))]:
         if stop_process(process):
             stopped.append(process.name)
     return stopped
