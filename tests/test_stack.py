@@ -276,7 +276,7 @@ def test_stack_up_status_down_leaves_nothing_running(tmp_path: Path) -> None:
     result = stack.stack_up(settings, heap_max="512m")
     try:
         pids = {handle.name: handle.pid for handle in result.handles}
-        assert set(pids) == {"opensearch", "moto"}
+        assert set(pids) == {"opensearch", "moto", "worker"}
         assert not any(handle.reused for handle in result.handles)
 
         again = stack.stack_up(settings, heap_max="512m")  # harmless: finds the live pids
@@ -286,10 +286,13 @@ def test_stack_up_status_down_leaves_nothing_running(tmp_path: Path) -> None:
         assert rows["opensearch"].state == "up" and rows["opensearch"].pid == pids["opensearch"]
         assert "OpenSearch 2.19." in rows["opensearch"].detail
         assert rows["s3+sqs"].state == "up" and rows["s3+sqs"].pid == pids["moto"]
+        # The worker got these very settings (its own ports and queue), not the defaults.
+        assert rows["worker"].state == "up" and rows["worker"].pid == pids["worker"]
+        assert settings.aws.queue_name in (settings.data_dir / "stack" / "worker.log").read_text()
         assert (settings.data_dir / "opensearch" / "logs" / "smarttags.log").is_file()
     finally:
         stopped = stack.stack_down(settings)
-    assert sorted(stopped) == ["moto", "opensearch"]
+    assert sorted(stopped) == ["moto", "opensearch", "worker"]
     for pid in pids.values():
         assert not _alive(pid)
     assert not list((settings.data_dir / "stack").glob("*.pid"))

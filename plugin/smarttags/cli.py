@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -653,9 +652,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # opensearch-py logs every request at INFO; that is noise on a terminal.
         logging.getLogger("opensearch").setLevel(logging.WARNING)
-    if args.config:
-        # Processes this command starts (the stack's worker) read the same file.
-        os.environ[settings_mod.ENV_PREFIX + "CONFIG"] = str(Path(args.config).resolve())
     try:
         settings: Settings = settings_mod.load(args.config)
         return int(args.handler(settings, args))

@@ -228,3 +228,31 @@ def load(config_file: Path | str | None = None, **overrides: Any) -> Settings:
         raise ConfigError(name, first["msg"]) from None
     finally:
         _TOML_FILE[0] = None
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The settings as ``SMARTTAGS_*`` variables, for a child process that must see exactly these
+    (the stack's worker). Secrets are included: environment variables are how a child gets them."""
+    import json
+
+    env: dict[str, str] = {}
+
+    def put(prefix: str, value: Any) -> None:
+        if isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                put(f"{prefix}__{name.upper()}", getattr(value, name))
+        elif value is None:
+            if prefix.endswith("ENDPOINT_URL"):
+                env[prefix] = ""  # "" is how the environment says "real AWS"
+        elif isinstance(value, SecretStr):
+            env[prefix] = value.get_secret_value()
+        elif isinstance(value, bool):
+            env[prefix] = "true" if value else "false"
+        elif isinstance(value, list | tuple | dict):
+            env[prefix] = json.dumps(value)
+        else:
+            env[prefix] = str(value)
+
+    for name in Settings.model_fields:
+        put(ENV_PREFIX + name.upper(), getattr(settings, name))
+    return {key.replace(f"{ENV_PREFIX}__", ENV_PREFIX): value for key, value in env.items()}

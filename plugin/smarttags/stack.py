@@ -35,6 +35,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from smarttags import clients
+from smarttags import settings as settings_mod
 from smarttags.errors import PrerequisiteError, ServiceUnavailable, SmartTagsError
 from smarttags.settings import Settings
 
@@ -489,7 +490,7 @@ def managed_processes(settings: Settings, *, heap_max: str = "1g") -> list[Manag
 
 def worker_process(settings: Settings) -> ManagedProcess:
     """The upload worker: the Lambda handler, run against the local queue (`smarttags worker`).
-    It inherits this process's environment, so ``SMARTTAGS_*`` settings (and ``SMARTTAGS_CONFIG``) reach it."""
+    It gets these very settings through ``SMARTTAGS_*`` variables."""
     run_dir = (settings.data_dir / "stack").resolve()
     log_file = run_dir / "worker.log"
 
@@ -507,6 +508,7 @@ def worker_process(settings: Settings) -> ManagedProcess:
         marker="-m smarttags.cli worker",
         cwd=Path.cwd(),
         ready_timeout=60.0,
+        env=settings_mod.to_env(settings),
     )
 
 

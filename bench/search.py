@@ -1,0 +1,108 @@
+"""Search latency: the stored three-tier template against a plain ``multi_match`` on the same fields.
+
+Starts its own embedded OpenSearch node, indexes 100,000 synthetic assets (titles, descriptions,
+keywords and smart tags drawn from a Zipf-distributed vocabulary), then sends the same random 1-3 word
+queries both ways, alternating, and prints p50/p95 of each and their ratio (goal: at most 1.5).
+Run: .venv/bin/python bench/search.py [--assets 100000] [--queries 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from smarttags import assets, stack
+from smarttags import settings as settings_mod
+from smarttags.models import SmartTag
+from smarttags.search import SearchRequest
+from smarttags.services import Services
+from smarttags.taxonomy import Tag
+
+VOCABULARY = 3000
+TAGS = 300
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def words(rng: np.random.Generator, n: int) -> list[str]:
+    return [f"w{int(i)}" for i in np.minimum(rng.zipf(1.3, n), VOCABULARY)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values) * 1000, q))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--assets", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=300)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="smarttags-bench-search-"))
+    node = stack.start_opensearch(home, free_port(), transport_port=free_port(), heap_max="2g")
+    try:
+        settings = settings_mod.load(opensearch={"url": node.url, "index_prefix": "bench"}, data_dir=home)
+        services = Services(settings, s3=object(), sqs=object())
+        services.index.ensure()
+        rng = np.random.default_rng(0)
+        tag_words = [f"w{i}" for i in range(1, TAGS + 1)]
+        services.taxonomy.import_tags([Tag(f"bench:{w}", {"en": w}) for w in tag_words])
+        started = time.perf_counter()
+        batch = []
+        for i in range(args.assets):
+            doc = assets.base_document(
+                bucket=settings.aws.bucket, key=f"b/{i}.jpg", etag="e", size=1, content_type="image/jpeg"
+            )
+            doc.update(title=" ".join(words(rng, 4)), description=" ".join(words(rng, 12)), keywords=words(rng, 2))
+            chosen = {f"bench:{w}" for w in words(rng, int(rng.integers(0, 5))) if int(w[1:]) <= TAGS}
+            assets.set_smart_tags(doc, [SmartTag(t, round(float(rng.uniform(0.3, 1.0)), 3)) for t in chosen], "m")
+            batch.append(({"index": {"_index": services.index.name("assets"), "_id": doc["asset_id"]}}, doc))
+            if len(batch) == 2000:
+                services.index.bulk(batch)
+                batch = []
+        services.index.bulk(batch)
+        services.index.refresh()
+        services.opensearch.indices.forcemerge(index=services.index.name("assets"), max_num_segments=1)
+        print(f"indexed {args.assets} assets in {time.perf_counter() - started:.0f} s")
+        queries = [" ".join(words(rng, int(rng.integers(1, 4)))) for _ in range(args.queries)]
+        params = [services.searcher.params(SearchRequest(text=q)) for q in queries]
+        client = services.opensearch
+        index = services.index.name("assets")
+        templated: list[float] = []
+        plain: list[float] = []
+        for warm in (True, False):
+            for q, p in zip(queries, params, strict=True):
+                t0 = time.perf_counter()
+                client.search_template(index=index, body={"id": "smarttags-search-v1", "params": p})
+                t1 = time.perf_counter()
+                client.search(
+                    index=index,
+                    body={
+                        "size": 20,
+                        "_source": {"excludes": ["embedding"]},
+                        "query": {"multi_match": {"query": q, "fields": ["title^3", "keywords^2", "description"]}},
+                    },
+                )
+                t2 = time.perf_counter()
+                if not warm:
+                    templated.append(t1 - t0)
+                    plain.append(t2 - t1)
+        p50 = (percentile(templated, 50), percentile(plain, 50))
+        p95 = (percentile(templated, 95), percentile(plain, 95))
+        print(f"templated search: p50 {p50[0]:.1f} ms, p95 {p95[0]:.1f} ms ({len(templated)} queries)")
+        print(f"plain multi_match: p50 {p50[1]:.1f} ms, p95 {p95[1]:.1f} ms")
+        print(f"ratios: p50 {p50[0] / p50[1]:.2f}, p95 {p95[0] / p95[1]:.2f} (goal <= 1.5)")
+    finally:
+        node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

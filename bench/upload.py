@@ -1,0 +1,146 @@
+"""Upload-to-searchable: N pictures put into the local bucket, tagged by the worker through S3 -> SQS.
+
+Starts its own embedded OpenSearch node and moto server, wires the bucket's notifications to the queue,
+activates a model (random heads over the real backbone: tagging costs the same whatever the weights),
+runs the upload worker in this process, uploads N 640x480 JPEGs and waits until every one is tagged.
+Prints the worker's cold start (backbone load and first inference), throughput, p50/p95 latency from
+upload to searchable, and throughput divided by the backbone-only throughput measured in the same run
+(goal: at least 0.6, although S3, SQS and OpenSearch share the same two cores).
+Run: .venv/bin/python bench/upload.py [--images 120] [--concurrency 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import socket
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from smarttags import assets, clients, stack
+from smarttags import settings as settings_mod
+from smarttags.embedder import clear_sessions, load_embedder
+from smarttags.services import Services
+from smarttags.training import Heads, TagFit
+from smarttags.worker import Worker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def picture(rng: np.random.Generator) -> bytes:
+    pixels = rng.integers(0, 255, size=(30, 40, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).resize((640, 480), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--concurrency", type=int, default=2)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="smarttags-bench-upload-"))
+    node = stack.start_opensearch(home / "opensearch", free_port(), transport_port=free_port(), heap_max="1g")
+    moto = stack.start_moto(free_port(), home)
+    try:
+        settings = settings_mod.load(
+            opensearch={"url": node.url, "index_prefix": "bench"},
+            aws={"endpoint_url": moto.url, "bucket": "bench-assets"},
+            data_dir=ROOT / "var",  # the built backbone lives there
+        )
+        clients.ensure_bucket_and_queue(settings)
+        services = Services(settings)
+        services.index.ensure()
+        services.folders.set_enabled(settings.aws.bucket, "up/", True)
+
+        clear_sessions()
+        started = time.perf_counter()
+        embedder = load_embedder(settings)
+        embedder.embed_bytes([picture(np.random.default_rng(1))])
+        cold_start = time.perf_counter() - started
+        services.embedder = lambda: embedder
+
+        rng = np.random.default_rng(0)
+        tags = tuple(f"bench:t{i}" for i in range(20))
+        heads = Heads(
+            tags,
+            rng.normal(size=(embedder.dim, 20)).astype(np.float32) * 3,
+            np.zeros(20, np.float32),
+            np.full(20, 0.5, np.float32),
+        )
+        manifest = services.models.save(
+            heads,
+            [TagFit(t, 30, 1, 0.5, 1, 1, 1, 1) for t in tags],
+            backbone_id=embedder.model_id,
+            backbone_sha256=embedder.sha256,
+            training_fingerprint="bench",
+            folders=[],
+        )
+        services.models.activate(manifest.version)
+
+        # Backbone alone, on the same machine in the same run: batches of 32 decoded pictures.
+        pixels = [embedder.decode(picture(rng)) for _ in range(64)]
+        embedder.embed_arrays(pixels[:32])
+        t0 = time.perf_counter()
+        embedder.embed_arrays(pixels[:32])
+        embedder.embed_arrays(pixels[32:])
+        backbone_rate = 64 / (time.perf_counter() - t0)
+
+        worker = Worker(services.tagger, services.queue, concurrency=args.concurrency, wait_seconds=1)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        bodies = [picture(rng) for _ in range(args.images)]
+        uploaded_at: dict[str, float] = {}
+        first = time.time()
+        for i, body in enumerate(bodies):
+            key = f"up/{i:05d}.jpg"
+            services.s3.put_object(Bucket=settings.aws.bucket, Key=key, Body=body, ContentType="image/jpeg")
+            uploaded_at[key] = time.time()
+        deadline = time.monotonic() + 600
+        done: dict[str, float] = {}
+        while len(done) < len(bodies) and time.monotonic() < deadline:
+            services.index.refresh()
+            query = {"bool": {"filter": [{"term": {"tagging.status": assets.TAGGED}}]}}
+            for hit in services.index.scan("assets", query, source=["key", "tagging"]):
+                key = hit["_source"]["key"]
+                if key not in done:
+                    done[key] = time.time()  # searchable now: the refresh above made it visible
+            time.sleep(0.2)
+        worker.stop.set()
+        thread.join(timeout=10)
+        total = max(done.values()) - first
+        latencies = sorted(done[k] - uploaded_at[k] for k in done)
+        rate = len(done) / total
+        print(f"cold start (backbone load + first inference): {cold_start * 1000:.0f} ms")
+        print(
+            f"{len(done)}/{len(bodies)} pictures tagged in {total:.1f} s: {rate:.1f} pictures/s "
+            f"with {args.concurrency} worker threads"
+        )
+        print(
+            f"upload to searchable: p50 {np.percentile(latencies, 50):.2f} s, p95 {np.percentile(latencies, 95):.2f} s"
+        )
+        print(f"backbone alone: {backbone_rate:.1f} pictures/s")
+        print(
+            f"ratios: end-to-end / backbone-only throughput {rate / backbone_rate:.2f} (goal >= 0.6)"
+            f" [{datetime.now().isoformat(timespec='seconds')}]"
+        )
+    finally:
+        moto.stop()
+        node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
