@@ -227,7 +227,7 @@ class SearchIndex:
                     "size": batch_size,
                     "query": dict(query),
                     "pit": {"id": pit_id, "keep_alive": keep_alive},
-                    "sort": [{"_shard_doc": "asc"}],
+                    "sort": [{"_id": "asc"}],  # _id: unique, and OpenSearch has no _shard_doc
                     "_source": source if isinstance(source, bool) else list(source),
                     "track_total_hits": False,
                 }
