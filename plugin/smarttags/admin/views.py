@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, send_file, url_for
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, send_file, url_for
 from flask.typing import ResponseReturnValue
 from markupsafe import Markup, escape
 
@@ -244,9 +246,15 @@ def asset_tags(asset_id: str) -> ResponseReturnValue:
         flash(f"{tag} is not in the taxonomy; import it first.", "error")
         return redirect(url_for("admin.asset", asset_id=asset_id))
     operations[action](asset_id, tag, user=_user_name())
+    ctx().services.index.refresh("audit")  # the page we redirect to shows this change in its audit trail
     done = {"remove": "removed", "promote": "promoted", "unpromote": "no longer promoted"}[action]
     flash(f"{tag}: {done}.", "ok")
     return redirect(url_for("admin.asset", asset_id=asset_id))
+
+
+@functools.cache
+def _placeholder() -> bytes:
+    return (Path(__file__).parent / "static" / "placeholder.svg").read_bytes()
 
 
 @bp.route("/assets/<asset_id>/thumbnail")
@@ -260,7 +268,7 @@ def thumbnail(asset_id: str) -> ResponseReturnValue:
     if doc and doc.get("bucket") == ctx().settings.aws.bucket:
         thumb = ctx().thumbnails.get(asset_id, str(doc.get("key")), str(doc.get("etag") or ""))
     if thumb is None:
-        response = current_app.send_static_file("placeholder.svg")
+        response = Response(_placeholder(), mimetype="image/svg+xml")
         response.cache_control.private = True
         response.cache_control.max_age = 300
         return response
