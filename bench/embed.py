@@ -81,10 +81,7 @@ def main() -> None:
     embedder = load_embedder(s)
     size = embedder.input_size
     n = args.n
-    print(
-        f"model {embedder.model_id[:40]}..., {size}px, "
-        f"{embedder.threads} threads, batch {s.backbone.batch_size}"
-    )
+    print(f"model {embedder.model_id[:40]}..., {size}px, {embedder.threads} threads, batch {s.backbone.batch_size}")
 
     t0 = time.perf_counter()
     big, small = large_jpegs(n), small_pngs(n)
@@ -100,12 +97,8 @@ def main() -> None:
     backbone_1 = timed(lambda: [session.run(None, {feed: batch32[i : i + 1]}) for i in range(32)]) / 32
     backbone_32 = timed(lambda: session.run(None, {feed: batch32})) / 32
 
-    decode_big = (
-        timed(lambda: [imaging.prepare(b, size, max_pixels=s.backbone.max_pixels) for b in big[:16]], 2) / 16
-    )
-    decode_small = (
-        timed(lambda: [imaging.prepare(b, size, max_pixels=s.backbone.max_pixels) for b in small], 2) / n
-    )
+    decode_big = timed(lambda: [imaging.prepare(b, size, max_pixels=s.backbone.max_pixels) for b in big[:16]], 2) / 16
+    decode_small = timed(lambda: [imaging.prepare(b, size, max_pixels=s.backbone.max_pixels) for b in small], 2) / n
 
     e2e_big = timed(lambda: embedder.embed_bytes(big), 2) / n
     e2e_small = timed(lambda: embedder.embed_bytes(small), 2) / n

@@ -23,7 +23,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-
 from smarttags import settings as settings_mod
 from smarttags.embedder import load_embedder
 from smarttags.errors import ImageError

@@ -15,10 +15,12 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from smarttags import scheduling
 from smarttags.services import Services
@@ -27,16 +29,47 @@ from smarttags.settings import Settings
 log = logging.getLogger("smarttags.scheduler")
 
 
-def triggers(settings: Settings) -> dict[str, CronTrigger]:
+class WallClockCronTrigger(BaseTrigger):
+    """A cron trigger evaluated on the wall clock of its time zone.
+
+    APScheduler 3.x's CronTrigger adds 24-hour days to zone-aware times, so right after a DST change it
+    can skip a whole day (agronholm/apscheduler#606: a daily 00:00 window in Europe/Berlin goes from
+    29 March straight to 31 March). Here the cron fields are matched on naive wall-clock time (as if it
+    were UTC, which has no DST) and the result is placed back in the zone; a wall time that does not
+    exist (the skipped hour) moves on to the next match.
+    """
+
+    def __init__(self, crontab: str, timezone: str) -> None:
+        self.timezone = ZoneInfo(timezone)
+        self._wall = CronTrigger.from_crontab(crontab, timezone="UTC")
+
+    def _to_wall(self, moment: datetime) -> datetime:
+        return moment.astimezone(self.timezone).replace(tzinfo=UTC, fold=0)
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        previous = self._to_wall(previous_fire_time) if previous_fire_time else None
+        candidate = self._wall.get_next_fire_time(previous, self._to_wall(now))
+        while candidate is not None:
+            local = candidate.replace(tzinfo=self.timezone)
+            if local.astimezone(UTC).astimezone(self.timezone).replace(tzinfo=None) == local.replace(tzinfo=None):
+                return local
+            candidate = self._wall.get_next_fire_time(candidate, candidate + timedelta(seconds=1))
+        return None
+
+    def __str__(self) -> str:
+        return f"wall-clock {self._wall} in {self.timezone.key}"
+
+
+def triggers(settings: Settings) -> dict[str, WallClockCronTrigger]:
     """The cron trigger of each window, from the settings."""
     zone = settings.scheduler.timezone
     return {
-        scheduling.TRAINING_WINDOW: CronTrigger.from_crontab(settings.scheduler.training_cron, timezone=zone),
-        scheduling.TAGGING_WINDOW: CronTrigger.from_crontab(settings.scheduler.tagging_cron, timezone=zone),
+        scheduling.TRAINING_WINDOW: WallClockCronTrigger(settings.scheduler.training_cron, zone),
+        scheduling.TAGGING_WINDOW: WallClockCronTrigger(settings.scheduler.tagging_cron, zone),
     }
 
 
-def last_fire_time(trigger: CronTrigger, now: datetime, grace: timedelta) -> datetime | None:
+def last_fire_time(trigger: WallClockCronTrigger, now: datetime, grace: timedelta) -> datetime | None:
     """The latest fire time in (now - grace, now], if any."""
     fire: datetime | None = trigger.get_next_fire_time(None, now - grace)
     latest = None
@@ -63,7 +96,7 @@ def catch_up(services: Services, now: datetime, run: Callable[[str, datetime], A
 def build(services: Services, owner: str) -> BackgroundScheduler:
     settings = services.settings.scheduler
 
-    def job(kind: str, trigger: CronTrigger) -> None:
+    def job(kind: str, trigger: WallClockCronTrigger) -> None:
         # The window's identity is its scheduled fire time, the same on every replica.
         fire = last_fire_time(
             trigger, datetime.now(trigger.timezone), timedelta(seconds=settings.misfire_grace_seconds)

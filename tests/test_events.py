@@ -1,5 +1,6 @@
-from event_files import load_event
 from smarttags import events
+
+from tests.event_files import load_event
 
 
 def test_sqs_batch_decodes_keys_and_reports_unreadable_bodies():

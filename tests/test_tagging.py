@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from event_files import s3_event, via_sqs
-from images import HEIC, bomb_png, picture, truncated_jpeg
 from smarttags import assets, tagging
 from smarttags.index import SearchIndex
 from smarttags.models import Model
 from smarttags.services import Services
-from smarttags.training import Heads, TagFit
+
+from tests.event_files import s3_event, via_sqs
+from tests.images import HEIC, bomb_png, picture, truncated_jpeg
 
 pytestmark = pytest.mark.slow
 
@@ -19,29 +18,8 @@ BLUE = picture("blue", "square")
 
 
 @pytest.fixture
-def model(services, embedder) -> Model:
-    """A model that knows the red picture: 'shapes:red' fires on it; 'shapes:any' fires on everything."""
-    red = embedder.embed_bytes([RED])[0]
-    weights = np.zeros((red.size, 2), dtype=np.float32)
-    weights[:, 0] = 40 * red
-    heads = Heads(
-        ("shapes:red", "shapes:any"),
-        weights,
-        np.array([-36.0, 10.0], dtype=np.float32),  # red fires above cosine 0.9
-        np.array([0.5, 0.5], dtype=np.float32),
-    )
-    fits = [TagFit(t, 30, 1.0, 0.5, 1.0, 1.0, 1.0, 1.0) for t in heads.tags]
-    manifest = services.models.save(
-        heads,
-        fits,
-        backbone_id=embedder.model_id,
-        backbone_sha256=embedder.sha256,
-        training_fingerprint="t",
-        folders=[],
-    )
-    services.models.activate(manifest.version)
-    services.tagger.forget_model()
-    return services.models.load(manifest.version)
+def model(shape_model) -> Model:
+    return shape_model
 
 
 @pytest.fixture
@@ -215,7 +193,7 @@ def test_opensearch_down_fails_the_record_then_it_succeeds(services, model, enab
 
 
 def test_the_lambda_handler_file_loads_by_path_and_handles_an_event(services, model, enabled, settings, monkeypatch):
-    from adapters import load
+    from tests.adapters import load
 
     handler = load("lambda/handler.py", "smarttags_lambda_handler_test")
     handler._services = services  # a warm container

@@ -137,9 +137,7 @@ class _Storage:
 
 
 class _TensorRef:
-    def __init__(
-        self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]
-    ) -> None:
+    def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
     def materialize(self) -> np.ndarray[Any, Any]:
@@ -393,11 +391,7 @@ def build_graph(weights: dict[str, np.ndarray[Any, Any]], preset: Preset, input_
         h = x
         if b.expand != 1:
             h = g.relu6(g.conv_bn(h, f"{p}._expand_conv", f"{p}._bn0", b.inp, hidden, 1, 1, size))
-        h = g.relu6(
-            g.conv_bn(
-                h, f"{p}._depthwise_conv", f"{p}._bn1", hidden, hidden, b.kernel, b.stride, size, hidden
-            )
-        )
+        h = g.relu6(g.conv_bn(h, f"{p}._depthwise_conv", f"{p}._bn1", hidden, hidden, b.kernel, b.stride, size, hidden))
         size = math.ceil(size / b.stride)
         h = g.conv_bn(h, f"{p}._project_conv", f"{p}._bn2", hidden, b.out, 1, 1, size)
         if b.stride == 1 and b.inp == b.out:
@@ -541,12 +535,16 @@ def _verified(name: str, path: Path, size: int) -> BackboneFile:
 def resolve(settings: Settings) -> BackboneFile:
     """The backbone the settings ask for: a preset built on demand, or a custom ONNX file verified."""
     backbone = settings.backbone
-    if backbone.name != "custom":
+    if backbone.name != "custom" and backbone.onnx_file is None:
         return build(settings)
-    assert backbone.onnx_file is not None  # the settings validator guarantees it
+    # A prebuilt file: custom, or a preset shipped ready-made (the Lambda package carries the built
+    # preset, not its weights); a preset keeps its name so its embeddings match the trainer's.
+    assert backbone.onnx_file is not None
     path = backbone.onnx_file
     if not path.is_file():
         raise ModelError(f"custom backbone {path} does not exist")
     # A custom file is checked against its .sha256 when one is there; its hash names it either way.
     sha = verify(path) if _sidecar(path).is_file() else sha256_file(path)
+    if backbone.name != "custom":
+        return BackboneFile(backbone.name, path, sha, input_size_for(backbone), backbone.embedding_dim)
     return BackboneFile("custom", path, sha, backbone.input_size, backbone.embedding_dim)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,65 @@ def _print_json(value: Any) -> None:
 
 
 # --- stack ------------------------------------------------------------------------------------------
+
+
+def _stack_build(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import stack
+
+    built = stack.build_launcher(force=args.force)
+    print("launcher built" if built else "launcher up to date")
+    return 0
+
+
+def _stack_up(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import stack
+
+    result = stack.stack_up(settings, heap_max=args.heap)
+    for handle in result.handles:
+        verb = "already running" if handle.reused else "started"
+        print(f"{handle.name}: {verb}, pid {handle.pid}, {handle.url}")
+    wiring = result.wiring
+    print(f"bucket {wiring.bucket} -> queue {wiring.queue_url} (DLQ {wiring.dead_letter_queue_url})")
+    return 0
+
+
+def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from smarttags import stack
+
+    rows = stack.stack_status(settings)
+    if args.json:
+        _print_json([asdict(row) for row in rows])
+    else:
+        for row in rows:
+            owner = f"pid {row.pid}" if row.pid is not None else ("not running" if row.managed else "external")
+            print(f"{row.name:<11} {row.state:<5} {owner:<12} {row.url}  {row.detail}")
+    return 0 if all(row.state == "up" for row in rows) else 1
+
+
+def _stack_down(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import stack
+
+    stopped = stack.stack_down(settings)
+    print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+    return 0
+
+
+def _add_stack_commands(sub: Any) -> None:
+    stack_parser = sub.add_parser("stack", help="the embedded OpenSearch node and moto (S3+SQS) for dev and tests")
+    stack_sub = stack_parser.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
+    build = stack_sub.add_parser("build", help="build the OpenSearch launcher (skipped when up to date)")
+    build.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    build.set_defaults(handler=_stack_build)
+    up = stack_sub.add_parser("up", help="start local services, wire bucket -> queue (harmless if running)")
+    up.add_argument("--heap", default="1g", help="OpenSearch max heap, e.g. 1g or 768m (default 1g)")
+    up.set_defaults(handler=_stack_up)
+    status = stack_sub.add_parser("status", help="each service with pid, URL, version and health")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_stack_status)
+    down = stack_sub.add_parser("down", help="stop what `stack up` started")
+    down.set_defaults(handler=_stack_down)
 
 
 # --- backbone and embeddings ----------------------------------------------------------------------
@@ -197,7 +257,7 @@ def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
     embedder = services.embedder()
     files = [Path(f) for f in args.images]
     results = embedder.embed_bytes([f.read_bytes() for f in files])
-    out = []
+    out: list[dict[str, Any]] = []
     for path, result in zip(files, results, strict=True):
         if isinstance(result, ImageError):
             out.append({"file": str(path), "error": result.reason})
@@ -284,6 +344,7 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from smarttags.worker import Worker
 
     services = _services(settings)
+    services.index.ensure()  # never let a first write auto-create an index without our mapping
     worker = Worker(
         services.tagger, services.queue, concurrency=args.concurrency or settings.tagging.worker_concurrency
     )
@@ -298,6 +359,20 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
     module = load_adapter("scheduler/service.py", "smarttags_scheduler_service")
     return int(module.main(settings, once=args.once))
+
+
+def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import demo
+
+    demo.run(settings)
+    if args.no_serve:
+        return 0
+    return _serve_admin(settings, demo_login=True)
+
+
+def _serve_admin(settings: Settings, *, demo_login: bool = False) -> int:
+    print("the admin panel is not available in this build", file=sys.stderr)
+    return 1
 
 
 def load_adapter(relative: str, name: str) -> Any:
@@ -513,6 +588,29 @@ def _add_backbone_commands(sub: Any) -> None:
     embed.set_defaults(handler=cmd_embed)
 
 
+# --- dashboards -----------------------------------------------------------------------------------
+
+
+def _cmd_dashboards_export(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import dashboards
+
+    text = dashboards.render(settings.opensearch.index_prefix)
+    if args.out in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {text.count(chr(10))} saved objects to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _add_dashboards_commands(sub: Any) -> None:
+    dash = sub.add_parser("dashboards", help="OpenSearch Dashboards saved objects")
+    dash_sub = dash.add_subparsers(dest="dashboards_command", required=True, metavar="ACTION")
+    p = dash_sub.add_parser("export", help="the index patterns, visualizations and dashboard as ndjson to import")
+    p.add_argument("--out", help="file to write (default: standard output)")
+    p.set_defaults(handler=_cmd_dashboards_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smarttags", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (default: $SMARTTAGS_CONFIG)")
@@ -606,7 +704,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default="cli")
     p.set_defaults(handler=_cmd_moderate)
 
+    p = sub.add_parser("demo", help="the whole product on the embedded stack with public-domain sample art")
+    p.add_argument("--no-serve", action="store_true", help="stop after the searches instead of serving the admin panel")
+    p.set_defaults(handler=_cmd_demo)
+
     _add_backbone_commands(sub)
+    _add_stack_commands(sub)
+    _add_dashboards_commands(sub)
     _add_admin_commands(sub)
     return parser
 
@@ -618,6 +722,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # opensearch-py logs every request at INFO; that is noise on a terminal.
+        logging.getLogger("opensearch").setLevel(logging.WARNING)
+    if args.config:
+        # Processes this command starts (the stack's worker) read the same file.
+        os.environ[settings_mod.ENV_PREFIX + "CONFIG"] = str(Path(args.config).resolve())
     try:
         settings: Settings = settings_mod.load(args.config)
         return int(args.handler(settings, args))

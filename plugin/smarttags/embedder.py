@@ -122,8 +122,7 @@ class Embedder:
         outputs = {o.name: o for o in session.get_outputs()}
         if self.settings.output_name not in outputs:
             raise ModelError(
-                f"{self.model_path} has no output named {self.settings.output_name!r} "
-                f"(it has {', '.join(outputs)})"
+                f"{self.model_path} has no output named {self.settings.output_name!r} (it has {', '.join(outputs)})"
             )
         shape = outputs[self.settings.output_name].shape
         last = shape[-1] if shape else None
@@ -157,9 +156,7 @@ class Embedder:
         session = self.session
         return [np.asarray(r) for r in session.run(names, {self._input_name: batch})]
 
-    def run(
-        self, pixels: Sequence[Pixels], outputs: Sequence[str] | None = None
-    ) -> list[np.ndarray[Any, Any]]:
+    def run(self, pixels: Sequence[Pixels], outputs: Sequence[str] | None = None) -> list[np.ndarray[Any, Any]]:
         """Raw model outputs for a batch of uint8 RGB arrays (any size; letterboxed to the input size)."""
         if not pixels:
             return [np.zeros((0, self.dim), dtype=np.float32) for _ in outputs or [self.settings.output_name]]
@@ -202,9 +199,7 @@ class Embedder:
         """One result per item, in order: an L2-normalised embedding, or the ImageError that item raised."""
         return list(self.iter_embed(items, lambda data: data))
 
-    def iter_embed(
-        self, items: Iterable[Any], load: Callable[[Any], bytes]
-    ) -> Iterable[Embedding | ImageError]:
+    def iter_embed(self, items: Iterable[Any], load: Callable[[Any], bytes]) -> Iterable[Embedding | ImageError]:
         """Like ``embed_bytes`` over any items, ``load`` turning each into bytes inside the decode pool
         (e.g. a file read or an S3 GET), so fetching and decoding overlap inference too."""
         pool = self._executor()
@@ -243,9 +238,7 @@ class Embedder:
             for r in results:
                 yield r if isinstance(r, ImageError) else next(embedded)
 
-    def _load_and_decode(
-        self, load: Callable[[Any], bytes], item: Any
-    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+    def _load_and_decode(self, load: Callable[[Any], bytes], item: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
         return self.normalise_one(self.decode(load(item)))
 
     def close(self) -> None:

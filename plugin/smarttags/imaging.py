@@ -161,9 +161,7 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own guard (its limit is global, ours is per setting); the warning is raised as an
         # error only where warnings are errors (tests), but it means the same thing.
-        raise ImageTooLarge(
-            f"refused by the decompression-bomb guard: {exc}", content_type=content_type
-        ) from None
+        raise ImageTooLarge(f"refused by the decompression-bomb guard: {exc}", content_type=content_type) from None
     except UnidentifiedImageError:
         if content_type in _DECODED_TYPES:
             raise CorruptImage(f"not a valid {content_type} file", content_type=content_type) from None

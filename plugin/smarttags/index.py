@@ -21,6 +21,15 @@ from smarttags.errors import ServiceError
 log = logging.getLogger(__name__)
 
 KINDS = ("assets", "taxonomy", "runs", "folders", "audit", "leases", "users")
+# A unique keyword per kind: the sort that makes ``search_after`` pages exact.
+UNIQUE_FIELD = {
+    "assets": "asset_id",
+    "taxonomy": "tag",
+    "runs": "run_id",
+    "folders": "folder",
+    "leases": "window",
+    "users": "username",
+}
 # Stored search templates: file in search_templates/ -> stored script id. The id carries a version so a
 # changed template never silently replaces the one a running deployment uses.
 TEMPLATES = {"search.mustache": "smarttags-search-v1", "similar.mustache": "smarttags-similar-v1"}
@@ -227,7 +236,7 @@ class SearchIndex:
                     "size": batch_size,
                     "query": dict(query),
                     "pit": {"id": pit_id, "keep_alive": keep_alive},
-                    "sort": [{"_id": "asc"}],  # _id: unique, and OpenSearch has no _shard_doc
+                    "sort": [{UNIQUE_FIELD[kind]: "asc"}],
                     "_source": source if isinstance(source, bool) else list(source),
                     "track_total_hits": False,
                 }

@@ -169,8 +169,8 @@ def sync_folder(
                 key=info.key,
                 etag=info.etag,
                 size=info.size,
-                content_type=doc["content_type"],
-                modified=doc["modified"],
+                content_type=info.content_type or meta.content_type,
+                modified=info.last_modified,
             ),
             **doc,
         }

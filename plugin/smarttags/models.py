@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -100,7 +101,8 @@ def apply_thresholds(
 
 
 def new_version(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    """Sortable by time; the suffix keeps two models trained in the same second apart."""
+    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
 
 
 def _sha256(data: bytes) -> str:

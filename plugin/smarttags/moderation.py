@@ -79,6 +79,7 @@ class Moderation:
                     "tag": tag,
                     "detail": f"{action} {tag} on {doc.get('key')}",
                 },
+                refresh=True,  # the trail is read right after an edit (Manage Tags page)
             )
             log.info("%s %s on asset %s by %s", action, tag, asset_id, user)
         return doc

@@ -147,6 +147,28 @@ class RunLog:
         except OpenSearchException as exc:
             raise translate_opensearch_error(exc) from exc
 
+    def mark_dispatched(self, run_id: str, selected: int) -> None:
+        """A fanned-out run has enqueued all its work: record how much, without touching the counts the
+        workers may already have added, and finish it if they already did everything."""
+        script = (
+            "ctx._source.counts.selected = params.selected;"
+            " ctx._source.status = 'dispatched';"
+            " if ((ctx._source.counts.processed ?: 0) >= params.selected) {"
+            " ctx._source.status = 'succeeded'; ctx._source.ended_at = params.now; }"
+        )
+        try:
+            self._index.client.update(
+                index=self._index.name("runs"),
+                id=run_id,
+                body={
+                    "script": {"source": script, "lang": "painless", "params": {"selected": selected, "now": now_iso()}}
+                },
+                retry_on_conflict=10,
+                refresh="wait_for",
+            )
+        except OpenSearchException as exc:
+            raise translate_opensearch_error(exc) from exc
+
     def get(self, run_id: str) -> Run | None:
         found = self._index.get("runs", run_id)
         return Run.from_json(found.source) if found else None

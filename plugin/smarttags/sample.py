@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 OPENCLIPART = Path("/usr/share/openclipart/png")
 SIDE = 640
 MAX_SOURCE_PIXELS = 40_000_000
+SAMPLE_VERSION = 2  # bump when the selection or rendering changes, so set-up rebuilds
 TRAIN_PER_TAG = 36
 NEW_PER_TAG = 4
 
@@ -60,6 +61,13 @@ def taxonomy_document() -> dict[str, object]:
     }
 
 
+def keywords(tag: SampleTag) -> list[str]:
+    """The tag's English title and its parents' (photographers add the broader terms too)."""
+    words = [tag.titles["en"]]
+    words += [p.titles["en"] for p in PARENTS if tag.id.startswith(p.id + "/")]
+    return words
+
+
 def title_from_name(path: Path) -> str:
     words = re.sub(r"[_\-.]+", " ", path.stem)
     words = re.sub(r"\b\d+\b", " ", words)
@@ -83,13 +91,13 @@ def render(source: Path, title: str, keywords: list[str]) -> bytes | None:
         with warnings.catch_warnings():
             # Some clip art is enormous; refuse it quietly rather than warn.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(source)
-        with image:
-            if image.width * image.height > MAX_SOURCE_PIXELS:
+            opened = Image.open(source)
+        with opened:
+            if opened.width * opened.height > MAX_SOURCE_PIXELS:
                 return None
-            image = image.convert("RGBA")
-            canvas = Image.new("RGB", image.size, "white")
-            canvas.paste(image, mask=image.getchannel("A"))
+            rgba = opened.convert("RGBA")
+            canvas = Image.new("RGB", rgba.size, "white")
+            canvas.paste(rgba, mask=rgba.getchannel("A"))
     except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
         return None
     scale = SIDE / max(canvas.size)
@@ -113,7 +121,8 @@ def build(destination: Path) -> dict[str, object]:
     manifest_path = destination / "sample.json"
     if manifest_path.is_file():
         manifest: dict[str, object] = json.loads(manifest_path.read_text())
-        return manifest
+        if manifest.get("version") == SAMPLE_VERSION:
+            return manifest
     if not OPENCLIPART.is_dir():
         raise PrerequisiteError(f"{OPENCLIPART} not found: apt-get install openclipart-png")
     train_dir, new_dir = destination / "train", destination / "new"
@@ -126,7 +135,7 @@ def build(destination: Path) -> dict[str, object]:
                 continue
             training = made < TRAIN_PER_TAG
             title = title_from_name(source)
-            data = render(source, title, [tag.titles["en"]] if training else [])
+            data = render(source, title, keywords(tag) if training else [])
             if data is None:
                 continue
             used.add(source)
@@ -145,6 +154,6 @@ def build(destination: Path) -> dict[str, object]:
             made += 1
         log.info("sample: %d images for %s", made, tag.id)
     (destination / "taxonomy.json").write_text(json.dumps(taxonomy_document(), indent=2, ensure_ascii=False))
-    manifest = {"images": entries, "tags": [t.id for t in TAGS]}
+    manifest = {"version": SAMPLE_VERSION, "images": entries, "tags": [t.id for t in TAGS]}
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -100,14 +100,9 @@ def dispatch_tagging(
         if len(items) >= batch_size:
             services.queue.send(items)
             items = []
-    # The run is marked dispatched before the last items go out, so a fast worker cannot finish
-    # counting before the run knows how many it selected.
-    run.counts["selected"] = selected
-    run.status = "dispatched" if selected else "succeeded"
-    if not selected:
-        run.ended_at = assets.now_iso()
-    services.runs.save(run)
     services.queue.send(items)
+    services.runs.mark_dispatched(run.run_id, selected)
+    run = services.runs.get(run.run_id) or run
     log.info("tagging run %s: %d assets selected %s", run.run_id, selected, reasons)
     return Dispatch(run, reasons)
 

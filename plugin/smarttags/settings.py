@@ -70,6 +70,13 @@ class AwsSettings(BaseModel):
     thumbnails_prefix: str = "_smarttags/thumbnails/"
     max_attempts: int = Field(default=4, ge=1, le=10)
 
+    @field_validator("endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_real_aws(cls, value: object) -> object:
+        # An environment variable cannot be None: SMARTTAGS_AWS__ENDPOINT_URL="" (the Lambda template) means
+        # real AWS, not the local default.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("models_prefix", "thumbnails_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:

@@ -22,6 +22,7 @@ from smarttags import assets, events, imaging
 from smarttags.errors import ConflictError, ImageError, NotFound, ServiceError, SmartTagsError
 from smarttags.folders import FolderRegistry
 from smarttags.index import SearchIndex
+from smarttags.ingest import is_internal
 from smarttags.models import Model, ModelStore, apply_thresholds
 from smarttags.runs import RunLog
 from smarttags.settings import Settings
@@ -155,6 +156,9 @@ class Tagger:
     # --- one object ---
 
     def handle(self, event: events.ObjectEvent) -> Outcome:
+        if is_internal(event.key):
+            # S3 notifications cannot exclude a prefix: our own models and thumbnails arrive here too.
+            return Outcome(event.key, "ignored", "a SmartTags file, not an asset")
         if event.action == events.REMOVED:
             return self._remove(event)
         doc_id = assets.asset_id(event.bucket, event.key)

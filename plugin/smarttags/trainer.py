@@ -218,8 +218,6 @@ class Trainer:
             y_fit = y[:, columns]
             findings = guidelines.check(x, y_fit, learnable)
             duplicates = [[usable[i][1].key, usable[j][1].key] for i, j in findings.duplicates[:100]]
-            if progress:
-                progress("fit", 0, len(learnable))
             heads, fits = train_heads(
                 x,
                 y_fit,
@@ -244,7 +242,7 @@ class Trainer:
                 self.models.activate(model_version)
             for fit in fits:
                 status = status_for(fit.positives, fit.average_precision, settings.min_images_per_tag)
-                advice = _advice(fit.positives, status, settings.min_images_per_tag, fit.average_precision)
+                advice = _advice(fit.positives, settings.min_images_per_tag, fit.average_precision)
                 if fit.tag in findings.outliers:
                     keys = [usable[i][1].key for i in findings.outliers[fit.tag]]
                     advice.append(f"{len(keys)} image(s) look unlike the rest of this tag: {', '.join(keys[:3])}")
@@ -253,6 +251,8 @@ class Trainer:
                 partner = [b if a == fit.tag else a for a, b in findings.always_together if fit.tag in (a, b)]
                 if partner:
                     advice.append(f"always appears with {', '.join(partner)}: check tag completeness")
+                if status != NOT_TRAINED and not advice:
+                    advice.append("ok")
                 rows[fit.tag] = TagRow(
                     fit.tag,
                     taxonomy.tags[fit.tag].title(),
@@ -347,12 +347,10 @@ class Trainer:
         return vectors, done, failed
 
 
-def _advice(images: int, status: str, min_images: int, average_precision: float) -> list[str]:
+def _advice(images: int, min_images: int, average_precision: float) -> list[str]:
     advice = []
     if images < min_images:
         advice.append(f"add {min_images - images} more visually similar images")
     if average_precision < 0.5:
         advice.append("examples vary too much or resemble other tags: use more coherent images")
-    if status != NOT_TRAINED and not advice:
-        advice.append("ok")
     return advice

@@ -49,7 +49,8 @@ class Heads:
 
 
 def _sigmoid(x: NDArray[np.floating]) -> NDArray[np.floating]:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+    out: NDArray[np.floating] = 0.5 * (1.0 + np.tanh(0.5 * x))
+    return out
 
 
 def balanced_weights(labels: FloatArray) -> FloatArray:
@@ -79,7 +80,8 @@ class _Whitened:
 
     def project(self, x: FloatArray) -> FloatArray:
         """New rows into the whitened coordinates of the training rows."""
-        return (x - self.mean) @ self.basis / self.sigma * np.sqrt(self.z.shape[0])
+        out: FloatArray = (x - self.mean) @ self.basis / self.sigma * np.sqrt(self.z.shape[0])
+        return out
 
     def to_weights(self, a: FloatArray, b: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Coefficients in whitened space -> weights and bias on raw (uncentred) embeddings."""
@@ -94,7 +96,8 @@ def fit_logistic(
     penalty: FloatArray,
     *,
     max_iter: int = 300,
-    tol: float = 1e-6,
+    tol: float = 1e-5,
+    init: tuple[FloatArray, FloatArray] | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """Minimise, for every column t at once,
     mean_i(s_it * logloss(y_it, z_i . a_t + b_t)) + 1/2 * sum_k penalty_kt * a_kt^2.
@@ -104,8 +107,7 @@ def fit_logistic(
     """
     n, r = z.shape
     t = labels.shape[1]
-    a = np.zeros((r, t))
-    b = np.zeros(t)
+    a, b = (init[0].copy(), init[1].copy()) if init is not None else (np.zeros((r, t)), np.zeros(t))
     curvature = 0.25 * sample_weights.mean(axis=0)  # logistic Hessian <= 1/4 per sample
     precond_a = 1.0 / (curvature[None, :] + penalty)
     precond_b = 1.0 / np.maximum(curvature, 1e-12)
@@ -229,10 +231,12 @@ def train_heads(
         white = _Whitened.of(x[train])
         weights = balanced_weights(y[train])
         z_test = white.project(x[held_out])
+        previous: tuple[FloatArray, FloatArray] | None = None
         for ci, c in enumerate(sorted(c_grid)):
             penalty = np.broadcast_to(1.0 / (c * white.sigma**2)[:, None], (white.sigma.size, t))
-            a, b = fit_logistic(white.z, y[train], weights, penalty)
-            oof[ci, held_out] = z_test @ a + b
+            # Along the path of weaker regularisation each solution starts from the previous one.
+            previous = fit_logistic(white.z, y[train], weights, penalty, init=previous)
+            oof[ci, held_out] = z_test @ previous[0] + previous[1]
     grid = sorted(c_grid)
     fits: list[TagFit] = []
     chosen = np.empty(t)
@@ -242,7 +246,7 @@ def train_heads(
         best = int(np.nanargmax(aps)) if not np.all(np.isnan(aps)) else 0
         chosen[j] = grid[best]
         threshold_logit, precision, recall, f1 = choose_threshold(y[:, j], oof[best, :, j], policy, target_precision)
-        thresholds[j] = float(_sigmoid(np.float64(threshold_logit)))
+        thresholds[j] = float(_sigmoid(np.array([threshold_logit]))[0])
         fits.append(
             TagFit(
                 tag=tag,

@@ -1,0 +1,185 @@
+"""Build the tagger's Lambda deployment package into ``build/lambda/``.
+
+    .venv/bin/python lambda/build.py [--model FILE.onnx] [--python-version 3.12] [--no-zip] [--with-boto3]
+
+Lays out ``build/lambda/package/`` (the directory ``template.yaml``'s ``CodeUri`` names) and zips it to
+``build/lambda/smarttags-tagger.zip``:
+
+    handler.py             the entry point (handler string ``handler.handler``)
+    smarttags/             the library, as in plugin/smarttags
+    search_templates/      mappings and templates (resources.py finds it beside smarttags/)
+    models/backbone.onnx   the backbone, with its ``.sha256`` file
+    numpy/, onnxruntime/, PIL/, opensearchpy/, pydantic/, ...   run-time dependencies only
+
+Dependencies are wheels for the Lambda platform (x86_64, Amazon Linux 2023's glibc), not this machine's.
+boto3/botocore come with the Lambda Python runtime and are left out (``--with-boto3`` ships the tested
+version instead, 23 MB more; the code needs boto3>=1.34, which every current Python runtime has).
+The unzipped size must stay under Lambda's 250 MB limit, and torch must never get in: both are checked
+and fail the build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "build" / "lambda"
+LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
+MODEL_PATH = "models/backbone.onnx"  # /var/task/models/backbone.onnx in template.yaml
+
+# What smarttags.services/tagging import at run time (checked by tests/test_deploy.py against the import
+# graph). Not here: onnx (only builds the backbone), openpyxl (Excel reports), tqdm (CLI progress),
+# boto3/botocore (in the runtime), flask/apscheduler (other adapters), torch (never).
+RUNTIME_REQUIREMENTS = (
+    "numpy>=1.26",
+    "onnxruntime>=1.18",
+    "pillow>=10.3",
+    "opensearch-py>=2.6",
+    "pydantic>=2.6",
+    "pydantic-settings>=2.2",
+    "pyyaml>=6.0",
+    "defusedxml>=0.7",
+)
+# Lambda's python3.12 runtime runs on Amazon Linux 2023 (glibc 2.34): manylinux_2_28 wheels run there.
+PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")
+NEVER = ("torch", "torchvision")
+# The runtime's boto3 is older than ours and changes with the runtime; --with-boto3 ships the tested one.
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath")
+FORBIDDEN = (*NEVER, *RUNTIME_PROVIDED)
+STRIP_DIRS = frozenset({"tests", "test", "__pycache__"})
+
+
+def tested_versions() -> list[str]:
+    """``name==version`` of every package in this environment: the Lambda gets what the tests ran with."""
+    from importlib import metadata
+
+    pins = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and name.lower() not in ("smarttags", *NEVER):
+            pins[name.lower()] = f"{name}=={dist.version}"
+    return sorted(pins.values())
+
+
+def pip_install(target: Path, python_version: str, requirements: Sequence[str] = RUNTIME_REQUIREMENTS) -> None:
+    """Install the run-time wheels for the Lambda platform into ``target`` (pip's cache is reused)."""
+    constraints = target.parent / "constraints.txt"
+    constraints.write_text("\n".join(tested_versions()) + "\n")
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-conflicts"]
+    cmd += ["--constraint", str(constraints)]
+    cmd += ["--target", str(target), "--only-binary=:all:", "--implementation", "cp"]
+    cmd += ["--python-version", python_version]
+    for platform in PLATFORMS:
+        cmd += ["--platform", platform]
+    cmd += list(requirements)
+    subprocess.run(cmd, check=True)
+
+
+def strip(root: Path) -> int:
+    """Remove test suites, bytecode caches and console scripts; return the bytes saved."""
+    saved = 0
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and path.name in STRIP_DIRS:
+            saved += tree_size(path)
+            shutil.rmtree(path)
+    bin_dir = root / "bin"  # console scripts of the deps: nothing runs them in Lambda
+    if bin_dir.is_dir():
+        saved += tree_size(bin_dir)
+        shutil.rmtree(bin_dir)
+    return saved
+
+
+def tree_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def forbidden_present(root: Path, forbidden: Sequence[str] = FORBIDDEN) -> list[str]:
+    """Top-level packages in ``root`` that must not ship (torch above all)."""
+    found = []
+    for path in root.iterdir():
+        name = path.name.split("-")[0].lower() if path.name.endswith(".dist-info") else path.name.lower()
+        if name in forbidden:
+            found.append(path.name)
+    return sorted(found)
+
+
+def copy_project(package: Path, model: Path) -> None:
+    shutil.copy2(ROOT / "lambda" / "handler.py", package / "handler.py")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "plugin" / "smarttags", package / "smarttags", ignore=ignore)
+    shutil.copytree(ROOT / "search_templates", package / "search_templates", ignore=ignore)
+    # A fixed name, so template.yaml's SMARTTAGS_BACKBONE__ONNX_FILE need not change with the build.
+    target = package / MODEL_PATH
+    target.parent.mkdir()
+    shutil.copy2(model, target)
+    # The embedder checks the .sha256 file beside the model before it loads it.
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    target.with_name(target.name + ".sha256").write_text(f"{digest}  {target.name}\n")
+
+
+def default_model() -> Path:
+    """The preset backbone built (or found cached) in data_dir/models by smarttags.backbone."""
+    sys.path.insert(0, str(ROOT / "plugin"))
+    from smarttags import backbone, settings
+
+    return backbone.build(settings.load()).path
+
+
+def write_zip(package: Path, zip_path: Path) -> None:
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        for path in sorted(package.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(package).as_posix())
+
+
+def build(out: Path, model: Path, python_version: str, *, make_zip: bool = True, with_boto3: bool = False) -> int:
+    """Lay out the package, check it, optionally zip it; return the unzipped size in bytes."""
+    package = out / "package"
+    if package.exists():
+        shutil.rmtree(package)
+    package.mkdir(parents=True)
+    requirements = list(RUNTIME_REQUIREMENTS)
+    if with_boto3:
+        requirements.append("boto3>=1.34")  # pinned to this environment's version by the constraints
+    pip_install(package, python_version, requirements)
+    saved = strip(package)
+    copy_project(package, model)
+    bad = forbidden_present(package, NEVER if with_boto3 else FORBIDDEN)
+    if bad:
+        raise SystemExit(f"build: {', '.join(bad)} must not be in the Lambda package")
+    size = tree_size(package)
+    print(f"unzipped size: {size / 1e6:.1f} MB ({size} bytes; stripped {saved / 1e6:.1f} MB)")
+    if size > LAMBDA_UNZIPPED_LIMIT:
+        raise SystemExit(f"build: {size} bytes is over Lambda's unzipped limit of {LAMBDA_UNZIPPED_LIMIT}")
+    if make_zip:
+        zip_path = out / "smarttags-tagger.zip"
+        write_zip(package, zip_path)
+        print(f"zip: {zip_path} ({zip_path.stat().st_size / 1e6:.1f} MB)")
+    return size
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="backbone ONNX file (default: build the preset one)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--python-version", default=os.environ.get("LAMBDA_PYTHON_VERSION", "3.12"))
+    parser.add_argument("--no-zip", action="store_true")
+    parser.add_argument("--with-boto3", action="store_true", help="ship the tested boto3 instead of the runtime's")
+    args = parser.parse_args(argv)
+    model = args.model or default_model()
+    if not model.is_file():
+        parser.error(f"no such model file: {model}")
+    build(args.out, model, args.python_version, make_zip=not args.no_zip, with_boto3=args.with_boto3)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

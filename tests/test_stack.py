@@ -1,0 +1,444 @@
+"""The embedded stack is real: OpenSearch 2.19 with its plugins, moto S3 -> SQS, and our client glue."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_plus
+
+import numpy as np
+import pytest
+from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+from opensearchpy import exceptions as os_exc
+from smarttags import clients, errors, stack
+from smarttags import settings as settings_mod
+from smarttags.settings import Settings
+
+from tests.conftest import free_port, make_settings, pinned_versions
+
+EVENTS = Path(__file__).parent / "events"
+PLUGIN_CLASSES = {
+    "org.opensearch.transport.Netty4Plugin",
+    "org.opensearch.analysis.common.CommonAnalysisPlugin",
+    "org.opensearch.index.mapper.MapperExtrasPlugin",
+    "org.opensearch.painless.PainlessPlugin",
+    "org.opensearch.script.mustache.MustachePlugin",
+    "org.opensearch.index.reindex.ReindexPlugin",
+    "org.opensearch.ingest.common.IngestCommonPlugin",
+    "org.opensearch.knn.plugin.KNNPlugin",
+}
+SINGLE_SHARD = {"number_of_shards": 1, "number_of_replicas": 0}
+
+
+# --- OpenSearch -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_node_reports_real_version_and_plugins(os_client: Any) -> None:
+    info = os_client.info()
+    version = info["version"]
+    assert version["number"] == pinned_versions()[0]
+    assert version["number"].startswith("2.19.")
+    assert version["build_snapshot"] is False
+    assert version["build_hash"] not in ("", "unknown")  # read from the jar's manifest
+    plugins = {row["component"] for row in os_client.cat.plugins(format="json")}
+    assert plugins >= PLUGIN_CLASSES
+
+
+@pytest.mark.slow
+def test_stored_mustache_template_renders_and_searches(settings: Settings, os_client: Any) -> None:
+    index = settings.index_name("assets")
+    os_client.indices.create(
+        index=index,
+        body={
+            "settings": SINGLE_SHARD,
+            "mappings": {"properties": {"title": {"type": "text"}, "tags": {"type": "keyword"}}},
+        },
+    )
+    docs = [("1", "red bicycle", ["bike"]), ("2", "red car", ["car"]), ("3", "blue bicycle", ["bike"])]
+    for doc_id, title, tags in docs:
+        os_client.index(index=index, id=doc_id, body={"title": title, "tags": tags})
+    os_client.indices.refresh(index=index)
+
+    # Sections make this invalid JSON, so it is stored as a string (CONVENTIONS 4).
+    source = (
+        '{"query": {"bool": {"must": [{"match": {"title": "{{text}}"}}]'
+        '{{#tag}}, "filter": [{"term": {"tags": "{{tag}}"}}]{{/tag}}}}, "size": {{size}}}'
+    )
+    script_id = f"{settings.opensearch.index_prefix}-by-title"
+    os_client.put_script(id=script_id, body={"script": {"lang": "mustache", "source": source}})
+    try:
+        stored = os_client.get_script(id=script_id)["script"]
+        assert stored["lang"] == "mustache" and stored["source"] == source
+
+        rendered = os_client.render_search_template(
+            id=script_id, body={"params": {"text": "red", "tag": "bike", "size": 5}}
+        )["template_output"]
+        assert rendered == {
+            "query": {
+                "bool": {
+                    "must": [{"match": {"title": "red"}}],
+                    "filter": [{"term": {"tags": "bike"}}],
+                }
+            },
+            "size": 5,
+        }
+        untagged = os_client.render_search_template(id=script_id, body={"params": {"text": "x", "size": 1}})
+        assert "filter" not in untagged["template_output"]["query"]["bool"]
+
+        hits = os_client.search_template(
+            index=index, body={"id": script_id, "params": {"text": "red", "tag": "bike", "size": 5}}
+        )["hits"]["hits"]
+        assert [hit["_id"] for hit in hits] == ["1"]
+        hits = os_client.search_template(index=index, body={"id": script_id, "params": {"text": "bicycle", "size": 5}})[
+            "hits"
+        ]["hits"]
+        assert {hit["_id"] for hit in hits} == {"1", "3"}
+    finally:
+        os_client.delete_script(id=script_id)
+
+
+@pytest.mark.slow
+def test_rank_feature_query_orders_by_feature_value(settings: Settings, os_client: Any) -> None:
+    index = settings.index_name("assets")
+    os_client.indices.create(
+        index=index,
+        body={"settings": SINGLE_SHARD, "mappings": {"properties": {"tags": {"type": "rank_features"}}}},
+    )
+    confidences = {"a": 0.31, "b": 0.92, "c": 0.55, "d": 0.07}
+    for doc_id, cat in confidences.items():
+        os_client.index(index=index, id=doc_id, body={"tags": {"cat": cat, "dog": 1 - cat}})
+    os_client.index(index=index, id="e", body={"tags": {"dog": 0.99}})  # no cat at all: no match
+    os_client.indices.refresh(index=index)
+
+    for query in (
+        {"rank_feature": {"field": "tags.cat"}},
+        {"rank_feature": {"field": "tags.cat", "linear": {}}},
+    ):
+        hits = os_client.search(index=index, body={"query": query})["hits"]["hits"]
+        assert [hit["_id"] for hit in hits] == ["b", "c", "a", "d"]
+
+
+@pytest.mark.slow
+def test_knn_lucene_hnsw_cosine_returns_nearest_in_order(settings: Settings, os_client: Any) -> None:
+    index = settings.index_name("assets")
+    dim = 8
+    os_client.indices.create(
+        index=index,
+        body={
+            "settings": {**SINGLE_SHARD, "index.knn": True},
+            "mappings": {
+                "properties": {
+                    "embedding": {
+                        "type": "knn_vector",
+                        "dimension": dim,
+                        "method": {
+                            "name": "hnsw",
+                            "engine": "lucene",
+                            "space_type": "cosinesimil",
+                            "parameters": {"m": 16, "ef_construction": 64},
+                        },
+                    }
+                }
+            },
+        },
+    )
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(40, dim)).astype(np.float32)
+    for i, vector in enumerate(vectors):
+        os_client.index(index=index, id=str(i), body={"embedding": vector.tolist()})
+    os_client.indices.refresh(index=index)
+
+    query = rng.normal(size=dim).astype(np.float32)
+    cosine = vectors @ query / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(query))
+    expected = [str(i) for i in np.argsort(-cosine)[:5]]
+
+    body = {"size": 5, "query": {"knn": {"embedding": {"vector": query.tolist(), "k": 5}}}}
+    hits = os_client.search(index=index, body=body)["hits"]["hits"]
+    assert [hit["_id"] for hit in hits] == expected
+    # The Lucene engine scores cosine similarity as (1 + cos) / 2.
+    top = int(expected[0])
+    assert hits[0]["_score"] == pytest.approx((1 + cosine[top]) / 2, rel=1e-4)
+
+    # k-NN's painless functions (its allowlist extension) work too: exact scoring in a script.
+    script = {
+        "source": "1.0 + cosineSimilarity(params.query_value, doc[params.field])",
+        "params": {"field": "embedding", "query_value": query.tolist()},
+    }
+    body = {"size": 5, "query": {"script_score": {"query": {"match_all": {}}, "script": script}}}
+    hits = os_client.search(index=index, body=body)["hits"]["hits"]
+    assert [hit["_id"] for hit in hits] == expected
+
+
+@pytest.mark.slow
+def test_sigv4_client_signs_requests_with_refreshable_credentials(opensearch_node: Any, tmp_path: Path) -> None:
+    # The node has no security plugin: it ignores the signature, so this proves the signing path runs.
+    settings = settings_mod.load(
+        opensearch={"url": opensearch_node.url, "auth": "sigv4", "region": "eu-west-1"},
+        aws={"access_key_id": "AKIDEXAMPLE", "secret_access_key": "sigv4-secret-value"},
+        data_dir=tmp_path,
+    )
+    client = clients.opensearch_client(settings)
+    auth = client.transport.get_connection().session.auth
+    assert callable(auth.signer.credentials.get_frozen_credentials)  # not frozen at build time
+    assert client.info()["version"]["number"].startswith("2.19.")
+
+
+# --- S3 -> SQS --------------------------------------------------------------------------------------------
+
+TRICKY_KEYS = [
+    "plain.jpg",
+    "with space/photo 1.jpg",
+    "plus+sign/a+b=c.png",
+    "unicode/café-東京-ü.jpg",
+    "deep/a/b/c/d/e/f/g/h/leaf (copy) & more.png",
+]
+
+
+def _receive_records(sqs: Any, queue_url: str, want: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(records) < want and time.monotonic() < deadline:
+        response = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        for message in response.get("Messages", []):
+            body = json.loads(message["Body"])
+            records.extend(body.get("Records", []))  # an s3:TestEvent has no Records
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+    return records
+
+
+@pytest.mark.slow
+def test_upload_produces_sqs_event_with_decodable_key(settings: Settings, s3: Any, sqs: Any) -> None:
+    wiring = clients.ensure_bucket_and_queue(settings)
+    assert clients.ensure_bucket_and_queue(settings) == wiring  # idempotent
+
+    attributes = sqs.get_queue_attributes(QueueUrl=wiring.queue_url, AttributeNames=["All"])["Attributes"]
+    redrive = json.loads(attributes["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"] == wiring.dead_letter_queue_arn
+    assert int(redrive["maxReceiveCount"]) == settings.aws.max_receive_count
+    statement = json.loads(attributes["Policy"])["Statement"][0]
+    assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert statement["Condition"]["ArnLike"]["aws:SourceArn"] == f"arn:aws:s3:::{settings.aws.bucket}"
+    notification = s3.get_bucket_notification_configuration(Bucket=settings.aws.bucket)
+    [queue_config] = notification["QueueConfigurations"]
+    assert queue_config["QueueArn"] == wiring.queue_arn
+    assert set(queue_config["Events"]) == {"s3:ObjectCreated:*", "s3:ObjectRemoved:*"}
+
+    for key in TRICKY_KEYS:
+        s3.put_object(Bucket=settings.aws.bucket, Key=key, Body=b"\x89PNG fake")
+    s3.delete_object(Bucket=settings.aws.bucket, Key=TRICKY_KEYS[1])
+
+    records = _receive_records(sqs, wiring.queue_url, want=len(TRICKY_KEYS) + 1)
+    created = [r for r in records if r["eventName"].startswith("ObjectCreated:")]
+    removed = [r for r in records if r["eventName"].startswith("ObjectRemoved:")]
+    assert sorted(unquote_plus(r["s3"]["object"]["key"]) for r in created) == sorted(TRICKY_KEYS)
+    assert [unquote_plus(r["s3"]["object"]["key"]) for r in removed] == [TRICKY_KEYS[1]]
+    assert {r["s3"]["bucket"]["name"] for r in records} == {settings.aws.bucket}
+    # The raw keys really are encoded: a decoder that skips unquote_plus would be wrong. (moto also
+    # encodes "/" as %2F where AWS leaves it; unquote_plus reads both.)
+    raw = {r["s3"]["object"]["key"].replace("%2F", "/") for r in created}
+    assert "with+space/photo+1.jpg" in raw and "plus%2Bsign/a%2Bb%3Dc.png" in raw
+    # moto's records have the shape of the real one we keep in tests/events/.
+    sample = json.loads((EVENTS / "s3_object_created_put.json").read_text())["Records"][0]
+    assert set(sample["s3"]["object"]) <= set(created[0]["s3"]["object"]) | {"eTag", "sequencer"}
+
+
+def test_sample_event_file_key_decodes() -> None:
+    record = json.loads((EVENTS / "s3_object_created_put.json").read_text())["Records"][0]
+    assert unquote_plus(record["s3"]["object"]["key"]) == "Campaigns/2024/Spring Sale/café + friends (1).jpg"
+    test_event = json.loads((EVENTS / "s3_test_event.json").read_text())
+    assert test_event["Event"] == "s3:TestEvent" and "Records" not in test_event
+
+
+# --- stack up / status / down -----------------------------------------------------------------------------
+
+
+def _port_pair() -> int:
+    """A free HTTP port whose transport port (+100, as `stack up` uses) is free too."""
+    for _ in range(50):
+        port = free_port()
+        if port + 100 < 65536:
+            try:
+                with socket.create_server(("127.0.0.1", port + 100)):
+                    return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port pair")
+
+
+@pytest.mark.slow
+def test_stack_up_status_down_leaves_nothing_running(tmp_path: Path) -> None:
+    settings = make_settings(f"http://127.0.0.1:{_port_pair()}", f"http://127.0.0.1:{free_port()}", tmp_path / "var")
+    result = stack.stack_up(settings, heap_max="512m")
+    try:
+        pids = {handle.name: handle.pid for handle in result.handles}
+        assert set(pids) == {"opensearch", "moto"}
+        assert not any(handle.reused for handle in result.handles)
+
+        again = stack.stack_up(settings, heap_max="512m")  # harmless: finds the live pids
+        assert {h.name: (h.pid, h.reused) for h in again.handles} == {n: (p, True) for n, p in pids.items()}
+
+        rows = {row.name: row for row in stack.stack_status(settings)}
+        assert rows["opensearch"].state == "up" and rows["opensearch"].pid == pids["opensearch"]
+        assert "OpenSearch 2.19." in rows["opensearch"].detail
+        assert rows["s3+sqs"].state == "up" and rows["s3+sqs"].pid == pids["moto"]
+        assert (settings.data_dir / "opensearch" / "logs" / "smarttags.log").is_file()
+    finally:
+        stopped = stack.stack_down(settings)
+    assert sorted(stopped) == ["moto", "opensearch"]
+    for pid in pids.values():
+        assert not _alive(pid)
+    assert not list((settings.data_dir / "stack").glob("*.pid"))
+    assert stack.stack_down(settings) == []
+    assert {row.state for row in stack.stack_status(settings)} == {"down"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+# --- Error translation and secrets (no services) -----------------------------------------------------------
+
+
+def _client_error(code: str, message: str = "", status: int = 400, operation: str = "GetObject") -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        operation,
+    )
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+        ConnectTimeoutError(endpoint_url="http://127.0.0.1:1"),
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),
+        _client_error("SlowDown", status=503),
+        _client_error("SomethingNew", status=500),
+    ],
+)
+def test_aws_unavailable(exc: Exception) -> None:
+    assert type(clients.translate_aws_error(exc, "s3")) is errors.ServiceUnavailable
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "AccessDenied",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+    ],
+)
+def test_aws_credentials_rejected_by_code(code: str) -> None:
+    error = clients.translate_aws_error(_client_error(code, "Secret details: StringToSign=abc", 403), "sqs")
+    assert type(error) is errors.CredentialsRejected
+    assert error.service == "sqs" and code in str(error)
+    assert "StringToSign" not in str(error)
+
+
+def test_aws_classifies_by_code_not_message() -> None:
+    error = clients.translate_aws_error(_client_error("InvalidRequest", "AccessDenied: expired token"), "s3")
+    assert type(error) is errors.ServiceError
+    assert isinstance(clients.translate_aws_error(_client_error("NoSuchKey", status=404), "s3"), errors.NotFound)
+
+
+def test_aws_real_connection_refused_is_unavailable(tmp_path: Path) -> None:
+    settings = make_settings("http://127.0.0.1:9", f"http://127.0.0.1:{free_port()}", tmp_path)
+    with pytest.raises(EndpointConnectionError) as caught:
+        clients.s3_client(settings).list_buckets()
+    assert isinstance(clients.translate_aws_error(caught.value, "s3"), errors.ServiceUnavailable)
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (os_exc.ConnectionError("N/A", "refused", OSError("refused")), errors.ServiceUnavailable),
+        (os_exc.ConnectionTimeout("TIMEOUT", "timed out", OSError()), errors.ServiceUnavailable),
+        (os_exc.AuthenticationException(401, "security_exception", {}), errors.CredentialsRejected),
+        (os_exc.AuthorizationException(403, "security_exception", {}), errors.CredentialsRejected),
+        (os_exc.ConflictError(409, "version_conflict_engine_exception", {}), errors.ConflictError),
+        (os_exc.NotFoundError(404, "index_not_found_exception", {}), errors.NotFound),
+        (os_exc.RequestError(400, "parsing_exception", {}), errors.RequestError),
+        (os_exc.TransportError(429, "es_rejected_execution_exception", {}), errors.ServiceUnavailable),
+        (os_exc.TransportError(503, "unavailable", {}), errors.ServiceUnavailable),
+        (os_exc.TransportError(418, "teapot", {}), errors.ServiceError),
+    ],
+)
+def test_opensearch_translation(exc: Exception, expected: type[errors.SmartTagsError]) -> None:
+    assert type(clients.translate_opensearch_error(exc)) is expected
+
+
+def test_opensearch_real_connection_refused_is_unavailable(tmp_path: Path) -> None:
+    settings = make_settings(f"http://127.0.0.1:{free_port()}", "http://127.0.0.1:9", tmp_path)
+    client = clients.opensearch_client(settings)
+    with pytest.raises(os_exc.ConnectionError) as caught:
+        client.info()
+    assert isinstance(clients.translate_opensearch_error(caught.value), errors.ServiceUnavailable)
+
+
+def test_secrets_never_shown(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    settings = settings_mod.load(
+        opensearch={
+            "url": "https://search.example.com",
+            "auth": "basic",
+            "username": "u",
+            "password": "pw-9f3",
+        },
+        aws={"access_key_id": "AKID-7c1", "secret_access_key": "sk-41d"},
+        data_dir=tmp_path,
+    )
+    client = clients.opensearch_client(settings)
+    s3 = clients.s3_client(settings)
+    shown = [repr(settings), str(settings), settings.model_dump_json(), repr(client), repr(s3), caplog.text]
+    for secret in ("pw-9f3", "sk-41d"):
+        assert not any(secret in text for text in shown)
+    # The secret still reaches the client that needs it.
+    assert settings.opensearch.password is not None
+    assert settings.opensearch.password.get_secret_value() == "pw-9f3"
+
+
+def test_loopback_detection() -> None:
+    assert clients.is_loopback_url("http://127.0.0.1:9200")
+    assert clients.is_loopback_url("http://localhost:9400")
+    assert not clients.is_loopback_url("https://search-x.eu-west-1.es.amazonaws.com")
+    assert not clients.is_loopback_url(None)
+
+
+def test_external_services_are_never_managed(tmp_path: Path) -> None:
+    external = settings_mod.load(
+        opensearch={
+            "url": "https://search-x.eu-west-1.es.amazonaws.com",
+            "auth": "sigv4",
+            "region": "eu-west-1",
+        },
+        aws={"endpoint_url": None, "region": "eu-west-1"},
+        data_dir=tmp_path,
+    )
+    assert stack.managed_processes(external) == []
+    assert stack.stack_down(external) == []
+    local = make_settings("http://127.0.0.1:9200", "http://localhost:9400", tmp_path)
+    processes = {p.name: p for p in stack.managed_processes(local)}
+    assert list(processes) == ["opensearch", "moto"]
+    assert processes["opensearch"].pid_file.parent == processes["moto"].pid_file.parent == tmp_path / "stack"
+    assert "--http-port" in processes["opensearch"].argv and "9200" in processes["opensearch"].argv
+    assert processes["moto"].argv[-1] == "9400"
+
+
+def test_start_refuses_a_port_taken_by_a_stranger(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as stranger:
+        port = stranger.getsockname()[1]
+        with pytest.raises(errors.ServiceUnavailable, match="taken by a process"):
+            stack.start_moto(port, tmp_path)
+    assert not (tmp_path / "moto.pid").exists()

@@ -1,0 +1,157 @@
+"""Training on the committed sample from the CLI: report as table/JSON/XLSX, incremental retrains,
+model versions, tampering, guideline refusals."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from openpyxl import load_workbook
+from smarttags import cli, report, sample
+from smarttags.errors import ModelError
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+# tag -> how many training pictures this test uploads (the sample has 36 of each)
+COUNTS = {"clipart:flags": 34, "clipart:food/fruit": 12, "clipart:vehicles": 12, "clipart:music": 3}
+
+
+@pytest.fixture(scope="module")
+def sample_dir() -> Path:
+    target = ROOT / "var" / "sample"
+    sample.build(target)
+    return target
+
+
+@pytest.fixture
+def config(settings, tmp_path) -> Path:
+    """The test's settings as a TOML file, the way an operator hands them to the CLI."""
+    aws = settings.aws
+    text = f"""
+data_dir = "{ROOT / "var"}"
+[opensearch]
+url = "{settings.opensearch.url}"
+index_prefix = "{settings.opensearch.index_prefix}"
+[aws]
+endpoint_url = "{aws.endpoint_url}"
+access_key_id = "testing"
+secret_access_key = "testing"
+bucket = "{aws.bucket}"
+queue_name = "{aws.queue_name}"
+dead_letter_queue_name = "{aws.dead_letter_queue_name}"
+[training]
+cv_folds = 3
+"""
+    path = tmp_path / "smarttags.toml"
+    path.write_text(text)
+    return path
+
+
+def _upload_training(services, sample_dir: Path) -> dict[str, list[str]]:
+    keys: dict[str, list[str]] = {}
+    for tag, count in COUNTS.items():
+        folder = sample_dir / "train" / tag.split(":", 1)[1]
+        for path in sorted(folder.glob("*.jpg"))[:count]:
+            key = f"train/{tag.split(':', 1)[1]}/{path.name}"
+            services.store.put_bytes(key, path.read_bytes(), content_type="image/jpeg")
+            keys.setdefault(tag, []).append(key)
+    return keys
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def test_train_report_retrain_and_models(services, sample_dir, config, capsys, tmp_path):
+    code, out = _run(capsys, "--config", str(config), "taxonomy", "import", str(sample_dir / "taxonomy.json"))
+    assert code == 0 and "imported 9 tags" in out
+    keys = _upload_training(services, sample_dir)
+    bucket = services.settings.aws.bucket
+    xlsx = tmp_path / "report.xlsx"
+
+    code, out = _run(capsys, "--config", str(config), "train", "--folder", f"s3://{bucket}/train/", "--xlsx", str(xlsx))
+    assert code == 0
+    assert "clipart:flags" in out and "trained" in out and f"report written to {xlsx}" in out
+
+    code, out = _run(capsys, "--config", str(config), "report", "--json")
+    first = json.loads(out)
+    rows = {row["tag"]: row for row in first["rows"]}
+    assert first["images_embedded"] == sum(COUNTS.values())
+    # The documented rule: >= 30 images and AP >= 0.5 is trained; 5..29 partially; < 5 not trained.
+    assert rows["clipart:flags"]["status"] == report.status_for(34, rows["clipart:flags"]["average_precision"], 30)
+    assert rows["clipart:flags"]["images"] == 34
+    assert rows["clipart:food/fruit"]["status"] == report.PARTIAL
+    assert "add 18 more visually similar images" in rows["clipart:food/fruit"]["advice"]
+    assert rows["clipart:music"]["status"] == report.NOT_TRAINED
+    # Child tags imply their parents: the fruit pictures also train "Food".
+    assert rows["clipart:food"]["images"] == 12
+    for row in rows.values():
+        if row["status"] != report.NOT_TRAINED:
+            assert 0 < row["threshold"] < 1 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+    book = load_workbook(io.BytesIO(xlsx.read_bytes()))
+    sheet = book["Training report"]
+    statuses = {
+        sheet.cell(row=r, column=1).value: sheet.cell(row=r, column=3).value for r in range(2, sheet.max_row + 1)
+    }
+    assert statuses == {tag: row["status"] for tag, row in rows.items()}
+
+    # Change three assets and delete one: the retrain embeds exactly three pictures.
+    for key in keys["clipart:flags"][:3]:
+        data, _ = services.store.get_bytes(key)
+        services.store.put_bytes(key, data + b"\x00", content_type="image/jpeg")
+    services.store.delete(keys["clipart:vehicles"][0])
+    code, out = _run(capsys, "--config", str(config), "train", "--folder", f"s3://{bucket}/train/", "--json")
+    second = json.loads(out)
+    assert second["images_embedded"] == 3
+    assert second["images_used"] == first["images_used"] - 1
+
+    code, out = _run(capsys, "--config", str(config), "models", "list")
+    versions = [re.search(r"\d{8}T\d{6}Z-\w+", line).group(0) for line in out.splitlines()]
+    assert len(versions) == 2 and out.splitlines()[1].startswith("*")
+    code, out = _run(capsys, "--config", str(config), "models", "rollback")
+    assert out.strip() == f"active: {versions[0]}"
+    code, out = _run(capsys, "--config", str(config), "models", "activate", versions[1])
+    assert services.models.active_version() == versions[1]
+
+    # A tampered model file is refused: never activated, never loaded.
+    prefix = services.settings.aws.models_prefix
+    services.store.put_bytes(f"{prefix}{versions[0]}/heads.npz", b"tampered")
+    with pytest.raises(ModelError, match="sha256"):
+        services.models.activate(versions[0])
+    assert services.models.active_version() == versions[1]
+    code = cli.main(["--config", str(config), "models", "activate", versions[0]])
+    assert code == 2 and "sha256" in capsys.readouterr().err
+
+
+def test_predict_is_a_dry_run(services, sample_dir, config, capsys):
+    cli.main(["--config", str(config), "taxonomy", "import", str(sample_dir / "taxonomy.json")])
+    _upload_training(services, sample_dir)
+    bucket = services.settings.aws.bucket
+    assert cli.main(["--config", str(config), "train", "--folder", f"s3://{bucket}/train/", "--json"]) == 0
+    capsys.readouterr()
+    flag = sorted((sample_dir / "train" / "flags").glob("*.jpg"))[-1]
+    before = services.index.count("assets")
+    code, out = _run(capsys, "--config", str(config), "predict", str(flag), "--json", "--all-scores")
+    result = json.loads(out)["predictions"][0]
+    assert code == 0 and result["tags"][0]["tag"] == "clipart:flags"
+    assert max(result["scores"], key=result["scores"].get) == "clipart:flags"
+    assert services.index.count("assets") == before
+
+
+def test_tags_outside_the_taxonomy_are_refused(services, sample_dir, config, capsys, tmp_path):
+    cli.main(["--config", str(config), "taxonomy", "import", str(sample_dir / "taxonomy.json")])
+    path = sorted((sample_dir / "train" / "flags").glob("*.jpg"))[0]
+    services.store.put_bytes("m/one.jpg", path.read_bytes(), content_type="image/jpeg")
+    manifest = tmp_path / "tags.csv"
+    manifest.write_text("key,tags\nm/one.jpg,clipart:flags;clipart:unicorns\n")
+    bucket = services.settings.aws.bucket
+    code, out = _run(capsys, "--config", str(config), "ingest", f"s3://{bucket}/m/", "--manifest", str(manifest))
+    assert code == 0 and "1 new" in out
+    assert "refused tag 'clipart:unicorns' (not in the taxonomy)" in out
+    doc = services.index.search("assets", {"query": {"term": {"key": "m/one.jpg"}}})["hits"]["hits"][0]["_source"]
+    assert doc["tags"] == ["clipart:flags"]  # from the embedded XMP keyword "Flag" and the manifest

@@ -1,0 +1,142 @@
+"""The local worker on the real S3 -> SQS wiring, tagging runs fanned out through the queue, and the
+scheduler's once-only windows."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+from smarttags import scheduling
+from smarttags.runs import SCHEDULE
+from smarttags.search import SearchRequest
+from smarttags.services import Services
+from smarttags.taxonomy import Tag
+from smarttags.worker import Worker
+
+from tests.adapters import load
+from tests.images import picture
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def running_worker(services):
+    worker = Worker(services.tagger, services.queue, concurrency=2, wait_seconds=1)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    yield worker
+    worker.stop.set()
+    thread.join(timeout=10)
+
+
+def _wait(predicate, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"not true within {timeout} s")
+
+
+def test_an_upload_is_searchable_by_its_smart_tag_within_seconds(services, shape_model, running_worker):
+    services.taxonomy.import_tags([Tag("shapes:red", {"en": "Red"}), Tag("shapes:any", {"en": "Shape"})])
+    services.folders.set_enabled(services.settings.aws.bucket, "uploads/", True)
+    services.s3.put_object(Bucket=services.settings.aws.bucket, Key="uploads/a red one.jpg", Body=picture("red"))
+
+    def found() -> bool:
+        services.index.refresh()
+        hits = services.searcher.search(SearchRequest(text="red")).hits
+        return [h.key for h in hits] == ["uploads/a red one.jpg"]
+
+    took = _wait(found, 10)
+    print(f"upload to searchable: {took:.1f} s")
+
+
+def test_a_poison_message_ends_in_the_dead_letter_queue(services):
+    services.queue.send([{"neither": "an S3 event nor a work item"}])
+    worker = Worker(services.tagger, services.queue, wait_seconds=1)
+    deadline = time.monotonic() + 40
+    while services.dead_letter_queue.depth()["visible"] == 0 and time.monotonic() < deadline:
+        worker.run_once()
+    assert services.dead_letter_queue.depth()["visible"] == 1
+    body = services.dead_letter_queue.receive(wait_seconds=1)[0]["body"]
+    assert json.loads(body) == {"neither": "an S3 event nor a work item"}
+
+
+def test_an_outage_loses_no_event(services, settings, shape_model):
+    services.folders.set_enabled(services.settings.aws.bucket, "o/", True)
+    services.s3.put_object(Bucket=services.settings.aws.bucket, Key="o/red.jpg", Body=picture("red"))
+    down = Services(
+        settings.model_copy(update={"opensearch": settings.opensearch.model_copy(update={"url": "http://127.0.0.1:9"})})
+    )
+    down.embedder = services.embedder
+    broken = Worker(down.tagger, services.queue, wait_seconds=2)
+    assert broken.run_once() == 1  # received, failed, left on the queue
+    worker = Worker(services.tagger, services.queue, wait_seconds=1)
+    _wait(lambda: worker.run_once() > 0 or False, 15)
+    doc = services.index.search("assets", {"query": {"term": {"key": "o/red.jpg"}}})["hits"]["hits"][0]["_source"]
+    assert doc["tagging"]["status"] == "tagged"
+
+
+def test_a_daily_tagging_run_goes_through_the_queue_and_is_recorded(services, shape_model, running_worker):
+    bucket = services.settings.aws.bucket
+    # Assets that arrived while the folder was not enabled: registered, not tagged.
+    for i in range(4):
+        services.s3.put_object(
+            Bucket=bucket, Key=f"daily/{i}.jpg", Body=picture("red" if i % 2 else "blue", size=(600 + i, 400))
+        )
+    _wait(lambda: services.index.count("assets", {"term": {"tagging.status": "not_enabled"}}) == 4, 20)
+    services.folders.set_enabled(bucket, "daily/", True)
+    dispatch = scheduling.dispatch_tagging(services, f"s3://{bucket}/daily/", trigger=SCHEDULE)
+    assert dispatch.run.counts["selected"] == 4 and dispatch.reasons == {"new": 4}
+    _wait(lambda: (run := services.runs.get(dispatch.run.run_id)) is not None and run.status == "succeeded", 30)
+    run = services.runs.get(dispatch.run.run_id)
+    assert run.counts["processed"] == 4 and run.counts["tagged"] == 4 and run.trigger == SCHEDULE
+    assert services.index.count("assets", {"term": {"tagging.status": "tagged"}}) == 4
+    # Nothing changed: the next daily run selects nothing.
+    assert scheduling.dispatch_tagging(services, f"s3://{bucket}/daily/", trigger=SCHEDULE).run.counts["selected"] == 0
+    listed = services.runs.list(kind="tag")
+    assert dispatch.run.run_id in [r.run_id for r in listed]
+
+
+def test_two_schedulers_run_each_window_once(services):
+    services.folders.set_enabled(services.settings.aws.bucket, "w/", True)
+    fire = datetime(2026, 12, 1, tzinfo=UTC)
+    results: dict[str, object] = {}
+    barrier = threading.Barrier(2)
+
+    def replica(owner: str) -> None:
+        barrier.wait()
+        results[owner] = scheduling.run_window(services, scheduling.TAGGING_WINDOW, fire, owner=owner)
+
+    threads = [threading.Thread(target=replica, args=(f"replica-{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ran = [owner for owner, run_ids in results.items() if run_ids is not None]
+    assert len(ran) == 1
+    assert len(services.runs.list(kind="tag")) == 1
+    # Later, the same window never runs again.
+    assert scheduling.run_window(services, scheduling.TAGGING_WINDOW, fire, owner="replica-late") is None
+
+
+def test_a_window_missed_while_stopped_runs_once_on_restart(services):
+    service = load("scheduler/service.py", "smarttags_scheduler_service_worker_test")
+    services.folders.set_enabled(services.settings.aws.bucket, "m/", True)
+    # The service was down at 00:00; it comes back at 03:00, inside the misfire grace time.
+    now = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
+    calls: list[tuple[str, datetime]] = []
+
+    def run(kind: str, fire: datetime) -> None:
+        calls.append((kind, fire))
+        scheduling.run_window(services, kind, fire, owner="restarted")
+
+    assert service.catch_up(services, now, run) == ["tagging"]
+    assert calls == [("tagging", datetime(2026, 12, 1, tzinfo=UTC))]
+    # A second restart finds the window done and does not run it again.
+    assert service.catch_up(services, now, run) == []
+    assert len(services.runs.list(kind="tag")) == 1
