@@ -7,10 +7,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from admin_seed import PASSWORD, seed
 from smarttags.admin import create_app
 from smarttags.settings import AdminSettings
 from werkzeug.serving import make_server
+
+from tests.admin_seed import PASSWORD, seed
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
