@@ -503,6 +503,77 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# --- admin and validate ------------------------------------------------------------------------------
+
+
+def scheduler_next_runs(settings: Settings) -> dict[str, str | None]:
+    """The scheduler's next window times (from the scheduler adapter, which needs APScheduler)."""
+    from datetime import UTC, datetime
+
+    module = load_adapter("scheduler/service.py", "smarttags_scheduler_service")
+    times: dict[str, str | None] = module.next_run_times(settings, datetime.now(UTC))
+    return times
+
+
+def _cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags import status
+
+    checks = status.validate(_services(settings), next_runs=lambda: scheduler_next_runs(settings))
+    print(status.as_text(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def _cmd_admin(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "create-user":
+        return _cmd_admin_create_user(settings, args)
+    from smarttags.admin import create_app
+
+    host = args.host or settings.admin.host
+    port = args.port or settings.admin.port
+    app = create_app(settings, debug=args.debug)
+    if args.debug:
+        app.run(host=host, port=port, debug=True, use_reloader=False)
+        return 0
+    import waitress
+
+    print(f"SmartTags admin on http://{host}:{port}/")
+    waitress.serve(app, host=host, port=port, threads=8, ident="smarttags")
+    return 0
+
+
+def _cmd_admin_create_user(settings: Settings, args: argparse.Namespace) -> int:
+    import getpass
+
+    from smarttags.users import UserStore
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if getpass.getpass("Repeat it: ") != password:
+            print("smarttags: the passwords differ", file=sys.stderr)
+            return 2
+    user = UserStore(_services(settings).index).create(args.name, password, args.role)
+    print(f"created user {user.username} with role {user.role}")
+    return 0
+
+
+def _add_admin_commands(sub: Any) -> None:
+    p = sub.add_parser("validate", help="check the configuration and services (exit 1 if any check fails)")
+    p.set_defaults(handler=_cmd_validate)
+
+    admin = sub.add_parser("admin", help="serve the admin panel (waitress), or manage its users")
+    admin.add_argument("--host", help="default: admin.host")
+    admin.add_argument("--port", type=int, help="default: admin.port")
+    admin.add_argument("--debug", action="store_true", help="Flask's development server (no secret key needed)")
+    admin.set_defaults(handler=_cmd_admin, action=None)
+    actions = admin.add_subparsers(dest="action", metavar="ACTION")
+    p = actions.add_parser("create-user", help="create an admin-panel user (password from a prompt or stdin)")
+    p.add_argument("name")
+    p.add_argument("--role", choices=["admin", "moderator", "viewer"], required=True)
+    p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+
+
 def _add_backbone_commands(sub: Any) -> None:
     bb = sub.add_parser("backbone", help="the image encoder (ONNX)")
     bb_sub = bb.add_subparsers(dest="backbone_command", required=True, metavar="ACTION")
@@ -639,6 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone_commands(sub)
     _add_stack_commands(sub)
     _add_dashboards_commands(sub)
+    _add_admin_commands(sub)
     return parser
 
 

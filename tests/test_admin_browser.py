@@ -1,0 +1,104 @@
+"""The admin panel in a real headless Chromium (Debian's), driven by Playwright: log in, search, open
+Manage Tags, remove a tag, see it gone from the results; the report page draws its chart."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from smarttags.admin import create_app
+from smarttags.settings import AdminSettings
+from werkzeug.serving import make_server
+
+from tests.admin_seed import PASSWORD, seed
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+@pytest.fixture
+def server(settings, services):
+    seeded = seed(services)
+    admin = AdminSettings(secret_key="b" * 32, secure_cookies=False)
+    app = create_app(settings.model_copy(update={"admin": admin}), services)
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}", seeded
+    httpd.shutdown()
+    thread.join(timeout=10)
+    httpd.server_close()
+
+
+@pytest.fixture
+def page():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        yield context.new_page()
+        context.close()
+        browser.close()
+
+
+def test_search_moderate_and_report(server, page):
+    base, seeded = server
+    page.goto(f"{base}/search?q=cat")
+    assert "/login" in page.url  # not logged in: sent to the login page
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/search?q=cat")
+    hit = page.locator("li.hit", has_text="photos/cat.jpg")
+    assert hit.locator(".chip", has_text="Beach").count() == 1
+    assert hit.locator(".tier").inner_text().startswith("tier")
+    page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(ARTIFACTS / "search.png"), full_page=True)
+
+    hit.locator("a.title").click()
+    page.wait_for_url(f"**/assets/{seeded.cat_id}")
+    assert page.locator("h1").inner_text() == "Manage tags"
+    row = page.locator("tr.smart-tag", has_text="scenes:beach")
+    row.locator("button[value=remove]").click()
+    page.wait_for_url(f"**/assets/{seeded.cat_id}")
+    assert "removed" in page.locator(".flash.ok").inner_text()
+    assert page.locator("tr.smart-tag", has_text="scenes:beach").count() == 0
+    assert "remove tag" in page.locator("table").last.inner_text()  # the audit trail
+    page.screenshot(path=str(ARTIFACTS / "manage-tags.png"), full_page=True)
+
+    page.goto(f"{base}/search?q=cat")
+    hit = page.locator("li.hit", has_text="photos/cat.jpg")
+    assert hit.count() == 1
+    assert hit.locator(".chip", has_text="Beach").count() == 0
+
+    page.goto(f"{base}/reports/{seeded.run_id}")
+    chart = page.locator("svg.chart")
+    assert chart.count() == 1
+    assert chart.locator("rect.bar").count() == 4  # precision and recall for the two tags with metrics
+    assert page.locator(".pill.trained").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+
+    for name in ("folders", "models", "status", "runs"):
+        page.goto(f"{base}/{name}")
+        assert page.locator("h1").count() == 1
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    page.click("header .who button")
+    page.wait_for_url("**/login")
