@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from smarttags import settings as settings_mod
 from smarttags.errors import SmartTagsError
 from smarttags.settings import Settings
@@ -363,15 +365,53 @@ def _cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from smarttags import demo
 
-    demo.run(settings)
-    if args.no_serve:
-        return 0
-    return _serve_admin(settings, demo_login=True)
+    result: Any = None
+    try:
+        result = demo.run(settings)
+        if not args.no_serve:
+            _serve_demo_admin(settings, result.started)
+    except KeyboardInterrupt:
+        print("\nstopping")
+    finally:
+        # Ctrl-C (or the end of a --no-serve run) stops what this demo started, nothing else.
+        for handle in reversed(result.started if result else []):
+            handle.stop()
+    return 0
 
 
-def _serve_admin(settings: Settings, *, demo_login: bool = False) -> int:
-    print("the admin panel is not available in this build", file=sys.stderr)
-    return 1
+def _serve_demo_admin(settings: Settings, started: list[Any]) -> None:
+    """Serve the admin panel on loopback with a demo login kept in data_dir/demo (mode 0600)."""
+    import secrets as secrets_mod
+
+    import waitress
+
+    from smarttags.admin import create_app
+    from smarttags.users import UserStore
+
+    folder = settings.data_dir / "demo"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def kept(name: str) -> str:
+        path = folder / name
+        if not path.is_file():
+            path.write_text(secrets_mod.token_urlsafe(18))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    admin = settings.admin
+    if admin.secret_key is None:
+        admin = admin.model_copy(update={"secret_key": SecretStr(kept("secret_key"))})
+    # Plain http on loopback: a Secure cookie would never come back.
+    demo_settings = settings.model_copy(update={"admin": admin.model_copy(update={"secure_cookies": False})})
+    services = _services(demo_settings)
+    password = kept("password")
+    users = UserStore(services.index)
+    if users.get("demo") is None:
+        users.create("demo", password, "admin")
+    app = create_app(demo_settings, services)
+    print(f"\nAdmin panel: http://{admin.host}:{admin.port}/  (login: demo / {password})")
+    print("Ctrl-C stops the admin panel and everything the demo started.")
+    waitress.serve(app, host=admin.host, port=admin.port, threads=8, ident="smarttags")
 
 
 def load_adapter(relative: str, name: str) -> Any:
@@ -722,8 +762,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
-        # opensearch-py logs every request at INFO; that is noise on a terminal.
-        logging.getLogger("opensearch").setLevel(logging.WARNING)
+        # opensearch-py logs every request (and every 404 we expect) itself; our own errors say enough.
+        logging.getLogger("opensearch").setLevel(logging.ERROR)
     try:
         settings: Settings = settings_mod.load(args.config)
         return int(args.handler(settings, args))

@@ -194,6 +194,8 @@ def opensearch_client(settings: Settings, session: boto3.session.Session | None 
         "retry_on_timeout": True,
         "verify_certs": cfg.verify_certs,
         "ssl_show_warn": cfg.verify_certs,
+        # Worker threads, decode threads and the admin's request threads share one client.
+        "pool_maxsize": 16,
     }
     if cfg.auth == "basic":
         assert cfg.username is not None and cfg.password is not None  # settings validated this

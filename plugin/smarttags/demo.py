@@ -11,6 +11,7 @@ trained again.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -40,7 +41,17 @@ QUERIES: list[tuple[str, str]] = [("food fruit", "en"), ("car", "en"), ("Obst", 
 class DemoResult:
     report: report.TrainingReport
     tagged: dict[str, list[str]]  # key -> smart tags
+    expected: dict[str, str]  # key -> the tag its clip-art folder says
     searches: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # query -> [(tier, key)]
+    started: list[stack.ProcessHandle] = field(default_factory=list)  # what this run started
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "report": self.report.to_json(),
+            "tagged": self.tagged,
+            "expected": self.expected,
+            "searches": self.searches,
+        }
 
 
 def _upload_folder(services: Services, local: Path, prefix: str) -> int:
@@ -105,7 +116,8 @@ def run(settings: Settings, *, out: Callable[[str], None] = print, wait_seconds:
     out(report.as_table(result))
 
     images: list[dict[str, Any]] = list(built["images"])  # type: ignore[call-overload]
-    new_keys = [NEW_PREFIX + Path(str(entry["file"])).name for entry in images if not entry["train"]]
+    expected = {NEW_PREFIX + Path(str(e["file"])).name: str(e["tag"]) for e in images if not e["train"]}
+    new_keys = sorted(expected)
     out(f"Uploading {len(new_keys)} untagged pictures to s3://{bucket}/{NEW_PREFIX}; the upload tagger tags them...")
     started = time.monotonic()
     _upload_folder(services, sample_dir / "new", NEW_PREFIX)
@@ -114,7 +126,7 @@ def run(settings: Settings, *, out: Callable[[str], None] = print, wait_seconds:
     for key in new_keys[:6]:
         out(f"  {key}: {', '.join(tagged[key]) or '(no tag)'}")
 
-    demo = DemoResult(report=result, tagged=tagged)
+    demo = DemoResult(report=result, tagged=tagged, expected=expected, started=[h for h in up.handles if not h.reused])
     services.index.refresh()
     for text, locale in QUERIES:
         found = services.searcher.search(SearchRequest(text=text, locale=locale, size=100))
@@ -125,6 +137,11 @@ def run(settings: Settings, *, out: Callable[[str], None] = print, wait_seconds:
             out(f"  tier {tier} ({TIER_NAMES[tier]}): {len(hits)}")
             for hit in hits[:3]:
                 out(f"    {hit.key}  [{hit.why}]")
+    correct = sum(expected[key] in tags for key, tags in tagged.items())
+    out(f"{correct} of {len(tagged)} new pictures got the tag of the clip-art folder they came from")
+    result_file = settings.data_dir / "demo" / "result.json"
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(demo.to_json(), indent=2))
     return demo
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from opensearchpy.exceptions import OpenSearchException
+
 from smarttags.assets import now_iso
+from smarttags.clients import translate_opensearch_error
 from smarttags.index import SearchIndex
 
 
@@ -81,10 +84,17 @@ class FolderRegistry:
         return [f for f in self.all() if f.enabled]
 
     def is_enabled(self, bucket: str, key: str) -> bool:
-        """The nearest registered folder above the key decides; unregistered means disabled."""
-        best: Folder | None = None
-        for folder in self.all():
-            covers = folder.bucket == bucket and key.startswith(folder.prefix)
-            if covers and (best is None or len(folder.prefix) > len(best.prefix)):
-                best = folder
-        return bool(best and best.enabled)
+        """The nearest registered folder above the key decides; unregistered means disabled.
+
+        Read fresh on every call (one ``mget`` of the key's ancestor folders): a folder enabled a moment
+        ago must govern the very next upload."""
+        parts = key.split("/")[:-1]
+        prefixes = [""] + ["/".join(parts[: i + 1]) + "/" for i in range(len(parts))]
+        try:
+            found = self._index.client.mget(
+                index=self._index.name("folders"), body={"ids": [_doc_id(bucket, p) for p in prefixes]}
+            )
+        except OpenSearchException as exc:
+            raise translate_opensearch_error(exc) from exc
+        flags = [d["_source"]["smart_tags_enabled"] for d in found["docs"] if d.get("found")]
+        return bool(flags and flags[-1])

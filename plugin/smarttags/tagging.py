@@ -22,15 +22,18 @@ from smarttags import assets, events, imaging
 from smarttags.errors import ConflictError, ImageError, NotFound, ServiceError, SmartTagsError
 from smarttags.folders import FolderRegistry
 from smarttags.index import SearchIndex
-from smarttags.ingest import is_internal
+from smarttags.ingest import TagResolver, is_internal
 from smarttags.models import Model, ModelStore, apply_thresholds
 from smarttags.runs import RunLog
 from smarttags.settings import Settings
 from smarttags.store import ObjectStore
+from smarttags.taxonomy import Taxonomy, TaxonomyStore
 
 log = logging.getLogger(__name__)
 
-MODEL_CHECK_SECONDS = 60.0
+# How long a loaded model is trusted before the active pointer (one small S3 read) is checked again;
+# "no model yet" is never cached, so the first model is used as soon as it is activated.
+MODEL_CHECK_SECONDS = 10.0
 WRITE_ATTEMPTS = 8
 
 
@@ -73,6 +76,8 @@ class Tagger:
         self._runs = runs or RunLog(index)
         self._models = ModelStore(ObjectStore(s3_client, settings.aws.bucket), settings.aws.models_prefix)
         self._model: tuple[float, Model | None] | None = None
+        self._taxonomy = TaxonomyStore(index)
+        self._tag_resolver: tuple[Taxonomy, TagResolver] | None = None
         self._lock = threading.Lock()
 
     # --- shared, lazily loaded state (warm Lambda starts reuse it) ---
@@ -86,7 +91,7 @@ class Tagger:
 
     def active_model(self) -> Model | None:
         with self._lock:
-            if self._model and time.monotonic() - self._model[0] < MODEL_CHECK_SECONDS:
+            if self._model and self._model[1] is not None and time.monotonic() - self._model[0] < MODEL_CHECK_SECONDS:
                 return self._model[1]
             cached = self._model[1] if self._model else None
         version = self._models.active_version()
@@ -94,6 +99,13 @@ class Tagger:
         with self._lock:
             self._model = (time.monotonic(), model)
         return model
+
+    def _resolver(self) -> TagResolver:
+        taxonomy = self._taxonomy.load()  # cached for a short while by the store
+        with self._lock:
+            if self._tag_resolver is None or self._tag_resolver[0] is not taxonomy:
+                self._tag_resolver = (taxonomy, TagResolver(taxonomy))
+            return self._tag_resolver[1]
 
     def forget_model(self) -> None:
         with self._lock:
@@ -186,6 +198,7 @@ class Tagger:
             fields["sequencer"] = event.sequencer
         failure: ImageError | None = None
         embedding: np.ndarray[Any, Any] | None = None
+        own_tags: list[str] = []
         try:
             meta = imaging.read_metadata(data, max_pixels=self._settings.backbone.max_pixels)
             fields.update(
@@ -195,6 +208,8 @@ class Tagger:
                 description=meta.description,
                 keywords=list(meta.keywords),
             )
+            # Keywords that name taxonomy tags are the asset's own tags, as `smarttags ingest` reads them.
+            own_tags = self._resolver().resolve(meta.keywords)[0] if meta.keywords else []
             if enabled:
                 embedding = self._embedding(held, info.etag, data)
         except ImageError as exc:
@@ -210,6 +225,7 @@ class Tagger:
             ):
                 raise _Stale(doc["sequencer"])
             doc.update({k: v for k, v in fields.items() if v is not None or k in ("title", "description")})
+            doc["tags"] = sorted({*(doc.get("tags") or []), *own_tags})
             if embedding is not None:
                 doc["embedding"] = embedding.tolist()
                 doc["embedding_model"] = self.embedder.model_id
