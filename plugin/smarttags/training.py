@@ -218,7 +218,10 @@ def train_heads(
     seed: int = 0,
     c_grid: tuple[float, ...] = DEFAULT_C_GRID,
 ) -> tuple[Heads, list[TagFit]]:
-    """Fit one head per tag; C and the threshold of each tag come from out-of-fold predictions."""
+    """Fit one head per tag. One regularisation strength C for all tags, the one whose out-of-fold
+    predictions reach the best mean average precision (per-tag choices overfit the few positives of
+    small tags: on the clip-art benchmark a shared C gave higher macro AP with 30 positives per tag and
+    no loss with all of them); each tag's threshold comes from its own out-of-fold predictions."""
     x = np.asarray(embeddings, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     n, t = y.shape
@@ -239,12 +242,10 @@ def train_heads(
             oof[ci, held_out] = z_test @ previous[0] + previous[1]
     grid = sorted(c_grid)
     fits: list[TagFit] = []
-    chosen = np.empty(t)
     thresholds = np.empty(t)
+    aps = np.array([[average_precision(y[:, j], oof[ci, :, j]) for ci in range(len(grid))] for j in range(t)])
+    best = int(np.nanargmax(np.nanmean(aps, axis=0))) if t and not np.all(np.isnan(aps)) else 0
     for j, tag in enumerate(tags):
-        aps = [average_precision(y[:, j], oof[ci, :, j]) for ci in range(len(grid))]
-        best = int(np.nanargmax(aps)) if not np.all(np.isnan(aps)) else 0
-        chosen[j] = grid[best]
         threshold_logit, precision, recall, f1 = choose_threshold(y[:, j], oof[best, :, j], policy, target_precision)
         thresholds[j] = float(_sigmoid(np.array([threshold_logit]))[0])
         fits.append(
@@ -256,11 +257,11 @@ def train_heads(
                 precision=precision,
                 recall=recall,
                 f1=f1,
-                average_precision=float(aps[best]),
+                average_precision=float(aps[j, best]),
             )
         )
     white = _Whitened.of(x)
-    penalty = 1.0 / (chosen[None, :] * white.sigma[:, None] ** 2)
+    penalty = np.broadcast_to((1.0 / (grid[best] * white.sigma**2))[:, None], (white.sigma.size, t))
     a, b = fit_logistic(white.z, y, balanced_weights(y), penalty)
     w, bias = white.to_weights(a, b)
     heads = Heads(
