@@ -125,27 +125,8 @@ class RunLog:
             " && ctx._source.counts.processed >= ctx._source.counts.selected) {"
             " ctx._source.status = 'succeeded'; ctx._source.ended_at = params.now; }"
         )
-        try:
-            self._index.client.update(
-                index=self._index.name("runs"),
-                id=run_id,
-                body={
-                    **body,
-                    "script": {
-                        "source": script,
-                        "lang": "painless",
-                        "params": {
-                            "counts": counts,
-                            "error": error,
-                            "max_errors": MAX_ERRORS_KEPT,
-                            "now": now_iso(),
-                        },
-                    },
-                },
-                retry_on_conflict=10,
-            )
-        except OpenSearchException as exc:
-            raise translate_opensearch_error(exc) from exc
+        params = {"counts": counts, "error": error, "max_errors": MAX_ERRORS_KEPT}
+        self._scripted_update(run_id, script, params, **body)
 
     def mark_dispatched(self, run_id: str, selected: int) -> None:
         """A fanned-out run has enqueued all its work: record how much, without touching the counts the
@@ -156,15 +137,16 @@ class RunLog:
             " if ((ctx._source.counts.processed ?: 0) >= params.selected) {"
             " ctx._source.status = 'succeeded'; ctx._source.ended_at = params.now; }"
         )
+        self._scripted_update(run_id, script, {"selected": selected}, refresh="wait_for")
+
+    def _scripted_update(self, run_id: str, script: str, params: dict[str, Any], **extra: Any) -> None:
+        """A painless update of one run, retried on version conflicts (many workers count at once)."""
+        refresh = extra.pop("refresh", None)
+        body = {**extra, "script": {"source": script, "lang": "painless", "params": {**params, "now": now_iso()}}}
+        kwargs: dict[str, Any] = {"refresh": refresh} if refresh else {}
         try:
             self._index.client.update(
-                index=self._index.name("runs"),
-                id=run_id,
-                body={
-                    "script": {"source": script, "lang": "painless", "params": {"selected": selected, "now": now_iso()}}
-                },
-                retry_on_conflict=10,
-                refresh="wait_for",
+                index=self._index.name("runs"), id=run_id, body=body, retry_on_conflict=10, **kwargs
             )
         except OpenSearchException as exc:
             raise translate_opensearch_error(exc) from exc

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,19 +29,15 @@ from smarttags.settings import Settings
 from smarttags.store import ObjectStore
 from smarttags.taxonomy import Taxonomy, TaxonomyStore
 
+if TYPE_CHECKING:
+    from smarttags.embedder import Embedder
+
 log = logging.getLogger(__name__)
 
 # How long a loaded model is trusted before the active pointer (one small S3 read) is checked again;
 # "no model yet" is never cached, so the first model is used as soon as it is activated.
 MODEL_CHECK_SECONDS = 10.0
 WRITE_ATTEMPTS = 8
-
-
-class EmbedderLike(Protocol):
-    @property
-    def model_id(self) -> str: ...
-
-    def embed_bytes(self, items: list[bytes]) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -63,7 +59,7 @@ class Tagger:
         index: SearchIndex,
         s3_client: Any,
         *,
-        embedder: Callable[[], EmbedderLike],
+        embedder: Callable[[], Embedder],
         folders: FolderRegistry | None = None,
         runs: RunLog | None = None,
     ) -> None:
@@ -71,7 +67,7 @@ class Tagger:
         self._index = index
         self._s3 = s3_client
         self._embedder_factory = embedder
-        self._embedder: EmbedderLike | None = None
+        self._embedder: Embedder | None = None
         self._folders = folders or FolderRegistry(index)
         self._runs = runs or RunLog(index)
         self._models = ModelStore(ObjectStore(s3_client, settings.aws.bucket), settings.aws.models_prefix)
@@ -83,7 +79,7 @@ class Tagger:
     # --- shared, lazily loaded state (warm Lambda starts reuse it) ---
 
     @property
-    def embedder(self) -> EmbedderLike:
+    def embedder(self) -> Embedder:
         with self._lock:
             if self._embedder is None:
                 self._embedder = self._embedder_factory()

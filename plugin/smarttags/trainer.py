@@ -10,7 +10,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from smarttags.store import ObjectStore
 from smarttags.taxonomy import Taxonomy, TaxonomyStore
 from smarttags.training import train_heads
 
+if TYPE_CHECKING:
+    from smarttags.embedder import Embedder
+
 log = logging.getLogger(__name__)
 
 FIELDS = [
@@ -47,16 +50,6 @@ FIELDS = [
     "rejected_tags",
     "promoted_tags",
 ]
-
-
-class TrainingEmbedder(Protocol):
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def sha256(self) -> str: ...
-
-    def iter_embed(self, items: Any, load: Callable[[Any], bytes]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -92,7 +85,7 @@ class Trainer:
         settings: Settings,
         index: SearchIndex,
         s3_client: Any,
-        embedder: Callable[[], TrainingEmbedder],
+        embedder: Callable[[], Embedder],
         *,
         runs: RunLog | None = None,
     ) -> None:
@@ -286,7 +279,7 @@ class Trainer:
     def _embeddings(
         self,
         examples: Sequence[tuple[dict[str, Any], Example]],
-        embedder: TrainingEmbedder,
+        embedder: Embedder,
         progress: Callable[[str, int, int | None], None] | None,
     ) -> tuple[dict[str, np.ndarray[Any, Any]], int, list[tuple[str, str]]]:
         """Stored embeddings where ETag and backbone match; the rest embedded now and written back."""
