@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import sys
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -81,8 +82,12 @@ def cap_positives(y: np.ndarray, rows: np.ndarray, cap: int, rng: np.random.Gene
 def probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
     from sklearn.linear_model import LogisticRegressionCV
 
+    # scikit-learn 1.9 announces changes of defaults on every fit; the defaults used here are stated.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
+
     scores = np.zeros((x_test.shape[0], y_train.shape[1]))
     for j in range(y_train.shape[1]):
+        # Default scoring (accuracy) picks C, as a plain "C by 3-fold CV" probe does.
         model = LogisticRegressionCV(Cs=list(C_GRID), cv=3, class_weight="balanced", max_iter=2000, n_jobs=2)
         model.fit(x_train, y_train[:, j])
         scores[:, j] = model.predict_proba(x_test)[:, 1]
