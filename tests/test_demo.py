@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+from smarttags import settings as settings_mod
+from smarttags import stack
 
 from tests.conftest import free_port
 
@@ -24,14 +26,24 @@ def test_the_demo_trains_tags_uploads_and_searches_in_tier_order(tmp_path, embed
         # The backbone `make install` built, so the demo does not build it again.
         "SMARTTAGS_BACKBONE__ONNX_FILE": str(embedder.model_path),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "smarttags.cli", "demo", "--no-serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "smarttags.cli", "demo", "--no-serve"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+    finally:
+        # Whatever happened, nothing of this demo may outlive the test (it stops its own on success).
+        left = stack.stack_down(
+            settings_mod.load(
+                data_dir=data_dir,
+                opensearch={"url": env["SMARTTAGS_OPENSEARCH__URL"]},
+                aws={"endpoint_url": env["SMARTTAGS_AWS__ENDPOINT_URL"]},
+            )
+        )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "9 trained, 0 partially trained, 0 not trained" in out
@@ -54,5 +66,5 @@ def test_the_demo_trains_tags_uploads_and_searches_in_tier_order(tmp_path, embed
     assert {tier for tier, _ in result["searches"]["food fruit"]} == {1, 2, 3}
     assert "tier 1 (metadata matches all terms)" in out and "tier 3 (smart tags match some terms)" in out
 
-    # Nothing the demo started is left running.
-    assert not list((data_dir / "stack").glob("*.pid"))
+    # Nothing the demo started was left running.
+    assert left == [] and not list((data_dir / "stack").glob("*.pid"))

@@ -88,10 +88,24 @@ def _wait_tagged(services: Services, keys: list[str], timeout: float) -> dict[st
 
 
 def run(settings: Settings, *, out: Callable[[str], None] = print, wait_seconds: float = 180.0) -> DemoResult:
+    """Run the demo; the returned result lists the processes it started (the caller stops them). If it
+    fails, or is interrupted, it stops them itself before the error goes on."""
     out("Starting the embedded stack (OpenSearch, S3 + SQS, upload worker)...")
     up = stack.stack_up(settings)
+    started = [h for h in up.handles if not h.reused]
     for handle in up.handles:
         out(f"  {handle.name}: {'running' if handle.reused else 'started'} at {handle.url} (pid {handle.pid})")
+    try:
+        demo = _run(settings, out, wait_seconds)
+    except BaseException:
+        for handle in reversed(started):
+            handle.stop()
+        raise
+    demo.started = started
+    return demo
+
+
+def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) -> DemoResult:
     services = Services(settings)
     services.index.ensure()
     sample_dir = settings.data_dir / "sample"
@@ -112,7 +126,11 @@ def run(settings: Settings, *, out: Callable[[str], None] = print, wait_seconds:
         result = report.TrainingReport.from_json(previous.report)
     else:
         out("Training on the training folder...")
-        result = services.trainer.train([(bucket, TRAIN_PREFIX)], trigger=ON_DEMAND, progress=_Bar())
+        bar = _Bar()
+        try:
+            result = services.trainer.train([(bucket, TRAIN_PREFIX)], trigger=ON_DEMAND, progress=bar)
+        finally:
+            bar.close()
     out(report.as_table(result))
 
     images: list[dict[str, Any]] = list(built["images"])  # type: ignore[call-overload]
@@ -126,7 +144,7 @@ def run(settings: Settings, *, out: Callable[[str], None] = print, wait_seconds:
     for key in new_keys[:6]:
         out(f"  {key}: {', '.join(tagged[key]) or '(no tag)'}")
 
-    demo = DemoResult(report=result, tagged=tagged, expected=expected, started=[h for h in up.handles if not h.reused])
+    demo = DemoResult(report=result, tagged=tagged, expected=expected)
     services.index.refresh()
     for text, locale in QUERIES:
         found = services.searcher.search(SearchRequest(text=text, locale=locale, size=100))
@@ -159,3 +177,7 @@ class _Bar:
             bar = self._bars[phase] = tqdm(total=total, desc=f"  {phase}", unit="img", leave=False)
         if advance:
             bar.update(advance)
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
