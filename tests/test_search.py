@@ -59,7 +59,7 @@ def _search(services, text, **kwargs):
 
 
 def test_woman_running_comes_in_tier_order(services, corpus):
-    result = _search(services, "woman running")
+    result = _search(services, "woman running", highlight=True)
     assert _keys(result) == [
         ("meta_both", 1),
         ("smart_both", 2),
@@ -70,7 +70,8 @@ def test_woman_running_comes_in_tier_order(services, corpus):
     # Metadata matching only "woman" is not a hit: terms are ANDed over metadata.
     assert "meta_woman" not in [k for k, _ in _keys(result)]
     first = result.hits[0]
-    assert "title" in first.highlights and "<mark>" in first.highlights["title"][0]
+    assert first.fields == ["title"] and "<mark>" in first.highlights["title"][0]
+    assert _search(services, "woman running").hits[0].highlights == {}  # highlights only when asked
     assert result.hits[1].matched_tags == ["people:woman", "activities:running"]
     assert "smart tags" in result.hits[1].why
 
@@ -106,8 +107,12 @@ def test_template_escapes_every_parameter(services, corpus):
     params = services.searcher.params(SearchRequest(text=nasty))
     rendered = services.index.render_template("smarttags-search-v1", params)["template_output"]
     assert rendered["size"] == 20
-    must = rendered["query"]["bool"]["must"][0]["dis_max"]["queries"][0]["bool"]["must"][0]
-    assert must["function_score"]["query"]["multi_match"]["query"] == nasty
+    tier1 = rendered["query"]["bool"]["must"][0]["dis_max"]["queries"][0]["bool"]
+    assert tier1["must"][0]["multi_match"]["query"] == nasty
+    assert all(
+        clause["match"][f]["query"] == nasty
+        for clause, f in zip(tier1["should"][:3], ["title", "keywords", "description"], strict=True)
+    )
 
 
 def test_empty_and_very_long_queries(services, corpus):

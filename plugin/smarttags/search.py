@@ -6,6 +6,9 @@ Ranking, guaranteed by score bands in the template (``search_templates/search.mu
     tier 3  its smart tags match any term                                 score in [1, 2)
 Inside a band, BM25 (tier 1) and the matched tags' confidences via ``rank_feature`` (promoted tags
 carry +1) order the hits; each band's share is bounded below 1, so a band never overlaps the next.
+BM25 is bounded without a script: each query token scores at most boost(3) * (k1 + 1) * ln(2N + 2)
+per field with N < 2^32 documents, so scaling the metadata match by 0.6 / (that bound * the number of
+tokens) keeps it under 0.6 while preserving its order exactly.
 
 Smart tags match through the taxonomy: the query is analyzed in its locale and each token is mapped to
 the tags whose titles or synonyms contain it. That mapping is the only thing Python adds to the
@@ -15,6 +18,7 @@ template's parameters; any HTTP client can call the same template with the same 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +35,8 @@ SIMILAR_TEMPLATE = TEMPLATES["similar.mustache"]
 MAX_QUERY_CHARS = 2000
 MAX_PAGE_SIZE = 100
 MAX_WINDOW = 10_000
+# An upper bound of one query token's BM25 score in the metadata match (see the module docstring).
+MAX_TOKEN_BM25 = 3 * 2.2 * math.log(2 * 2**32 + 2)
 TIER_NAMES = {
     1: "metadata matches all terms",
     2: "smart tags match all terms",
@@ -49,6 +55,7 @@ class SearchRequest:
     modified_to: str | None = None
     page: int = 0
     size: int = 20
+    highlight: bool = False  # highlighted fragments cost time; named queries already say which fields matched
 
 
 @dataclass(frozen=True)
@@ -60,12 +67,13 @@ class Hit:
     matched_tags: list[str]
     highlights: dict[str, list[str]]
     source: dict[str, Any]
+    fields: list[str] = field(default_factory=list)  # metadata fields that matched (named queries)
 
     @property
     def why(self) -> str:
         parts = [TIER_NAMES[self.tier]]
-        if self.highlights:
-            parts.append("metadata: " + ", ".join(sorted(self.highlights)))
+        if self.fields or self.highlights:
+            parts.append("metadata: " + ", ".join(self.fields or sorted(self.highlights)))
         if self.matched_tags:
             parts.append("smart tags: " + ", ".join(self.matched_tags))
         return "; ".join(parts)
@@ -101,6 +109,9 @@ class Searcher:
         return {
             "query": text,
             "has_query": bool(text),
+            # Tokens never outnumber the non-blank characters: a bound that needs no analysis.
+            "bm25_scale": 0.6 / (MAX_TOKEN_BM25 * max(1, len("".join(text.split())))),
+            "highlight": request.highlight,
             "bucket": self._bucket,
             "folder": (request.folder or "").strip("/") or None,
             "content_types": list(request.content_types),
@@ -137,6 +148,9 @@ class Searcher:
                     tier=tier,
                     matched_tags=[t for t in source.get("smart_ids") or [] if t in wanted],
                     highlights=raw.get("highlight") or {},
+                    fields=sorted(
+                        q.split(":", 1)[1] for q in raw.get("matched_queries") or [] if q.startswith("field:")
+                    ),
                     source=source,
                 )
             )

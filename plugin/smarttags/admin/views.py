@@ -198,7 +198,7 @@ def search() -> ResponseReturnValue:
     error = None
     try:
         result = ctx().services.searcher.search(
-            SearchRequest(text=text, folder=folder, page=max(page, 0), size=PAGE_SIZE)
+            SearchRequest(text=text, folder=folder, page=max(page, 0), size=PAGE_SIZE, highlight=True)
         )
     except RequestError as exc:
         error = str(exc)
