@@ -59,7 +59,7 @@ def _search(services, text, **kwargs):
 
 
 def test_woman_running_comes_in_tier_order(services, corpus):
-    result = _search(services, "woman running", highlight=True)
+    result = _search(services, "woman running")
     assert _keys(result) == [
         ("meta_both", 1),
         ("smart_both", 2),
@@ -70,8 +70,8 @@ def test_woman_running_comes_in_tier_order(services, corpus):
     # Metadata matching only "woman" is not a hit: terms are ANDed over metadata.
     assert "meta_woman" not in [k for k, _ in _keys(result)]
     first = result.hits[0]
-    assert first.fields == ["title"] and "<mark>" in first.highlights["title"][0]
-    assert _search(services, "woman running").hits[0].highlights == {}  # highlights only when asked
+    assert list(first.highlights) == ["title"] and "<mark>" in first.highlights["title"][0]
+    assert _search(services, "woman running", highlight=False).hits[0].highlights == {}
     assert result.hits[1].matched_tags == ["people:woman", "activities:running"]
     assert "smart tags" in result.hits[1].why
 
@@ -109,10 +109,6 @@ def test_template_escapes_every_parameter(services, corpus):
     assert rendered["size"] == 20
     tier1 = rendered["query"]["bool"]["must"][0]["dis_max"]["queries"][0]["bool"]
     assert tier1["must"][0]["multi_match"]["query"] == nasty
-    assert all(
-        clause["match"][f]["query"] == nasty
-        for clause, f in zip(tier1["should"][:3], ["title", "keywords", "description"], strict=True)
-    )
 
 
 def test_empty_and_very_long_queries(services, corpus):

@@ -55,7 +55,7 @@ class SearchRequest:
     modified_to: str | None = None
     page: int = 0
     size: int = 20
-    highlight: bool = False  # highlighted fragments cost time; named queries already say which fields matched
+    highlight: bool = True  # which metadata fields matched, with the matching words marked
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,12 @@ class Hit:
     matched_tags: list[str]
     highlights: dict[str, list[str]]
     source: dict[str, Any]
-    fields: list[str] = field(default_factory=list)  # metadata fields that matched (named queries)
 
     @property
     def why(self) -> str:
         parts = [TIER_NAMES[self.tier]]
-        if self.fields or self.highlights:
-            parts.append("metadata: " + ", ".join(self.fields or sorted(self.highlights)))
+        if self.highlights:
+            parts.append("metadata: " + ", ".join(sorted(self.highlights)))
         if self.matched_tags:
             parts.append("smart tags: " + ", ".join(self.matched_tags))
         return "; ".join(parts)
@@ -148,9 +147,6 @@ class Searcher:
                     tier=tier,
                     matched_tags=[t for t in source.get("smart_ids") or [] if t in wanted],
                     highlights=raw.get("highlight") or {},
-                    fields=sorted(
-                        q.split(":", 1)[1] for q in raw.get("matched_queries") or [] if q.startswith("field:")
-                    ),
                     source=source,
                 )
             )
