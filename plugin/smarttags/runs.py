@@ -105,7 +105,7 @@ class RunLog:
         self,
         run_id: str,
         counts: dict[str, int],
-        error: dict[str, str] | None = None,
+        errors: list[dict[str, str]] | None = None,
         *,
         create_as: tuple[str, str] | None = None,
     ) -> None:
@@ -118,14 +118,14 @@ class RunLog:
         script = (
             "for (e in params.counts.entrySet()) {"
             " ctx._source.counts[e.getKey()] = (ctx._source.counts[e.getKey()] ?: 0) + e.getValue(); }"
-            " if (params.error != null && ctx._source.errors.size() < params.max_errors) {"
-            " ctx._source.errors.add(params.error); }"
+            " for (e in params.errors) { if (ctx._source.errors.size() < params.max_errors) {"
+            " ctx._source.errors.add(e); } }"
             # A fanned-out run is done when its workers processed all it dispatched.
             " if (ctx._source.status == 'dispatched'"
             " && ctx._source.counts.processed >= ctx._source.counts.selected) {"
             " ctx._source.status = 'succeeded'; ctx._source.ended_at = params.now; }"
         )
-        params = {"counts": counts, "error": error, "max_errors": MAX_ERRORS_KEPT}
+        params = {"counts": counts, "errors": errors or [], "max_errors": MAX_ERRORS_KEPT}
         self._scripted_update(run_id, script, params, **body)
 
     def mark_dispatched(self, run_id: str, selected: int) -> None:

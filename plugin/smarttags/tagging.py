@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -112,15 +113,19 @@ class Tagger:
     def handle_invocation(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """Handle an SQS batch (returns partial-batch failures) or a direct S3 notification (raises)."""
         failures: list[dict[str, str]] = []
-        for message in events.parse_invocation(event):
-            failed = self._handle_message(message)
-            if failed:
-                if message.message_id is None:
-                    raise RecordFailed(failed)
-                failures.append({"itemIdentifier": message.message_id})
+        tally = _Tally()
+        try:
+            for message in events.parse_invocation(event):
+                failed = self._handle_message(message, tally)
+                if failed:
+                    if message.message_id is None:
+                        raise RecordFailed(failed)
+                    failures.append({"itemIdentifier": message.message_id})
+        finally:
+            self._flush(tally)
         return {"batchItemFailures": failures}
 
-    def _handle_message(self, message: events.Message) -> str | None:
+    def _handle_message(self, message: events.Message, tally: _Tally) -> str | None:
         """Returns the reason the message failed, or None."""
         if message.error:
             log.error("message %s: %s", message.message_id, message.error)
@@ -130,7 +135,7 @@ class Tagger:
                 outcome = self.handle(event)
             except SmartTagsError as exc:
                 log.warning("s3://%s/%s failed (receive %d): %s", event.bucket, event.key, message.receive_count, exc)
-                self._count(event, {"processed": 1, "failed": 1}, {"key": event.key, "reason": str(exc)})
+                tally.add(event, "failed", str(exc))
                 return str(exc)
             log.info(
                 "s3://%s/%s: %s%s",
@@ -139,27 +144,17 @@ class Tagger:
                 outcome.status,
                 f" ({outcome.reason})" if outcome.reason else "",
             )
-            counts = {"processed": 1}
-            if outcome.status == "tagged":
-                counts["tagged"] = 1
-            elif outcome.status == "failed":
-                counts["failed"] = 1
-            elif outcome.status not in ("deleted", "embedded"):
-                counts["skipped"] = 1
-            error = {"key": event.key, "reason": outcome.reason or ""} if outcome.status == "failed" else None
-            self._count(event, counts, error)
+            tally.add(event, outcome.status, outcome.reason)
         return None
 
-    def _count(self, event: events.ObjectEvent, counts: dict[str, int], error: dict[str, str] | None) -> None:
-        """Upload events add to an hourly upload run; work items to the run that sent them."""
-        run_id = event.run_id
-        if run_id is None:
-            hour = datetime.now(UTC).strftime("%Y%m%d%H")
-            run_id = f"tag-upload-{hour}"
-        try:
-            self._runs.add_counts(run_id, counts, error, create_as=(events.TAG, event.trigger))
-        except ServiceError as exc:  # the asset itself is written; a lost count must not redo it
-            log.warning("could not count %s in run %s: %s", event.key, run_id, exc)
+    def _flush(self, tally: _Tally) -> None:
+        """One counting update per run and invocation (not per object: they would all contend for the
+        same run document). Upload events count in an hourly upload run; work items in their own run."""
+        for (run_id, trigger), (counts, errors) in tally.runs.items():
+            try:
+                self._runs.add_counts(run_id, dict(counts), errors, create_as=(events.TAG, trigger))
+            except ServiceError as exc:  # the assets are written; a lost count must not redo them
+                log.warning("could not count %d objects in run %s: %s", counts["processed"], run_id, exc)
 
     # --- one object ---
 
@@ -329,6 +324,25 @@ class Tagger:
 
 class _Stale(Exception):
     pass
+
+
+class _Tally:
+    """Counts and error reasons of one invocation, per run."""
+
+    def __init__(self) -> None:
+        self.runs: dict[tuple[str, str], tuple[Counter[str], list[dict[str, str]]]] = {}
+
+    def add(self, event: events.ObjectEvent, status: str, reason: str | None) -> None:
+        run_id = event.run_id or f"tag-upload-{datetime.now(UTC).strftime('%Y%m%d%H')}"
+        counts, errors = self.runs.setdefault((run_id, event.trigger), (Counter(), []))
+        counts["processed"] += 1
+        if status == assets.TAGGED:
+            counts["tagged"] += 1
+        elif status == assets.FAILED:
+            counts["failed"] += 1
+            errors.append({"key": event.key, "reason": reason or ""})
+        elif status not in ("deleted", "embedded"):
+            counts["skipped"] += 1
 
 
 def _reason(failure: ImageError, content_type: str | None) -> str:
