@@ -9,7 +9,6 @@ Run: .venv/bin/python bench/search.py [--assets 100000] [--queries 300]
 from __future__ import annotations
 
 import argparse
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -26,12 +25,6 @@ VOCABULARY = 3000
 TAGS = 300
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def words(rng: np.random.Generator, n: int) -> list[str]:
     return [f"w{int(i)}" for i in np.minimum(rng.zipf(1.3, n), VOCABULARY)]
 
@@ -46,7 +39,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=300)
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="smarttags-bench-search-"))
-    node = stack.start_opensearch(home, free_port(), transport_port=free_port(), heap_max="2g")
+    node = stack.start_opensearch(home, stack.free_port(), transport_port=stack.free_port(), heap_max="2g")
     try:
         settings = settings_mod.load(opensearch={"url": node.url, "index_prefix": "bench"}, data_dir=home)
         services = Services(settings, s3=object(), sqs=object())

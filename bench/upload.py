@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import socket
 import tempfile
 import threading
 import time
@@ -31,12 +30,6 @@ from smarttags.worker import Worker
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def picture(rng: np.random.Generator) -> bytes:
     pixels = rng.integers(0, 255, size=(30, 40, 3), dtype=np.uint8)
     image = Image.fromarray(pixels).resize((640, 480), Image.Resampling.BICUBIC)
@@ -51,8 +44,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=2)
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="smarttags-bench-upload-"))
-    node = stack.start_opensearch(home / "opensearch", free_port(), transport_port=free_port(), heap_max="1g")
-    moto = stack.start_moto(free_port(), home)
+    node = stack.start_opensearch(
+        home / "opensearch", stack.free_port(), transport_port=stack.free_port(), heap_max="1g"
+    )
+    moto = stack.start_moto(stack.free_port(), home)
     try:
         settings = settings_mod.load(
             opensearch={"url": node.url, "index_prefix": "bench"},

@@ -7,7 +7,6 @@ see each other's data. Tests that use these services are marked ``slow`` (they s
 from __future__ import annotations
 
 import re
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,15 +16,10 @@ import pytest
 from smarttags import clients, stack
 from smarttags import settings as settings_mod
 from smarttags.settings import Settings
+from smarttags.stack import free_port
 
 # What the suite ran against, for the terminal summary (CI logs show it).
 _RAN_AGAINST: dict[str, str] = {}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pinned_versions() -> tuple[str, str]:

@@ -3,8 +3,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from smarttags import scheduling, settings
-
-from tests.adapters import load
+from smarttags.cli import load_adapter as load
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 DAY = timedelta(hours=24)

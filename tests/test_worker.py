@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 
 import pytest
 from smarttags import scheduling
+from smarttags.cli import load_adapter as load
 from smarttags.runs import SCHEDULE
 from smarttags.search import SearchRequest
 from smarttags.services import Services
 from smarttags.taxonomy import Tag
 from smarttags.worker import Worker
 
-from tests.adapters import load
 from tests.images import picture
 
 pytestmark = pytest.mark.slow

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from smarttags import settings as settings_mod
 from smarttags.errors import SmartTagsError
+from smarttags.progress import Progress
 from smarttags.settings import Settings
 
 
@@ -118,32 +119,6 @@ def _cmd_taxonomy_import(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-class _Progress:
-    """A tqdm bar per phase, on stderr; quiet when --json asks for machine output."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._enabled = enabled
-        self._bars: dict[str, Any] = {}
-
-    def __call__(self, phase: str, advance: int, total: int | None) -> None:
-        if not self._enabled:
-            return
-        from tqdm import tqdm
-
-        bar = self._bars.get(phase)
-        if bar is None:
-            bar = self._bars[phase] = tqdm(total=total, desc=phase, unit="img", file=sys.stderr, leave=True)
-        elif total is not None and bar.total != total:
-            bar.total = total
-            bar.refresh()
-        if advance:
-            bar.update(advance)
-
-    def close(self) -> None:
-        for bar in self._bars.values():
-            bar.close()
-
-
 def _cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from smarttags import ingest
     from smarttags.folders import parse_uri
@@ -152,7 +127,7 @@ def _cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     services = _services(settings)
     bucket, prefix = parse_uri(args.uri, settings.aws.bucket)
     manifest = ingest.read_manifest(Path(args.manifest).read_text(encoding="utf-8")) if args.manifest else None
-    progress = _Progress(not args.json)
+    progress = Progress(not args.json)
     try:
         result = ingest.sync_folder(
             services.index,
@@ -185,7 +160,7 @@ def _cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     services = _services(settings)
     folders = [parse_uri(uri, settings.aws.bucket) for uri in args.folder]
     manifest = ingest.read_manifest(Path(args.manifest).read_text(encoding="utf-8")) if args.manifest else None
-    progress = _Progress(not args.json)
+    progress = Progress(not args.json)
     try:
         result = services.trainer.train(
             folders, trigger=ON_DEMAND, manifest=manifest, activate=not args.no_activate, progress=progress

@@ -22,6 +22,7 @@ from typing import Any
 from smarttags import report, sample, stack
 from smarttags.assets import asset_id
 from smarttags.errors import ServiceError
+from smarttags.progress import Progress
 from smarttags.runs import ON_DEMAND
 from smarttags.search import TIER_NAMES, SearchRequest
 from smarttags.services import Services
@@ -126,7 +127,7 @@ def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) ->
         result = report.TrainingReport.from_json(previous.report)
     else:
         out("Training on the training folder...")
-        bar = _Bar()
+        bar = Progress()
         try:
             result = services.trainer.train([(bucket, TRAIN_PREFIX)], trigger=ON_DEMAND, progress=bar)
         finally:
@@ -161,23 +162,3 @@ def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) ->
     result_file.parent.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(demo.to_json(), indent=2))
     return demo
-
-
-class _Bar:
-    """Training progress on the terminal."""
-
-    def __init__(self) -> None:
-        self._bars: dict[str, Any] = {}
-
-    def __call__(self, phase: str, advance: int, total: int | None) -> None:
-        from tqdm import tqdm
-
-        bar = self._bars.get(phase)
-        if bar is None:
-            bar = self._bars[phase] = tqdm(total=total, desc=f"  {phase}", unit="img", leave=False)
-        if advance:
-            bar.update(advance)
-
-    def close(self) -> None:
-        for bar in self._bars.values():
-            bar.close()

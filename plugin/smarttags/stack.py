@@ -233,6 +233,13 @@ def start_processes(processes: Sequence[ManagedProcess]) -> list[ProcessHandle]:
     return [ProcessHandle(p, pid, reused=child is None) for p, child, pid in started]
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on right now (tests and benchmarks start services on them)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _check_ports_free(process: ManagedProcess) -> None:
     for port in process.ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
