@@ -7,7 +7,7 @@ the trainer and moderation all write the same shape.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -155,8 +155,3 @@ def set_status(
         tagging["etag"] = etag
     doc["tagging"] = tagging
     doc["updated_at"] = now_iso()
-
-
-def summary(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """What a listing shows of an asset (no embedding)."""
-    return {k: v for k, v in doc.items() if k not in ("embedding", "smart_scores")}

@@ -133,11 +133,6 @@ class SearchIndex:
                 raise translate_opensearch_error(exc) from exc
         return missing
 
-    def drop(self) -> None:
-        """Delete every index of this prefix (tests and `smarttags reset`)."""
-        for kind in KINDS:
-            self._call("indices.delete", index=self.name(kind), ignore_unavailable=True)
-
     def refresh(self, kind: str = "assets") -> None:
         self._call("indices.refresh", index=self.name(kind))
 

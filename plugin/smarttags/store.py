@@ -109,12 +109,3 @@ class ObjectStore:
             if not page.get("IsTruncated"):
                 return
             token = page.get("NextContinuationToken")
-
-    def presigned_url(self, key: str, *, expires_seconds: int = 3600) -> str:
-        try:
-            url: str = self._s3.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_seconds
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise translate_aws_error(exc, "s3") from exc
-        return url
