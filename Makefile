@@ -26,10 +26,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 launcher:
-	$(PY) -m smarttags.cli stack build
+	$(PY) -m smarttags stack build
 
 backbone:
-	$(PY) -m smarttags.cli backbone build
+	$(PY) -m smarttags backbone build
 
 lint:
 	$(VENV)/bin/ruff check plugin tests bench scheduler lambda
@@ -37,7 +37,7 @@ lint:
 	$(VENV)/bin/mypy
 
 demo: install
-	$(PY) -m smarttags.cli demo
+	$(PY) -m smarttags demo
 
 test: install lint
 	$(VENV)/bin/pytest -p no:cacheprovider -ra

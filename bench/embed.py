@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from skimage import data as skdata
-from smarttags import imaging, settings
-from smarttags.embedder import load_embedder
+from smarttags import settings
+from smarttags.adapters import imaging
+from smarttags.adapters.embedder import load_embedder
 
 
 def timed(fn: Callable[[], object], repeat: int = 3) -> float:

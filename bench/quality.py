@@ -6,7 +6,7 @@ several folders. Tags with at least 40 pictures are kept. Embeddings come from t
 (cached under data_dir/bench/). Over 5 fixed random 60/40 splits, with all training positives and with at
 most 30 per tag, it prints macro average precision and macro F1 of
 
-  ours   smarttags.training.train_heads (thresholds chosen by cross-validation)
+  ours   smarttags.core.heads.train_heads (thresholds chosen by cross-validation)
   probe  scikit-learn LogisticRegression(class_weight="balanced"), C by 3-fold CV, threshold 0.5
 
 on the same embeddings and splits, and our F1 against the best F1 any threshold reaches on the test split.
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 from smarttags import settings as settings_mod
-from smarttags.embedder import load_embedder
+from smarttags.adapters.embedder import load_embedder
+from smarttags.core.heads import average_precision, choose_threshold, train_heads
 from smarttags.errors import ImageError
-from smarttags.training import average_precision, choose_threshold, train_heads
 
 ROOT = Path("/usr/share/openclipart/png")
 MIN_PER_TAG = 40

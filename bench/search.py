@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from smarttags import assets, stack
 from smarttags import settings as settings_mod
-from smarttags.models import SmartTag
-from smarttags.search import SearchRequest
-from smarttags.services import Services
-from smarttags.taxonomy import Tag
+from smarttags.core import asset as assets
+from smarttags.core.model_registry import SmartTag
+from smarttags.core.search import SearchRequest
+from smarttags.core.taxonomy import Tag
+from smarttags.devtools import stack
+from smarttags.entrypoints.compose import Services
 
 VOCABULARY = 3000
 TAGS = 300

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from smarttags import assets, clients, stack
 from smarttags import settings as settings_mod
-from smarttags.embedder import clear_sessions, load_embedder
-from smarttags.services import Services
-from smarttags.training import Heads, TagFit
-from smarttags.worker import Worker
+from smarttags.adapters import clients
+from smarttags.adapters.embedder import clear_sessions, load_embedder
+from smarttags.core import asset as assets
+from smarttags.core.heads import Heads, TagFit
+from smarttags.devtools import stack
+from smarttags.entrypoints.compose import Services
+from smarttags.entrypoints.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -35,7 +35,7 @@ DEFAULT_OUT = ROOT / "build" / "lambda"
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
 MODEL_PATH = "models/backbone.onnx"  # /var/task/models/backbone.onnx in template.yaml
 
-# What smarttags.services/tagging import at run time (checked by tests/test_deploy.py against the import
+# What smarttags.entrypoints.compose/tagging import at run time (checked by tests/test_deploy.py against the import
 # graph). Not here: onnx (only builds the backbone), openpyxl (Excel reports), tqdm (CLI progress),
 # boto3/botocore (in the runtime), flask/apscheduler (other adapters), torch (never).
 RUNTIME_REQUIREMENTS = (
@@ -126,9 +126,10 @@ def copy_project(package: Path, model: Path) -> None:
 
 
 def default_model() -> Path:
-    """The preset backbone built (or found cached) in data_dir/models by smarttags.backbone."""
+    """The preset backbone built (or found cached) in data_dir/models by smarttags.adapters.backbone."""
     sys.path.insert(0, str(ROOT / "plugin"))
-    from smarttags import backbone, settings
+    from smarttags import settings
+    from smarttags.adapters import backbone
 
     return backbone.build(settings.load()).path
 

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from smarttags import settings as settings_mod
-from smarttags.services import Services
+from smarttags.entrypoints.compose import Services
 
 _services: Services | None = None
 

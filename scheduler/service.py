@@ -1,6 +1,6 @@
 """The APScheduler service: the weekly training window and the daily tagging window.
 
-Thin: APScheduler decides *when*; ``smarttags.scheduling.run_window`` decides *what* and makes sure each
+Thin: APScheduler decides *when*; ``smarttags.core.windows.run_window`` decides *what* and makes sure each
 window runs once across replicas (a lease in OpenSearch). Run it as ONE process (``smarttags scheduler``),
 never inside web workers, or every job would run once per worker.
 
@@ -22,8 +22,8 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
-from smarttags import scheduling
-from smarttags.services import Services
+from smarttags.core import windows as scheduling
+from smarttags.entrypoints.compose import Services
 from smarttags.settings import Settings
 
 log = logging.getLogger("smarttags.scheduler")

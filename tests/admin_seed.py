@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from smarttags import assets
-from smarttags.assets import now_iso
-from smarttags.models import SmartTag
-from smarttags.report import NOT_TRAINED, PARTIAL, TRAINED, TagRow, TrainingReport
-from smarttags.runs import ON_DEMAND, TRAIN, Run
-from smarttags.taxonomy import Tag
-from smarttags.training import Heads, TagFit
-from smarttags.users import UserStore
+from smarttags.core import asset as assets
+from smarttags.core.asset import now_iso
+from smarttags.core.heads import Heads, TagFit
+from smarttags.core.model_registry import SmartTag
+from smarttags.core.report import NOT_TRAINED, PARTIAL, TRAINED, TagRow, TrainingReport
+from smarttags.core.runs import ON_DEMAND, TRAIN, Run
+from smarttags.core.taxonomy import Tag
+from smarttags.core.users import UserStore
 
 PASSWORD = "correct horse battery"
 XSS = "<script>alert(1)</script>"

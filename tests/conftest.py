@@ -6,17 +6,20 @@ see each other's data. Tests that use these services are marked ``slow`` (they s
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from smarttags import clients, stack
 from smarttags import settings as settings_mod
+from smarttags.adapters import clients
+from smarttags.devtools import stack
+from smarttags.devtools.stack import free_port
 from smarttags.settings import Settings
-from smarttags.stack import free_port
 
 # What the suite ran against, for the terminal summary (CI logs show it).
 _RAN_AGAINST: dict[str, str] = {}
@@ -41,8 +44,19 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"ran against: {line}")
 
 
+@dataclass(frozen=True)
+class SharedService:
+    """A node or server someone else started (``SMARTTAGS_TEST_*_URL``): several checkouts on one machine
+    share one node instead of starting a JVM each. Every test still has its own indices and bucket."""
+
+    url: str
+
+
 @pytest.fixture(scope="session")
-def opensearch_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.ProcessHandle]:
+def opensearch_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.ProcessHandle | SharedService]:
+    if shared := os.environ.get("SMARTTAGS_TEST_OPENSEARCH_URL"):
+        yield SharedService(shared)
+        return
     home = tmp_path_factory.mktemp("opensearch")
     node = stack.start_opensearch(home, free_port(), transport_port=free_port(), heap_max="1g")
     info = clients.opensearchpy.OpenSearch(hosts=[node.url]).info()
@@ -54,7 +68,10 @@ def opensearch_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.
 
 
 @pytest.fixture(scope="session")
-def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.ProcessHandle]:
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.ProcessHandle | SharedService]:
+    if shared := os.environ.get("SMARTTAGS_TEST_AWS_URL"):
+        yield SharedService(shared)
+        return
     server = stack.start_moto(free_port(), tmp_path_factory.mktemp("moto"))
     _RAN_AGAINST["moto"] = server.url
     try:
@@ -82,7 +99,7 @@ def make_settings(opensearch_url: str, aws_endpoint: str, data_dir: Path, **open
 
 
 @pytest.fixture
-def settings(opensearch_node: stack.ProcessHandle, moto_server: stack.ProcessHandle, tmp_path: Path) -> Settings:
+def settings(opensearch_node: Any, moto_server: Any, tmp_path: Path) -> Settings:
     return make_settings(opensearch_node.url, moto_server.url, tmp_path / "var")
 
 
@@ -113,7 +130,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def embedder() -> Any:
     """The real default backbone, built once (cached in the project's var/ by `make install`)."""
-    from smarttags.embedder import load_embedder
+    from smarttags.adapters.embedder import load_embedder
 
     return load_embedder(settings_mod.load(data_dir=ROOT / "var"))
 
@@ -121,7 +138,7 @@ def embedder() -> Any:
 @pytest.fixture
 def services(settings: Settings, os_client: Any, embedder: Any) -> Any:
     """Everything wired on this test's own indices, bucket and queues, with the session's embedder."""
-    from smarttags.services import Services
+    from smarttags.entrypoints.compose import Services
 
     built = Services(settings)
     built.embedder = lambda: embedder  # one ONNX session for the whole run
@@ -135,7 +152,7 @@ def shape_model(services: Any, embedder: Any) -> Any:
     """An active model that knows one picture: 'shapes:red' fires on red circles (cosine above 0.9 to the
     reference picture), 'shapes:any' on everything."""
     import numpy as np
-    from smarttags.training import Heads, TagFit
+    from smarttags.core.heads import Heads, TagFit
 
     from tests.images import picture
 

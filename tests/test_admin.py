@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from smarttags.admin import create_app
-from smarttags.admin.views import highlight
+from smarttags.core.users import UserStore, hash_password, verify_password
+from smarttags.entrypoints.admin import create_app
+from smarttags.entrypoints.admin.views import highlight
 from smarttags.errors import ConfigError
 from smarttags.settings import AdminSettings
-from smarttags.users import UserStore, hash_password, verify_password
 
 from tests.admin_seed import PASSWORD, XSS, seed
 
@@ -361,7 +361,7 @@ def test_password_hashes():
 def test_cli_create_user_and_validate(settings, services, monkeypatch, capsys):
     import io
 
-    from smarttags import cli
+    from smarttags.entrypoints import cli
 
     monkeypatch.setattr(cli.settings_mod, "load", lambda *_: settings)
     monkeypatch.setattr("sys.stdin", io.StringIO("a fine password\n"))

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from smarttags.admin import create_app
+from smarttags.entrypoints.admin import create_app
 from smarttags.settings import AdminSettings
 from werkzeug.serving import make_server
 

@@ -1,6 +1,6 @@
 import numpy as np
-from smarttags import assets
-from smarttags.models import SmartTag, apply_thresholds
+from smarttags.core import asset as assets
+from smarttags.core.model_registry import SmartTag, apply_thresholds
 
 TAGS = ("cars:sedan", "cars:suv", "cars:coupe", "people:woman")
 

@@ -17,12 +17,13 @@ import onnx
 import pytest
 from PIL import Image
 from skimage import data as skdata
-from smarttags import backbone, settings
-from smarttags.embedder import Embedder, load_embedder
+from smarttags import settings
+from smarttags.adapters import backbone
+from smarttags.adapters.embedder import Embedder, load_embedder
 from smarttags.errors import ModelError
 
 FIXTURES = Path(__file__).parent / "fixtures"
-CLASS_NAMES = (Path(backbone.__file__).parent / "data" / "imagenet_classes.txt").read_text().splitlines()
+CLASS_NAMES = (Path(backbone.__file__).parents[1] / "data" / "imagenet_classes.txt").read_text().splitlines()
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 
 
@@ -184,7 +185,7 @@ def test_a_tampered_cache_is_rebuilt(tmp_path, caplog):
     s = settings.load(data_dir=tmp_path)
     built = backbone.build(s)
     built.path.write_bytes(built.path.read_bytes()[:-10])
-    with caplog.at_level(logging.WARNING, logger="smarttags.backbone"):
+    with caplog.at_level(logging.WARNING, logger="smarttags.adapters.backbone"):
         again = backbone.build(s)
     assert again.sha256 == built.sha256
     assert "fails its checksum" in caplog.text

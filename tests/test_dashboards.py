@@ -7,7 +7,9 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from smarttags import cli, dashboards, resources
+from smarttags import resources
+from smarttags.core import dashboards
+from smarttags.entrypoints import cli
 
 # The saved-objects index mapping of OpenSearch Dashboards 2.19 for the types we ship: the core fields
 # every saved object index has (strict at the root) plus the index-pattern, visualization and dashboard

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from smarttags import settings as settings_mod
-from smarttags import stack
+from smarttags.devtools import stack
 
 from tests.conftest import free_port
 
@@ -28,7 +28,7 @@ def test_the_demo_trains_tags_uploads_and_searches_in_tier_order(tmp_path, embed
     }
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "smarttags.cli", "demo", "--no-serve"],
+            [sys.executable, "-m", "smarttags", "demo", "--no-serve"],
             env=env,
             capture_output=True,
             text=True,

@@ -216,7 +216,7 @@ def test_handler_imports_only_what_the_package_ships() -> None:
         "import importlib.util, json, sys\n"
         f"spec = importlib.util.spec_from_file_location('h', {str(ROOT / 'lambda' / 'handler.py')!r})\n"
         "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
-        "import smarttags.embedder, smarttags.services\n"
+        "import smarttags.adapters.embedder, smarttags.entrypoints.compose\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
@@ -265,7 +265,7 @@ def test_build_the_lambda_package(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "unzipped size:" in run.stdout
     package = out / "package"
-    for name in ("handler.py", "smarttags/tagging.py", "search_templates/assets.index.json", "models/backbone.onnx"):
+    for name in ("handler.py", "smarttags/core/tagging.py", "search_templates/assets.index.json", "models/backbone.onnx"):
         assert (package / name).is_file(), name
     assert (package / "models/backbone.onnx.sha256").read_text().split()[0]
     assert not list(package.rglob("__pycache__")) and not list(package.rglob("tests"))

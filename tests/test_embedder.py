@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from skimage import data as skdata
-from smarttags import backbone, cli, embedder, settings
+from smarttags import settings
+from smarttags.adapters import backbone, embedder
+from smarttags.entrypoints import cli
 from smarttags.errors import CorruptImage, ImageTooLarge, UnsupportedImage
 
 

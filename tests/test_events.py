@@ -1,4 +1,4 @@
-from smarttags import events
+from smarttags.core import events
 
 from tests.event_files import load_event
 

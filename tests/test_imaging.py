@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
-from smarttags import imaging
+from smarttags.adapters import imaging
 from smarttags.errors import CorruptImage, ImageTooLarge, UnsupportedImage
 
 MAX = 100_000_000

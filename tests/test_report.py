@@ -2,7 +2,7 @@ import io
 
 import numpy as np
 from openpyxl import load_workbook
-from smarttags import guidelines, report
+from smarttags.core import guidelines, report
 
 
 def _report():

@@ -2,8 +2,9 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from smarttags import scheduling, settings
-from smarttags.cli import load_adapter as load
+from smarttags import settings
+from smarttags.core import windows as scheduling
+from smarttags.entrypoints.cli import load_adapter as load
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 DAY = timedelta(hours=24)

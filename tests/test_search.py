@@ -5,10 +5,10 @@ import random
 
 import numpy as np
 import pytest
-from smarttags import assets
-from smarttags.models import SmartTag
-from smarttags.search import SearchRequest
-from smarttags.taxonomy import Tag
+from smarttags.core import asset as assets
+from smarttags.core.model_registry import SmartTag
+from smarttags.core.search import SearchRequest
+from smarttags.core.taxonomy import Tag
 
 pytestmark = pytest.mark.slow
 

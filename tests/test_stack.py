@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 from opensearchpy import exceptions as os_exc
-from smarttags import clients, errors, stack
+from smarttags import errors
 from smarttags import settings as settings_mod
+from smarttags.adapters import clients
+from smarttags.devtools import stack
 from smarttags.settings import Settings
 
 from tests.conftest import free_port, make_settings, pinned_versions

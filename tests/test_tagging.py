@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from smarttags import assets, tagging
-from smarttags.index import SearchIndex
-from smarttags.models import Model
-from smarttags.services import Services
+from smarttags.adapters.opensearch import SearchIndex
+from smarttags.core import asset as assets
+from smarttags.core import tagging
+from smarttags.core.model_registry import Model
+from smarttags.entrypoints.compose import Services
 
 from tests.event_files import s3_event, via_sqs
 from tests.images import HEIC, bomb_png, picture, truncated_jpeg
@@ -193,7 +194,7 @@ def test_opensearch_down_fails_the_record_then_it_succeeds(services, model, enab
 
 
 def test_the_lambda_handler_file_loads_by_path_and_handles_an_event(services, model, enabled, settings, monkeypatch):
-    from smarttags.cli import load_adapter as load
+    from smarttags.entrypoints.cli import load_adapter as load
 
     handler = load("lambda/handler.py", "smarttags_lambda_handler_test")
     handler._services = services  # a warm container

@@ -1,5 +1,5 @@
 import pytest
-from smarttags import taxonomy
+from smarttags.core import taxonomy
 from smarttags.errors import TaxonomyError
 
 YAML = """

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from smarttags import training
+from smarttags.core import heads as training
 
 
 def _data(seed=0, n=400, d=48, t=3):

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 from openpyxl import load_workbook
-from smarttags import cli, report, sample
+from smarttags.core import report
+from smarttags.devtools import sample
+from smarttags.entrypoints import cli
 from smarttags.errors import ModelError
 
 pytestmark = pytest.mark.slow

@@ -9,13 +9,13 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from smarttags import scheduling
-from smarttags.cli import load_adapter as load
-from smarttags.runs import SCHEDULE
-from smarttags.search import SearchRequest
-from smarttags.services import Services
-from smarttags.taxonomy import Tag
-from smarttags.worker import Worker
+from smarttags.core import windows as scheduling
+from smarttags.core.runs import SCHEDULE
+from smarttags.core.search import SearchRequest
+from smarttags.core.taxonomy import Tag
+from smarttags.entrypoints.cli import load_adapter as load
+from smarttags.entrypoints.compose import Services
+from smarttags.entrypoints.worker import Worker
 
 from tests.images import picture
 

@@ -1,0 +1,274 @@
+"""The OpenSearch side: our indices, stored templates, and the few request shapes everything else uses.
+
+One small class around an ``opensearchpy.OpenSearch`` client. Errors come out as SmartTags errors;
+``_bulk`` per-item failures are read and raised, never ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from opensearchpy.exceptions import NotFoundError, OpenSearchException, RequestError, TransportError
+
+from smarttags import resources
+from smarttags.adapters.clients import translate_opensearch_error
+from smarttags.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("assets", "taxonomy", "runs", "folders", "audit", "leases", "users")
+# A unique keyword per kind: the sort that makes ``search_after`` pages exact.
+UNIQUE_FIELD = {
+    "assets": "asset_id",
+    "taxonomy": "tag",
+    "runs": "run_id",
+    "folders": "folder",
+    "leases": "window",
+    "users": "username",
+}
+# Stored search templates: file in search_templates/ -> stored script id. The id carries a version so a
+# changed template never silently replaces the one a running deployment uses.
+TEMPLATES = {"search.mustache": "smarttags-search-v1", "similar.mustache": "smarttags-similar-v1"}
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A document with what optimistic concurrency needs to write it back."""
+
+    id: str
+    source: dict[str, Any]
+    seq_no: int
+    primary_term: int
+
+
+class BulkError(ServiceError):
+    def __init__(self, failures: list[dict[str, Any]]) -> None:
+        super().__init__("opensearch", f"{len(failures)} bulk items failed; first: {failures[0]}")
+        self.failures = failures
+
+
+class SearchIndex:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        *,
+        replicas: int = 0,
+        shards: int = 1,
+        embedding_dim: int = 1280,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._replicas = replicas
+        self._shards = shards
+        self._embedding_dim = embedding_dim
+
+    def name(self, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"unknown index kind {kind!r}")
+        return f"{self.prefix}-{kind}"
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        target = self.client
+        for part in method.split("."):
+            target = getattr(target, part)
+        try:
+            return target(*args, **kwargs)
+        except OpenSearchException as exc:
+            raise translate_opensearch_error(exc) from exc
+
+    # --- set-up ------------------------------------------------------------------------------------
+
+    def index_body(self, kind: str) -> dict[str, Any]:
+        body = copy.deepcopy(resources.load_json(f"{kind}.index.json"))
+        settings = body.setdefault("settings", {}).setdefault("index", {})
+        settings["number_of_replicas"] = self._replicas
+        settings["number_of_shards"] = self._shards
+        if kind == "assets":
+            body["mappings"]["properties"]["embedding"]["dimension"] = self._embedding_dim
+        return body
+
+    def ensure(self) -> list[str]:
+        """Create missing indices and install the stored templates; harmless to repeat."""
+        created = []
+        for kind in KINDS:
+            name = self.name(kind)
+            if self._call("indices.exists", index=name):
+                continue
+            try:
+                self.client.indices.create(index=name, body=self.index_body(kind))
+                created.append(name)
+            except RequestError as exc:
+                # Another process created it between our check and our create: fine.
+                if exc.error != "resource_already_exists_exception":
+                    raise translate_opensearch_error(exc) from exc
+            except OpenSearchException as exc:
+                raise translate_opensearch_error(exc) from exc
+        self.install_templates()
+        if created:
+            log.info("created indices %s", ", ".join(created))
+        return created
+
+    def install_templates(self) -> None:
+        for filename, script_id in TEMPLATES.items():
+            source = resources.load_text(filename)
+            self._call(
+                "put_script",
+                id=script_id,
+                body={"script": {"lang": "mustache", "source": source}},
+            )
+
+    def missing_templates(self) -> list[str]:
+        missing = []
+        for script_id in TEMPLATES.values():
+            try:
+                self.client.get_script(id=script_id)
+            except NotFoundError:
+                missing.append(script_id)
+            except OpenSearchException as exc:
+                raise translate_opensearch_error(exc) from exc
+        return missing
+
+    def refresh(self, kind: str = "assets") -> None:
+        self._call("indices.refresh", index=self.name(kind))
+
+    # --- documents ---------------------------------------------------------------------------------
+
+    def get(self, kind: str, doc_id: str) -> Versioned | None:
+        try:
+            hit = self.client.get(index=self.name(kind), id=doc_id)
+        except NotFoundError:
+            return None
+        except OpenSearchException as exc:
+            raise translate_opensearch_error(exc) from exc
+        return Versioned(hit["_id"], hit["_source"], hit["_seq_no"], hit["_primary_term"])
+
+    def put(
+        self,
+        kind: str,
+        doc_id: str,
+        source: Mapping[str, Any],
+        *,
+        expected: Versioned | None = None,
+        create: bool = False,
+        refresh: bool | str = False,
+    ) -> None:
+        """Write a whole document. With ``expected`` the write succeeds only if nobody wrote in between
+        (raises ConflictError); with ``create`` only if the document does not exist yet."""
+        kwargs: dict[str, Any] = {"index": self.name(kind), "id": doc_id, "body": dict(source)}
+        if expected is not None:
+            kwargs.update(if_seq_no=expected.seq_no, if_primary_term=expected.primary_term)
+        if create:
+            kwargs["op_type"] = "create"
+        if refresh:
+            kwargs["refresh"] = "wait_for" if refresh is True else refresh
+        self._call("index", **kwargs)
+
+    def delete(self, kind: str, doc_id: str, *, expected: Versioned | None = None, refresh: bool = False) -> bool:
+        kwargs: dict[str, Any] = {
+            "index": self.name(kind),
+            "id": doc_id,
+            "refresh": "wait_for" if refresh else "false",
+        }
+        if expected is not None:
+            kwargs.update(if_seq_no=expected.seq_no, if_primary_term=expected.primary_term)
+        try:
+            self.client.delete(**kwargs)
+        except NotFoundError:
+            return False
+        except OpenSearchException as exc:
+            raise translate_opensearch_error(exc) from exc
+        return True
+
+    def bulk(self, actions: Sequence[tuple[Mapping[str, Any], Mapping[str, Any] | None]]) -> None:
+        """Send (action, source) pairs; raise BulkError listing every item that failed."""
+        if not actions:
+            return
+        body: list[Mapping[str, Any]] = []
+        for action, source in actions:
+            body.append(action)
+            if source is not None:
+                body.append(source)
+        response = self._call("bulk", body=body)
+        if response.get("errors"):
+            failures = [
+                {"id": item.get("_id"), "status": item.get("status"), "error": item.get("error")}
+                for entry in response["items"]
+                for item in entry.values()
+                if item.get("error")
+            ]
+            if failures:
+                raise BulkError(failures)
+
+    def count(self, kind: str, query: Mapping[str, Any] | None = None) -> int:
+        body = {"query": query} if query else None
+        return int(self._call("count", index=self.name(kind), body=body)["count"])
+
+    def search(self, kind: str, body: Mapping[str, Any], **params: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("search", index=self.name(kind), body=dict(body), **params)
+        return result
+
+    def scan(
+        self,
+        kind: str,
+        query: Mapping[str, Any],
+        *,
+        source: Sequence[str] | bool = True,
+        batch_size: int = 500,
+        keep_alive: str = "2m",
+    ) -> Iterator[dict[str, Any]]:
+        """Every matching hit, through a point in time and ``search_after`` (never deep ``from``)."""
+        pit = self._call("create_pit", index=self.name(kind), keep_alive=keep_alive)
+        pit_id = pit["pit_id"]
+        after: list[Any] | None = None
+        try:
+            while True:
+                body: dict[str, Any] = {
+                    "size": batch_size,
+                    "query": dict(query),
+                    "pit": {"id": pit_id, "keep_alive": keep_alive},
+                    "sort": [{UNIQUE_FIELD[kind]: "asc"}],
+                    "_source": source if isinstance(source, bool) else list(source),
+                    "track_total_hits": False,
+                }
+                if after is not None:
+                    body["search_after"] = after
+                page = self._call("search", body=body)
+                hits = page["hits"]["hits"]
+                yield from hits
+                if len(hits) < batch_size:
+                    return
+                after = hits[-1]["sort"]
+                pit_id = page.get("pit_id", pit_id)
+        finally:
+            try:
+                self.client.delete_pit(body={"pit_id": [pit_id]})
+            except (OpenSearchException, TransportError) as exc:  # the PIT expires by itself anyway
+                log.debug("could not delete point in time: %s", exc)
+
+    def search_template(self, kind: str, template_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            "search_template", index=self.name(kind), body={"id": template_id, "params": dict(params)}
+        )
+        return result
+
+    def render_template(self, template_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("render_search_template", id=template_id, body={"params": dict(params)})
+        return result
+
+    def analyze(self, text: str, analyzer: str, *, kind: str | None = None) -> list[str]:
+        """Tokens of ``text`` under a named analyzer (an index's custom one when ``kind`` is given)."""
+        if not text.strip():
+            return []
+        kwargs: dict[str, Any] = {"body": {"analyzer": analyzer, "text": text}}
+        if kind is not None:
+            kwargs["index"] = self.name(kind)
+        result = self._call("indices.analyze", **kwargs)
+        return [token["token"] for token in result.get("tokens", [])]
+
+    def server_version(self) -> str:
+        return str(self._call("info")["version"]["number"])

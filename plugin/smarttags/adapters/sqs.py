@@ -1,0 +1,106 @@
+"""The SQS side: the tagging queue that S3 notifications and tagging runs both feed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from smarttags.adapters.clients import translate_aws_error
+
+log = logging.getLogger(__name__)
+
+SEND_BATCH = 10  # SQS's limit per SendMessageBatch
+
+
+class WorkQueue:
+    def __init__(self, sqs_client: Any, queue_url: str) -> None:
+        self._sqs = sqs_client
+        self.url = queue_url
+
+    @classmethod
+    def by_name(cls, sqs_client: Any, name: str) -> WorkQueue:
+        try:
+            url = sqs_client.get_queue_url(QueueName=name)["QueueUrl"]
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_aws_error(exc, "sqs") from exc
+        return cls(sqs_client, str(url))
+
+    def _call(self, operation: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._sqs, operation)(QueueUrl=self.url, **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_aws_error(exc, "sqs") from exc
+
+    def send(self, bodies: Iterable[Mapping[str, Any]]) -> int:
+        """Send JSON bodies in batches of ten; raise if SQS refuses any of them."""
+        sent = 0
+        batch: list[dict[str, str]] = []
+
+        def flush() -> None:
+            nonlocal sent, batch
+            if not batch:
+                return
+            response = self._call("send_message_batch", Entries=batch)
+            if response.get("Failed"):
+                first = response["Failed"][0]
+                raise translate_aws_error(
+                    ClientError(
+                        {"Error": {"Code": first.get("Code", ""), "Message": first.get("Message", "")}},
+                        "SendMessageBatch",
+                    ),
+                    "sqs",
+                )
+            sent += len(batch)
+            batch = []
+
+        for body in bodies:
+            batch.append({"Id": str(len(batch)), "MessageBody": json.dumps(body)})
+            if len(batch) == SEND_BATCH:
+                flush()
+        flush()
+        return sent
+
+    def receive(
+        self, *, max_messages: int = 10, wait_seconds: int = 10, visibility_seconds: int = 120
+    ) -> list[dict[str, Any]]:
+        """Messages shaped as Lambda's SQS event records, so one handler serves both."""
+        response = self._call(
+            "receive_message",
+            MaxNumberOfMessages=max(1, min(10, max_messages)),
+            WaitTimeSeconds=wait_seconds,
+            VisibilityTimeout=visibility_seconds,
+            AttributeNames=["ApproximateReceiveCount"],
+        )
+        return [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": m.get("Attributes", {}),
+                "eventSource": "aws:sqs",
+            }
+            for m in response.get("Messages", [])
+        ]
+
+    def delete(self, receipt_handles: Iterable[str]) -> None:
+        entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(receipt_handles)]
+        for start in range(0, len(entries), SEND_BATCH):
+            self._call("delete_message_batch", Entries=entries[start : start + SEND_BATCH])
+
+    def backoff(self, receipt_handle: str, seconds: int) -> None:
+        """Make a failed message visible again after ``seconds`` instead of the full visibility timeout."""
+        self._call("change_message_visibility", ReceiptHandle=receipt_handle, VisibilityTimeout=seconds)
+
+    def depth(self) -> dict[str, int]:
+        attributes = self._call(
+            "get_queue_attributes",
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return {
+            "visible": int(attributes.get("ApproximateNumberOfMessages", 0)),
+            "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+        }

@@ -1,0 +1,251 @@
+"""Model artifacts: versioned heads plus a manifest in S3, an active pointer, and applying thresholds.
+
+Layout under the models prefix:
+    <version>/heads.npz        weights (dim x tags), bias, thresholds
+    <version>/manifest.json    version, backbone, tags, thresholds, metrics, fingerprint, sha256 of files
+    active.json                {"version": ..., "history": [older active versions, newest first]}
+A model whose files fail their sha256 is never activated or loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from smarttags.adapters.s3 import ObjectStore
+from smarttags.core.heads import Heads, TagFit
+from smarttags.errors import ModelError, NotFound
+
+log = logging.getLogger(__name__)
+
+HEADS_FILE = "heads.npz"
+MANIFEST_FILE = "manifest.json"
+ACTIVE_FILE = "active.json"
+_VERSION = re.compile(r"^\d{8}T\d{6}Z(-[a-z0-9]+)?$")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: str
+    backbone_id: str
+    backbone_sha256: str
+    tags: list[str]
+    thresholds: dict[str, float]
+    metrics: dict[str, dict[str, float]]
+    training_fingerprint: str
+    created_at: str
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256
+    folders: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Manifest:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class Model:
+    manifest: Manifest
+    heads: Heads
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+@dataclass(frozen=True)
+class SmartTag:
+    tag: str
+    confidence: float
+    promoted: bool = False
+
+
+def apply_thresholds(
+    tags: Iterable[str],
+    scores: NDArray[np.floating],
+    thresholds: NDArray[np.floating],
+    *,
+    rejected: Iterable[str] = (),
+    promoted: Iterable[str] = (),
+    max_tags: int = 20,
+) -> list[SmartTag]:
+    """The smart tags one asset gets: scores at or over their tag's threshold, minus what a moderator
+    rejected, plus what a moderator promoted (kept whatever its score), best first."""
+    rejected_set = set(rejected)
+    promoted_set = set(promoted) - rejected_set
+    chosen: dict[str, SmartTag] = {}
+    for tag, score, threshold in zip(tags, scores.tolist(), thresholds.tolist(), strict=True):
+        if tag in rejected_set:
+            continue
+        if tag in promoted_set:
+            chosen[tag] = SmartTag(tag, round(float(score), 4), promoted=True)
+        elif score >= threshold:
+            chosen[tag] = SmartTag(tag, round(float(score), 4))
+    for tag in promoted_set - chosen.keys():
+        chosen[tag] = SmartTag(tag, 1.0, promoted=True)
+    ranked = sorted(chosen.values(), key=lambda s: (not s.promoted, -s.confidence, s.tag))
+    return ranked[:max_tags]
+
+
+def new_version(now: datetime | None = None) -> str:
+    """Sortable by time; the suffix keeps two models trained in the same second apart."""
+    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _heads_bytes(heads: Heads) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, weights=heads.weights, bias=heads.bias, thresholds=heads.thresholds)
+    return buffer.getvalue()
+
+
+class ModelStore:
+    """Versioned models under one S3 prefix."""
+
+    def __init__(self, store: ObjectStore, prefix: str) -> None:
+        self._store = store
+        self._prefix = prefix
+
+    def _key(self, *parts: str) -> str:
+        return self._prefix + "/".join(parts)
+
+    def save(
+        self,
+        heads: Heads,
+        fits: list[TagFit],
+        *,
+        backbone_id: str,
+        backbone_sha256: str,
+        training_fingerprint: str,
+        folders: list[str],
+        version: str | None = None,
+    ) -> Manifest:
+        version = version or new_version()
+        if not _VERSION.match(version):
+            raise ModelError(f"invalid model version {version!r}")
+        payload = _heads_bytes(heads)
+        manifest = Manifest(
+            version=version,
+            backbone_id=backbone_id,
+            backbone_sha256=backbone_sha256,
+            tags=list(heads.tags),
+            thresholds={t: float(v) for t, v in zip(heads.tags, heads.thresholds.tolist(), strict=True)},
+            metrics={
+                f.tag: {
+                    "positives": f.positives,
+                    "precision": f.precision,
+                    "recall": f.recall,
+                    "f1": f.f1,
+                    "average_precision": f.average_precision,
+                    "c": f.c,
+                }
+                for f in fits
+            },
+            training_fingerprint=training_fingerprint,
+            created_at=datetime.now(UTC).isoformat(),
+            files={HEADS_FILE: _sha256(payload)},
+            folders=folders,
+        )
+        self._store.put_bytes(self._key(version, HEADS_FILE), payload)
+        self._store.put_bytes(
+            self._key(version, MANIFEST_FILE),
+            json.dumps(manifest.to_json(), indent=2).encode(),
+            content_type="application/json",
+        )
+        log.info("saved model %s with %d tags", version, len(heads.tags))
+        return manifest
+
+    def manifest(self, version: str) -> Manifest:
+        data, _ = self._store.get_bytes(self._key(version, MANIFEST_FILE))
+        try:
+            return Manifest.from_json(json.loads(data))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ModelError(f"model {version}: manifest is unreadable ({exc})") from None
+
+    def list(self) -> list[Manifest]:
+        versions = sorted({info.key[len(self._prefix) :].split("/", 1)[0] for info in self._store.list(self._prefix)})
+        return [self.manifest(v) for v in versions if _VERSION.match(v)]
+
+    def load(self, version: str) -> Model:
+        """Load and verify a model; raises ModelError if any file fails its checksum."""
+        manifest = self.manifest(version)
+        try:
+            payload, _ = self._store.get_bytes(self._key(version, HEADS_FILE))
+        except NotFound:
+            raise ModelError(f"model {version}: {HEADS_FILE} is missing") from None
+        expected = manifest.files.get(HEADS_FILE)
+        if expected != _sha256(payload):
+            raise ModelError(f"model {version}: {HEADS_FILE} fails its sha256 check; refusing to load it")
+        arrays = np.load(io.BytesIO(payload), allow_pickle=False)
+        heads = Heads(
+            tags=tuple(manifest.tags),
+            weights=arrays["weights"].astype(np.float32),
+            bias=arrays["bias"].astype(np.float32),
+            thresholds=arrays["thresholds"].astype(np.float32),
+        )
+        if heads.weights.shape[1] != len(heads.tags):
+            raise ModelError(f"model {version}: weights do not match its {len(heads.tags)} tags")
+        return Model(manifest=manifest, heads=heads)
+
+    def _pointer(self) -> dict[str, Any]:
+        try:
+            data, _ = self._store.get_bytes(self._key(ACTIVE_FILE))
+        except NotFound:
+            return {"version": None, "history": []}
+        pointer: dict[str, Any] = json.loads(data)
+        return pointer
+
+    def active_version(self) -> str | None:
+        version = self._pointer().get("version")
+        return str(version) if version else None
+
+    def load_active(self) -> Model:
+        version = self.active_version()
+        if version is None:
+            raise NotFound("no model is active yet: train one with `smarttags train`")
+        return self.load(version)
+
+    def activate(self, version: str) -> Manifest:
+        model = self.load(version)  # verifies every checksum before it becomes active
+        pointer = self._pointer()
+        current = pointer.get("version")
+        history = [v for v in pointer.get("history", []) if v != version]
+        if current and current != version:
+            history.insert(0, current)
+        self._write_pointer({"version": version, "history": history[:50]})
+        log.info("activated model %s", version)
+        return model.manifest
+
+    def rollback(self) -> Manifest:
+        """Re-activate the model that was active before the current one."""
+        pointer = self._pointer()
+        history: list[str] = list(pointer.get("history", []))
+        while history:
+            previous = history.pop(0)
+            try:
+                model = self.load(previous)
+            except (ModelError, NotFound) as exc:
+                log.warning("skipping model %s on rollback: %s", previous, exc)
+                continue
+            self._write_pointer({"version": previous, "history": history})
+            return model.manifest
+        raise NotFound("no earlier model to roll back to")
+
+    def _write_pointer(self, pointer: dict[str, Any]) -> None:
+        self._store.put_bytes(self._key(ACTIVE_FILE), json.dumps(pointer).encode(), content_type="application/json")

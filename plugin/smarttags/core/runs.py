@@ -1,0 +1,173 @@
+"""Run history: every training and tagging run, with its trigger, counts and error reasons."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from opensearchpy.exceptions import OpenSearchException
+
+from smarttags.adapters.clients import translate_opensearch_error
+from smarttags.adapters.opensearch import SearchIndex
+from smarttags.core.asset import now_iso
+
+log = logging.getLogger(__name__)
+
+TRAIN = "train"
+TAG = "tag"
+SCHEDULE = "schedule"
+ON_DEMAND = "on-demand"
+UPLOAD = "upload"
+COUNTS = ("selected", "processed", "tagged", "skipped", "failed", "embedded")
+MAX_ERRORS_KEPT = 50
+
+
+@dataclass
+class Run:
+    run_id: str
+    kind: str
+    folder: str | None
+    trigger: str
+    started_at: str
+    status: str = "running"
+    ended_at: str | None = None
+    model_version: str | None = None
+    counts: Counter[str] = field(default_factory=Counter)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    report: dict[str, Any] | None = None
+
+    def error(self, key: str, reason: str) -> None:
+        self.counts["failed"] += 1
+        if len(self.errors) < MAX_ERRORS_KEPT:
+            self.errors.append({"key": key, "reason": reason})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "kind": self.kind,
+            "folder": self.folder,
+            "trigger": self.trigger,
+            "status": self.status,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "model_version": self.model_version,
+            "counts": {name: int(self.counts.get(name, 0)) for name in COUNTS},
+            "errors": self.errors,
+            "report": self.report,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Run:
+        return cls(
+            run_id=data["run_id"],
+            kind=data["kind"],
+            folder=data.get("folder"),
+            trigger=data["trigger"],
+            started_at=data["started_at"],
+            status=data.get("status", "running"),
+            ended_at=data.get("ended_at"),
+            model_version=data.get("model_version"),
+            counts=Counter(data.get("counts") or {}),
+            errors=list(data.get("errors") or []),
+            report=data.get("report"),
+        )
+
+
+class RunLog:
+    def __init__(self, index: SearchIndex) -> None:
+        self._index = index
+
+    def start(self, kind: str, folder: str | None, trigger: str, *, model_version: str | None = None) -> Run:
+        run = Run(
+            run_id=f"{kind}-{uuid.uuid4().hex[:12]}",
+            kind=kind,
+            folder=folder,
+            trigger=trigger,
+            started_at=now_iso(),
+            model_version=model_version,
+        )
+        self.save(run)
+        return run
+
+    def save(self, run: Run, *, refresh: bool = True) -> None:
+        self._index.put("runs", run.run_id, run.to_json(), refresh=refresh)
+
+    def finish(self, run: Run, status: str = "succeeded") -> Run:
+        run.status = status
+        run.ended_at = now_iso()
+        self.save(run)
+        return run
+
+    def add_counts(
+        self,
+        run_id: str,
+        counts: dict[str, int],
+        errors: list[dict[str, str]] | None = None,
+        *,
+        create_as: tuple[str, str] | None = None,
+    ) -> None:
+        """Add to a run's counts from any worker at once (a scripted update, retried on conflict).
+        With ``create_as=(kind, trigger)`` a missing run is created first (hourly upload runs)."""
+        body: dict[str, Any] = {}
+        if create_as is not None:
+            body["upsert"] = Run(run_id, create_as[0], None, create_as[1], now_iso()).to_json()
+            body["scripted_upsert"] = True
+        script = (
+            "for (e in params.counts.entrySet()) {"
+            " ctx._source.counts[e.getKey()] = (ctx._source.counts[e.getKey()] ?: 0) + e.getValue(); }"
+            " for (e in params.errors) { if (ctx._source.errors.size() < params.max_errors) {"
+            " ctx._source.errors.add(e); } }"
+            # A fanned-out run is done when its workers processed all it dispatched.
+            " if (ctx._source.status == 'dispatched'"
+            " && ctx._source.counts.processed >= ctx._source.counts.selected) {"
+            " ctx._source.status = 'succeeded'; ctx._source.ended_at = params.now; }"
+        )
+        params = {"counts": counts, "errors": errors or [], "max_errors": MAX_ERRORS_KEPT}
+        self._scripted_update(run_id, script, params, **body)
+
+    def mark_dispatched(self, run_id: str, selected: int) -> None:
+        """A fanned-out run has enqueued all its work: record how much, without touching the counts the
+        workers may already have added, and finish it if they already did everything."""
+        script = (
+            "ctx._source.counts.selected = params.selected;"
+            " ctx._source.status = 'dispatched';"
+            " if ((ctx._source.counts.processed ?: 0) >= params.selected) {"
+            " ctx._source.status = 'succeeded'; ctx._source.ended_at = params.now; }"
+        )
+        self._scripted_update(run_id, script, {"selected": selected}, refresh="wait_for")
+
+    def _scripted_update(self, run_id: str, script: str, params: dict[str, Any], **extra: Any) -> None:
+        """A painless update of one run, retried on version conflicts (many workers count at once)."""
+        refresh = extra.pop("refresh", None)
+        body = {**extra, "script": {"source": script, "lang": "painless", "params": {**params, "now": now_iso()}}}
+        kwargs: dict[str, Any] = {"refresh": refresh} if refresh else {}
+        try:
+            self._index.client.update(
+                index=self._index.name("runs"), id=run_id, body=body, retry_on_conflict=10, **kwargs
+            )
+        except OpenSearchException as exc:
+            raise translate_opensearch_error(exc) from exc
+
+    def get(self, run_id: str) -> Run | None:
+        found = self._index.get("runs", run_id)
+        return Run.from_json(found.source) if found else None
+
+    def list(self, *, kind: str | None = None, folder: str | None = None, size: int = 50) -> list[Run]:
+        filters: list[dict[str, Any]] = []
+        if kind:
+            filters.append({"term": {"kind": kind}})
+        if folder:
+            filters.append({"term": {"folder": folder}})
+        body = {
+            "size": size,
+            "query": {"bool": {"filter": filters}},
+            "sort": [{"started_at": {"order": "desc"}}],
+        }
+        return [Run.from_json(h["_source"]) for h in self._index.search("runs", body)["hits"]["hits"]]
+
+    def latest(self, kind: str, folder: str) -> Run | None:
+        runs = self.list(kind=kind, folder=folder, size=1)
+        return runs[0] if runs else None

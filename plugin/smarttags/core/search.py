@@ -1,0 +1,187 @@
+"""Omnisearch over assets through the stored search template.
+
+Ranking, guaranteed by score bands in the template (``search_templates/search.mustache``):
+    tier 1  metadata (title, keywords, description) match all terms       score in [3, 4)
+    tier 2  the asset's smart tags together match all terms               score in [2, 3)
+    tier 3  its smart tags match any term                                 score in [1, 2)
+Inside a band, BM25 (tier 1) and the matched tags' confidences via ``rank_feature`` (promoted tags
+carry +1) order the hits; each band's share is bounded below 1, so a band never overlaps the next.
+BM25 is bounded without a script: each query token scores at most boost(3) * (k1 + 1) * ln(2N + 2)
+per field with N < 2^32 documents, so scaling the metadata match by 0.6 / (that bound * the number of
+tokens) keeps it under 0.6 while preserving its order exactly.
+
+Smart tags match through the taxonomy: the query is analyzed in its locale and each token is mapped to
+the tags whose titles or synonyms contain it. That mapping is the only thing Python adds to the
+template's parameters; any HTTP client can call the same template with the same parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from smarttags.adapters.opensearch import TEMPLATES, SearchIndex
+from smarttags.core.asset import asset_id, feature_name
+from smarttags.core.taxonomy import DEFAULT_LOCALE, TaxonomyStore, analyzer_for
+from smarttags.errors import NotFound, RequestError
+
+log = logging.getLogger(__name__)
+
+SEARCH_TEMPLATE = TEMPLATES["search.mustache"]
+SIMILAR_TEMPLATE = TEMPLATES["similar.mustache"]
+MAX_QUERY_CHARS = 2000
+MAX_PAGE_SIZE = 100
+MAX_WINDOW = 10_000
+# An upper bound of one query token's BM25 score in the metadata match (see the module docstring).
+MAX_TOKEN_BM25 = 3 * 2.2 * math.log(2 * 2**32 + 2)
+TIER_NAMES = {
+    1: "metadata matches all terms",
+    2: "smart tags match all terms",
+    3: "smart tags match some terms",
+    0: "all assets",
+}
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    text: str = ""
+    locale: str = DEFAULT_LOCALE
+    folder: str | None = None
+    content_types: Sequence[str] = ()
+    modified_from: str | None = None
+    modified_to: str | None = None
+    page: int = 0
+    size: int = 20
+    highlight: bool = True  # which metadata fields matched, with the matching words marked
+
+
+@dataclass(frozen=True)
+class Hit:
+    asset_id: str
+    key: str
+    score: float
+    tier: int
+    matched_tags: list[str]
+    highlights: dict[str, list[str]]
+    source: dict[str, Any]
+
+    @property
+    def why(self) -> str:
+        parts = [TIER_NAMES[self.tier]]
+        if self.highlights:
+            parts.append("metadata: " + ", ".join(sorted(self.highlights)))
+        if self.matched_tags:
+            parts.append("smart tags: " + ", ".join(self.matched_tags))
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    total: int
+    hits: list[Hit]
+    params: dict[str, Any] = field(repr=False)
+
+
+class Searcher:
+    def __init__(self, index: SearchIndex, taxonomy: TaxonomyStore, bucket: str) -> None:
+        self._index = index
+        self._taxonomy = taxonomy
+        self._bucket = bucket
+
+    def params(self, request: SearchRequest) -> dict[str, Any]:
+        """The stored template's parameters for a request (validated; the query text stays data)."""
+        text = request.text.strip()
+        if len(text) > MAX_QUERY_CHARS:
+            raise RequestError(f"the query has {len(text)} characters; at most {MAX_QUERY_CHARS} are allowed")
+        if not 1 <= request.size <= MAX_PAGE_SIZE:
+            raise RequestError(f"page size must be between 1 and {MAX_PAGE_SIZE}")
+        if request.page < 0 or (request.page + 1) * request.size > MAX_WINDOW:
+            raise RequestError(f"pages reach at most {MAX_WINDOW} results; narrow the search instead")
+        tokens = self._index.analyze(text, analyzer_for(request.locale)) if text else []
+        by_token = self._taxonomy.load().tags_for_tokens(tokens, request.locale) if tokens else {}
+        union = sorted({tag for tags in by_token.values() for tag in tags})
+        every_token_tagged = bool(by_token) and all(by_token.values())
+        share = 0.9 / max(len(union), 1)
+        return {
+            "query": text,
+            "has_query": bool(text),
+            # Tokens never outnumber the non-blank characters: a bound that needs no analysis.
+            "bm25_scale": 0.6 / (MAX_TOKEN_BM25 * max(1, len("".join(text.split())))),
+            "highlight": request.highlight,
+            "bucket": self._bucket,
+            "folder": (request.folder or "").strip("/") or None,
+            "content_types": list(request.content_types),
+            "has_content_types": bool(request.content_types),
+            "modified_from": request.modified_from,
+            "modified_to": request.modified_to,
+            "from": request.page * request.size,
+            "size": request.size,
+            "smart_all": [{"tags": tags} for tags in by_token.values()] if every_token_tagged else [],
+            "has_smart_all": every_token_tagged,
+            "smart_any": union,
+            "has_smart_any": bool(union),
+            "features": [
+                {"feature": feature_name(tag), "boost": round(share, 6), "tier1_boost": round(share / 3, 6)}
+                for tag in union
+            ],
+        }
+
+    def search(self, request: SearchRequest) -> SearchResult:
+        params = self.params(request)
+        response = self._index.search_template("assets", SEARCH_TEMPLATE, params)
+        wanted = set(params["smart_any"])
+        hits = []
+        for raw in response["hits"]["hits"]:
+            source = raw["_source"]
+            score = float(raw.get("_score") or 0.0)
+            # Score bands: [3, 4) is tier 1, [2, 3) tier 2, [1, 2) tier 3; no query means no tiers.
+            tier = 4 - min(3, int(score)) if params["has_query"] and score >= 1 else 0
+            hits.append(
+                Hit(
+                    asset_id=source["asset_id"],
+                    key=source["key"],
+                    score=score,
+                    tier=tier,
+                    matched_tags=[t for t in source.get("smart_ids") or [] if t in wanted],
+                    highlights=raw.get("highlight") or {},
+                    source=source,
+                )
+            )
+        total = response["hits"]["total"]
+        return SearchResult(total=int(total["value"] if isinstance(total, dict) else total), hits=hits, params=params)
+
+    def similar(self, key: str, *, folder: str | None = None, size: int = 10) -> list[Hit]:
+        """The assets that look most like ``key`` (k-NN on embeddings, Lucene engine, cosine)."""
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise RequestError(f"size must be between 1 and {MAX_PAGE_SIZE}")
+        doc_id = asset_id(self._bucket, key)
+        found = self._index.get("assets", doc_id)
+        if found is None:
+            raise NotFound(f"no asset s3://{self._bucket}/{key}")
+        vector = found.source.get("embedding")
+        if not vector:
+            raise NotFound(f"s3://{self._bucket}/{key} has no embedding yet (tag or train first)")
+        params = {
+            "vector": vector,
+            "k": size,
+            "size": size,
+            "bucket": self._bucket,
+            "folder": (folder or "").strip("/") or None,
+            "exclude_ids": [doc_id],
+        }
+        response = self._index.search_template("assets", SIMILAR_TEMPLATE, params)
+        return [
+            Hit(
+                asset_id=raw["_source"]["asset_id"],
+                key=raw["_source"]["key"],
+                score=float(raw.get("_score") or 0.0),
+                tier=0,
+                matched_tags=[],
+                highlights={},
+                source=raw["_source"],
+            )
+            for raw in response["hits"]["hits"]
+        ]

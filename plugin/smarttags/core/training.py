@@ -1,0 +1,349 @@
+"""A training run: sync the folders' assets, check the guidelines, embed what changed, fit, report.
+
+Embeddings are kept on the asset documents with the ETag and backbone they were made from, so a retrain
+embeds only new or modified assets; assets whose objects are gone leave the training set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from smarttags.adapters.opensearch import SearchIndex
+from smarttags.adapters.s3 import ObjectStore
+from smarttags.core import guidelines, ingest
+from smarttags.core.asset import now_iso
+from smarttags.core.heads import train_heads
+from smarttags.core.model_registry import ModelStore
+from smarttags.core.report import (
+    MIN_TO_LEARN,
+    NOT_TRAINED,
+    TagRow,
+    TrainingReport,
+    status_for,
+)
+from smarttags.core.runs import TRAIN, RunLog
+from smarttags.core.taxonomy import Taxonomy, TaxonomyStore
+from smarttags.errors import ImageError, TaxonomyError
+from smarttags.settings import Settings
+
+if TYPE_CHECKING:
+    from smarttags.adapters.embedder import Embedder
+
+log = logging.getLogger(__name__)
+
+FIELDS = [
+    "key",
+    "bucket",
+    "etag",
+    "tags",
+    "width",
+    "height",
+    "embedding",
+    "embedding_etag",
+    "embedding_model",
+    "rejected_tags",
+    "promoted_tags",
+]
+
+
+@dataclass(frozen=True)
+class Example:
+    asset_id: str
+    key: str
+    positives: frozenset[str]
+    negatives: frozenset[str]
+
+
+def labels_for(source: dict[str, Any], taxonomy: Taxonomy) -> tuple[frozenset[str], frozenset[str]]:
+    """(positive, explicit negative) tags of one training asset. The asset's own tags and promoted smart
+    tags are positives, with their taxonomy ancestors (a child tag implies its parents); smart tags a
+    moderator rejected are negatives unless the asset's own tags say otherwise."""
+    own = {t for t in source.get("tags") or [] if t in taxonomy}
+    positive = own | {t for t in source.get("promoted_tags") or [] if t in taxonomy}
+    for tag in list(positive):
+        positive.update(taxonomy.ancestors(tag))
+    negative = {t for t in source.get("rejected_tags") or [] if t in taxonomy} - own
+    return frozenset(positive - negative), frozenset(negative)
+
+
+def fingerprint(rows: Sequence[tuple[str, str, Sequence[str]]]) -> str:
+    digest = hashlib.sha256()
+    for asset, etag, tags in sorted(rows):
+        digest.update(f"{asset}\x00{etag}\x00{';'.join(sorted(tags))}\n".encode())
+    return digest.hexdigest()
+
+
+class Trainer:
+    def __init__(
+        self,
+        settings: Settings,
+        index: SearchIndex,
+        s3_client: Any,
+        embedder: Callable[[], Embedder],
+        *,
+        runs: RunLog | None = None,
+    ) -> None:
+        self._settings = settings
+        self._index = index
+        self._s3 = s3_client
+        self._embedder_factory = embedder
+        self._runs = runs or RunLog(index)
+        self.models = ModelStore(ObjectStore(s3_client, settings.aws.bucket), settings.aws.models_prefix)
+
+    def train(
+        self,
+        folders: Sequence[tuple[str, str]],
+        *,
+        trigger: str,
+        manifest: dict[str, list[str]] | None = None,
+        activate: bool = True,
+        progress: Callable[[str, int, int | None], None] | None = None,
+    ) -> TrainingReport:
+        """Train one model on the given (bucket, prefix) folders; record the run and its report."""
+        label = ", ".join(f"s3://{b}/{p}" for b, p in folders)
+        run = self._runs.start(TRAIN, label, trigger)
+        try:
+            report = self._train(run.run_id, folders, manifest, activate, progress, run.counts)
+        except Exception as exc:
+            run.error(label, str(exc))
+            self._runs.finish(run, "failed")
+            raise
+        run.model_version = report.model_version
+        run.report = report.to_json()
+        self._runs.finish(run, "succeeded" if report.model_version else "no_model")
+        return report
+
+    def _train(
+        self,
+        run_id: str,
+        folders: Sequence[tuple[str, str]],
+        manifest: dict[str, list[str]] | None,
+        activate: bool,
+        progress: Callable[[str, int, int | None], None] | None,
+        counts: Any,
+    ) -> TrainingReport:
+        settings = self._settings.training
+        taxonomy = TaxonomyStore(self._index).load()
+        if not len(taxonomy):
+            raise TaxonomyError("no taxonomy is imported yet: run `smarttags taxonomy import FILE` first")
+        unknown_tags: dict[str, list[str]] = {}
+        notes: list[str] = []
+        sources: list[dict[str, Any]] = []
+        for bucket, prefix in folders:
+            store = ObjectStore(self._s3, bucket)
+            synced = ingest.sync_folder(
+                self._index,
+                store,
+                prefix,
+                taxonomy,
+                manifest=manifest,
+                max_pixels=self._settings.backbone.max_pixels,
+                progress=(lambda n: progress("sync", n, None)) if progress else None,
+            )
+            for tag, keys in synced.unknown_tags.items():
+                unknown_tags.setdefault(tag, []).extend(keys)
+            notes.extend(f"unreadable: {key} ({reason})" for key, reason in synced.failed)
+            query: dict[str, Any] = {"bool": {"filter": [{"term": {"bucket": bucket}}]}}
+            if prefix.strip("/"):
+                query["bool"]["filter"].append({"term": {"folder.tree": prefix.strip("/")}})
+            for hit in self._index.scan("assets", query, source=FIELDS, batch_size=200):
+                sources.append({"_id": hit["_id"], **hit["_source"]})
+        # Training set: assets carrying at least one known tag, at the minimum resolution.
+        examples: list[tuple[dict[str, Any], Example]] = []
+        low_res: list[str] = []
+        low_res_by_tag: dict[str, int] = {}
+        for source in sources:
+            positives, negatives = labels_for(source, taxonomy)
+            if not positives:
+                continue
+            if max(source.get("width") or 0, source.get("height") or 0) < settings.min_resolution:
+                low_res.append(source["key"])
+                for tag in positives:
+                    low_res_by_tag[tag] = low_res_by_tag.get(tag, 0) + 1
+                continue
+            examples.append((source, Example(source["_id"], source["key"], positives, negatives)))
+        embedder = self._embedder_factory()
+        vectors, embedded, failed = self._embeddings(examples, embedder, progress)
+        counts["embedded"] = embedded
+        notes.extend(f"unreadable: {key} ({reason})" for key, reason in failed)
+        usable = [(s, e) for s, e in examples if e.asset_id in vectors]
+        tags = sorted({t for _, e in usable for t in e.positives})
+        x = np.stack([vectors[e.asset_id] for _, e in usable]) if usable else np.zeros((0, 1), np.float32)
+        y = np.array([[1.0 if t in e.positives else 0.0 for t in tags] for _, e in usable]).reshape(
+            len(usable), len(tags)
+        )
+        positives_per_tag = {t: int(y[:, j].sum()) for j, t in enumerate(tags)}
+        learnable = [t for t in tags if positives_per_tag[t] >= MIN_TO_LEARN and positives_per_tag[t] < len(usable)]
+        rows: dict[str, TagRow] = {}
+        for tag in tags:
+            if tag not in learnable:
+                advice = (
+                    [f"add {MIN_TO_LEARN - positives_per_tag[tag]} or more images with this tag"]
+                    if positives_per_tag[tag] < MIN_TO_LEARN
+                    else ["every training image carries this tag: add images without it"]
+                )
+                rows[tag] = TagRow(
+                    tag,
+                    taxonomy.tags[tag].title(),
+                    NOT_TRAINED,
+                    positives_per_tag[tag],
+                    low_res_by_tag.get(tag, 0),
+                    advice=advice,
+                )
+        for tag, keys in sorted(unknown_tags.items()):
+            rows[tag] = TagRow(
+                tag,
+                tag,
+                NOT_TRAINED,
+                0,
+                advice=[f"not in the taxonomy (on {len(keys)} assets): add it to the taxonomy file and import it"],
+            )
+        model_version = None
+        duplicates: list[list[str]] = []
+        if learnable:
+            columns = [tags.index(t) for t in learnable]
+            y_fit = y[:, columns]
+            findings = guidelines.check(x, y_fit, learnable)
+            duplicates = [[usable[i][1].key, usable[j][1].key] for i, j in findings.duplicates[:100]]
+            heads, fits = train_heads(
+                x,
+                y_fit,
+                learnable,
+                policy=settings.threshold_policy,
+                target_precision=settings.target_precision,
+                folds=settings.cv_folds,
+                seed=settings.seed,
+            )
+            manifest_ = self.models.save(
+                heads,
+                fits,
+                backbone_id=embedder.model_id,
+                backbone_sha256=embedder.sha256,
+                training_fingerprint=fingerprint(
+                    [(e.asset_id, s.get("etag", ""), sorted(e.positives)) for s, e in usable]
+                ),
+                folders=[f"s3://{b}/{p}" for b, p in folders],
+            )
+            model_version = manifest_.version
+            if activate:
+                self.models.activate(model_version)
+            for fit in fits:
+                status = status_for(fit.positives, fit.average_precision, settings.min_images_per_tag)
+                advice = _advice(fit.positives, settings.min_images_per_tag, fit.average_precision)
+                if fit.tag in findings.outliers:
+                    keys = [usable[i][1].key for i in findings.outliers[fit.tag]]
+                    advice.append(f"{len(keys)} image(s) look unlike the rest of this tag: {', '.join(keys[:3])}")
+                if fit.tag in findings.imbalanced:
+                    advice.append("far fewer images than the largest tag")
+                partner = [b if a == fit.tag else a for a, b in findings.always_together if fit.tag in (a, b)]
+                if partner:
+                    advice.append(f"always appears with {', '.join(partner)}: check tag completeness")
+                if status != NOT_TRAINED and not advice:
+                    advice.append("ok")
+                rows[fit.tag] = TagRow(
+                    fit.tag,
+                    taxonomy.tags[fit.tag].title(),
+                    status,
+                    fit.positives,
+                    low_res_by_tag.get(fit.tag, 0),
+                    round(fit.precision, 4),
+                    round(fit.recall, 4),
+                    round(fit.f1, 4),
+                    round(fit.average_precision, 4),
+                    round(fit.threshold, 4),
+                    advice,
+                )
+            if findings.duplicates:
+                notes.append(f"{len(findings.duplicates)} near-duplicate image pair(s) in the training set")
+        if low_res:
+            notes.append(f"{len(low_res)} image(s) under {settings.min_resolution} px were excluded")
+        return TrainingReport(
+            run_id=run_id,
+            model_version=model_version,
+            folders=[f"s3://{b}/{p}" for b, p in folders],
+            created_at=now_iso(),
+            images_used=len(usable),
+            images_embedded=embedded,
+            rows=sorted(rows.values(), key=lambda r: r.tag),
+            excluded_low_resolution=low_res[:1000],
+            duplicates=duplicates,
+            notes=notes,
+        )
+
+    def _embeddings(
+        self,
+        examples: Sequence[tuple[dict[str, Any], Example]],
+        embedder: Embedder,
+        progress: Callable[[str, int, int | None], None] | None,
+    ) -> tuple[dict[str, np.ndarray[Any, Any]], int, list[tuple[str, str]]]:
+        """Stored embeddings where ETag and backbone match; the rest embedded now and written back."""
+        vectors: dict[str, np.ndarray[Any, Any]] = {}
+        todo: list[dict[str, Any]] = []
+        for source, example in examples:
+            if (
+                source.get("embedding")
+                and source.get("embedding_etag") == source.get("etag")
+                and source.get("embedding_model") == embedder.model_id
+            ):
+                vectors[example.asset_id] = np.asarray(source["embedding"], dtype=np.float32)
+            else:
+                todo.append(source)
+        failed: list[tuple[str, str]] = []
+        if not todo:
+            return vectors, 0, failed
+        if progress:
+            progress("embed", 0, len(todo))
+
+        def load(source: dict[str, Any]) -> bytes:
+            data, _ = ObjectStore(self._s3, source["bucket"]).get_bytes(source["key"])
+            return data
+
+        actions: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+        done = 0
+        for source, result in zip(todo, embedder.iter_embed(todo, load), strict=True):
+            if isinstance(result, ImageError):
+                failed.append((source["key"], result.reason))
+            else:
+                vector = np.asarray(result, dtype=np.float32)
+                vectors[source["_id"]] = vector
+                actions.append(
+                    (
+                        {
+                            "update": {
+                                "_index": self._index.name("assets"),
+                                "_id": source["_id"],
+                                "retry_on_conflict": 5,
+                            }
+                        },
+                        {
+                            "doc": {
+                                "embedding": vector.tolist(),
+                                "embedding_etag": source.get("etag"),
+                                "embedding_model": embedder.model_id,
+                            }
+                        },
+                    )
+                )
+                done += 1
+            if len(actions) >= 100:
+                self._index.bulk(actions)
+                actions = []
+            if progress:
+                progress("embed", 1, len(todo))
+        self._index.bulk(actions)
+        return vectors, done, failed
+
+
+def _advice(images: int, min_images: int, average_precision: float) -> list[str]:
+    advice = []
+    if images < min_images:
+        advice.append(f"add {min_images - images} more visually similar images")
+    if average_precision < 0.5:
+        advice.append("examples vary too much or resemble other tags: use more coherent images")
+    return advice

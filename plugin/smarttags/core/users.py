@@ -1,0 +1,127 @@
+"""Admin users on the users index: a name, a role and a salted scrypt hash of the password.
+
+Hashing uses only :mod:`hashlib` (no Flask, no werkzeug), so the CLI can create users without the admin
+extra. The stored form is ``scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>``; verifying reads the parameters
+back, so they can be raised later without invalidating existing users.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+
+from smarttags.adapters.opensearch import SearchIndex
+from smarttags.core.asset import now_iso
+from smarttags.errors import ConflictError, RequestError
+
+log = logging.getLogger(__name__)
+
+ADMIN = "admin"
+MODERATOR = "moderator"
+VIEWER = "viewer"
+ROLES = (ADMIN, MODERATOR, VIEWER)
+# What each role may do includes everything the roles after it may do.
+_RANK = {ADMIN: 3, MODERATOR: 2, VIEWER: 1}
+USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}$")
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
+_N, _R, _P = 2**14, 8, 1
+_SALT_BYTES = 16
+_KEY_BYTES = 32
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(_SALT_BYTES)
+    key = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=_KEY_BYTES)
+    return f"scrypt${_N}${_R}${_P}${_b64(salt)}${_b64(key)}"
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    try:
+        scheme, n, r, p, salt, expected = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        want = base64.b64decode(expected)
+        got = hashlib.scrypt(
+            password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(want)
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+# Verifying against this when a user does not exist costs the same time as a real check.
+_DUMMY_HASH = hash_password(secrets.token_hex(8))
+
+
+def role_allows(role: str, needed: str) -> bool:
+    """Whether ``role`` may do what ``needed`` may (admin > moderator > viewer)."""
+    return _RANK.get(role, 0) >= _RANK[needed]
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    role: str
+    created_at: str | None = None
+
+
+class UserStore:
+    def __init__(self, index: SearchIndex) -> None:
+        self._index = index
+
+    def create(self, username: str, password: str, role: str) -> User:
+        if not USERNAME.match(username):
+            raise RequestError("a user name is 1 to 64 letters, digits or _ . @ - and starts with a letter or digit")
+        if role not in ROLES:
+            raise RequestError(f"role must be one of {', '.join(ROLES)}")
+        if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+            raise RequestError(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+        user = User(username, role, now_iso())
+        doc = {
+            "username": username,
+            "password_hash": hash_password(password),
+            "role": role,
+            "created_at": user.created_at,
+        }
+        try:
+            self._index.put("users", username, doc, create=True, refresh="true")
+        except ConflictError:
+            raise RequestError(f"user {username!r} already exists") from None
+        log.info("created user %s with role %s", username, role)
+        return user
+
+    def get(self, username: str) -> User | None:
+        found = self._index.get("users", username) if USERNAME.match(username) else None
+        if found is None:
+            return None
+        return User(found.source["username"], found.source["role"], found.source.get("created_at"))
+
+    def verify(self, username: str, password: str) -> User | None:
+        """The user if the password is theirs, else None (same cost whether or not the user exists)."""
+        found = self._index.get("users", username) if USERNAME.match(username) else None
+        if found is None:
+            verify_password(password, _DUMMY_HASH)
+            return None
+        if not verify_password(password, str(found.source.get("password_hash", ""))):
+            return None
+        return User(found.source["username"], found.source["role"], found.source.get("created_at"))
+
+    def list(self) -> list[User]:
+        body = {"size": 1000, "query": {"match_all": {}}, "sort": [{"username": "asc"}]}
+        hits = self._index.search("users", body)["hits"]["hits"]
+        return [User(h["_source"]["username"], h["_source"]["role"], h["_source"].get("created_at")) for h in hits]
+
+    def delete(self, username: str) -> bool:
+        deleted = self._index.delete("users", username)
+        self._index.refresh("users")
+        return deleted

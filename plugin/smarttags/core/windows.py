@@ -1,0 +1,223 @@
+"""Training and tagging windows, on-demand runs, and the fan-out of tagging work to the queue.
+
+The APScheduler service (``scheduler/``) only decides *when*; this module decides *what*: which folders,
+which assets, and that a window runs once across all scheduler replicas (a lease document per window).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from smarttags.adapters.opensearch import SearchIndex
+from smarttags.core import asset as assets
+from smarttags.core import events
+from smarttags.core.folders import parse_uri
+from smarttags.core.report import TrainingReport
+from smarttags.core.runs import ON_DEMAND, SCHEDULE, TAG, Run
+from smarttags.entrypoints.compose import Services
+from smarttags.errors import ConflictError, RequestError
+
+log = logging.getLogger(__name__)
+
+TRAINING_WINDOW = "training"
+TAGGING_WINDOW = "tagging"
+SELECT_FIELDS = ["key", "bucket", "etag", "tagging"]
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def needs_tagging(doc: dict[str, Any], *, now: datetime, active_model: str | None, gap: timedelta) -> str | None:
+    """Why an asset must be tagged in this run, or None. The rules: never tagged; modified since it was
+    tagged (ETag); tagged by another model than the active one; unaltered but last tagged longer ago
+    than the gap (24 hours for on-demand runs, 6 months for periodic ones)."""
+    tagging = doc.get("tagging") or {}
+    tagged_at = _parse_time(tagging.get("tagged_at"))
+    status = tagging.get("status")
+    if status != assets.TAGGED or tagged_at is None:
+        if status in (assets.FAILED, assets.SKIPPED) and tagging.get("etag") == doc.get("etag"):
+            # The same bytes failed or are not an image: only the gap rule retries them.
+            return "gap" if tagged_at is None or now - tagged_at > gap else None
+        return "new"
+    if tagging.get("etag") != doc.get("etag"):
+        return "modified"
+    if active_model and tagging.get("model_version") != active_model:
+        return "model"
+    if now - tagged_at > gap:
+        return "gap"
+    return None
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    run: Run
+    reasons: dict[str, int]
+
+
+def dispatch_tagging(
+    services: Services,
+    folder_uri: str,
+    *,
+    trigger: str,
+    now: datetime | None = None,
+    batch_size: int = 500,
+) -> Dispatch:
+    """Select the folder's assets that need tagging and enqueue one work item each (the queue's consumers,
+    Lambda or the local worker, do the work in parallel). Assets are enumerated through a point in time
+    with ``search_after``, never deep ``from``."""
+    now = now or datetime.now(UTC)
+    bucket, prefix = parse_uri(folder_uri, services.settings.aws.bucket)
+    tagging = services.settings.tagging
+    gap = (
+        timedelta(hours=tagging.on_demand_gap_hours)
+        if trigger == ON_DEMAND
+        else timedelta(days=tagging.periodic_gap_days)
+    )
+    active = services.models.active_version()
+    run = services.runs.start(TAG, f"s3://{bucket}/{prefix}", trigger, model_version=active)
+    query: dict[str, Any] = {"bool": {"filter": [{"term": {"bucket": bucket}}]}}
+    if prefix.strip("/"):
+        query["bool"]["filter"].append({"term": {"folder.tree": prefix.strip("/")}})
+    reasons: dict[str, int] = {}
+    items: list[dict[str, Any]] = []
+    selected = 0
+    for hit in services.index.scan("assets", query, source=SELECT_FIELDS, batch_size=batch_size):
+        reason = needs_tagging(hit["_source"], now=now, active_model=active, gap=gap)
+        if reason is None:
+            continue
+        reasons[reason] = reasons.get(reason, 0) + 1
+        items.append(events.work_item(bucket, hit["_source"]["key"], run_id=run.run_id, trigger=trigger))
+        selected += 1
+        if len(items) >= batch_size:
+            services.queue.send(items)
+            items = []
+    services.queue.send(items)
+    services.runs.mark_dispatched(run.run_id, selected)
+    run = services.runs.get(run.run_id) or run
+    log.info("tagging run %s: %d assets selected %s", run.run_id, selected, reasons)
+    return Dispatch(run, reasons)
+
+
+def tag_assets(services: Services, keys: Sequence[str], *, user: str = "cli") -> Run:
+    """Tag the named assets now, in this process (the seed's limit: at most 15 at a time)."""
+    limit = services.settings.tagging.max_assets_on_demand
+    if not keys:
+        raise RequestError("name at least one asset to tag")
+    if len(keys) > limit:
+        raise RequestError(f"{len(keys)} assets asked for; on-demand tagging takes at most {limit} at a time")
+    bucket = services.settings.aws.bucket
+    run = services.runs.start(TAG, None, ON_DEMAND, model_version=services.models.active_version())
+    run.counts["selected"] = len(keys)
+    for key in keys:
+        b, _, k = key[5:].partition("/") if key.startswith("s3://") else (bucket, "/", key)
+        try:
+            outcome = services.tagger.handle(events.ObjectEvent(events.TAG, b, k, run_id=run.run_id, trigger=ON_DEMAND))
+        except Exception as exc:
+            run.counts["processed"] += 1
+            run.error(k, str(exc))
+            continue
+        run.counts["processed"] += 1
+        if outcome.status == assets.TAGGED:
+            run.counts["tagged"] += 1
+        elif outcome.status == assets.FAILED:
+            run.error(k, outcome.reason or "failed")
+        else:
+            run.counts["skipped"] += 1
+    log.info("on-demand tagging by %s: %s", user, dict(run.counts))
+    return services.runs.finish(run, "succeeded" if not run.errors else "completed_with_errors")
+
+
+def train_folders(services: Services, folder_uris: Iterable[str], *, trigger: str) -> TrainingReport:
+    folders = [parse_uri(uri, services.settings.aws.bucket) for uri in folder_uris]
+    return services.trainer.train(folders, trigger=trigger)
+
+
+# --- windows and leases ---------------------------------------------------------------------------
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Leases:
+    """One document per window occurrence (``training@2026-12-05T00:30:00+00:00``). Whoever creates it,
+    or takes over an expired unfinished one, runs the window; a finished one is never run again."""
+
+    def __init__(self, index: SearchIndex) -> None:
+        self._index = index
+
+    def acquire(self, window: str, owner: str, *, seconds: int, now: datetime | None = None) -> bool:
+        now = now or datetime.now(UTC)
+        doc = {
+            "window": window,
+            "owner": owner,
+            "acquired_at": now.isoformat(),
+            "expires_at": (now + timedelta(seconds=seconds)).isoformat(),
+            "state": "running",
+        }
+        current = self._index.get("leases", window)
+        try:
+            if current is None:
+                self._index.put("leases", window, doc, create=True, refresh=True)
+                return True
+            held = current.source
+            expired = (_parse_time(held.get("expires_at")) or now) <= now
+            if held.get("state") == "done" or not expired:
+                return False
+            self._index.put("leases", window, doc, expected=current, refresh=True)
+            return True
+        except ConflictError:
+            return False
+
+    def finish(self, window: str, owner: str, state: str = "done") -> None:
+        current = self._index.get("leases", window)
+        if current is None or current.source.get("owner") != owner:
+            return
+        self._index.put("leases", window, {**current.source, "state": state}, expected=current, refresh=True)
+
+    def state(self, window: str) -> str | None:
+        current = self._index.get("leases", window)
+        return None if current is None else str(current.source.get("state"))
+
+
+def window_id(kind: str, fire_time: datetime) -> str:
+    return f"{kind}@{fire_time.astimezone(UTC).isoformat()}"
+
+
+def run_window(services: Services, kind: str, fire_time: datetime, *, owner: str | None = None) -> list[str] | None:
+    """Run one scheduled window for every folder with Smart Tags enabled, unless another replica has
+    it. Returns the ids of the runs it started, or None when the window was not ours to run."""
+    owner = owner or default_owner()
+    leases = Leases(services.index)
+    window = window_id(kind, fire_time)
+    if not leases.acquire(window, owner, seconds=services.settings.scheduler.lease_seconds):
+        log.info("window %s is run by another scheduler (or already ran)", window)
+        return None
+    run_ids: list[str] = []
+    state = "done"
+    try:
+        for folder in services.folders.enabled():
+            try:
+                if kind == TRAINING_WINDOW:
+                    report = train_folders(services, [folder.uri], trigger=SCHEDULE)
+                    run_ids.append(report.run_id)
+                else:
+                    run_ids.append(dispatch_tagging(services, folder.uri, trigger=SCHEDULE).run.run_id)
+            except Exception:  # one folder's failure is recorded on its run; the others go on
+                log.exception("%s window: folder %s failed", kind, folder.uri)
+    except BaseException:
+        state = "interrupted"
+        raise
+    finally:
+        leases.finish(window, owner, state)
+    return run_ids

@@ -1,0 +1,165 @@
+"""``smarttags demo``: the whole product on the embedded stack with public-domain clip art.
+
+Brings the stack up (OpenSearch, S3/SQS, the upload worker), creates the index and templates, uploads
+the sample (a taxonomy, a training folder whose pictures carry their tags as embedded XMP keywords, and
+a folder of untagged pictures), trains, prints the report, uploads the new pictures and waits until the
+upload tagger has tagged them, and runs searches that show the three ranking tiers. Running it again
+reuses what exists: unchanged objects are not uploaded again and an unchanged training set is not
+trained again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smarttags.core import report
+from smarttags.core.asset import asset_id
+from smarttags.core.runs import ON_DEMAND
+from smarttags.core.search import TIER_NAMES, SearchRequest
+from smarttags.core.taxonomy import parse as parse_taxonomy
+from smarttags.devtools import sample, stack
+from smarttags.entrypoints.compose import Services
+from smarttags.entrypoints.progress import Progress
+from smarttags.errors import ServiceError
+from smarttags.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TRAIN_PREFIX = "demo/train/"
+NEW_PREFIX = "demo/new/"
+# "food fruit" shows the three tiers: training pictures carry both words as keywords (tier 1), new
+# pictures tagged Food and Fruit (tier 2), new pictures tagged Food only (tier 3).
+QUERIES: list[tuple[str, str]] = [("food fruit", "en"), ("car", "en"), ("Obst", "de")]
+
+
+@dataclass
+class DemoResult:
+    report: report.TrainingReport
+    tagged: dict[str, list[str]]  # key -> smart tags
+    expected: dict[str, str]  # key -> the tag its clip-art folder says
+    searches: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # query -> [(tier, key)]
+    started: list[stack.ProcessHandle] = field(default_factory=list)  # what this run started
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "report": self.report.to_json(),
+            "tagged": self.tagged,
+            "expected": self.expected,
+            "searches": self.searches,
+        }
+
+
+def _upload_folder(services: Services, local: Path, prefix: str) -> int:
+    """Upload the files under ``local`` to ``prefix``; skip those already there with the same bytes."""
+    existing = {info.key: info.etag for info in services.store.list(prefix)}
+    uploaded = 0
+    for path in sorted(local.rglob("*.jpg")):
+        key = prefix + path.relative_to(local).as_posix()
+        data = path.read_bytes()
+        if existing.get(key) == hashlib.md5(data, usedforsecurity=False).hexdigest():
+            continue
+        services.store.put_bytes(key, data, content_type="image/jpeg")
+        uploaded += 1
+    return uploaded
+
+
+def _wait_tagged(services: Services, keys: list[str], timeout: float) -> dict[str, list[str]]:
+    bucket = services.settings.aws.bucket
+    deadline = time.monotonic() + timeout
+    pending = set(keys)
+    tagged: dict[str, list[str]] = {}
+    while pending and time.monotonic() < deadline:
+        for key in list(pending):
+            found = services.index.get("assets", asset_id(bucket, key))
+            state = (found.source.get("tagging") or {}) if found else {}
+            if state.get("status") in ("tagged", "failed", "skipped"):
+                tagged[key] = list(found.source.get("smart_ids") or []) if found else []
+                pending.discard(key)
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        raise ServiceError("worker", f"{len(pending)} uploads were not tagged within {timeout:.0f} s")
+    return tagged
+
+
+def run(settings: Settings, *, out: Callable[[str], None] = print, wait_seconds: float = 180.0) -> DemoResult:
+    """Run the demo; the returned result lists the processes it started (the caller stops them). If it
+    fails, or is interrupted, it stops them itself before the error goes on."""
+    out("Starting the embedded stack (OpenSearch, S3 + SQS, upload worker)...")
+    up = stack.stack_up(settings)
+    started = [h for h in up.handles if not h.reused]
+    for handle in up.handles:
+        out(f"  {handle.name}: {'running' if handle.reused else 'started'} at {handle.url} (pid {handle.pid})")
+    try:
+        demo = _run(settings, out, wait_seconds)
+    except BaseException:
+        for handle in reversed(started):
+            handle.stop()
+        raise
+    demo.started = started
+    return demo
+
+
+def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) -> DemoResult:
+    services = Services(settings)
+    services.index.ensure()
+    sample_dir = settings.data_dir / "sample"
+    out(f"Building the sample from Debian's openclipart-png in {sample_dir}...")
+    built = sample.build(sample_dir)
+    tags = parse_taxonomy((sample_dir / "taxonomy.json").read_text(encoding="utf-8"))
+    services.taxonomy.import_tags(tags)
+    out(f"  taxonomy: {len(tags)} tags with English, German and French titles")
+    bucket = settings.aws.bucket
+    uploaded = _upload_folder(services, sample_dir / "train", TRAIN_PREFIX)
+    out(f"  training folder s3://{bucket}/{TRAIN_PREFIX}: {uploaded} pictures uploaded")
+    for prefix in (TRAIN_PREFIX, NEW_PREFIX):
+        services.folders.set_enabled(bucket, prefix, True, user="demo")
+
+    previous = services.runs.latest("train", f"s3://{bucket}/{TRAIN_PREFIX}")
+    if previous and previous.report and uploaded == 0 and services.models.active_version():
+        out("Training: the training folder is unchanged; reusing the active model and its report.")
+        result = report.TrainingReport.from_json(previous.report)
+    else:
+        out("Training on the training folder...")
+        bar = Progress()
+        try:
+            result = services.trainer.train([(bucket, TRAIN_PREFIX)], trigger=ON_DEMAND, progress=bar)
+        finally:
+            bar.close()
+    out(report.as_table(result))
+
+    images: list[dict[str, Any]] = list(built["images"])  # type: ignore[call-overload]
+    expected = {NEW_PREFIX + Path(str(e["file"])).name: str(e["tag"]) for e in images if not e["train"]}
+    new_keys = sorted(expected)
+    out(f"Uploading {len(new_keys)} untagged pictures to s3://{bucket}/{NEW_PREFIX}; the upload tagger tags them...")
+    started = time.monotonic()
+    _upload_folder(services, sample_dir / "new", NEW_PREFIX)
+    tagged = _wait_tagged(services, new_keys, wait_seconds)
+    out(f"  {len(tagged)} pictures tagged in {time.monotonic() - started:.1f} s")
+    for key in new_keys[:6]:
+        out(f"  {key}: {', '.join(tagged[key]) or '(no tag)'}")
+
+    demo = DemoResult(report=result, tagged=tagged, expected=expected)
+    services.index.refresh()
+    for text, locale in QUERIES:
+        found = services.searcher.search(SearchRequest(text=text, locale=locale, size=100))
+        demo.searches[text] = [(hit.tier, hit.key) for hit in found.hits]
+        out(f"Search {text!r} ({locale}): {found.total} results, best first")
+        for tier in sorted({hit.tier for hit in found.hits}):
+            hits = [hit for hit in found.hits if hit.tier == tier]
+            out(f"  tier {tier} ({TIER_NAMES[tier]}): {len(hits)}")
+            for hit in hits[:3]:
+                out(f"    {hit.key}  [{hit.why}]")
+    correct = sum(expected[key] in tags for key, tags in tagged.items())
+    out(f"{correct} of {len(tagged)} new pictures got the tag of the clip-art folder they came from")
+    result_file = settings.data_dir / "demo" / "result.json"
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(demo.to_json(), indent=2))
+    return demo

@@ -1,0 +1,139 @@
+"""Login, logout, the current user and role checks."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from flask import Blueprint, abort, current_app, g, redirect, render_template, request, session, url_for
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from smarttags.core.users import User, role_allows
+
+bp = Blueprint("auth", __name__)
+F = TypeVar("F", bound=Callable[..., Any])
+WINDOW_SECONDS = 60.0
+PUBLIC_ENDPOINTS = {"auth.login", "static"}
+
+
+class LoginLimiter:
+    """Failed logins per client address and per user name within the last minute, kept in memory.
+
+    In-memory means per process: behind several processes each one counts on its own, and a restart
+    forgets. Enough to make password guessing slow; put a proxy limit in front for more."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        times = self._failures.setdefault(key, deque())
+        while times and now - times[0] > WINDOW_SECONDS:
+            times.popleft()
+        return times
+
+    def blocked(self, *keys: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            return any(len(self._recent(k, now)) >= self.per_minute for k in keys)
+
+    def failed(self, *keys: str) -> None:
+        now = self._clock()
+        with self._lock:
+            for key in keys:
+                self._recent(key, now).append(now)
+            if len(self._failures) > 100_000:  # bounded memory under a flood of names
+                self._failures.clear()
+
+    def reset(self, key: str) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+
+def ctx() -> Any:
+    return current_app.extensions["smarttags"]
+
+
+def current_user() -> User | None:
+    user: User | None = g.get("user")
+    return user
+
+
+def load_user() -> WerkzeugResponse | None:
+    """Before every request: who is logged in; everything but the login page and CSS needs a login."""
+    g.user = None
+    name = session.get("user")
+    if isinstance(name, str):
+        g.user = ctx().users.get(name)
+        if g.user is None:
+            session.clear()
+    if g.user is None and request.endpoint not in PUBLIC_ENDPOINTS:
+        if (
+            request.method == "GET"
+            and request.blueprint == "admin"
+            and not request.path.endswith(("/thumbnail", ".xlsx"))
+        ):
+            return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+        abort(401)
+    return None
+
+
+def require(role: str) -> Callable[[F], F]:
+    """Let only users whose role allows ``role`` in (403 for the others)."""
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            user = current_user()
+            if user is None:
+                abort(401)
+            if not role_allows(user.role, role):
+                abort(403)
+            return view(*args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorate
+
+
+def _safe_next(target: str | None) -> str:
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("admin.search")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    if request.method == "GET":
+        return render_template("login.html", next=request.args.get("next", ""))
+    limiter: LoginLimiter = current_app.extensions["smarttags_login_limiter"]
+    username = request.form.get("username", "").strip()[:64]
+    password = request.form.get("password", "")
+    address = f"ip:{request.remote_addr or '?'}"
+    account = f"user:{username.lower()}"
+    if limiter.blocked(address, account):
+        current_app.logger.warning("login rate limit hit for %s", address)
+        return render_template(
+            "login.html", error="Too many failed attempts. Wait a minute and try again.", next=""
+        ), 429
+    user = ctx().users.verify(username, password)
+    if user is None:
+        limiter.failed(address, account)
+        return render_template("login.html", error="Wrong user name or password.", next=""), 401
+    limiter.reset(account)
+    session.clear()  # a fresh session on login: no fixation
+    session["user"] = user.username
+    session.permanent = True
+    return redirect(_safe_next(request.form.get("next")))
+
+
+@bp.route("/logout", methods=["POST"])
+def logout() -> Any:
+    session.clear()
+    return redirect(url_for("auth.login"))

@@ -1,0 +1,365 @@
+"""The admin pages. Each view parses its input, calls one library function and renders a template."""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, send_file, url_for
+from flask.typing import ResponseReturnValue
+from markupsafe import Markup, escape
+
+from smarttags.core import health as status
+from smarttags.core import overview, report
+from smarttags.core import windows as scheduling
+from smarttags.core.runs import ON_DEMAND, TRAIN
+from smarttags.core.search import SearchRequest
+from smarttags.core.users import ADMIN, MODERATOR, ROLES, VIEWER
+from smarttags.entrypoints.admin.auth import ctx, current_user, require
+from smarttags.errors import NotFound, RequestError
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("admin", __name__)
+PAGE_SIZE = 24
+MAX_TAG_CHARS = 512
+THUMBNAIL_MAX_AGE = 24 * 3600
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+STATUS_CLASS = {report.TRAINED: "trained", report.PARTIAL: "partial", report.NOT_TRAINED: "not-trained"}
+_MARK = re.compile(r"(</?mark>)")
+_training_lock = threading.Lock()
+
+
+def highlight(fragment: str) -> Markup:
+    """An OpenSearch highlight (HTML-encoded text with <mark> around hits) made safe: every piece of
+    text is decoded and escaped again, and only the literal <mark> and </mark> tags survive."""
+    out = []
+    for part in _MARK.split(fragment):
+        out.append(part if part in ("<mark>", "</mark>") else str(escape(html.unescape(part))))
+    return Markup("".join(out))
+
+
+def _user_name() -> str:
+    user = current_user()
+    return user.username if user else "?"
+
+
+@bp.app_context_processor
+def _template_globals() -> dict[str, Any]:
+    user = current_user()
+    return {
+        "user": user,
+        "can_admin": bool(user and user.role == ADMIN),
+        "can_moderate": bool(user and user.role in (ADMIN, MODERATOR)),
+        "status_class": STATUS_CLASS,
+    }
+
+
+@bp.route("/")
+@require(VIEWER)
+def home() -> ResponseReturnValue:
+    return redirect(url_for("admin.search"))
+
+
+# --- status ---------------------------------------------------------------------------------------
+
+
+@bp.route("/status")
+@require(ADMIN)
+def status_page() -> ResponseReturnValue:
+    checks = status.validate(ctx().services, next_runs=ctx().next_runs)
+    return render_template("status.html", checks=checks, healthy=all(c.ok for c in checks))
+
+
+# --- folders --------------------------------------------------------------------------------------
+
+
+@bp.route("/folders")
+@require(VIEWER)
+def folders() -> ResponseReturnValue:
+    return render_template("folders.html", rows=overview.folder_rows(ctx().services))
+
+
+def _folder_from_form() -> tuple[str, str]:
+    from smarttags.core.folders import parse_uri
+
+    try:
+        return parse_uri(request.form.get("uri", ""), ctx().settings.aws.bucket)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+
+
+@bp.route("/folders/enable", methods=["POST"])
+@require(ADMIN)
+def folder_enable() -> ResponseReturnValue:
+    bucket, prefix = _folder_from_form()
+    enabled = request.form.get("enabled") == "1"
+    folder = ctx().services.folders.set_enabled(bucket, prefix, enabled, user=_user_name())
+    flash(f"Smart Tags {'enabled' if enabled else 'disabled'} for {folder.uri}", "ok")
+    return redirect(url_for("admin.folders"))
+
+
+@bp.route("/folders/train", methods=["POST"])
+@require(ADMIN)
+def folder_train() -> ResponseReturnValue:
+    bucket, prefix = _folder_from_form()
+    uri = f"s3://{bucket}/{prefix}"
+    services = ctx().services
+    if not _training_lock.acquire(blocking=False):
+        flash("A training run started here is still going; wait for it to finish.", "error")
+        return redirect(url_for("admin.folders"))
+
+    def work() -> None:
+        # Training runs in a background thread of this process; its run and report appear under Runs.
+        try:
+            scheduling.train_folders(services, [uri], trigger=ON_DEMAND)
+        except Exception:
+            log.exception("training %s from the admin failed", uri)
+        finally:
+            _training_lock.release()
+
+    threading.Thread(target=work, name=f"smarttags-train {uri}", daemon=True).start()
+    flash(f"Training on {uri} started; its report appears under Reports when it is done.", "ok")
+    return redirect(url_for("admin.folders"))
+
+
+@bp.route("/folders/tag", methods=["POST"])
+@require(ADMIN)
+def folder_tag() -> ResponseReturnValue:
+    bucket, prefix = _folder_from_form()
+    dispatch = scheduling.dispatch_tagging(ctx().services, f"s3://{bucket}/{prefix}", trigger=ON_DEMAND)
+    queued = dispatch.run.counts.get("selected", 0)
+    flash(f"Tagging run {dispatch.run.run_id}: {queued} assets queued.", "ok")
+    return redirect(url_for("admin.folders"))
+
+
+# --- training reports ------------------------------------------------------------------------------
+
+
+@bp.route("/reports")
+@require(VIEWER)
+def reports() -> ResponseReturnValue:
+    runs = [r for r in ctx().services.runs.list(kind=TRAIN, size=50)]
+    return render_template("reports.html", runs=runs)
+
+
+def _report(run_id: str) -> report.TrainingReport:
+    run = ctx().services.runs.get(run_id)
+    if run is None or run.kind != TRAIN:
+        raise NotFound(f"no training run {run_id}")
+    if not run.report:
+        raise NotFound(f"training run {run_id} has no report (status: {run.status})")
+    return report.TrainingReport.from_json(run.report)
+
+
+@dataclass(frozen=True)
+class Bar:
+    label: str
+    precision: float
+    recall: float
+
+
+@bp.route("/reports/<run_id>")
+@require(VIEWER)
+def report_page(run_id: str) -> ResponseReturnValue:
+    training = _report(run_id)
+    bars = [
+        Bar(row.title or row.tag, row.precision or 0.0, row.recall or 0.0)
+        for row in training.rows
+        if row.precision is not None or row.recall is not None
+    ]
+    return render_template("report.html", report=training, counts=training.counts(), bars=bars, run_id=run_id)
+
+
+@bp.route("/reports/<run_id>/report.xlsx")
+@require(VIEWER)
+def report_xlsx(run_id: str) -> ResponseReturnValue:
+    import io
+
+    data = report.as_xlsx(_report(run_id))
+    safe = re.sub(r"[^A-Za-z0-9_\-]", "_", run_id)
+    return send_file(io.BytesIO(data), mimetype=XLSX, as_attachment=True, download_name=f"training-report-{safe}.xlsx")
+
+
+# --- search and moderation --------------------------------------------------------------------------
+
+
+@bp.route("/search")
+@require(VIEWER)
+def search() -> ResponseReturnValue:
+    text = request.args.get("q", "")
+    folder = request.args.get("folder") or None
+    page = request.args.get("page", 0, type=int) or 0
+    result = None
+    error = None
+    try:
+        result = ctx().services.searcher.search(
+            SearchRequest(text=text, folder=folder, page=max(page, 0), size=PAGE_SIZE, highlight=True)
+        )
+    except RequestError as exc:
+        error = str(exc)
+    titles = {tag.id: tag.title() for tag in ctx().services.taxonomy.load().tags.values()}
+    return render_template(
+        "search.html",
+        q=text,
+        folder=folder or "",
+        page=page,
+        result=result,
+        error=error,
+        titles=titles,
+        page_size=PAGE_SIZE,
+    )
+
+
+def _asset(asset_id: str) -> dict[str, Any]:
+    found = ctx().services.index.get("assets", asset_id) if re.fullmatch(r"[0-9a-f]{1,64}", asset_id) else None
+    if found is None:
+        raise NotFound(f"no asset {asset_id}")
+    source: dict[str, Any] = found.source
+    return source
+
+
+@bp.route("/assets/<asset_id>")
+@require(VIEWER)
+def asset(asset_id: str) -> ResponseReturnValue:
+    doc = _asset(asset_id)
+    taxonomy = ctx().services.taxonomy.load()
+    titles = {tag.id: tag.title() for tag in taxonomy.tags.values()}
+    audit = ctx().services.moderation.audit(asset_id=asset_id)
+    return render_template("asset.html", doc=doc, titles=titles, audit=audit)
+
+
+@bp.route("/assets/<asset_id>/tags", methods=["POST"])
+@require(MODERATOR)
+def asset_tags(asset_id: str) -> ResponseReturnValue:
+    action = request.form.get("action", "")
+    tag = request.form.get("tag", "").strip()
+    moderation = ctx().services.moderation
+    operations = {"remove": moderation.remove, "promote": moderation.promote, "unpromote": moderation.unpromote}
+    if action not in operations or not tag or len(tag) > MAX_TAG_CHARS:
+        abort(400)
+    if action == "promote" and tag not in ctx().services.taxonomy.load():
+        flash(f"{tag} is not in the taxonomy; import it first.", "error")
+        return redirect(url_for("admin.asset", asset_id=asset_id))
+    operations[action](asset_id, tag, user=_user_name())
+    ctx().services.index.refresh("audit")  # the page we redirect to shows this change in its audit trail
+    done = {"remove": "removed", "promote": "promoted", "unpromote": "no longer promoted"}[action]
+    flash(f"{tag}: {done}.", "ok")
+    return redirect(url_for("admin.asset", asset_id=asset_id))
+
+
+@functools.cache
+def _placeholder() -> bytes:
+    return (Path(__file__).parent / "static" / "placeholder.svg").read_bytes()
+
+
+@bp.route("/assets/<asset_id>/thumbnail")
+@require(VIEWER)
+def thumbnail(asset_id: str) -> ResponseReturnValue:
+    try:
+        doc: dict[str, Any] | None = _asset(asset_id)
+    except NotFound:
+        doc = None
+    thumb = None
+    if doc and doc.get("bucket") == ctx().settings.aws.bucket:
+        thumb = ctx().thumbnails.get(asset_id, str(doc.get("key")), str(doc.get("etag") or ""))
+    if thumb is None:
+        response = Response(_placeholder(), mimetype="image/svg+xml")
+        response.cache_control.private = True
+        response.cache_control.max_age = 300
+        return response
+    response = Response(thumb.data, mimetype="image/jpeg")
+    response.set_etag(thumb.etag)
+    response.cache_control.private = True
+    response.cache_control.max_age = THUMBNAIL_MAX_AGE
+    return response.make_conditional(request)
+
+
+# --- models ------------------------------------------------------------------------------------------
+
+
+@bp.route("/models")
+@require(VIEWER)
+def models() -> ResponseReturnValue:
+    comparison = overview.compare_models(ctx().services, request.args.getlist("v"))
+    return render_template("models.html", cmp=comparison)
+
+
+@bp.route("/models/activate", methods=["POST"])
+@require(ADMIN)
+def model_activate() -> ResponseReturnValue:
+    version = request.form.get("version", "")
+    manifest = ctx().services.models.activate(version)
+    log.info("model %s activated by %s", manifest.version, _user_name())
+    flash(f"Model {manifest.version} is now active.", "ok")
+    return redirect(url_for("admin.models"))
+
+
+@bp.route("/models/rollback", methods=["POST"])
+@require(ADMIN)
+def model_rollback() -> ResponseReturnValue:
+    manifest = ctx().services.models.rollback()
+    log.info("model rolled back to %s by %s", manifest.version, _user_name())
+    flash(f"Rolled back: model {manifest.version} is active again.", "ok")
+    return redirect(url_for("admin.models"))
+
+
+# --- runs ----------------------------------------------------------------------------------------------
+
+
+def _runs_page(error: str | None = None, keys: str = "", code: int = 200) -> ResponseReturnValue:
+    kind = request.args.get("kind") or None
+    runs = ctx().services.runs.list(kind=kind if kind in ("train", "tag") else None, size=100)
+    limit = ctx().settings.tagging.max_assets_on_demand
+    return render_template("runs.html", runs=runs, error=error, keys=keys, limit=limit), code
+
+
+@bp.route("/runs")
+@require(VIEWER)
+def runs() -> ResponseReturnValue:
+    return _runs_page()
+
+
+@bp.route("/runs/tag", methods=["POST"])
+@require(ADMIN)
+def runs_tag() -> ResponseReturnValue:
+    text = request.form.get("keys", "")
+    keys = list(dict.fromkeys([*request.form.getlist("key"), *(line.strip() for line in text.splitlines())]))
+    keys = [k for k in keys if k]
+    try:
+        run = scheduling.tag_assets(ctx().services, keys, user=_user_name())
+    except RequestError as exc:
+        return _runs_page(error=str(exc), keys="\n".join(keys), code=400)
+    flash(
+        f"Run {run.run_id}: {run.counts.get('tagged', 0)} tagged, {run.counts.get('skipped', 0)} skipped, "
+        f"{run.counts.get('failed', 0)} failed.",
+        "ok" if not run.errors else "error",
+    )
+    return redirect(url_for("admin.runs"))
+
+
+# --- users ---------------------------------------------------------------------------------------------
+
+
+@bp.route("/users", methods=["GET", "POST"])
+@require(ADMIN)
+def users() -> ResponseReturnValue:
+    store = ctx().users
+    if request.method == "POST":
+        try:
+            created = store.create(
+                request.form.get("username", "").strip(), request.form.get("password", ""), request.form.get("role", "")
+            )
+        except RequestError as exc:
+            flash(str(exc), "error")
+        else:
+            log.info("user %s created by %s", created.username, _user_name())
+            flash(f"User {created.username} ({created.role}) created.", "ok")
+        return redirect(url_for("admin.users"))
+    return render_template("users.html", users=store.list(), roles=ROLES)

@@ -1,0 +1,94 @@
+"""Everything an entry point needs, built once from the settings. Adapters (CLI, Lambda, scheduler,
+admin) build ``Services`` and call library functions on it; nothing here imports an adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from smarttags.adapters import clients
+from smarttags.adapters.opensearch import SearchIndex
+from smarttags.adapters.s3 import ObjectStore
+from smarttags.adapters.sqs import WorkQueue
+from smarttags.core.folders import FolderRegistry
+from smarttags.core.model_registry import ModelStore
+from smarttags.core.moderation import Moderation
+from smarttags.core.runs import RunLog
+from smarttags.core.search import Searcher
+from smarttags.core.tagging import Tagger
+from smarttags.core.taxonomy import TaxonomyStore
+from smarttags.core.training import Trainer
+from smarttags.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    opensearch: Any = field(default=None)
+    s3: Any = field(default=None)
+    sqs: Any = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.opensearch = self.opensearch or clients.opensearch_client(self.settings)
+        self.s3 = self.s3 or clients.s3_client(self.settings)
+        self.sqs = self.sqs or clients.sqs_client(self.settings)
+
+    @cached_property
+    def index(self) -> SearchIndex:
+        return SearchIndex(
+            self.opensearch,
+            self.settings.opensearch.index_prefix,
+            replicas=self.settings.opensearch.replicas,
+            shards=self.settings.opensearch.shards,
+            embedding_dim=self.settings.backbone.embedding_dim,
+        )
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        return ObjectStore(self.s3, self.settings.aws.bucket)
+
+    @cached_property
+    def queue(self) -> WorkQueue:
+        return WorkQueue.by_name(self.sqs, self.settings.aws.queue_name)
+
+    @cached_property
+    def dead_letter_queue(self) -> WorkQueue:
+        return WorkQueue.by_name(self.sqs, self.settings.aws.dead_letter_queue_name)
+
+    @cached_property
+    def taxonomy(self) -> TaxonomyStore:
+        return TaxonomyStore(self.index)
+
+    @cached_property
+    def folders(self) -> FolderRegistry:
+        return FolderRegistry(self.index)
+
+    @cached_property
+    def runs(self) -> RunLog:
+        return RunLog(self.index)
+
+    @cached_property
+    def models(self) -> ModelStore:
+        return ModelStore(self.store, self.settings.aws.models_prefix)
+
+    @cached_property
+    def moderation(self) -> Moderation:
+        return Moderation(self.index)
+
+    @cached_property
+    def searcher(self) -> Searcher:
+        return Searcher(self.index, self.taxonomy, self.settings.aws.bucket)
+
+    def embedder(self) -> Any:
+        from smarttags.adapters.embedder import load_embedder
+
+        return load_embedder(self.settings)
+
+    @cached_property
+    def tagger(self) -> Tagger:
+        return Tagger(self.settings, self.index, self.s3, embedder=self.embedder, folders=self.folders, runs=self.runs)
+
+    @cached_property
+    def trainer(self) -> Trainer:
+        return Trainer(self.settings, self.index, self.s3, self.embedder, runs=self.runs)
