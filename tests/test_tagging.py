@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from smarttags.adapters import imaging
 from smarttags.adapters.opensearch import SearchIndex
 from smarttags.core import asset as assets
 from smarttags.core import tagging
@@ -112,7 +113,17 @@ def test_a_moderators_concurrent_edit_is_never_lost(services, model, enabled):
     services.tagger.handle_invocation(via_sqs(_created(services, key, etag, "0300")))
     etag2 = _upload(services, key, picture("red", size=(700, 500)))
     racing = RacingIndex(services.index, lambda doc_id: services.moderation.remove(doc_id, "shapes:any", user="mod"))
-    tagger = tagging.Tagger(services.settings, racing, services.s3, embedder=services.embedder)
+    tagger = tagging.Tagger(
+        services.settings,
+        racing,
+        services.store_for,
+        embedder=services.embedder,
+        read_facts=imaging.read_metadata,
+        models=services.models,
+        taxonomy=services.taxonomy,
+        folders=services.folders,
+        runs=services.runs,
+    )
     assert tagger.handle_invocation(via_sqs(_created(services, key, etag2, "0301"))) == {"batchItemFailures": []}
     doc = _doc(services, key)
     assert doc["etag"] == etag2 and doc["width"] == 700  # the tagger's write landed...

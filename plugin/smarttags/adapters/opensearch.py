@@ -9,14 +9,15 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from opensearchpy.exceptions import NotFoundError, OpenSearchException, RequestError, TransportError
 
 from smarttags import resources
 from smarttags.adapters.clients import translate_opensearch_error
+from smarttags.core.ports import Versioned
 from smarttags.errors import ServiceError
+from smarttags.resources import TEMPLATES
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +31,6 @@ UNIQUE_FIELD = {
     "leases": "window",
     "users": "username",
 }
-# Stored search templates: file in search_templates/ -> stored script id. The id carries a version so a
-# changed template never silently replaces the one a running deployment uses.
-TEMPLATES = {"search.mustache": "smarttags-search-v1", "similar.mustache": "smarttags-similar-v1"}
-
-
-@dataclass(frozen=True)
-class Versioned:
-    """A document with what optimistic concurrency needs to write it back."""
-
-    id: str
-    source: dict[str, Any]
-    seq_no: int
-    primary_term: int
 
 
 class BulkError(ServiceError):
@@ -146,6 +134,31 @@ class SearchIndex:
         except OpenSearchException as exc:
             raise translate_opensearch_error(exc) from exc
         return Versioned(hit["_id"], hit["_source"], hit["_seq_no"], hit["_primary_term"])
+
+    def mget(self, kind: str, doc_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """The sources of several documents in one round trip, None where one does not exist."""
+        if not doc_ids:
+            return []
+        found = self._call("mget", index=self.name(kind), body={"ids": list(doc_ids)})
+        return [doc["_source"] if doc.get("found") else None for doc in found["docs"]]
+
+    def update_scripted(
+        self,
+        kind: str,
+        doc_id: str,
+        script: str,
+        params: Mapping[str, Any],
+        *,
+        upsert: Mapping[str, Any] | None = None,
+        refresh: str | None = None,
+    ) -> None:
+        """A painless update of one document, retried on version conflicts (many writers at once); with
+        ``upsert`` a missing document is created from it first and the script runs on it."""
+        body: dict[str, Any] = {"script": {"source": script, "lang": "painless", "params": dict(params)}}
+        if upsert is not None:
+            body.update(upsert=dict(upsert), scripted_upsert=True)
+        extra: dict[str, Any] = {"refresh": refresh} if refresh else {}
+        self._call("update", index=self.name(kind), id=doc_id, body=body, retry_on_conflict=10, **extra)
 
     def put(
         self,

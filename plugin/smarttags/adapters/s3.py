@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from smarttags.adapters.clients import translate_aws_error
+from smarttags.core.ports import ObjectInfo
 from smarttags.errors import NotFound, RequestError
 
 log = logging.getLogger(__name__)
 
 # Image decoding refuses bombs by pixel count; this refuses absurd downloads by byte count first.
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    bucket: str
-    key: str
-    etag: str
-    size: int
-    last_modified: datetime | None = None
-    content_type: str | None = None
-    version_id: str | None = None
 
 
 def folder_of(key: str) -> str:

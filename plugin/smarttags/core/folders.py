@@ -5,11 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from opensearchpy.exceptions import OpenSearchException
-
-from smarttags.adapters.clients import translate_opensearch_error
-from smarttags.adapters.opensearch import SearchIndex
 from smarttags.core.asset import now_iso
+from smarttags.core.ports import Index
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,7 @@ def _doc_id(bucket: str, prefix: str) -> str:
 
 
 class FolderRegistry:
-    def __init__(self, index: SearchIndex, *, cache_seconds: float = 15.0) -> None:
+    def __init__(self, index: Index, *, cache_seconds: float = 15.0) -> None:
         self._index = index
         self._cache_seconds = cache_seconds
         self._cache: tuple[float, list[Folder]] | None = None
@@ -90,11 +87,6 @@ class FolderRegistry:
         ago must govern the very next upload."""
         parts = key.split("/")[:-1]
         prefixes = [""] + ["/".join(parts[: i + 1]) + "/" for i in range(len(parts))]
-        try:
-            found = self._index.client.mget(
-                index=self._index.name("folders"), body={"ids": [_doc_id(bucket, p) for p in prefixes]}
-            )
-        except OpenSearchException as exc:
-            raise translate_opensearch_error(exc) from exc
-        flags = [d["_source"]["smart_tags_enabled"] for d in found["docs"] if d.get("found")]
+        found = self._index.mget("folders", [_doc_id(bucket, p) for p in prefixes])
+        flags = [doc["smart_tags_enabled"] for doc in found if doc is not None]
         return bool(flags and flags[-1])

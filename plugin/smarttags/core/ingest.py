@@ -15,10 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from smarttags.adapters import imaging
-from smarttags.adapters.opensearch import SearchIndex
-from smarttags.adapters.s3 import ObjectStore
 from smarttags.core import asset as assets
+from smarttags.core.ports import Index, ReadFacts, Store
 from smarttags.core.taxonomy import Taxonomy
 from smarttags.errors import ImageError, NotFound, RequestError
 
@@ -94,11 +92,12 @@ def is_internal(key: str) -> bool:
 
 
 def sync_folder(
-    index: SearchIndex,
-    store: ObjectStore,
+    index: Index,
+    store: Store,
     prefix: str,
     taxonomy: Taxonomy,
     *,
+    read_facts: ReadFacts,
     manifest: Mapping[str, list[str]] | None = None,
     max_pixels: int = 100_000_000,
     progress: Callable[[int], None] | None = None,
@@ -136,7 +135,7 @@ def sync_folder(
             continue
         try:
             data, info = store.get_bytes(info.key)
-            meta = imaging.read_metadata(data, max_pixels=max_pixels)
+            meta = read_facts(data, max_pixels=max_pixels)
         except NotFound:
             continue
         except ImageError as exc:

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from smarttags.adapters.s3 import ObjectStore
 from smarttags.core.heads import Heads, TagFit
+from smarttags.core.ports import Store
 from smarttags.errors import ModelError, NotFound
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def _heads_bytes(heads: Heads) -> bytes:
 class ModelStore:
     """Versioned models under one S3 prefix."""
 
-    def __init__(self, store: ObjectStore, prefix: str) -> None:
+    def __init__(self, store: Store, prefix: str) -> None:
         self._store = store
         self._prefix = prefix
 

@@ -11,8 +11,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from smarttags.adapters.opensearch import SearchIndex
 from smarttags.core import asset as assets
+from smarttags.core.ports import Index
 from smarttags.errors import ConflictError, NotFound
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ UNPROMOTE = "unpromote_tag"
 
 
 def update_with_retry(
-    index: SearchIndex,
+    index: Index,
     doc_id: str,
     change: Callable[[dict[str, Any]], bool],
     *,
@@ -50,7 +50,7 @@ def update_with_retry(
 
 
 class Moderation:
-    def __init__(self, index: SearchIndex) -> None:
+    def __init__(self, index: Index) -> None:
         self._index = index
 
     def _edit(

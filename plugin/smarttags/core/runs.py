@@ -8,11 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from opensearchpy.exceptions import OpenSearchException
-
-from smarttags.adapters.clients import translate_opensearch_error
-from smarttags.adapters.opensearch import SearchIndex
 from smarttags.core.asset import now_iso
+from smarttags.core.ports import Index
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +74,7 @@ class Run:
 
 
 class RunLog:
-    def __init__(self, index: SearchIndex) -> None:
+    def __init__(self, index: Index) -> None:
         self._index = index
 
     def start(self, kind: str, folder: str | None, trigger: str, *, model_version: str | None = None) -> Run:
@@ -114,7 +111,6 @@ class RunLog:
         body: dict[str, Any] = {}
         if create_as is not None:
             body["upsert"] = Run(run_id, create_as[0], None, create_as[1], now_iso()).to_json()
-            body["scripted_upsert"] = True
         script = (
             "for (e in params.counts.entrySet()) {"
             " ctx._source.counts[e.getKey()] = (ctx._source.counts[e.getKey()] ?: 0) + e.getValue(); }"
@@ -141,15 +137,10 @@ class RunLog:
 
     def _scripted_update(self, run_id: str, script: str, params: dict[str, Any], **extra: Any) -> None:
         """A painless update of one run, retried on version conflicts (many workers count at once)."""
-        refresh = extra.pop("refresh", None)
-        body = {**extra, "script": {"source": script, "lang": "painless", "params": {**params, "now": now_iso()}}}
-        kwargs: dict[str, Any] = {"refresh": refresh} if refresh else {}
-        try:
-            self._index.client.update(
-                index=self._index.name("runs"), id=run_id, body=body, retry_on_conflict=10, **kwargs
-            )
-        except OpenSearchException as exc:
-            raise translate_opensearch_error(exc) from exc
+        upsert = extra.pop("upsert", None)
+        self._index.update_scripted(
+            "runs", run_id, script, {**params, "now": now_iso()}, upsert=upsert, refresh=extra.pop("refresh", None)
+        )
 
     def get(self, run_id: str) -> Run | None:
         found = self._index.get("runs", run_id)

@@ -23,10 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from smarttags.adapters.opensearch import TEMPLATES, SearchIndex
 from smarttags.core.asset import asset_id, feature_name
+from smarttags.core.ports import Index
 from smarttags.core.taxonomy import DEFAULT_LOCALE, TaxonomyStore, analyzer_for
 from smarttags.errors import NotFound, RequestError
+from smarttags.resources import TEMPLATES
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class SearchResult:
 
 
 class Searcher:
-    def __init__(self, index: SearchIndex, taxonomy: TaxonomyStore, bucket: str) -> None:
+    def __init__(self, index: Index, taxonomy: TaxonomyStore, bucket: str) -> None:
         self._index = index
         self._taxonomy = taxonomy
         self._bucket = bucket

@@ -15,25 +15,20 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from smarttags.adapters import imaging
-from smarttags.adapters.opensearch import SearchIndex
-from smarttags.adapters.s3 import ObjectStore
 from smarttags.core import asset as assets
 from smarttags.core import events
 from smarttags.core.folders import FolderRegistry
 from smarttags.core.ingest import TagResolver, is_internal
 from smarttags.core.model_registry import Model, ModelStore, apply_thresholds
+from smarttags.core.ports import Embedder, Index, ReadFacts, StoreFor
 from smarttags.core.runs import RunLog
 from smarttags.core.taxonomy import Taxonomy, TaxonomyStore
 from smarttags.errors import ConflictError, ImageError, NotFound, ServiceError, SmartTagsError
 from smarttags.settings import Settings
-
-if TYPE_CHECKING:
-    from smarttags.adapters.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +54,27 @@ class Tagger:
     def __init__(
         self,
         settings: Settings,
-        index: SearchIndex,
-        s3_client: Any,
+        index: Index,
+        stores: StoreFor,
         *,
         embedder: Callable[[], Embedder],
-        folders: FolderRegistry | None = None,
-        runs: RunLog | None = None,
+        read_facts: ReadFacts,
+        models: ModelStore,
+        taxonomy: TaxonomyStore,
+        folders: FolderRegistry,
+        runs: RunLog,
     ) -> None:
         self._settings = settings
         self._index = index
-        self._s3 = s3_client
+        self._stores = stores
         self._embedder_factory = embedder
+        self._read_facts = read_facts
         self._embedder: Embedder | None = None
-        self._folders = folders or FolderRegistry(index)
-        self._runs = runs or RunLog(index)
-        self._models = ModelStore(ObjectStore(s3_client, settings.aws.bucket), settings.aws.models_prefix)
+        self._folders = folders
+        self._runs = runs
+        self._models = models
         self._model: tuple[float, Model | None] | None = None
-        self._taxonomy = TaxonomyStore(index)
+        self._taxonomy = taxonomy
         self._tag_resolver: tuple[Taxonomy, TagResolver] | None = None
         self._lock = threading.Lock()
 
@@ -174,7 +173,7 @@ class Tagger:
                 return Outcome(event.key, "duplicate")
             if not events.sequencer_newer(event.sequencer, held["sequencer"]):
                 return Outcome(event.key, "stale", f"index holds a later event ({held['sequencer']})")
-        store = ObjectStore(self._s3, event.bucket)
+        store = self._stores(event.bucket)
         try:
             data, info = store.get_bytes(event.key)
         except NotFound:
@@ -193,7 +192,7 @@ class Tagger:
         embedding: np.ndarray[Any, Any] | None = None
         own_tags: list[str] = []
         try:
-            meta = imaging.read_metadata(data, max_pixels=self._settings.backbone.max_pixels)
+            meta = self._read_facts(data, max_pixels=self._settings.backbone.max_pixels)
             fields.update(
                 width=meta.width,
                 height=meta.height,

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from smarttags.adapters.opensearch import SearchIndex
 from smarttags.core.asset import now_iso
+from smarttags.core.ports import Index
 from smarttags.errors import TaxonomyError
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class Taxonomy:
 
 
 class TaxonomyStore:
-    def __init__(self, index: SearchIndex, *, cache_seconds: float = 30.0) -> None:
+    def __init__(self, index: Index, *, cache_seconds: float = 30.0) -> None:
         self._index = index
         self._cache: tuple[float, Taxonomy] | None = None
         self._cache_seconds = cache_seconds

@@ -10,16 +10,15 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from smarttags.adapters.opensearch import SearchIndex
-from smarttags.adapters.s3 import ObjectStore
 from smarttags.core import guidelines, ingest
 from smarttags.core.asset import now_iso
 from smarttags.core.heads import train_heads
 from smarttags.core.model_registry import ModelStore
+from smarttags.core.ports import Embedder, Index, ReadFacts, StoreFor
 from smarttags.core.report import (
     MIN_TO_LEARN,
     NOT_TRAINED,
@@ -31,9 +30,6 @@ from smarttags.core.runs import TRAIN, RunLog
 from smarttags.core.taxonomy import Taxonomy, TaxonomyStore
 from smarttags.errors import ImageError, TaxonomyError
 from smarttags.settings import Settings
-
-if TYPE_CHECKING:
-    from smarttags.adapters.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +79,23 @@ class Trainer:
     def __init__(
         self,
         settings: Settings,
-        index: SearchIndex,
-        s3_client: Any,
+        index: Index,
+        stores: StoreFor,
         embedder: Callable[[], Embedder],
         *,
-        runs: RunLog | None = None,
+        read_facts: ReadFacts,
+        models: ModelStore,
+        taxonomy: TaxonomyStore,
+        runs: RunLog,
     ) -> None:
         self._settings = settings
         self._index = index
-        self._s3 = s3_client
+        self._stores = stores
         self._embedder_factory = embedder
-        self._runs = runs or RunLog(index)
-        self.models = ModelStore(ObjectStore(s3_client, settings.aws.bucket), settings.aws.models_prefix)
+        self._read_facts = read_facts
+        self._runs = runs
+        self._taxonomy = taxonomy
+        self.models = models
 
     def train(
         self,
@@ -129,19 +130,20 @@ class Trainer:
         counts: Any,
     ) -> TrainingReport:
         settings = self._settings.training
-        taxonomy = TaxonomyStore(self._index).load()
+        taxonomy = self._taxonomy.load()
         if not len(taxonomy):
             raise TaxonomyError("no taxonomy is imported yet: run `smarttags taxonomy import FILE` first")
         unknown_tags: dict[str, list[str]] = {}
         notes: list[str] = []
         sources: list[dict[str, Any]] = []
         for bucket, prefix in folders:
-            store = ObjectStore(self._s3, bucket)
+            store = self._stores(bucket)
             synced = ingest.sync_folder(
                 self._index,
                 store,
                 prefix,
                 taxonomy,
+                read_facts=self._read_facts,
                 manifest=manifest,
                 max_pixels=self._settings.backbone.max_pixels,
                 progress=(lambda n: progress("sync", n, None)) if progress else None,
@@ -301,7 +303,7 @@ class Trainer:
             progress("embed", 0, len(todo))
 
         def load(source: dict[str, Any]) -> bytes:
-            data, _ = ObjectStore(self._s3, source["bucket"]).get_bytes(source["key"])
+            data, _ = self._stores(source["bucket"]).get_bytes(source["key"])
             return data
 
         actions: list[tuple[dict[str, Any], dict[str, Any] | None]] = []

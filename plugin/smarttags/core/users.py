@@ -15,8 +15,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from smarttags.adapters.opensearch import SearchIndex
 from smarttags.core.asset import now_iso
+from smarttags.core.ports import Index
 from smarttags.errors import ConflictError, RequestError
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class User:
 
 
 class UserStore:
-    def __init__(self, index: SearchIndex) -> None:
+    def __init__(self, index: Index) -> None:
         self._index = index
 
     def create(self, username: str, password: str, role: str) -> User:

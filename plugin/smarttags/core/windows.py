@@ -12,22 +12,46 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from smarttags.adapters.opensearch import SearchIndex
 from smarttags.core import asset as assets
 from smarttags.core import events
-from smarttags.core.folders import parse_uri
+from smarttags.core.folders import FolderRegistry, parse_uri
+from smarttags.core.model_registry import ModelStore
+from smarttags.core.ports import Index, Queue
 from smarttags.core.report import TrainingReport
-from smarttags.core.runs import ON_DEMAND, SCHEDULE, TAG, Run
-from smarttags.entrypoints.compose import Services
+from smarttags.core.runs import ON_DEMAND, SCHEDULE, TAG, Run, RunLog
+from smarttags.core.tagging import Tagger
+from smarttags.core.training import Trainer
 from smarttags.errors import ConflictError, RequestError
+from smarttags.settings import Settings
 
 log = logging.getLogger(__name__)
 
 TRAINING_WINDOW = "training"
 TAGGING_WINDOW = "tagging"
 SELECT_FIELDS = ["key", "bucket", "etag", "tagging"]
+
+
+class Services(Protocol):
+    """What the windows use, and nothing more (``entrypoints.compose.Services`` provides it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def index(self) -> Index: ...
+    @property
+    def runs(self) -> RunLog: ...
+    @property
+    def models(self) -> ModelStore: ...
+    @property
+    def queue(self) -> Queue: ...
+    @property
+    def folders(self) -> FolderRegistry: ...
+    @property
+    def tagger(self) -> Tagger: ...
+    @property
+    def trainer(self) -> Trainer: ...
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -153,7 +177,7 @@ class Leases:
     """One document per window occurrence (``training@2026-12-05T00:30:00+00:00``). Whoever creates it,
     or takes over an expired unfinished one, runs the window; a finished one is never run again."""
 
-    def __init__(self, index: SearchIndex) -> None:
+    def __init__(self, index: Index) -> None:
         self._index = index
 
     def acquire(self, window: str, owner: str, *, seconds: int, now: datetime | None = None) -> bool:

@@ -120,6 +120,7 @@ def _cmd_taxonomy_import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags.adapters import imaging
     from smarttags.adapters.s3 import ObjectStore
     from smarttags.core import ingest
     from smarttags.core.folders import parse_uri
@@ -134,6 +135,7 @@ def _cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
             ObjectStore(services.s3, bucket),
             prefix,
             services.taxonomy.load(),
+            read_facts=imaging.read_metadata,
             manifest=manifest,
             max_pixels=settings.backbone.max_pixels,
             progress=lambda n: progress("ingest", n, None),
@@ -531,7 +533,7 @@ def scheduler_next_runs(settings: Settings) -> dict[str, str | None]:
 
 
 def _cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
-    from smarttags.core import health as status
+    from smarttags.entrypoints import health as status
 
     checks = status.validate(_services(settings), next_runs=lambda: scheduler_next_runs(settings))
     print(status.as_text(checks))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from smarttags.adapters import clients
+from smarttags.adapters import clients, imaging
 from smarttags.adapters.opensearch import SearchIndex
 from smarttags.adapters.s3 import ObjectStore
 from smarttags.adapters.sqs import WorkQueue
@@ -48,6 +48,10 @@ class Services:
     def store(self) -> ObjectStore:
         return ObjectStore(self.s3, self.settings.aws.bucket)
 
+    def store_for(self, bucket: str) -> ObjectStore:
+        """The store of any bucket (events name theirs); the configured bucket's is shared."""
+        return self.store if bucket == self.settings.aws.bucket else ObjectStore(self.s3, bucket)
+
     @cached_property
     def queue(self) -> WorkQueue:
         return WorkQueue.by_name(self.sqs, self.settings.aws.queue_name)
@@ -87,8 +91,27 @@ class Services:
 
     @cached_property
     def tagger(self) -> Tagger:
-        return Tagger(self.settings, self.index, self.s3, embedder=self.embedder, folders=self.folders, runs=self.runs)
+        return Tagger(
+            self.settings,
+            self.index,
+            self.store_for,
+            embedder=self.embedder,
+            read_facts=imaging.read_metadata,
+            models=self.models,
+            taxonomy=self.taxonomy,
+            folders=self.folders,
+            runs=self.runs,
+        )
 
     @cached_property
     def trainer(self) -> Trainer:
-        return Trainer(self.settings, self.index, self.s3, self.embedder, runs=self.runs)
+        return Trainer(
+            self.settings,
+            self.index,
+            self.store_for,
+            self.embedder,
+            read_facts=imaging.read_metadata,
+            models=self.models,
+            taxonomy=self.taxonomy,
+            runs=self.runs,
+        )

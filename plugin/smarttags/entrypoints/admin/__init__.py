@@ -20,7 +20,7 @@ from flask import Flask, Response, render_template
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from smarttags.core.thumbnails import Thumbnails
+from smarttags.adapters.thumbnails import Thumbnails
 from smarttags.core.users import UserStore
 from smarttags.entrypoints.compose import Services
 from smarttags.errors import ConfigError, NotFound, RequestError, ServiceError

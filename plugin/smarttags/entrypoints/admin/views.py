@@ -15,12 +15,13 @@ from flask import Blueprint, Response, abort, flash, redirect, render_template, 
 from flask.typing import ResponseReturnValue
 from markupsafe import Markup, escape
 
-from smarttags.core import health as status
-from smarttags.core import overview, report
+from smarttags.core import report
 from smarttags.core import windows as scheduling
 from smarttags.core.runs import ON_DEMAND, TRAIN
 from smarttags.core.search import SearchRequest
 from smarttags.core.users import ADMIN, MODERATOR, ROLES, VIEWER
+from smarttags.entrypoints import health as status
+from smarttags.entrypoints import overview
 from smarttags.entrypoints.admin.auth import ctx, current_user, require
 from smarttags.errors import NotFound, RequestError
 

@@ -1,0 +1,139 @@
+"""What the core needs from the outside world, as Protocols: the asset index, an object store, a work
+queue, the embedder and the image reader. Adapters (``smarttags.adapters``) implement them against
+OpenSearch, S3, SQS, onnxruntime and Pillow; unit tests hand in the in-memory fakes of ``tests/fakes.py``.
+
+The core never builds an adapter: it is given one (or, for stores of other buckets, a factory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from smarttags.errors import ImageError
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A document with what optimistic concurrency needs to write it back."""
+
+    id: str
+    source: dict[str, Any]
+    seq_no: int
+    primary_term: int
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    bucket: str
+    key: str
+    etag: str
+    size: int
+    last_modified: datetime | None = None
+    content_type: str | None = None
+    version_id: str | None = None
+
+
+class Index(Protocol):
+    """The OpenSearch indices of one deployment (``kind`` is assets, taxonomy, runs, folders, ...)."""
+
+    def name(self, kind: str) -> str: ...
+    def get(self, kind: str, doc_id: str) -> Versioned | None: ...
+    def mget(self, kind: str, doc_ids: Sequence[str]) -> list[dict[str, Any] | None]: ...
+    def put(
+        self,
+        kind: str,
+        doc_id: str,
+        source: Mapping[str, Any],
+        *,
+        expected: Versioned | None = None,
+        create: bool = False,
+        refresh: bool | str = False,
+    ) -> None: ...
+    def delete(self, kind: str, doc_id: str, *, expected: Versioned | None = None, refresh: bool = False) -> bool: ...
+    def bulk(self, actions: Sequence[tuple[Mapping[str, Any], Mapping[str, Any] | None]]) -> None: ...
+    def update_scripted(
+        self,
+        kind: str,
+        doc_id: str,
+        script: str,
+        params: Mapping[str, Any],
+        *,
+        upsert: Mapping[str, Any] | None = None,
+        refresh: str | None = None,
+    ) -> None: ...
+    def count(self, kind: str, query: Mapping[str, Any] | None = None) -> int: ...
+    def search(self, kind: str, body: Mapping[str, Any], **params: Any) -> dict[str, Any]: ...
+    def scan(
+        self,
+        kind: str,
+        query: Mapping[str, Any],
+        *,
+        source: Sequence[str] | bool = True,
+        batch_size: int = 500,
+        keep_alive: str = "2m",
+    ) -> Iterator[dict[str, Any]]: ...
+    def search_template(self, kind: str, template_id: str, params: Mapping[str, Any]) -> dict[str, Any]: ...
+    def render_template(self, template_id: str, params: Mapping[str, Any]) -> dict[str, Any]: ...
+    def analyze(self, text: str, analyzer: str, *, kind: str | None = None) -> list[str]: ...
+    def refresh(self, kind: str = "assets") -> None: ...
+
+
+class Store(Protocol):
+    """The objects of one bucket."""
+
+    @property
+    def bucket(self) -> str: ...
+    def head(self, key: str) -> ObjectInfo: ...
+    def get_bytes(self, key: str, *, max_bytes: int = ...) -> tuple[bytes, ObjectInfo]: ...
+    def put_bytes(self, key: str, data: bytes, *, content_type: str = ...) -> str: ...
+    def delete(self, key: str) -> None: ...
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+
+# A store for any bucket: events name their bucket; the core asks for its store by name.
+StoreFor = Callable[[str], Store]
+
+
+class Queue(Protocol):
+    """The tagging queue S3 notifications and tagging runs both feed."""
+
+    def send(self, bodies: Iterable[Mapping[str, Any]]) -> int: ...
+
+
+class Embedder(Protocol):
+    """Image bytes in, L2-normalised float32 embeddings out; one ImageError per bad item."""
+
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    def embed_bytes(self, items: Sequence[bytes]) -> list[np.ndarray[Any, Any] | ImageError]: ...
+    def iter_embed(
+        self, items: Sequence[Any], load: Callable[[Any], bytes]
+    ) -> Iterator[np.ndarray[Any, Any] | ImageError]: ...
+
+
+class ImageFacts(Protocol):
+    """What an image says about itself (``adapters.imaging.ImageMetadata``)."""
+
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def title(self) -> str | None: ...
+    @property
+    def description(self) -> str | None: ...
+    @property
+    def keywords(self) -> Sequence[str]: ...
+    @property
+    def content_type(self) -> str | None: ...
+
+
+# Reads an image's facts from its bytes, refusing more than ``max_pixels``; raises ImageError.
+ReadFacts = Callable[..., ImageFacts]

@@ -1,0 +1,95 @@
+"""The import rule of ARCHITECTURE.md, checked on the source: a forbidden import fails this test.
+
+    foundation (errors, settings, resources)  <-  core  <-  adapters  <-  entrypoints  <-  devtools
+
+A layer imports only the layers to its left (and itself). The core also imports no outside-service
+client library, no web framework and no scheduler, so it runs in unit tests with fakes.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "plugin" / "smarttags"
+FOUNDATION = {"errors", "settings", "resources", "__init__"}
+ORDER = ["foundation", "core", "adapters", "entrypoints", "devtools"]
+# Third-party libraries that belong to adapters or entry points, never to the core.
+NOT_IN_CORE = ("boto3", "botocore", "opensearchpy", "onnxruntime", "onnx", "PIL", "flask", "apscheduler", "waitress")
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] != "smarttags":
+        raise ValueError(module)
+    if len(parts) == 1 or parts[1] in FOUNDATION:
+        return "foundation"
+    if parts[1] == "__main__":
+        return "entrypoints"
+    return parts[1]
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """(line, imported module) for every import in the file, type-checking-only ones included."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "smarttags":
+                found += [(node.lineno, f"smarttags.{alias.name}") for alias in node.names]
+            else:
+                found.append((node.lineno, node.module))
+    return found
+
+
+def violations() -> list[str]:
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = module_name(path)
+        own = layer_of(name)
+        for line, target in imports(path):
+            where = f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}"
+            if target.split(".")[0] == "smarttags":
+                # The CLI's developer commands (stack, demo) are the one door into the developer tools.
+                if layer_of(target) == "devtools" and name.startswith("smarttags.entrypoints.cli"):
+                    continue
+                if ORDER.index(layer_of(target)) > ORDER.index(own):
+                    bad.append(f"{where} ({own} may not import {layer_of(target)})")
+            elif own in ("core", "foundation") and target.split(".")[0] in NOT_IN_CORE:
+                bad.append(f"{where} ({own} may not import an outside-service library)")
+    return bad
+
+
+def test_every_module_is_in_a_layer() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent == PACKAGE:
+            assert path.stem in FOUNDATION | {"__main__"}, (
+                f"{path.name}: put it in core/, adapters/, entrypoints/ or devtools/"
+            )
+        else:
+            assert layer_of(module_name(path)) in ORDER, path
+
+
+def test_no_layer_imports_a_layer_above_it() -> None:
+    assert violations() == []
+
+
+def test_the_rule_catches_a_forbidden_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "smarttags"
+    (fake / "core").mkdir(parents=True)
+    (fake / "core" / "bad.py").write_text("from smarttags.adapters.opensearch import SearchIndex\nimport boto3\n")
+    monkeypatch.setattr(__import__(__name__, fromlist=["PACKAGE"]), "PACKAGE", fake)
+    found = violations()
+    assert len(found) == 2 and "core may not import adapters" in found[0]
