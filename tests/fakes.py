@@ -1,0 +1,121 @@
+"""In-memory fakes of the core's ports (``smarttags.core.ports``), for unit tests of the core without
+OpenSearch or S3. They keep the semantics the core relies on — sequence numbers and conflicts for
+optimistic concurrency, create-only writes, NotFound for missing objects — and nothing else: queries
+are matched on ``match_all`` and ``term`` filters only. Integration tests use the real services."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from smarttags.core.ports import ObjectInfo, Versioned
+from smarttags.errors import ConflictError, NotFound
+
+
+def _matches(source: Mapping[str, Any], query: Mapping[str, Any]) -> bool:
+    if not query or "match_all" in query:
+        return True
+    if "term" in query:
+        ((field, value),) = query["term"].items()
+        return source.get(field.removesuffix(".tree")) == value
+    if "bool" in query:
+        return all(_matches(source, q) for q in query["bool"].get("filter", []))
+    raise NotImplementedError(f"the fake index does not match {query}")
+
+
+class FakeIndex:
+    def __init__(self, prefix: str = "fake") -> None:
+        self.prefix = prefix
+        self.docs: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
+        self._seq = 0
+        self.writes = 0
+
+    def name(self, kind: str) -> str:
+        return f"{self.prefix}-{kind}"
+
+    def get(self, kind: str, doc_id: str) -> Versioned | None:
+        held = self.docs.get((kind, doc_id))
+        return Versioned(doc_id, copy.deepcopy(held[0]), held[1], 1) if held else None
+
+    def mget(self, kind: str, doc_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        return [(copy.deepcopy(self.docs[(kind, i)][0]) if (kind, i) in self.docs else None) for i in doc_ids]
+
+    def put(
+        self,
+        kind: str,
+        doc_id: str,
+        source: Mapping[str, Any],
+        *,
+        expected: Versioned | None = None,
+        create: bool = False,
+        refresh: bool | str = False,
+    ) -> None:
+        held = self.docs.get((kind, doc_id))
+        if create and held is not None:
+            raise ConflictError("opensearch", f"{doc_id} exists")
+        if expected is not None and (held is None or held[1] != expected.seq_no):
+            raise ConflictError("opensearch", f"{doc_id} changed")
+        self._seq += 1
+        self.writes += 1
+        self.docs[(kind, doc_id)] = (copy.deepcopy(dict(source)), self._seq)
+
+    def delete(self, kind: str, doc_id: str, *, expected: Versioned | None = None, refresh: bool = False) -> bool:
+        held = self.docs.get((kind, doc_id))
+        if held is None:
+            return False
+        if expected is not None and held[1] != expected.seq_no:
+            raise ConflictError("opensearch", f"{doc_id} changed")
+        del self.docs[(kind, doc_id)]
+        return True
+
+    def update_scripted(self, kind: str, doc_id: str, script: str, params: Mapping[str, Any], **_: Any) -> None:
+        # Painless does not run here: the fake records that the core asked, tests read ``scripted``.
+        self.docs.setdefault(("scripted", doc_id), ({"calls": []}, 0))[0]["calls"].append(dict(params))
+
+    def scan(self, kind: str, query: Mapping[str, Any], **_: Any) -> Iterator[dict[str, Any]]:
+        for (k, doc_id), (source, _seq) in sorted(self.docs.items()):
+            if k == kind and _matches(source, query):
+                yield {"_id": doc_id, "_source": copy.deepcopy(source)}
+
+    def count(self, kind: str, query: Mapping[str, Any] | None = None) -> int:
+        return sum(1 for _ in self.scan(kind, query or {}))
+
+    def refresh(self, kind: str = "assets") -> None:
+        pass
+
+
+class FakeStore:
+    """The objects of one bucket, in memory."""
+
+    def __init__(self, bucket: str) -> None:
+        self.bucket = bucket
+        self.objects: dict[str, tuple[bytes, str]] = {}
+
+    def _info(self, key: str) -> ObjectInfo:
+        data, content_type = self.objects[key]
+        etag = hashlib.md5(data).hexdigest()  # what S3 gives a single-part upload
+        return ObjectInfo(self.bucket, key, etag, len(data), datetime.now(UTC), content_type)
+
+    def head(self, key: str) -> ObjectInfo:
+        if key not in self.objects:
+            raise NotFound(f"s3://{self.bucket}/{key} does not exist")
+        return self._info(key)
+
+    def get_bytes(self, key: str, *, max_bytes: int = 1 << 30) -> tuple[bytes, ObjectInfo]:
+        info = self.head(key)
+        return self.objects[key][0], info
+
+    def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> str:
+        self.objects[key] = (data, content_type)
+        return self._info(key).etag
+
+    def delete(self, key: str) -> None:
+        self.objects.pop(key, None)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        for key in sorted(self.objects):
+            if key.startswith(prefix):
+                yield self._info(key)
