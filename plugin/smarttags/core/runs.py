@@ -26,7 +26,7 @@ MAX_ERRORS_KEPT = 50
 class Run:
     run_id: str
     kind: str
-    folder: str | None
+    folder: str | None  # a label: one folder's URI, or several joined for a multi-folder training
     trigger: str
     started_at: str
     status: str = "running"
@@ -35,6 +35,7 @@ class Run:
     counts: Counter[str] = field(default_factory=Counter)
     errors: list[dict[str, str]] = field(default_factory=list)
     report: dict[str, Any] | None = None
+    folders: list[str] = field(default_factory=list)
 
     def error(self, key: str, reason: str) -> None:
         self.counts["failed"] += 1
@@ -46,6 +47,7 @@ class Run:
             "run_id": self.run_id,
             "kind": self.kind,
             "folder": self.folder,
+            "folders": self.folders,
             "trigger": self.trigger,
             "status": self.status,
             "started_at": self.started_at,
@@ -62,6 +64,7 @@ class Run:
             run_id=data["run_id"],
             kind=data["kind"],
             folder=data.get("folder"),
+            folders=list(data.get("folders") or ([data["folder"]] if data.get("folder") else [])),
             trigger=data["trigger"],
             started_at=data["started_at"],
             status=data.get("status", "running"),
@@ -77,11 +80,20 @@ class RunLog:
     def __init__(self, index: Index) -> None:
         self._index = index
 
-    def start(self, kind: str, folder: str | None, trigger: str, *, model_version: str | None = None) -> Run:
+    def start(
+        self,
+        kind: str,
+        folder: str | None,
+        trigger: str,
+        *,
+        model_version: str | None = None,
+        folders: list[str] | None = None,
+    ) -> Run:
         run = Run(
             run_id=f"{kind}-{uuid.uuid4().hex[:12]}",
             kind=kind,
             folder=folder,
+            folders=folders if folders is not None else ([folder] if folder else []),
             trigger=trigger,
             started_at=now_iso(),
             model_version=model_version,
@@ -151,7 +163,8 @@ class RunLog:
         if kind:
             filters.append({"term": {"kind": kind}})
         if folder:
-            filters.append({"term": {"folder": folder}})
+            # Every folder a run covered finds it, a multi-folder training run too.
+            filters.append({"bool": {"should": [{"term": {"folders": folder}}, {"term": {"folder": folder}}]}})
         body = {
             "size": size,
             "query": {"bool": {"filter": filters}},

@@ -108,7 +108,7 @@ class Trainer:
     ) -> TrainingReport:
         """Train one model on the given (bucket, prefix) folders; record the run and its report."""
         label = ", ".join(f"s3://{b}/{p}" for b, p in folders)
-        run = self._runs.start(TRAIN, label, trigger)
+        run = self._runs.start(TRAIN, label, trigger, folders=[f"s3://{b}/{p}" for b, p in folders])
         try:
             report = self._train(run.run_id, folders, manifest, activate, progress, run.counts)
         except Exception as exc:
