@@ -12,6 +12,8 @@ from PIL import Image, PngImagePlugin
 from smarttags.adapters import imaging
 from smarttags.errors import CorruptImage, ImageTooLarge, UnsupportedImage
 
+from tests.images import psd
+
 MAX = 100_000_000
 OOXML_DOC = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 RED, GREEN, BLUE, GREY = (255, 0, 0), (0, 255, 0), (0, 0, 255), imaging.GREY
@@ -25,14 +27,6 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 def solid(color, size=(32, 32), mode="RGB") -> Image.Image:
     return Image.new(mode, size, color)
-
-
-def psd(img: Image.Image) -> bytes:
-    """A minimal PSD (Pillow has no PSD writer): header, empty sections, raw planar composite."""
-    width, height = img.size
-    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3)
-    planes = b"".join(band.tobytes() for band in img.convert("RGB").split())
-    return header + struct.pack(">III", 0, 0, 0) + struct.pack(">H", 0) + planes
 
 
 def heic_10bit(colour, size) -> bytes:
