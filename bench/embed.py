@@ -53,8 +53,6 @@ def large_jpegs(count: int) -> list[bytes]:
 
 def per_format_decode_ms(size: int, max_pixels: int) -> dict[str, float]:
     """Decode ms/image to the backbone's size of one 4000x3000 photo saved in each still format."""
-    from tests.images import psd
-
     photo = Image.fromarray(photos()[0]).resize((4000, 3000), Image.Resampling.BILINEAR)
     encoded = {}
     for fmt, kw in (("JPEG", {"quality": 90}), ("HEIF", {"quality": 80}), ("AVIF", {"speed": 10})):
@@ -65,7 +63,6 @@ def per_format_decode_ms(size: int, max_pixels: int) -> dict[str, float]:
         buf = io.BytesIO()
         photo.save(buf, fmt, **kw)
         encoded[fmt] = buf.getvalue()
-    encoded["PSD"] = psd(photo)
     return {
         fmt: timed(lambda d=data: imaging.prepare(d, size, max_pixels=max_pixels), 2) * 1000.0
         for fmt, data in encoded.items()
