@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 from PIL import Image, ImageDraw
 
@@ -16,9 +17,19 @@ def picture(colour: str, shape: str = "circle", size: tuple[int, int] = (640, 48
         draw.ellipse(box, fill=colour)
     else:
         draw.rectangle(box, fill=colour)
+    if fmt == "PSD":
+        return psd(image)
     buffer = io.BytesIO()
     image.save(buffer, fmt)
     return buffer.getvalue()
+
+
+def psd(image: Image.Image) -> bytes:
+    """A minimal PSD (Pillow has no PSD writer): header, empty sections, raw planar composite."""
+    width, height = image.size
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3)
+    planes = b"".join(band.tobytes() for band in image.convert("RGB").split())
+    return header + struct.pack(">III", 0, 0, 0) + struct.pack(">H", 0) + planes
 
 
 def truncated_jpeg() -> bytes:

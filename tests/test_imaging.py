@@ -12,7 +12,10 @@ from PIL import Image, PngImagePlugin
 from smarttags.adapters import imaging
 from smarttags.errors import CorruptImage, ImageTooLarge, UnsupportedImage
 
+from tests.images import psd
+
 MAX = 100_000_000
+OOXML_DOC = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 RED, GREEN, BLUE, GREY = (255, 0, 0), (0, 255, 0), (0, 0, 255), imaging.GREY
 
 
@@ -24,6 +27,17 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 def solid(color, size=(32, 32), mode="RGB") -> Image.Image:
     return Image.new(mode, size, color)
+
+
+def heic_10bit(colour, size) -> bytes:
+    import pillow_heif
+
+    pixels = np.zeros((size[1], size[0], 3), dtype=np.uint16)
+    pixels[:, :] = [c * 257 for c in colour]
+    heif = pillow_heif.from_bytes(mode="RGB;16", size=size, data=pixels.tobytes())
+    buf = io.BytesIO()
+    heif.save(buf, quality=-1)  # 16-bit input is stored as 10-bit
+    return buf.getvalue()
 
 
 def prepare(data: bytes, size: int = 32, max_pixels: int = MAX) -> np.ndarray:
@@ -73,9 +87,7 @@ def test_text_file_is_corrupt():
 @pytest.mark.parametrize(
     ("data", "content_type"),
     [
-        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64), "image/heic"),
-        (b"\x00\x00\x00\x1cftypavif" + bytes(64), "image/avif"),
-        (b"8BPS\x00\x01" + bytes(20) + b"\x00\x03" + bytes(64), "image/vnd.adobe.photoshop"),
+        (b"8BPS\x00\x02" + bytes(20) + b"\x00\x03" + bytes(64), "image/vnd.adobe.photoshop-large"),
         (b"II*\x00\x10\x00\x00\x00CR\x02\x00" + bytes(64), "image/x-canon-cr2"),
         (b"FUJIFILMCCD-RAW 0201" + bytes(64), "image/x-fuji-raf"),
         (b"IIU\x00\x18\x00\x00\x00" + bytes(64), "image/x-panasonic-rw2"),
@@ -86,8 +98,20 @@ def test_text_file_is_corrupt():
         (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "application/pdf"),
         (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "application/postscript"),
         (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', "image/svg+xml"),
+        (b"PK\x03\x04" + bytes(26) + b"[Content_Types].xml" + bytes(40) + b"word/document.xml", OOXML_DOC),
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64), "application/x-ole-storage"),
+        (b"PK\x03\x04" + bytes(26) + b"photos/a.jpg" + bytes(64), "application/zip"),
+        (b"\x1f\x8b\x08\x00" + bytes(64), "application/gzip"),
+        (b"ID3\x04\x00" + bytes(64), "audio/mpeg"),
+        (b"fLaC" + bytes(64), "audio/flac"),
+        (b"OggS\x00\x02" + bytes(64), "audio/ogg"),
+        (b"\x00\x01\x00\x00\x00\x0c\x00\x80" + bytes(64), "font/ttf"),
+        (b"wOF2\x00\x01\x00\x00" + bytes(64), "font/woff2"),
     ],
-    ids=["heic", "avif", "psd", "cr2", "raf", "rw2", "cr3", "mp4", "mov", "avi", "pdf", "eps", "svg"],
+    ids=[
+        *("psb", "cr2", "raf", "rw2", "cr3", "mp4", "mov", "avi", "pdf", "eps", "svg"),
+        *("docx", "doc", "zip", "gzip", "mp3", "flac", "ogg", "ttf", "woff2"),
+    ],
 )
 def test_formats_we_do_not_decode_are_unsupported(data, content_type):
     with pytest.raises(UnsupportedImage) as err:
@@ -97,12 +121,59 @@ def test_formats_we_do_not_decode_are_unsupported(data, content_type):
     assert content_type in err.value.reason
 
 
-def test_real_psd_is_unsupported_even_though_pillow_could_flatten_it():
-    # Layered PSDs are refused by signature, never half-read.
-    data = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, 16, 16, 8, 3) + bytes(200)
+def test_psd_composite_decodes_and_a_truncated_psd_is_corrupt():
+    data = psd(solid(BLUE, (40, 20)))
+    assert close(prepare(data)[16, 16], BLUE)
+    meta = imaging.read_metadata(data)
+    assert (meta.format, meta.content_type, meta.decoder, meta.width) == (
+        "PSD",
+        "image/vnd.adobe.photoshop",
+        "pillow",
+        40,
+    )
+    with pytest.raises(CorruptImage):
+        prepare(data[: len(data) // 2])
+
+
+def test_psd_bomb_is_refused_from_the_header():
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, 300_000, 300_000, 8, 3) + bytes(14)
+    with pytest.raises(ImageTooLarge):
+        prepare(header)
+
+
+def test_heic_including_10_bit_decodes_with_pillow_heif():
+    for data in (encode(solid(RED, (64, 48)), "HEIF", quality=95), heic_10bit(RED, (64, 48))):
+        assert imaging.sniff(data) == "image/heic"
+        assert close(prepare(data)[16, 16], RED, tol=12)
+        meta = imaging.read_metadata(data)
+        assert (meta.format, meta.decoder, meta.width, meta.height) == ("HEIF", "pillow-heif", 64, 48)
+
+
+def test_heic_and_avif_over_max_pixels_are_refused_from_the_header():
+    for fmt in ("HEIF", "AVIF"):
+        with pytest.raises(ImageTooLarge):
+            prepare(encode(solid(RED, (100, 100)), fmt), max_pixels=1000)
+
+
+def test_avif_and_animated_webp_decode():
+    assert close(prepare(encode(solid(GREEN), "AVIF", quality=95))[16, 16], GREEN, tol=12)
+    frames = [solid(RED), solid(BLUE)]
+    webp = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    assert close(prepare(webp)[16, 16], RED)  # the first frame
+
+
+def test_the_bytes_decide_the_format_not_the_name():
+    # What a ".jpg" key holds is whatever its bytes say: a HEIC is decoded as HEIC, a PDF is a PDF.
+    assert imaging.read_metadata(encode(solid(RED), "HEIF")).format == "HEIF"
     with pytest.raises(UnsupportedImage) as err:
-        prepare(data)
-    assert err.value.content_type == "image/vnd.adobe.photoshop"
+        prepare(b"%PDF-1.7\n" + bytes(64))
+    assert err.value.content_type == "application/pdf"
+
+
+def test_tiff_multipage_lzw_deflate_jpeg_compressed():
+    for compression in ("tiff_lzw", "tiff_adobe_deflate", "jpeg"):
+        data = encode(solid(GREEN), "TIFF", compression=compression, save_all=True, append_images=[solid(RED)])
+        assert close(prepare(data)[16, 16], GREEN, tol=8), compression  # the first page
 
 
 def test_dng_is_unsupported():
@@ -369,6 +440,9 @@ def _samples() -> list[bytes]:
         encode(img, "TIFF"),
         encode(img, "BMP"),
         encode(img.convert("RGBA"), "PNG"),
+        encode(img, "HEIF"),
+        encode(img, "AVIF"),
+        psd(img),
     ]
 
 
@@ -387,4 +461,4 @@ def test_mutated_files_only_ever_raise_image_errors():
                 outcomes["ok"] += 1
             except imaging.ImageError:
                 outcomes["error"] += 1
-    assert outcomes["error"] > 0 and sum(outcomes.values()) == 280
+    assert outcomes["error"] > 0 and sum(outcomes.values()) == 40 * len(_samples())

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 from smarttags.core import windows as scheduling
+from smarttags.core.asset import asset_id
 from smarttags.core.runs import SCHEDULE
 from smarttags.core.search import SearchRequest
 from smarttags.core.taxonomy import Tag
@@ -53,6 +54,28 @@ def test_an_upload_is_searchable_by_its_smart_tag_within_seconds(services, shape
 
     took = _wait(found, 10)
     print(f"upload to searchable: {took:.1f} s")
+
+
+def test_every_still_format_is_tagged_end_to_end_by_its_bytes(services, shape_model, running_worker):
+    # The key's extension says nothing: a HEIC stored as ".jpg" is still a HEIC.
+    services.taxonomy.import_tags([Tag("shapes:red", {"en": "Red"}), Tag("shapes:any", {"en": "Shape"})])
+    bucket = services.settings.aws.bucket
+    services.folders.set_enabled(bucket, "formats/", True)
+    keys = {"formats/phone.jpg": "HEIF", "formats/web.avif": "AVIF", "formats/layers.psd": "PSD"}
+    for key, fmt in keys.items():
+        services.s3.put_object(Bucket=bucket, Key=key, Body=picture("red", size=(320, 240), fmt=fmt))
+    docx = b"PK\x03\x04" + bytes(26) + b"[Content_Types].xml" + bytes(40) + b"word/document.xml"
+    services.s3.put_object(Bucket=bucket, Key="formats/brief.docx", Body=docx)
+
+    def found() -> bool:
+        services.index.refresh()
+        return {h.key for h in services.searcher.search(SearchRequest(text="red")).hits} == set(keys)
+
+    _wait(found, 30)
+    _wait(lambda: services.index.get("assets", asset_id(bucket, "formats/brief.docx")) is not None, 10)
+    doc = services.index.get("assets", asset_id(bucket, "formats/brief.docx")).source
+    assert doc["tagging"]["status"] == "skipped", doc["tagging"]
+    assert "wordprocessingml" in doc["tagging"]["reason"]
 
 
 def test_a_poison_message_ends_in_the_dead_letter_queue(services):

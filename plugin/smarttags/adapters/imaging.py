@@ -1,11 +1,13 @@
 """Safe image decoding: bytes in, a model-sized RGB array (or a typed ImageError) out.
 
-Decodes JPEG (incl. MPO), PNG, GIF (first frame), WebP, TIFF and BMP with Pillow, and nothing else:
-Pillow's other plugins (EPS calls Ghostscript, for one) are never offered the bytes. Every failure
-becomes an ``ImageError`` subclass with a reason:
+The format is decided from the bytes (``sniff``), never from the key's extension or the uploader's
+Content-Type. Decodes JPEG (incl. MPO), PNG, GIF and WebP (first frame), TIFF (first page), BMP,
+AVIF and PSD (the flattened composite) with Pillow, HEIC/HEIF (incl. 10-bit) with pillow-heif, and
+nothing else: Pillow's other plugins (EPS calls Ghostscript, for one) are never offered the bytes.
+Every failure becomes an ``ImageError`` subclass with a reason:
 
-* ``UnsupportedImage`` for formats we recognise by their magic bytes but do not decode (HEIC/AVIF,
-  PSD, camera RAW, video, PDF, SVG...), with their content type;
+* ``UnsupportedImage`` for formats we recognise by their magic bytes but do not decode (PSB,
+  camera RAW, video, PDF, SVG, Office, audio, archives, fonts...), with their content type;
 * ``CorruptImage`` for empty, truncated or garbled input and for anything that is not an image;
 * ``ImageTooLarge`` when the header announces more than ``max_pixels`` pixels — checked right after
   ``Image.open`` has read the header, before a single pixel buffer is allocated.
@@ -28,15 +30,33 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pillow_heif
 from PIL import Image, IptcImagePlugin, UnidentifiedImageError
 
 from smarttags.errors import CorruptImage, ImageError, ImageTooLarge, UnsupportedImage
 
 log = logging.getLogger(__name__)
 
+# HEIF is not in Pillow itself; pillow-heif adds it as an ordinary Pillow plugin (header-only open,
+# 8-bit output even for 10-bit files). AVIF is Pillow's own reader (Pillow >= 11.3 wheels).
+pillow_heif.register_heif_opener()
+
 # The formats we decode. Multi-picture JPEGs (many phones) open through "JPEG" as format "MPO".
-DECODED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
-_DECODED_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/tiff", "image/bmp"}
+DECODED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "AVIF", "HEIF", "PSD")
+_DECODED_TYPES = {
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "image/webp",
+    "image/tiff",
+    "image/bmp",
+    "image/avif",
+    "image/heic",
+    "image/heif",
+    "image/vnd.adobe.photoshop",
+}
+# The library that decodes each Pillow format, recorded on the asset next to the detected format.
+_DECODERS = {"HEIF": "pillow-heif"}
 GREY = (128, 128, 128)  # the neutral grey of padding and of transparent areas
 _EXIF_ORIENTATION = 0x0112
 _EXIF_IMAGE_DESCRIPTION = 0x010E
@@ -77,6 +97,7 @@ _PREFIXES: tuple[tuple[bytes, str], ...] = (
     (b"GIF87a", "image/gif"),
     (b"GIF89a", "image/gif"),
     (b"BM", "image/bmp"),
+    (b"8BPS\x00\x02", "image/vnd.adobe.photoshop-large"),  # PSB: Pillow reads version 1 only
     (b"8BPS", "image/vnd.adobe.photoshop"),
     (b"%PDF", "application/pdf"),
     (b"%!PS", "application/postscript"),
@@ -97,13 +118,31 @@ _PREFIXES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\x0a", "image/jxl"),
     (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "image/jxl"),
     (b"\x00\x00\x01\x00", "image/vnd.microsoft.icon"),
-    (b"PK\x03\x04", "application/zip"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "application/x-ole-storage"),  # legacy Office (.doc, .xls, .ppt)
+    (b"\x1f\x8b", "application/gzip"),
+    (b"7z\xbc\xaf\x27\x1c", "application/x-7z-compressed"),
+    (b"Rar!\x1a\x07", "application/vnd.rar"),
+    (b"ID3", "audio/mpeg"),
+    (b"\xff\xfb", "audio/mpeg"),
+    (b"\xff\xf3", "audio/mpeg"),
+    (b"fLaC", "audio/flac"),
+    (b"OggS", "audio/ogg"),
+    (b"\x00\x01\x00\x00\x00", "font/ttf"),
+    (b"OTTO", "font/otf"),
+    (b"wOFF", "font/woff"),
+    (b"wOF2", "font/woff2"),
+)
+# Office Open XML (and OpenDocument) files are zip archives; the first member's name tells them apart.
+_ZIP_KINDS = (
+    (b"word/", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+    (b"xl/", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+    (b"ppt/", "application/vnd.openxmlformats-officedocument.presentationml.presentation"),
+    (b"mimetypeapplication/vnd.oasis.opendocument.", "application/vnd.oasis.opendocument"),
 )
 # Content types we never hand to Pillow: it cannot decode them (or must not, like EPS).
-_REFUSED_PREFIX = ("video/", "application/")
+_REFUSED_PREFIX = ("video/", "application/", "audio/", "font/")
 _REFUSED = {
-    "image/heic",
-    "image/heif",
+    "image/vnd.adobe.photoshop-large",
     "image/x-canon-cr2",
     "image/x-canon-cr3",
     "image/x-fuji-raf",
@@ -111,7 +150,6 @@ _REFUSED = {
     "image/x-minolta-mrw",
     "image/x-olympus-orf",
     "image/x-panasonic-rw2",
-    "image/vnd.adobe.photoshop",
     "image/svg+xml",
     "image/jp2",
     "image/jxl",
@@ -133,6 +171,13 @@ def sniff(data: bytes) -> str | None:
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         # Canon CR2 is a TIFF with "CR" at byte 8; DNG, NEF and ARW are caught after opening.
         return "image/x-canon-cr2" if head[8:10] == b"CR" else "image/tiff"
+    if head[:4] == b"PK\x03\x04":
+        # Member names are stored uncompressed from byte 30 on: Office's (word/, xl/, ppt/) come first.
+        window = data[30:4096]
+        for marker, content_type in _ZIP_KINDS:
+            if marker in window:
+                return content_type
+        return "application/zip"
     for prefix, content_type in _PREFIXES:
         if head.startswith(prefix):
             return content_type
@@ -232,6 +277,11 @@ def _mime(img: Image.Image) -> str | None:
     return Image.MIME.get(img.format or "")
 
 
+def decoder_of(img: Image.Image) -> str:
+    """The library that decodes an opened image (stored on the asset with the detected format)."""
+    return _DECODERS.get(img.format or "", "pillow")
+
+
 def fit_square(img: Image.Image, size: int) -> Image.Image:
     """Letterbox: scale the long side to ``size`` and pad the rest with grey; nothing is cropped."""
     width, height = img.size
@@ -315,6 +365,7 @@ class ImageMetadata:
     format: str
     content_type: str | None
     orientation: int = 1
+    decoder: str = "pillow"
     title: str | None = None
     description: str | None = None
     keywords: tuple[str, ...] = field(default_factory=tuple)
@@ -352,6 +403,7 @@ def read_metadata(data: bytes, *, max_pixels: int = 1 << 62) -> ImageMetadata:
         format=img.format or "",
         content_type=_mime(img),
         orientation=turn,
+        decoder=decoder_of(img),
         title=_first(xmp.get("title"), iptc.get("title")),
         description=_first(xmp.get("description"), iptc.get("description"), [exif_description or ""]),
         keywords=tuple(keywords),
