@@ -6,8 +6,8 @@ Lays out ``build/lambda/package/`` (the directory ``template.yaml``'s ``CodeUri`
 ``build/lambda/smarttags-tagger.zip``:
 
     handler.py             the entry point (handler string ``handler.handler``)
-    smarttags/             the library, as in plugin/smarttags
-    search_templates/      mappings and templates (resources.py finds it beside smarttags/)
+    smarttags/             the library as in plugin/smarttags, with its package data (search_templates/),
+                           less what the handler never imports (LEFT_OUT: dev stack, demo, admin, CLI, ...)
     models/backbone.onnx   the backbone, with its ``.sha256`` file
     numpy/, onnxruntime/, PIL/, opensearchpy/, pydantic/, ...   run-time dependencies only
 
@@ -56,6 +56,23 @@ NEVER = ("torch", "torchvision")
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath")
 FORBIDDEN = (*NEVER, *RUNTIME_PROVIDED)
 STRIP_DIRS = frozenset({"tests", "test", "__pycache__"})
+# Parts of plugin/smarttags outside the handler's import graph (tests/test_deploy.py checks that none is
+# in it): the dev stack, demo and sample, the admin, the CLI and its progress bars, the worker and the
+# scheduler service, and the core modules only they use.
+LEFT_OUT = (
+    "devtools",
+    "entrypoints/admin",
+    "entrypoints/cli*",
+    "entrypoints/progress.py",
+    "entrypoints/worker.py",
+    "entrypoints/scheduler*",
+    "core/dashboards.py",
+    "entrypoints/health.py",
+    "entrypoints/overview.py",
+    "adapters/thumbnails.py",
+    "core/users.py",
+    "core/windows.py",
+)
 
 
 def tested_versions() -> list[str]:
@@ -114,9 +131,13 @@ def forbidden_present(root: Path, forbidden: Sequence[str] = FORBIDDEN) -> list[
 
 def copy_project(package: Path, model: Path) -> None:
     shutil.copy2(ROOT / "lambda" / "handler.py", package / "handler.py")
+    # Follows the search_templates symlink, so the package data lands as real files.
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(ROOT / "plugin" / "smarttags", package / "smarttags", ignore=ignore)
-    shutil.copytree(ROOT / "search_templates", package / "search_templates", ignore=ignore)
+    library = package / "smarttags"
+    shutil.copytree(ROOT / "plugin" / "smarttags", library, ignore=ignore)
+    for pattern in LEFT_OUT:
+        for path in library.glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     # A fixed name, so template.yaml's SMARTTAGS_BACKBONE__ONNX_FILE need not change with the build.
     target = package / MODEL_PATH
     target.parent.mkdir()

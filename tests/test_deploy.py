@@ -224,6 +224,26 @@ def test_handler_imports_only_what_the_package_ships() -> None:
     assert not loaded & set(_LEFT_OUT)
 
 
+def test_the_lambda_package_leaves_out_only_what_the_handler_never_imports() -> None:
+    code = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('h', {str(ROOT / 'lambda' / 'handler.py')!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "import smarttags.adapters.embedder, smarttags.entrypoints.compose\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('smarttags'))))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    graph = {m.removeprefix("smarttags.").replace(".", "/") for m in json.loads(run.stdout)}
+    library = ROOT / "plugin" / "smarttags"
+    left_out = {
+        p.relative_to(library).with_suffix("").as_posix()
+        for pattern in _build_module().LEFT_OUT
+        for p in library.glob(pattern)
+    }
+    assert {"devtools", "entrypoints/admin", "entrypoints/cli"} <= left_out
+    assert not {m for m in graph if any(m == x or m.startswith(x + "/") for x in left_out)}
+
+
 def _build_module() -> Any:
     return _load_by_path(ROOT / "lambda" / "build.py", "smarttags_lambda_build")
 
@@ -268,10 +288,13 @@ def test_build_the_lambda_package(tmp_path: Path) -> None:
     for name in (
         "handler.py",
         "smarttags/core/tagging.py",
-        "search_templates/assets.index.json",
+        "smarttags/search_templates/assets.index.json",
         "models/backbone.onnx",
     ):
         assert (package / name).is_file(), name
+    assert not (package / "smarttags/search_templates").is_symlink()
+    for name in ("devtools", "entrypoints/admin", "entrypoints/cli.py", "core/dashboards.py"):
+        assert not (package / "smarttags" / name).exists(), name
     assert (package / "models/backbone.onnx.sha256").read_text().split()[0]
     assert not list(package.rglob("__pycache__")) and not list(package.rglob("tests"))
     # What the handler imports is in the package, or in the Lambda runtime (boto3 and its deps).

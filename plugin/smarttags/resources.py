@@ -1,14 +1,16 @@
-"""Where the project's data files live: mappings and templates in ``search_templates/``.
+"""The package's data files: mappings, mustache templates and Dashboards objects in ``search_templates/``.
 
-The folder sits at the top of a checkout (beside ``plugin/``) and at the root of the Lambda package
-(beside ``smarttags/``); both are parents of this file, so one search up the tree finds it.
+They are package data (``smarttags/search_templates/``), read with ``importlib.resources``, so the same
+code finds them in a checkout, an installed wheel and the Lambda zip. In git the folder stays at the top
+of the checkout (the design card puts it there); ``plugin/smarttags/search_templates`` is a symlink to it,
+which the sdist, the wheel and ``lambda/build.py`` resolve into real files.
 """
 
 from __future__ import annotations
 
 import json
-from functools import cache
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from smarttags.errors import ConfigError
@@ -18,19 +20,21 @@ from smarttags.errors import ConfigError
 TEMPLATES = {"search.mustache": "smarttags-search-v1", "similar.mustache": "smarttags-similar-v1"}
 
 
-@cache
-def templates_dir() -> Path:
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "search_templates"
-        if (candidate / "assets.index.json").is_file():
-            return candidate
-    raise ConfigError("search_templates", "folder not found beside the smarttags package")
+def _file(name: str) -> Traversable:
+    return files("smarttags").joinpath("search_templates", name)
 
 
-def load_json(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((templates_dir() / name).read_text(encoding="utf-8"))
-    return data
+def exists(name: str) -> bool:
+    return _file(name).is_file()
 
 
 def load_text(name: str) -> str:
-    return (templates_dir() / name).read_text(encoding="utf-8")
+    path = _file(name)
+    if not path.is_file():
+        raise ConfigError("search_templates", f"{name} is not in the smarttags package data")
+    return path.read_text(encoding="utf-8")
+
+
+def load_json(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(load_text(name))
+    return data

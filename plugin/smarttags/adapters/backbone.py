@@ -476,17 +476,19 @@ def build(settings: Settings, name: str | None = None, *, force: bool = False) -
         raise ModelError(f"no preset backbone named {name!r}: choose one of {', '.join(PRESETS)}")
     preset = PRESETS[name]
     size = input_size_for(backbone) if name == backbone.name else preset.resolution
-    src = weights_path(preset)
-    weights_sha = sha256_file(src)
-    if weights_sha != preset.weights_sha256:
-        raise ModelError(f"{src}: sha256 {weights_sha} is not the pinned {preset.weights_sha256}")
-    key = hashlib.sha256(f"{weights_sha}:{BUILDER_VERSION}:{size}".encode()).hexdigest()[:16]
+    # The key uses the pinned sha256 (the weights must match it), so a cached build is found without
+    # the weights package: an installed smarttags needs it only to build.
+    key = hashlib.sha256(f"{preset.weights_sha256}:{BUILDER_VERSION}:{size}".encode()).hexdigest()[:16]
     target = models_dir(settings) / f"{name}-{size}px-{key}.onnx"
     if target.is_file() and not force:
         try:
             return _verified(name, target, size)
         except ModelError:
             log.warning("cached backbone %s fails its checksum; rebuilding", target)
+    src = weights_path(preset)
+    weights_sha = sha256_file(src)
+    if weights_sha != preset.weights_sha256:
+        raise ModelError(f"{src}: sha256 {weights_sha} is not the pinned {preset.weights_sha256}")
     log.info("building %s (%dpx) from %s", name, size, src)
     model = build_graph(read_state_dict(src), preset, size)
     data = model.SerializeToString()

@@ -96,7 +96,7 @@ def load_objects() -> list[dict[str, Any]]:
 def pattern_kind(obj: Mapping[str, Any]) -> str:
     """Which of our indices an index-pattern object stands for: its id is ``<prefix>-<kind>``."""
     kind = str(obj["id"]).removeprefix(f"{DEFAULT_PREFIX}-")
-    if obj["type"] != "index-pattern" or not (resources.templates_dir() / f"{kind}.index.json").is_file():
+    if obj["type"] != "index-pattern" or not resources.exists(f"{kind}.index.json"):
         raise ConfigError(TEMPLATE, f"{obj['type']}:{obj['id']} names no index of ours")
     return kind
 

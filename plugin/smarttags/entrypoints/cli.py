@@ -392,12 +392,10 @@ def _serve_demo_admin(settings: Settings, started: list[Any]) -> None:
 
 
 def load_adapter(relative: str, name: str) -> Any:
-    """Load one of the top-level adapter files (``scheduler/``, ``lambda/``) by path, as Lambda does."""
+    """Load one of the top-level adapter files (``scheduler/``, ``lambda/``) of a checkout by path, as Lambda does."""
     import importlib.util
 
-    from smarttags.resources import templates_dir
-
-    path = templates_dir().parent / relative
+    path = Path(__file__).resolve().parents[3] / relative  # plugin/smarttags/entrypoints/cli.py -> checkout
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise FileNotFoundError(path)
