@@ -352,8 +352,9 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
-    module = load_adapter("scheduler/service.py", "smarttags_scheduler_service")
-    return int(module.main(settings, once=args.once))
+    from smarttags.entrypoints import scheduler
+
+    return scheduler.main(settings, once=args.once)
 
 
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -409,7 +410,7 @@ def _serve_demo_admin(settings: Settings, started: list[Any]) -> None:
 
 
 def load_adapter(relative: str, name: str) -> Any:
-    """Load one of the top-level adapter files (``scheduler/``, ``lambda/``) by path, as Lambda does."""
+    """Load a top-level file of the checkout (``lambda/handler.py``) by path, as Lambda does."""
     import importlib.util
 
     from smarttags.resources import templates_dir
@@ -541,12 +542,12 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def scheduler_next_runs(settings: Settings) -> dict[str, str | None]:
-    """The scheduler's next window times (from the scheduler adapter, which needs APScheduler)."""
+    """The scheduler's next window times (the scheduler module needs APScheduler)."""
     from datetime import UTC, datetime
 
-    module = load_adapter("scheduler/service.py", "smarttags_scheduler_service")
-    times: dict[str, str | None] = module.next_run_times(settings, datetime.now(UTC))
-    return times
+    from smarttags.entrypoints import scheduler
+
+    return scheduler.next_run_times(settings, datetime.now(UTC))
 
 
 def _cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
