@@ -4,7 +4,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from smarttags import settings
 from smarttags.core import windows as scheduling
-from smarttags.entrypoints.cli import load_adapter as load
+from smarttags.entrypoints import scheduler
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 DAY = timedelta(hours=24)
@@ -45,7 +45,7 @@ def test_selection_rules_with_a_controlled_clock(doc, gap, reason):
 
 @pytest.fixture(scope="module")
 def service():
-    return load("scheduler/service.py", "smarttags_scheduler_service_test")
+    return scheduler
 
 
 def test_default_windows_fire_saturday_0030_and_daily_midnight(service):

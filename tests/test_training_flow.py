@@ -144,6 +144,43 @@ def test_predict_is_a_dry_run(services, sample_dir, config, capsys):
     assert max(result["scores"], key=result["scores"].get) == "clipart:flags"
     assert services.index.count("assets") == before
 
+    # A missing file is one error line; the good file's result still prints; the exit code says it failed.
+    code = cli.main(["--config", str(config), "predict", "missing.png", str(flag), "--all-scores"])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.err.strip().splitlines() == [
+        "smarttags predict: missing.png: cannot read: No such file or directory"
+    ]
+    lines = captured.out.splitlines()
+    assert lines[0].startswith(f"{flag}: clipart:flags (")
+    score_lines = [line.split() for line in lines[1:]]
+    assert score_lines and score_lines[0][1] == "clipart:flags"
+    assert all(len(score.split(".")[1]) == 6 for score, _ in score_lines)  # not rounded to 4 decimals
+
+
+def test_unreadable_inputs_are_one_line(services, config, capsys, tmp_path):
+    bucket = services.settings.aws.bucket
+    yaml, csv = tmp_path / "missing.yaml", tmp_path / "missing.csv"
+    for argv, what in [
+        (["taxonomy", "import", str(yaml)], f"taxonomy file {yaml}"),
+        (["ingest", f"s3://{bucket}/train/", "--manifest", str(csv)], f"manifest {csv}"),
+        (["train", "--folder", f"s3://{bucket}/train/", "--manifest", str(csv)], f"manifest {csv}"),
+    ]:
+        assert cli.main(["--config", str(config), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines() == [f"smarttags: cannot read {what}: No such file or directory"]
+
+
+def test_training_a_folder_that_does_not_exist_says_so(services, sample_dir, config, capsys):
+    cli.main(["--config", str(config), "taxonomy", "import", str(sample_dir / "taxonomy.json")])
+    capsys.readouterr()
+    bucket = services.settings.aws.bucket
+    assert cli.main(["--config", str(config), "train", "--folder", f"s3://{bucket}/no-such-folder/"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().splitlines() == [
+        f"smarttags: no objects under s3://{bucket}/no-such-folder/: check the folder URI"
+    ]
+
 
 def test_tags_outside_the_taxonomy_are_refused(services, sample_dir, config, capsys, tmp_path):
     cli.main(["--config", str(config), "taxonomy", "import", str(sample_dir / "taxonomy.json")])

@@ -14,7 +14,7 @@ from smarttags.core.asset import asset_id
 from smarttags.core.runs import SCHEDULE
 from smarttags.core.search import SearchRequest
 from smarttags.core.taxonomy import Tag
-from smarttags.entrypoints.cli import load_adapter as load
+from smarttags.entrypoints import scheduler
 from smarttags.entrypoints.compose import Services
 from smarttags.entrypoints.worker import Worker
 
@@ -152,7 +152,7 @@ def test_two_schedulers_run_each_window_once(services):
 
 
 def test_a_window_missed_while_stopped_runs_once_on_restart(services):
-    service = load("scheduler/service.py", "smarttags_scheduler_service_worker_test")
+    service = scheduler
     services.folders.set_enabled(services.settings.aws.bucket, "m/", True)
     # The service was down at 00:00; it comes back at 03:00, inside the misfire grace time.
     now = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)

@@ -66,6 +66,10 @@ class Model:
         return self.manifest.version
 
 
+# Enough decimals that distinct float32 scores do not tie (4 made near-equal tags rank by name).
+SCORE_DECIMALS = 6
+
+
 @dataclass(frozen=True)
 class SmartTag:
     tag: str
@@ -91,13 +95,29 @@ def apply_thresholds(
         if tag in rejected_set:
             continue
         if tag in promoted_set:
-            chosen[tag] = SmartTag(tag, round(float(score), 4), promoted=True)
+            chosen[tag] = SmartTag(tag, round(float(score), SCORE_DECIMALS), promoted=True)
         elif score >= threshold:
-            chosen[tag] = SmartTag(tag, round(float(score), 4))
+            chosen[tag] = SmartTag(tag, round(float(score), SCORE_DECIMALS))
     for tag in promoted_set - chosen.keys():
         chosen[tag] = SmartTag(tag, 1.0, promoted=True)
     ranked = sorted(chosen.values(), key=lambda s: (not s.promoted, -s.confidence, s.tag))
     return ranked[:max_tags]
+
+
+def score_embedding(
+    model: Model,
+    embedding: NDArray[np.floating],
+    *,
+    rejected: Iterable[str] = (),
+    promoted: Iterable[str] = (),
+    max_tags: int = 20,
+) -> tuple[list[SmartTag], dict[str, float]]:
+    """One embedding through the model: the smart tags it gets, and every tag's score."""
+    scores = model.heads.scores(embedding[None, :])[0]
+    chosen = apply_thresholds(
+        model.heads.tags, scores, model.heads.thresholds, rejected=rejected, promoted=promoted, max_tags=max_tags
+    )
+    return chosen, dict(zip(model.heads.tags, (float(v) for v in scores.tolist()), strict=True))
 
 
 def new_version(now: datetime | None = None) -> str:

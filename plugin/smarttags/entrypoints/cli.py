@@ -14,8 +14,16 @@ from pydantic import SecretStr
 
 from smarttags import settings as settings_mod
 from smarttags.entrypoints.progress import Progress
-from smarttags.errors import SmartTagsError
+from smarttags.errors import RequestError, SmartTagsError
 from smarttags.settings import Settings
+
+
+def _read_text(path: str, what: str) -> str:
+    """A user's input file, or one clear error line (exit 2) instead of a traceback."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RequestError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from exc
 
 
 def _print_json(value: Any) -> None:
@@ -113,7 +121,7 @@ def _cmd_taxonomy_import(settings: Settings, args: argparse.Namespace) -> int:
     from smarttags.core import taxonomy
 
     path = Path(args.file)
-    tags = taxonomy.parse(path.read_text(encoding="utf-8"), source=str(path))
+    tags = taxonomy.parse(_read_text(args.file, "taxonomy file"), source=str(path))
     count = _services(settings).taxonomy.import_tags(tags)
     print(f"imported {count} tags from {path}")
     return 0
@@ -125,9 +133,9 @@ def _cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from smarttags.core import ingest
     from smarttags.core.folders import parse_uri
 
+    manifest = ingest.read_manifest(_read_text(args.manifest, "manifest")) if args.manifest else None
     services = _services(settings)
     bucket, prefix = parse_uri(args.uri, settings.aws.bucket)
-    manifest = ingest.read_manifest(Path(args.manifest).read_text(encoding="utf-8")) if args.manifest else None
     progress = Progress(not args.json)
     try:
         result = ingest.sync_folder(
@@ -155,13 +163,17 @@ def _cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags.adapters.s3 import ObjectStore
     from smarttags.core import ingest, report
     from smarttags.core.folders import parse_uri
     from smarttags.core.runs import ON_DEMAND
 
+    manifest = ingest.read_manifest(_read_text(args.manifest, "manifest")) if args.manifest else None
     services = _services(settings)
     folders = [parse_uri(uri, settings.aws.bucket) for uri in args.folder]
-    manifest = ingest.read_manifest(Path(args.manifest).read_text(encoding="utf-8")) if args.manifest else None
+    for bucket, prefix in folders:
+        if next(ObjectStore(services.s3, bucket).list(prefix), None) is None:
+            raise RequestError(f"no objects under s3://{bucket}/{prefix}: check the folder URI")
     progress = Progress(not args.json)
     try:
         result = services.trainer.train(
@@ -177,7 +189,10 @@ def _cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         print(report.as_table(result))
         if args.xlsx:
             print(f"report written to {args.xlsx}")
-    return 0 if result.model_version else 1
+    if not result.model_version:
+        print("smarttags train: no tag had enough pictures to train; no model was made", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_report(settings: Settings, args: argparse.Namespace) -> int:
@@ -227,40 +242,44 @@ def _cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
-    from smarttags.core.model_registry import apply_thresholds
+    from smarttags.core.model_registry import score_embedding
     from smarttags.errors import ImageError
 
     services = _services(settings)
     model = services.models.load_active()
     embedder = services.embedder()
-    files = [Path(f) for f in args.images]
-    results = embedder.embed_bytes([f.read_bytes() for f in files])
     out: list[dict[str, Any]] = []
-    for path, result in zip(files, results, strict=True):
-        if isinstance(result, ImageError):
-            out.append({"file": str(path), "error": result.reason})
-            continue
-        scores = model.heads.scores(result[None, :])[0]
-        chosen = apply_thresholds(
-            model.heads.tags, scores, model.heads.thresholds, max_tags=settings.tagging.max_tags_per_asset
-        )
-        entry: dict[str, Any] = {
-            "file": str(path),
-            "tags": [{"tag": t.tag, "confidence": t.confidence} for t in chosen],
-        }
-        if args.all_scores:
-            entry["scores"] = {t: round(float(v), 4) for t, v in zip(model.heads.tags, scores.tolist(), strict=True)}
+    readable: list[tuple[dict[str, Any], bytes]] = []
+    for name in args.images:
+        entry: dict[str, Any] = {"file": name}
         out.append(entry)
+        try:
+            readable.append((entry, Path(name).read_bytes()))
+        except OSError as exc:
+            entry["error"] = f"cannot read: {exc.strerror or exc}"
+    results = embedder.embed_bytes([data for _, data in readable])
+    for (entry, _), result in zip(readable, results, strict=True):
+        if isinstance(result, ImageError):
+            entry["error"] = result.reason
+            continue
+        chosen, scores = score_embedding(model, result, max_tags=settings.tagging.max_tags_per_asset)
+        entry["tags"] = [{"tag": t.tag, "confidence": t.confidence} for t in chosen]
+        if args.all_scores:
+            entry["scores"] = scores
+    failed = [entry for entry in out if "error" in entry]
     if args.json:
         _print_json({"model": model.version, "predictions": out})
     else:
         for entry in out:
             if "error" in entry:
-                print(f"{entry['file']}: {entry['error']}")
-            else:
-                tags = ", ".join(f"{t['tag']} ({t['confidence']:.2f})" for t in entry["tags"]) or "(no tag)"
-                print(f"{entry['file']}: {tags}")
-    return 0
+                continue
+            tags = ", ".join(f"{t['tag']} ({t['confidence']:.2f})" for t in entry["tags"]) or "(no tag)"
+            print(f"{entry['file']}: {tags}")
+            for tag, score in sorted(entry.get("scores", {}).items(), key=lambda kv: (-kv[1], kv[0])):
+                print(f"    {score:.6f}  {tag}")
+    for entry in failed:
+        print(f"smarttags predict: {entry['file']}: {entry['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 # --- tagging, runs, folders, worker, scheduler -----------------------------------------------------
@@ -335,8 +354,9 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
-    module = load_adapter("scheduler/service.py", "smarttags_scheduler_service")
-    return int(module.main(settings, once=args.once))
+    from smarttags.entrypoints import scheduler
+
+    return scheduler.main(settings, once=args.once)
 
 
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -392,7 +412,7 @@ def _serve_demo_admin(settings: Settings, started: list[Any]) -> None:
 
 
 def load_adapter(relative: str, name: str) -> Any:
-    """Load one of the top-level adapter files (``scheduler/``, ``lambda/``) of a checkout by path, as Lambda does."""
+    """Load a top-level file of the checkout (``lambda/handler.py``) by path, as Lambda does."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[3] / relative  # plugin/smarttags/entrypoints/cli.py -> checkout
@@ -522,12 +542,12 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def scheduler_next_runs(settings: Settings) -> dict[str, str | None]:
-    """The scheduler's next window times (from the scheduler adapter, which needs APScheduler)."""
+    """The scheduler's next window times (the scheduler module needs APScheduler)."""
     from datetime import UTC, datetime
 
-    module = load_adapter("scheduler/service.py", "smarttags_scheduler_service")
-    times: dict[str, str | None] = module.next_run_times(settings, datetime.now(UTC))
-    return times
+    from smarttags.entrypoints import scheduler
+
+    return scheduler.next_run_times(settings, datetime.now(UTC))
 
 
 def _cmd_validate(settings: Settings, args: argparse.Namespace) -> int:

@@ -76,10 +76,12 @@ def create_app(
     )
     app.debug = debug
     if next_runs is None:
-        from smarttags.entrypoints.cli import scheduler_next_runs
+        from datetime import UTC, datetime
+
+        from smarttags.entrypoints import scheduler
 
         def default_next_runs() -> Mapping[str, str | None]:
-            return scheduler_next_runs(settings)
+            return scheduler.next_run_times(settings, datetime.now(UTC))
 
         next_runs = default_next_runs
     app.extensions["smarttags"] = AdminContext(

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
+
 from smarttags.core import windows as scheduling
 from smarttags.entrypoints.compose import Services
 from smarttags.settings import Settings
@@ -29,7 +30,7 @@ from smarttags.settings import Settings
 log = logging.getLogger("smarttags.scheduler")
 
 
-class WallClockCronTrigger(BaseTrigger):
+class WallClockCronTrigger(BaseTrigger):  # type: ignore[misc]  # APScheduler ships no type hints
     """A cron trigger evaluated on the wall clock of its time zone.
 
     APScheduler 3.x's CronTrigger adds 24-hour days to zone-aware times, so right after a DST change it
@@ -48,7 +49,7 @@ class WallClockCronTrigger(BaseTrigger):
 
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
         previous = self._to_wall(previous_fire_time) if previous_fire_time else None
-        candidate = self._wall.get_next_fire_time(previous, self._to_wall(now))
+        candidate: datetime | None = self._wall.get_next_fire_time(previous, self._to_wall(now))
         while candidate is not None:
             local = candidate.replace(tzinfo=self.timezone)
             if local.astimezone(UTC).astimezone(self.timezone).replace(tzinfo=None) == local.replace(tzinfo=None):
