@@ -1,5 +1,6 @@
 """Search on the embedded OpenSearch: the tiers, the edge cases of query text, moderation, find similar."""
 
+import itertools
 import json
 import random
 
@@ -212,7 +213,7 @@ def test_property_tier1_is_in_bm25_order(services, os_client):
         bm25 = {h["_source"]["key"]: h["_score"] for h in plain["hits"]["hits"]}
         assert {h.key for h in tier1} == set(bm25), text
         scores = [bm25[h.key] for h in tier1]
-        assert all(b <= a + resolution for a, b in zip(scores, scores[1:])), (text, scores)
+        assert all(b <= a + resolution for a, b in itertools.pairwise(scores)), (text, scores)
         checked += len(tier1) > 1
     assert checked >= 10  # the property was exercised on lists with an order to get wrong
 
