@@ -283,3 +283,13 @@ def test_minimal_http_call_uses_template_defaults(services, os_client, corpus):
         "a/meta_both.jpg",
         "b/mixed.jpg",
     }
+
+
+@pytest.mark.parametrize("locale", ["fr", "pl", "it", "ja", "ru"])
+def test_english_titles_are_the_fallback_in_every_locale(services, corpus, locale):
+    assert {"smart_both", "smart_running"} <= {k for k, _ in _keys(_search(services, "running", locale=locale))}
+
+
+def test_english_titles_and_synonyms_still_match_a_tag_with_a_german_title(services, corpus):
+    assert dict(_keys(_search(services, "lady", locale="de"))) == {"smart_both": 2, "smart_woman": 2}
+    assert dict(_keys(_search(services, "woman", locale="de")))["smart_woman"] == 2

@@ -117,7 +117,13 @@ class Searcher:
         distinct = max(len(set(tokens)), len(metadata_tokens))
         if distinct > MAX_QUERY_TOKENS:
             raise RequestError(f"the query has {distinct} distinct words; at most {MAX_QUERY_TOKENS} are allowed")
-        by_token = self._taxonomy.load().tags_for_tokens(tokens, request.locale) if tokens else {}
+        # Tags titled only in the fallback locale match the query analysed with the fallback's analyzer.
+        fallback = (
+            self._index.analyze(text, analyzer_for(DEFAULT_LOCALE))
+            if tokens and analyzer_for(request.locale) != analyzer_for(DEFAULT_LOCALE)
+            else None
+        )
+        by_token = self._taxonomy.load().tags_for_tokens(tokens, request.locale, fallback) if tokens else {}
         union = sorted({tag for tags in by_token.values() for tag in tags})
         every_token_tagged = bool(by_token) and all(by_token.values())
         ranked = union[:MAX_RANKED_TAGS]

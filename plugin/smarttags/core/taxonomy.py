@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,16 +155,25 @@ class Taxonomy:
             parent = Tag(parent, {}).parent
         return found
 
-    def tags_for_tokens(self, tokens: Iterable[str], locale: str) -> dict[str, list[str]]:
-        """For each query token, the tags whose title or synonyms in that locale contain it."""
-        wanted = list(dict.fromkeys(tokens))
-        found: dict[str, list[str]] = {token: [] for token in wanted}
+    def tags_for_tokens(
+        self, tokens: Sequence[str], locale: str, fallback_tokens: Sequence[str] | None = None
+    ) -> dict[str, list[str]]:
+        """For each query token, the tags whose title or synonyms in that locale contain it, or whose
+        English titles and synonyms contain the same word analysed in English (``fallback_tokens``,
+        position by position; the token itself when not given)."""
         base = locale.split("-")[0]
+        fallback = list(fallback_tokens) if fallback_tokens is not None else list(tokens)
+        if len(fallback) != len(tokens):
+            fallback = list(tokens)
+        found: dict[str, list[str]] = {token: [] for token in tokens}
+        alternatives: dict[str, set[str]] = {token: set() for token in tokens}
+        for token, english in zip(tokens, fallback, strict=True):
+            alternatives[token].add(english)
         for tag in self.tags.values():
-            tag_tokens = tag.tokens.get(locale) or tag.tokens.get(base) or tag.tokens.get(DEFAULT_LOCALE, [])
-            present = set(tag_tokens)
-            for token in wanted:
-                if token in present:
+            own = set(tag.tokens.get(locale) or tag.tokens.get(base) or [])
+            english_tokens = set(tag.tokens.get(DEFAULT_LOCALE) or [])
+            for token in found:
+                if token in own or alternatives[token] & english_tokens:
                     found[token].append(tag.id)
         return found
 
