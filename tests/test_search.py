@@ -293,3 +293,12 @@ def test_english_titles_are_the_fallback_in_every_locale(services, corpus, local
 def test_english_titles_and_synonyms_still_match_a_tag_with_a_german_title(services, corpus):
     assert dict(_keys(_search(services, "lady", locale="de"))) == {"smart_both": 2, "smart_woman": 2}
     assert dict(_keys(_search(services, "woman", locale="de")))["smart_woman"] == 2
+
+
+def test_accents_fold_in_tag_titles_as_in_metadata(services):
+    services.taxonomy.import_tags([Tag("food:creme-brulee", {"en": "Crème brûlée", "fr": "Crème brûlée"})])
+    _asset(services, "f/dessert.jpg", smart=[("food:creme-brulee", 0.9)])
+    _asset(services, "f/menu.jpg", title="Crème brûlée")
+    services.index.refresh()
+    for text, locale in [("creme brulee", "en"), ("crème brûlée", "en"), ("creme brulee", "fr")]:
+        assert _keys(_search(services, text, locale=locale)) == [("menu", 1), ("dessert", 2)], (text, locale)

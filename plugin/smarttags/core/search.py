@@ -26,7 +26,7 @@ from typing import Any
 
 from smarttags.adapters.opensearch import TEMPLATES, SearchIndex
 from smarttags.core.asset import asset_id, feature_name
-from smarttags.core.taxonomy import DEFAULT_LOCALE, TaxonomyStore, analyzer_for
+from smarttags.core.taxonomy import DEFAULT_LOCALE, TaxonomyStore, analyzer_for, fold
 from smarttags.errors import NotFound, RequestError
 
 log = logging.getLogger(__name__)
@@ -112,14 +112,14 @@ class Searcher:
             raise RequestError(f"pages reach at most {MAX_WINDOW} results; use search_after for deeper pages")
         if request.search_after is not None and (request.page or len(request.search_after) != 2):
             raise RequestError("search_after takes the previous page's last [score, asset_id] and no page number")
-        tokens = self._index.analyze(text, analyzer_for(request.locale)) if text else []
+        tokens = self._index.analyze(fold(text), analyzer_for(request.locale)) if text else []
         metadata_tokens = set(self._index.analyze(text, "metadata_text", kind="assets")) if text else set()
         distinct = max(len(set(tokens)), len(metadata_tokens))
         if distinct > MAX_QUERY_TOKENS:
             raise RequestError(f"the query has {distinct} distinct words; at most {MAX_QUERY_TOKENS} are allowed")
         # Tags titled only in the fallback locale match the query analysed with the fallback's analyzer.
         fallback = (
-            self._index.analyze(text, analyzer_for(DEFAULT_LOCALE))
+            self._index.analyze(fold(text), analyzer_for(DEFAULT_LOCALE))
             if tokens and analyzer_for(request.locale) != analyzer_for(DEFAULT_LOCALE)
             else None
         )

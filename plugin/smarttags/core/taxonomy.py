@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import time
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,12 @@ ANALYZERS = {
     "zh": "cjk",
     "ko": "cjk",
 }
+
+
+def fold(token: str) -> str:
+    """Accents folded before analysis, as the metadata analyzer folds them: "brûlée" and "brulee" are
+    one word (the language analyzers stem before any folding, so folding afterwards is too late)."""
+    return "".join(c for c in unicodedata.normalize("NFKD", token) if not unicodedata.combining(c))
 
 
 def analyzer_for(locale: str) -> str:
@@ -189,7 +196,7 @@ class TaxonomyStore:
         tokens: dict[str, list[str]] = {}
         for locale in sorted(locales):
             text = " \n ".join([tag.titles.get(locale, ""), *tag.synonyms.get(locale, [])])
-            tokens[locale] = sorted(set(self._index.analyze(text, analyzer_for(locale))))
+            tokens[locale] = sorted(set(self._index.analyze(fold(text), analyzer_for(locale))))
         return tokens
 
     def import_tags(self, tags: Iterable[Tag]) -> int:
