@@ -1,5 +1,6 @@
 """Search on the embedded OpenSearch: the tiers, the edge cases of query text, moderation, find similar."""
 
+import itertools
 import json
 import random
 
@@ -105,7 +106,7 @@ def test_quoted_phrase_and_query_syntax_are_plain_text(services, corpus):
 def test_template_escapes_every_parameter(services, corpus):
     nasty = '"}}]}, "size": 1000, "query": {"match_all": {}}, "x": [{{"'
     params = services.searcher.params(SearchRequest(text=nasty))
-    rendered = services.index.render_template("smarttags-search-v1", params)["template_output"]
+    rendered = services.index.render_template("smarttags-search-v2", params)["template_output"]
     assert rendered["size"] == 20
     tier1 = rendered["query"]["bool"]["must"][0]["dis_max"]["queries"][0]["bool"]
     assert tier1["must"][0]["multi_match"]["query"] == nasty
@@ -174,3 +175,130 @@ def test_property_no_lower_tier_outranks_a_higher_one(services):
         assert got == expected, json.dumps(sorted(terms))
         tiers = [hit.tier for hit in result.hits]
         assert tiers == sorted(tiers)
+
+
+def test_property_tier1_is_in_bm25_order(services, os_client):
+    """Random titles and descriptions: tier 1 follows the plain metadata BM25 score, whatever the smart tags."""
+    rng = random.Random(11)
+    services.taxonomy.import_tags([Tag(f"c:{w}", {"en": w.title()}) for w in WORDS])
+    filler = ["old", "town", "sunny", "day", "photo", "street", "light"]
+    for i in range(60):
+        title = " ".join(rng.choices(WORDS + filler, k=rng.randint(1, 4)))
+        description = " ".join(rng.choices(WORDS + filler, k=rng.randint(0, 30))) or None
+        smart = [(f"c:{w}", round(rng.uniform(0.05, 1.0), 3)) for w in rng.sample(WORDS, rng.randint(0, 3))]
+        _asset(services, f"bm/{i}.jpg", title=title, description=description, smart=smart)
+    services.index.refresh()
+    checked = 0
+    for _ in range(20):
+        text = " ".join(rng.sample(WORDS, rng.randint(1, 2)))
+        result = _search(services, text, size=100)
+        tier1 = [h for h in result.hits if h.tier == 1]
+        # Scores near 3 are float32: BM25 differences below one ulp (2.4e-7) after scaling are ties.
+        resolution = 2 * 2.4e-7 / result.params["bm25_scale"]
+        plain = os_client.search(
+            index=services.index.name("assets"),
+            body={
+                "size": 100,
+                "query": {
+                    "multi_match": {
+                        "query": text,
+                        "type": "cross_fields",
+                        "operator": "and",
+                        "fields": ["title^3", "keywords^2", "description"],
+                        "analyzer": "metadata_text",
+                    }
+                },
+            },
+        )
+        bm25 = {h["_source"]["key"]: h["_score"] for h in plain["hits"]["hits"]}
+        assert {h.key for h in tier1} == set(bm25), text
+        scores = [bm25[h.key] for h in tier1]
+        assert all(b <= a + resolution for a, b in itertools.pairwise(scores)), (text, scores)
+        checked += len(tier1) > 1
+    assert checked >= 10  # the property was exercised on lists with an order to get wrong
+
+
+def test_paging_through_ties_returns_each_hit_once(services):
+    services.taxonomy.import_tags(TAXONOMY)
+    # 0.616 and 0.617 share a rank feature's 8 stored bits: many equal scores.
+    keys = {_asset(services, f"tie/{i}.jpg", smart=[("people:woman", 0.616 + (i % 2) / 1000)]) for i in range(45)}
+    services.index.refresh()
+    by_page = []
+    for page in range(7):
+        by_page += [h.asset_id for h in _search(services, "woman", size=7, page=page).hits]
+    assert sorted(by_page) == sorted(keys)
+    by_cursor, after = [], None
+    while True:
+        hits = _search(services, "woman", size=7, search_after=after).hits
+        if not hits:
+            break
+        by_cursor += [h.asset_id for h in hits]
+        after = hits[-1].sort
+    assert by_cursor == by_page
+
+
+def test_too_many_distinct_words_is_a_clean_refusal(services, corpus):
+    from smarttags.errors import RequestError
+
+    chinese = "".join(chr(0x4E00 + i) for i in range(1000))
+    with pytest.raises(RequestError, match="distinct words"):
+        _search(services, chinese, locale="zh")
+    words = " ".join(f"w{i}" for i in range(300))
+    with pytest.raises(RequestError, match="distinct words"):
+        _search(services, words)
+    assert _search(services, " ".join(["woman running"] * 30)).total == 5  # repeats are not distinct
+
+
+def test_a_word_matching_thousands_of_tags(services):
+    """A 5,000-tag taxonomy in which 2,000 tags share the word "jacket": no maxClauseCount error."""
+    tags = [Tag(f"wear:jacket/{i}", {"en": f"Jacket model {i}"}) for i in range(2000)]
+    tags += [Tag(f"misc:item/{i}", {"en": f"Item {i}"}) for i in range(3000)]
+    services.taxonomy.import_tags(tags)
+    assert len(services.taxonomy.load()) == 5000
+    _asset(services, "j/first.jpg", smart=[("wear:jacket/0", 0.9)])
+    _asset(services, "j/last.jpg", smart=[("wear:jacket/1999", 0.8)])  # beyond the ranked tags: still found
+    _asset(services, "j/meta.jpg", title="A red jacket")
+    services.index.refresh()
+    assert _keys(_search(services, "jacket")) == [("meta", 1), ("first", 2), ("last", 2)]
+
+
+def test_folder_as_s3_url(services, corpus):
+    bucket = services.settings.aws.bucket
+    expected = {"smart_running", "mixed"}
+    assert {k for k, _ in _keys(_search(services, "woman running", folder=f"s3://{bucket}/b/"))} == expected
+    from smarttags.errors import RequestError
+
+    with pytest.raises(RequestError, match="not in bucket"):
+        _search(services, "woman", folder="s3://other-bucket/b/")
+
+
+def test_minimal_http_call_uses_template_defaults(services, os_client, corpus):
+    body = {
+        "id": "smarttags-search-v2",
+        "params": {"query": "woman", "has_query": True, "bucket": services.settings.aws.bucket},
+    }
+    response = os_client.search_template(index=services.index.name("assets"), body=body)
+    assert {h["_source"]["key"] for h in response["hits"]["hits"]} == {
+        "a/meta_woman.jpg",
+        "a/meta_both.jpg",
+        "b/mixed.jpg",
+    }
+
+
+@pytest.mark.parametrize("locale", ["fr", "pl", "it", "ja", "ru"])
+def test_english_titles_are_the_fallback_in_every_locale(services, corpus, locale):
+    assert {"smart_both", "smart_running"} <= {k for k, _ in _keys(_search(services, "running", locale=locale))}
+
+
+def test_english_titles_and_synonyms_still_match_a_tag_with_a_german_title(services, corpus):
+    assert dict(_keys(_search(services, "lady", locale="de"))) == {"smart_both": 2, "smart_woman": 2}
+    assert dict(_keys(_search(services, "woman", locale="de")))["smart_woman"] == 2
+
+
+def test_accents_fold_in_tag_titles_as_in_metadata(services):
+    services.taxonomy.import_tags([Tag("food:creme-brulee", {"en": "Crème brûlée", "fr": "Crème brûlée"})])
+    _asset(services, "f/dessert.jpg", smart=[("food:creme-brulee", 0.9)])
+    _asset(services, "f/menu.jpg", title="Crème brûlée")
+    services.index.refresh()
+    for text, locale in [("creme brulee", "en"), ("crème brûlée", "en"), ("creme brulee", "fr")]:
+        assert _keys(_search(services, text, locale=locale)) == [("menu", 1), ("dessert", 2)], (text, locale)

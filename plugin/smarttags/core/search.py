@@ -4,8 +4,9 @@ Ranking, guaranteed by score bands in the template (``search_templates/search.mu
     tier 1  metadata (title, keywords, description) match all terms       score in [3, 4)
     tier 2  the asset's smart tags together match all terms               score in [2, 3)
     tier 3  its smart tags match any term                                 score in [1, 2)
-Inside a band, BM25 (tier 1) and the matched tags' confidences via ``rank_feature`` (promoted tags
-carry +1) order the hits; each band's share is bounded below 1, so a band never overlaps the next.
+Tier 1 is ordered by BM25 alone (metadata relevance decides; ties fall to the asset id); tiers 2 and 3
+by the matched tags' confidences via ``rank_feature`` (promoted tags carry +1); each band's share is
+bounded below 1, so a band never overlaps the next. A unique sort tiebreaker (asset id) keeps paging stable.
 BM25 is bounded without a script: each query token scores at most boost(3) * (k1 + 1) * ln(2N + 2)
 per field with N < 2^32 documents, so scaling the metadata match by 0.6 / (that bound * the number of
 tokens) keeps it under 0.6 while preserving its order exactly.
@@ -25,7 +26,7 @@ from typing import Any
 
 from smarttags.core.asset import asset_id, feature_name
 from smarttags.core.ports import Index
-from smarttags.core.taxonomy import DEFAULT_LOCALE, TaxonomyStore, analyzer_for
+from smarttags.core.taxonomy import DEFAULT_LOCALE, TaxonomyStore, analyzer_for, fold
 from smarttags.errors import NotFound, RequestError
 from smarttags.resources import TEMPLATES
 
@@ -36,6 +37,12 @@ SIMILAR_TEMPLATE = TEMPLATES["similar.mustache"]
 MAX_QUERY_CHARS = 2000
 MAX_PAGE_SIZE = 100
 MAX_WINDOW = 10_000
+# Lucene refuses a query of more than 1024 clauses (maxClauseCount). The metadata match expands to
+# tokens x 3 fields, tier 2 has one terms clause per token, tiers 2 and 3 one rank_feature per ranked
+# tag: 64 * 3 + 64 + 2 * 300 = 856 clauses at most. Tags beyond the ranked ones still match (the
+# terms filters take any number); they only add no confidence to the score.
+MAX_QUERY_TOKENS = 64
+MAX_RANKED_TAGS = 300
 # An upper bound of one query token's BM25 score in the metadata match (see the module docstring).
 MAX_TOKEN_BM25 = 3 * 2.2 * math.log(2 * 2**32 + 2)
 TIER_NAMES = {
@@ -56,6 +63,8 @@ class SearchRequest:
     modified_to: str | None = None
     page: int = 0
     size: int = 20
+    # The last hit's ``sort`` values of the previous page: deep paging without a window limit.
+    search_after: Sequence[Any] | None = None
     highlight: bool = True  # which metadata fields matched, with the matching words marked
 
 
@@ -68,6 +77,7 @@ class Hit:
     matched_tags: list[str]
     highlights: dict[str, list[str]]
     source: dict[str, Any]
+    sort: list[Any] = field(default_factory=list)
 
     @property
     def why(self) -> str:
@@ -100,34 +110,47 @@ class Searcher:
         if not 1 <= request.size <= MAX_PAGE_SIZE:
             raise RequestError(f"page size must be between 1 and {MAX_PAGE_SIZE}")
         if request.page < 0 or (request.page + 1) * request.size > MAX_WINDOW:
-            raise RequestError(f"pages reach at most {MAX_WINDOW} results; narrow the search instead")
-        tokens = self._index.analyze(text, analyzer_for(request.locale)) if text else []
-        by_token = self._taxonomy.load().tags_for_tokens(tokens, request.locale) if tokens else {}
+            raise RequestError(f"pages reach at most {MAX_WINDOW} results; use search_after for deeper pages")
+        if request.search_after is not None and (request.page or len(request.search_after) != 2):
+            raise RequestError("search_after takes the previous page's last [score, asset_id] and no page number")
+        tokens = self._index.analyze(fold(text), analyzer_for(request.locale)) if text else []
+        metadata_tokens = set(self._index.analyze(text, "metadata_text", kind="assets")) if text else set()
+        distinct = max(len(set(tokens)), len(metadata_tokens))
+        if distinct > MAX_QUERY_TOKENS:
+            raise RequestError(f"the query has {distinct} distinct words; at most {MAX_QUERY_TOKENS} are allowed")
+        # Tags titled only in the fallback locale match the query analysed with the fallback's analyzer.
+        fallback = (
+            self._index.analyze(fold(text), analyzer_for(DEFAULT_LOCALE))
+            if tokens and analyzer_for(request.locale) != analyzer_for(DEFAULT_LOCALE)
+            else None
+        )
+        by_token = self._taxonomy.load().tags_for_tokens(tokens, request.locale, fallback) if tokens else {}
         union = sorted({tag for tags in by_token.values() for tag in tags})
         every_token_tagged = bool(by_token) and all(by_token.values())
-        share = 0.9 / max(len(union), 1)
+        ranked = union[:MAX_RANKED_TAGS]
+        share = 0.9 / max(len(ranked), 1)
         return {
             "query": text,
             "has_query": bool(text),
-            # Tokens never outnumber the non-blank characters: a bound that needs no analysis.
-            "bm25_scale": 0.6 / (MAX_TOKEN_BM25 * max(1, len("".join(text.split())))),
+            # Bounded by the metadata analyzer's own tokens: the tighter the bound, the more of BM25's
+            # order survives float32 scores near 3 (resolution 2.4e-7).
+            "bm25_scale": 0.6 / (MAX_TOKEN_BM25 * max(1, len(metadata_tokens))),
             "highlight": request.highlight,
             "bucket": self._bucket,
-            "folder": (request.folder or "").strip("/") or None,
+            "folder": self._folder(request.folder),
             "content_types": list(request.content_types),
             "has_content_types": bool(request.content_types),
             "modified_from": request.modified_from,
             "modified_to": request.modified_to,
             "from": request.page * request.size,
             "size": request.size,
+            "search_after": list(request.search_after or []),
+            "has_search_after": request.search_after is not None,
             "smart_all": [{"tags": tags} for tags in by_token.values()] if every_token_tagged else [],
             "has_smart_all": every_token_tagged,
             "smart_any": union,
             "has_smart_any": bool(union),
-            "features": [
-                {"feature": feature_name(tag), "boost": round(share, 6), "tier1_boost": round(share / 3, 6)}
-                for tag in union
-            ],
+            "features": [{"feature": feature_name(tag), "boost": round(share, 6)} for tag in ranked],
         }
 
     def search(self, request: SearchRequest) -> SearchResult:
@@ -149,10 +172,21 @@ class Searcher:
                     matched_tags=[t for t in source.get("smart_ids") or [] if t in wanted],
                     highlights=raw.get("highlight") or {},
                     source=source,
+                    sort=list(raw.get("sort") or []),
                 )
             )
         total = response["hits"]["total"]
         return SearchResult(total=int(total["value"] if isinstance(total, dict) else total), hits=hits, params=params)
+
+    def _folder(self, folder: str | None) -> str | None:
+        """A folder as a prefix ("seed") or as a URL of this bucket ("s3://bucket/seed/")."""
+        folder = (folder or "").strip()
+        if folder.startswith("s3://"):
+            bucket, _, path = folder[len("s3://") :].partition("/")
+            if bucket != self._bucket:
+                raise RequestError(f"folder {folder} is not in bucket {self._bucket!r}, the one this store searches")
+            folder = path
+        return folder.strip("/") or None
 
     def similar(self, key: str, *, folder: str | None = None, size: int = 10) -> list[Hit]:
         """The assets that look most like ``key`` (k-NN on embeddings, Lucene engine, cosine)."""
@@ -170,7 +204,7 @@ class Searcher:
             "k": size,
             "size": size,
             "bucket": self._bucket,
-            "folder": (folder or "").strip("/") or None,
+            "folder": self._folder(folder),
             "exclude_ids": [doc_id],
         }
         response = self._index.search_template("assets", SIMILAR_TEMPLATE, params)

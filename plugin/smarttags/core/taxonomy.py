@@ -11,7 +11,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,12 @@ ANALYZERS = {
     "zh": "cjk",
     "ko": "cjk",
 }
+
+
+def fold(token: str) -> str:
+    """Accents folded before analysis, as the metadata analyzer folds them: "brûlée" and "brulee" are
+    one word (the language analyzers stem before any folding, so folding afterwards is too late)."""
+    return "".join(c for c in unicodedata.normalize("NFKD", token) if not unicodedata.combining(c))
 
 
 def analyzer_for(locale: str) -> str:
@@ -155,16 +162,25 @@ class Taxonomy:
             parent = Tag(parent, {}).parent
         return found
 
-    def tags_for_tokens(self, tokens: Iterable[str], locale: str) -> dict[str, list[str]]:
-        """For each query token, the tags whose title or synonyms in that locale contain it."""
-        wanted = list(dict.fromkeys(tokens))
-        found: dict[str, list[str]] = {token: [] for token in wanted}
+    def tags_for_tokens(
+        self, tokens: Sequence[str], locale: str, fallback_tokens: Sequence[str] | None = None
+    ) -> dict[str, list[str]]:
+        """For each query token, the tags whose title or synonyms in that locale contain it, or whose
+        English titles and synonyms contain the same word analysed in English (``fallback_tokens``,
+        position by position; the token itself when not given)."""
         base = locale.split("-")[0]
+        fallback = list(fallback_tokens) if fallback_tokens is not None else list(tokens)
+        if len(fallback) != len(tokens):
+            fallback = list(tokens)
+        found: dict[str, list[str]] = {token: [] for token in tokens}
+        alternatives: dict[str, set[str]] = {token: set() for token in tokens}
+        for token, english in zip(tokens, fallback, strict=True):
+            alternatives[token].add(english)
         for tag in self.tags.values():
-            tag_tokens = tag.tokens.get(locale) or tag.tokens.get(base) or tag.tokens.get(DEFAULT_LOCALE, [])
-            present = set(tag_tokens)
-            for token in wanted:
-                if token in present:
+            own = set(tag.tokens.get(locale) or tag.tokens.get(base) or [])
+            english_tokens = set(tag.tokens.get(DEFAULT_LOCALE) or [])
+            for token in found:
+                if token in own or alternatives[token] & english_tokens:
                     found[token].append(tag.id)
         return found
 
@@ -180,7 +196,7 @@ class TaxonomyStore:
         tokens: dict[str, list[str]] = {}
         for locale in sorted(locales):
             text = " \n ".join([tag.titles.get(locale, ""), *tag.synonyms.get(locale, [])])
-            tokens[locale] = sorted(set(self._index.analyze(text, analyzer_for(locale))))
+            tokens[locale] = sorted(set(self._index.analyze(fold(text), analyzer_for(locale))))
         return tokens
 
     def import_tags(self, tags: Iterable[Tag]) -> int:
