@@ -141,6 +141,13 @@ def test_login_redirects_only_to_local_pages(app):
     assert response.headers["Location"] == "/models"
 
 
+@pytest.mark.parametrize("target", ["/\t/evil.example/", "/\n/x", "/\r/x", "/\\evil.example", "https://evil.example/"])
+def test_login_refuses_disguised_redirects(app, target):
+    response = app.test_client().post("/login", data={"username": "admin", "password": PASSWORD, "next": target})
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/search"
+
+
 def test_login_rate_limit(app):
     client = app.test_client()
     for _ in range(3):
