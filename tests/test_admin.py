@@ -377,3 +377,26 @@ def test_cli_create_user_and_validate(settings, services, monkeypatch, capsys):
     assert cli.main(["validate"]) == 1  # no active model yet
     out = capsys.readouterr().out
     assert "[FAIL] Active model" in out and "[ok  ] OpenSearch" in out
+
+
+def test_plain_http_with_secure_cookies_says_https_is_needed(settings, services, seeded):
+    app = _app(settings, services, secure_cookies=True)
+    app.config["WTF_CSRF_ENABLED"] = True
+    client = app.test_client()
+    page = client.get("/login", base_url="http://admin.example").get_data(as_text=True)
+    assert "needs HTTPS, or set admin.secure_cookies=false" in page
+    expired = client.post("/login", data={"username": "admin"}, base_url="http://admin.example")
+    assert expired.status_code == 400 and "needs HTTPS" in expired.get_data(as_text=True)
+    for base in ("https://admin.example", "http://localhost"):
+        assert "needs HTTPS" not in client.get("/login", base_url=base).get_data(as_text=True)
+
+
+def test_rollback_hidden_without_a_previous_model(settings, services):
+    UserStore(services.index).create("admin", PASSWORD, "admin")
+    client = _app(settings, services).test_client()
+    assert login(client, "admin").status_code == 302
+    page = client.get("/models").get_data(as_text=True)
+    assert "Roll back" not in page
+    icon = client.get("/static/favicon.svg")
+    icon.close()
+    assert 'rel="icon"' in page and icon.status_code == 200

@@ -265,7 +265,12 @@ def test_build_the_lambda_package(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "unzipped size:" in run.stdout
     package = out / "package"
-    for name in ("handler.py", "smarttags/core/tagging.py", "search_templates/assets.index.json", "models/backbone.onnx"):
+    for name in (
+        "handler.py",
+        "smarttags/core/tagging.py",
+        "search_templates/assets.index.json",
+        "models/backbone.onnx",
+    ):
         assert (package / name).is_file(), name
     assert (package / "models/backbone.onnx.sha256").read_text().split()[0]
     assert not list(package.rglob("__pycache__")) and not list(package.rglob("tests"))

@@ -103,6 +103,14 @@ def require(role: str) -> Callable[[F], F]:
     return decorate
 
 
+def needs_https() -> bool:
+    """Whether the browser will drop our Secure cookies: plain HTTP with ``admin.secure_cookies`` on
+    (browsers make an exception for localhost only)."""
+    host = (request.host or "").rsplit(":", 1)[0].strip("[]")
+    local = host in ("localhost", "127.0.0.1", "::1")
+    return bool(ctx().settings.admin.secure_cookies) and not request.is_secure and not local
+
+
 def _safe_next(target: str | None) -> str:
     """Follow only a same-site relative path. Browsers and Werkzeug drop tabs and newlines and treat
     backslashes as slashes, so anything holding those (or any control character) is refused outright."""
@@ -116,7 +124,7 @@ def _safe_next(target: str | None) -> str:
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     if request.method == "GET":
-        return render_template("login.html", next=request.args.get("next", ""))
+        return render_template("login.html", next=request.args.get("next", ""), needs_https=needs_https())
     limiter: LoginLimiter = current_app.extensions["smarttags_login_limiter"]
     username = request.form.get("username", "").strip()[:64]
     password = request.form.get("password", "")
