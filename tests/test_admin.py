@@ -400,3 +400,16 @@ def test_rollback_hidden_without_a_previous_model(settings, services):
     icon = client.get("/static/favicon.svg")
     icon.close()
     assert 'rel="icon"' in page and icon.status_code == 200
+
+
+def test_logout_ends_a_copied_session(app):
+    client = app.test_client()
+    assert login(client, "admin").status_code == 302
+    copy = app.test_client()
+    copy.set_cookie("smarttags_session", client.get_cookie("smarttags_session").value)
+    assert copy.get("/models").status_code == 200
+    assert client.post("/logout").status_code == 302
+    stolen = copy.get("/models")
+    assert stolen.status_code == 302 and stolen.headers["Location"].startswith("/login")
+    assert login(client, "admin").status_code == 302  # a new login works again
+    assert client.get("/models").status_code == 200

@@ -72,6 +72,8 @@ def load_user() -> WerkzeugResponse | None:
     name = session.get("user")
     if isinstance(name, str):
         g.user = ctx().users.get(name)
+        if g.user is not None and session.get("generation") != g.user.session_generation:
+            g.user = None  # the session was ended (logout elsewhere, password or role change)
         if g.user is None:
             session.clear()
     if g.user is None and request.endpoint not in PUBLIC_ENDPOINTS:
@@ -142,11 +144,15 @@ def login() -> Any:
     limiter.reset(account)
     session.clear()  # a fresh session on login: no fixation
     session["user"] = user.username
+    session["generation"] = user.session_generation
     session.permanent = True
     return redirect(_safe_next(request.form.get("next")))
 
 
 @bp.route("/logout", methods=["POST"])
 def logout() -> Any:
+    user = current_user()
+    if user is not None:
+        ctx().users.end_sessions(user.username)  # a copied cookie dies too
     session.clear()
     return redirect(url_for("auth.login"))
