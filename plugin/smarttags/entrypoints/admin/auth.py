@@ -22,7 +22,7 @@ PUBLIC_ENDPOINTS = {"auth.login", "static"}
 
 
 class LoginLimiter:
-    """Failed logins per client address and per user name within the last minute, kept in memory.
+    """Failed logins per (user name, client address) and per client address within the last minute, kept in memory.
 
     In-memory means per process: behind several processes each one counts on its own, and a restart
     forgets. Enough to make password guessing slow; put a proxy limit in front for more."""
@@ -39,10 +39,14 @@ class LoginLimiter:
             times.popleft()
         return times
 
-    def blocked(self, *keys: str) -> bool:
+    def blocked(self, pair: str, client: str) -> bool:
+        """A (account, client) pair gets ``per_minute`` tries, a client four times that over all names,
+        so an attacker elsewhere cannot lock a user out by failing on purpose."""
         now = self._clock()
         with self._lock:
-            return any(len(self._recent(k, now)) >= self.per_minute for k in keys)
+            return (
+                len(self._recent(pair, now)) >= self.per_minute or len(self._recent(client, now)) >= 4 * self.per_minute
+            )
 
     def failed(self, *keys: str) -> None:
         now = self._clock()
@@ -131,8 +135,8 @@ def login() -> Any:
     username = request.form.get("username", "").strip()[:64]
     password = request.form.get("password", "")
     address = f"ip:{request.remote_addr or '?'}"
-    account = f"user:{username.lower()}"
-    if limiter.blocked(address, account):
+    account = f"user:{username.lower()}|{address}"
+    if limiter.blocked(account, address):
         current_app.logger.warning("login rate limit hit for %s", address)
         return render_template(
             "login.html", error="Too many failed attempts. Wait a minute and try again.", next=""
