@@ -141,6 +141,13 @@ def test_login_redirects_only_to_local_pages(app):
     assert response.headers["Location"] == "/models"
 
 
+@pytest.mark.parametrize("target", ["/\t/evil.example/", "/\n/x", "/\r/x", "/\\evil.example", "https://evil.example/"])
+def test_login_refuses_disguised_redirects(app, target):
+    response = app.test_client().post("/login", data={"username": "admin", "password": PASSWORD, "next": target})
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/search"
+
+
 def test_login_rate_limit(app):
     client = app.test_client()
     for _ in range(3):
@@ -148,7 +155,12 @@ def test_login_rate_limit(app):
     response = login(client, "viewer")  # even the right password waits now
     assert response.status_code == 429
     assert "Too many failed attempts" in response.get_data(as_text=True)
-    assert login(client, "admin", "guess").status_code == 429  # the same address
+    elsewhere = app.test_client()
+    elsewhere.environ_base["REMOTE_ADDR"] = "198.51.100.7"
+    assert login(elsewhere, "viewer").status_code == 302  # failures elsewhere lock nobody out
+    for _ in range(9):  # the same address may try other names, up to four times the limit
+        assert login(client, f"nobody{_}", "guess").status_code == 401
+    assert login(client, "admin").status_code == 429
 
 
 def test_csrf_rejects_a_post_without_token(settings, services, seeded):
@@ -370,3 +382,39 @@ def test_cli_create_user_and_validate(settings, services, monkeypatch, capsys):
     assert cli.main(["validate"]) == 1  # no active model yet
     out = capsys.readouterr().out
     assert "[FAIL] Active model" in out and "[ok  ] OpenSearch" in out
+
+
+def test_plain_http_with_secure_cookies_says_https_is_needed(settings, services, seeded):
+    app = _app(settings, services, secure_cookies=True)
+    app.config["WTF_CSRF_ENABLED"] = True
+    client = app.test_client()
+    page = client.get("/login", base_url="http://admin.example").get_data(as_text=True)
+    assert "needs HTTPS, or set admin.secure_cookies=false" in page
+    expired = client.post("/login", data={"username": "admin"}, base_url="http://admin.example")
+    assert expired.status_code == 400 and "needs HTTPS" in expired.get_data(as_text=True)
+    for base in ("https://admin.example", "http://localhost"):
+        assert "needs HTTPS" not in client.get("/login", base_url=base).get_data(as_text=True)
+
+
+def test_rollback_hidden_without_a_previous_model(settings, services):
+    UserStore(services.index).create("admin", PASSWORD, "admin")
+    client = _app(settings, services).test_client()
+    assert login(client, "admin").status_code == 302
+    page = client.get("/models").get_data(as_text=True)
+    assert "Roll back" not in page
+    icon = client.get("/static/favicon.svg")
+    icon.close()
+    assert 'rel="icon"' in page and icon.status_code == 200
+
+
+def test_logout_ends_a_copied_session(app):
+    client = app.test_client()
+    assert login(client, "admin").status_code == 302
+    copy = app.test_client()
+    copy.set_cookie("smarttags_session", client.get_cookie("smarttags_session").value)
+    assert copy.get("/models").status_code == 200
+    assert client.post("/logout").status_code == 302
+    stolen = copy.get("/models")
+    assert stolen.status_code == 302 and stolen.headers["Location"].startswith("/login")
+    assert login(client, "admin").status_code == 302  # a new login works again
+    assert client.get("/models").status_code == 200

@@ -67,3 +67,15 @@ def test_guideline_checks():
     assert (
         guidelines.imbalanced(np.r_[np.ones((100, 1)), np.zeros((1, 1))].repeat(2, axis=1) * [1, 0.0], ["a", "b"]) == []
     )
+
+
+def test_xlsx_writes_hostile_titles_as_text_not_formulas():
+    rep = _report()
+    hostile = '=HYPERLINK("http://evil.example/","Click me")'
+    rep.rows[0].title = hostile
+    rep.notes.append("=1+1")
+    book = load_workbook(io.BytesIO(report.as_xlsx(rep)))
+    cell = book["Training report"].cell(row=2, column=2)
+    assert (cell.value, cell.data_type) == (hostile, "s")
+    notes = [r for r in book["Run"].iter_rows() if r[0].value == "Note"]
+    assert all(r[1].data_type == "s" for r in notes)

@@ -101,6 +101,15 @@ def as_json(report: TrainingReport) -> str:
     return json.dumps(report.to_json(), indent=2, ensure_ascii=False)
 
 
+def _as_text(sheet: Any) -> None:
+    """Store every string cell as text: a tag titled ``=HYPERLINK(...)`` must stay words, not a formula
+    (openpyxl turns any string starting with ``=`` into one)."""
+    for row in sheet.iter_rows():
+        for cell in row:
+            if isinstance(cell.value, str):
+                cell.data_type = "s"
+
+
 def as_xlsx(report: TrainingReport) -> bytes:
     """The report as an Excel workbook: one row per tag, the status cell coloured green/yellow/grey."""
     from openpyxl import Workbook
@@ -160,6 +169,8 @@ def as_xlsx(report: TrainingReport) -> bytes:
         info.append(["Note", note])
     for key in report.excluded_low_resolution:
         info.append(["Excluded (under minimum resolution)", key])
+    _as_text(sheet)
+    _as_text(info)
     buffer = io.BytesIO()
     book.save(buffer)
     return buffer.getvalue()

@@ -73,6 +73,17 @@ class User:
     username: str
     role: str
     created_at: str | None = None
+    # Sessions carry the generation they began in; raising it ends every session of the user.
+    session_generation: int = 0
+
+
+def _user(source: dict[str, object]) -> User:
+    return User(
+        str(source["username"]),
+        str(source["role"]),
+        source.get("created_at"),  # type: ignore[arg-type]
+        int(source.get("session_generation") or 0),  # type: ignore[call-overload]
+    )
 
 
 class UserStore:
@@ -104,7 +115,7 @@ class UserStore:
         found = self._index.get("users", username) if USERNAME.match(username) else None
         if found is None:
             return None
-        return User(found.source["username"], found.source["role"], found.source.get("created_at"))
+        return _user(found.source)
 
     def verify(self, username: str, password: str) -> User | None:
         """The user if the password is theirs, else None (same cost whether or not the user exists)."""
@@ -114,12 +125,27 @@ class UserStore:
             return None
         if not verify_password(password, str(found.source.get("password_hash", ""))):
             return None
-        return User(found.source["username"], found.source["role"], found.source.get("created_at"))
+        return _user(found.source)
 
     def list(self) -> list[User]:
         body = {"size": 1000, "query": {"match_all": {}}, "sort": [{"username": "asc"}]}
         hits = self._index.search("users", body)["hits"]["hits"]
-        return [User(h["_source"]["username"], h["_source"]["role"], h["_source"].get("created_at")) for h in hits]
+        return [_user(h["_source"]) for h in hits]
+
+    def end_sessions(self, username: str) -> None:
+        """End every session of ``username`` (logout, and whatever changes a user's password or role)."""
+        for _ in range(3):
+            found = self._index.get("users", username) if USERNAME.match(username) else None
+            if found is None:
+                return
+            doc = {**found.source, "session_generation": int(found.source.get("session_generation") or 0) + 1}
+            try:
+                self._index.put("users", username, doc, expected=found, refresh="true")
+                log.info("ended the sessions of user %s", username)
+                return
+            except ConflictError:
+                continue  # someone else wrote the user in between: read again
+        raise ConflictError("opensearch", f"user {username!r} changed repeatedly; sessions not ended, retry")
 
     def delete(self, username: str) -> bool:
         deleted = self._index.delete("users", username)

@@ -115,11 +115,15 @@ def _security_headers(response: Response) -> Response:
 
 
 def _error_pages(app: Flask) -> None:
+    from smarttags.entrypoints.admin import auth
+
     def page(status: int, title: str, message: str) -> tuple[str, int]:
         return render_template("error.html", status=status, title=title, message=message), status
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc: CSRFError) -> tuple[str, int]:
+        if auth.needs_https():
+            return page(400, "HTTPS needed", "This panel needs HTTPS, or set admin.secure_cookies=false for local use.")
         return page(400, "Form expired", "The form was missing its security token or it expired. Reload and retry.")
 
     @app.errorhandler(HTTPException)

@@ -8,6 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, g, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
@@ -21,7 +22,7 @@ PUBLIC_ENDPOINTS = {"auth.login", "static"}
 
 
 class LoginLimiter:
-    """Failed logins per client address and per user name within the last minute, kept in memory.
+    """Failed logins per (user name, client address) and per client address within the last minute, kept in memory.
 
     In-memory means per process: behind several processes each one counts on its own, and a restart
     forgets. Enough to make password guessing slow; put a proxy limit in front for more."""
@@ -38,10 +39,14 @@ class LoginLimiter:
             times.popleft()
         return times
 
-    def blocked(self, *keys: str) -> bool:
+    def blocked(self, pair: str, client: str) -> bool:
+        """A (account, client) pair gets ``per_minute`` tries, a client four times that over all names,
+        so an attacker elsewhere cannot lock a user out by failing on purpose."""
         now = self._clock()
         with self._lock:
-            return any(len(self._recent(k, now)) >= self.per_minute for k in keys)
+            return (
+                len(self._recent(pair, now)) >= self.per_minute or len(self._recent(client, now)) >= 4 * self.per_minute
+            )
 
     def failed(self, *keys: str) -> None:
         now = self._clock()
@@ -71,6 +76,8 @@ def load_user() -> WerkzeugResponse | None:
     name = session.get("user")
     if isinstance(name, str):
         g.user = ctx().users.get(name)
+        if g.user is not None and session.get("generation") != g.user.session_generation:
+            g.user = None  # the session was ended (logout elsewhere, password or role change)
         if g.user is None:
             session.clear()
     if g.user is None and request.endpoint not in PUBLIC_ENDPOINTS:
@@ -102,22 +109,34 @@ def require(role: str) -> Callable[[F], F]:
     return decorate
 
 
+def needs_https() -> bool:
+    """Whether the browser will drop our Secure cookies: plain HTTP with ``admin.secure_cookies`` on
+    (browsers make an exception for localhost only)."""
+    host = (request.host or "").rsplit(":", 1)[0].strip("[]")
+    local = host in ("localhost", "127.0.0.1", "::1")
+    return bool(ctx().settings.admin.secure_cookies) and not request.is_secure and not local
+
+
 def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
+    """Follow only a same-site relative path. Browsers and Werkzeug drop tabs and newlines and treat
+    backslashes as slashes, so anything holding those (or any control character) is refused outright."""
+    if target and target.isprintable() and not any(c.isspace() or c == "\\" for c in target):
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and target.startswith("/") and not target.startswith("//"):
+            return target
     return url_for("admin.search")
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     if request.method == "GET":
-        return render_template("login.html", next=request.args.get("next", ""))
+        return render_template("login.html", next=request.args.get("next", ""), needs_https=needs_https())
     limiter: LoginLimiter = current_app.extensions["smarttags_login_limiter"]
     username = request.form.get("username", "").strip()[:64]
     password = request.form.get("password", "")
     address = f"ip:{request.remote_addr or '?'}"
-    account = f"user:{username.lower()}"
-    if limiter.blocked(address, account):
+    account = f"user:{username.lower()}|{address}"
+    if limiter.blocked(account, address):
         current_app.logger.warning("login rate limit hit for %s", address)
         return render_template(
             "login.html", error="Too many failed attempts. Wait a minute and try again.", next=""
@@ -129,11 +148,15 @@ def login() -> Any:
     limiter.reset(account)
     session.clear()  # a fresh session on login: no fixation
     session["user"] = user.username
+    session["generation"] = user.session_generation
     session.permanent = True
     return redirect(_safe_next(request.form.get("next")))
 
 
 @bp.route("/logout", methods=["POST"])
 def logout() -> Any:
+    user = current_user()
+    if user is not None:
+        ctx().users.end_sessions(user.username)  # a copied cookie dies too
     session.clear()
     return redirect(url_for("auth.login"))
