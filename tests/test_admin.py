@@ -418,3 +418,16 @@ def test_logout_ends_a_copied_session(app):
     assert stolen.status_code == 302 and stolen.headers["Location"].startswith("/login")
     assert login(client, "admin").status_code == 302  # a new login works again
     assert client.get("/models").status_code == 200
+
+
+def test_ensure_adds_new_fields_to_an_index_made_by_an_older_release(settings, os_client):
+    """An index created before ``session_generation`` existed learns the field on the next ``init``."""
+    from smarttags.adapters.opensearch import SearchIndex
+
+    index = SearchIndex(os_client, settings.opensearch.index_prefix)
+    body = index.index_body("users")
+    del body["mappings"]["properties"]["session_generation"]
+    os_client.indices.create(index=index.name("users"), body=body)
+    index.ensure()
+    mapping = os_client.indices.get_mapping(index=index.name("users"))[index.name("users")]["mappings"]
+    assert mapping["properties"]["session_generation"]["type"] == "integer"

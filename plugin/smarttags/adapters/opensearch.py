@@ -81,11 +81,15 @@ class SearchIndex:
         return body
 
     def ensure(self) -> list[str]:
-        """Create missing indices and install the stored templates; harmless to repeat."""
+        """Create missing indices, add fields a newer mapping file has to existing ones, and install the
+        stored templates; harmless to repeat. A field whose type changed is refused by OpenSearch: that
+        needs a reindex, and the error says so."""
         created = []
         for kind in KINDS:
             name = self.name(kind)
             if self._call("indices.exists", index=name):
+                # Mappings only grow: new fields (a release adds one) are added in place.
+                self._call("indices.put_mapping", index=name, body=self.index_body(kind)["mappings"])
                 continue
             try:
                 self.client.indices.create(index=name, body=self.index_body(kind))
