@@ -23,7 +23,7 @@ from smarttags.core import asset as assets
 from smarttags.core import events
 from smarttags.core.folders import FolderRegistry
 from smarttags.core.ingest import TagResolver, is_internal
-from smarttags.core.model_registry import Model, ModelStore, apply_thresholds
+from smarttags.core.model_registry import Model, ModelStore, score_embedding
 from smarttags.core.ports import Embedder, Index, ReadFacts, StoreFor
 from smarttags.core.runs import RunLog
 from smarttags.core.taxonomy import Taxonomy, TaxonomyStore
@@ -234,11 +234,9 @@ class Tagger:
                 assets.set_status(doc, "embedded", reason="no active model yet", etag=info.etag)
             else:
                 assert embedding is not None
-                scores = model.heads.scores(embedding[None, :])[0]
-                chosen = apply_thresholds(
-                    model.heads.tags,
-                    scores,
-                    model.heads.thresholds,
+                chosen, _ = score_embedding(
+                    model,
+                    embedding,
                     rejected=doc.get("rejected_tags") or [],
                     promoted=doc.get("promoted_tags") or [],
                     max_tags=self._settings.tagging.max_tags_per_asset,
