@@ -142,7 +142,8 @@ def test_a_moderators_concurrent_edit_is_never_lost(services, model, enabled):
         (truncated_jpeg(), "image/jpeg", "failed", "corrupt"),
         (b"", "image/jpeg", "failed", "corrupt"),
         (b"\xff\xd8\xff\xe0garbage" * 10, "image/jpeg", "failed", "corrupt"),
-        (HEIC, "image/heic", "failed", "unsupported"),
+        (HEIC, "image/heic", "failed", "corrupt"),  # a HEIC header with no picture in it
+        (b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>', "image/svg+xml", "failed", "unsupported"),
         (bomb_png(), "image/png", "failed", "too_large"),
         (b"quarterly numbers, not a picture", "text/plain", "skipped", "not an image: text/plain"),
     ],
