@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from smarttags.core.asset import now_iso
+from smarttags.core.clock import now_iso
 from smarttags.core.ports import Index
 
 log = logging.getLogger(__name__)

@@ -129,19 +129,18 @@ def _cmd_taxonomy_import(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from smarttags.adapters import imaging
-    from smarttags.adapters.s3 import ObjectStore
     from smarttags.core import ingest
-    from smarttags.core.folders import parse_uri
+    from smarttags.core.folders import Folder
 
     manifest = ingest.read_manifest(_read_text(args.manifest, "manifest")) if args.manifest else None
     services = _services(settings)
-    bucket, prefix = parse_uri(args.uri, settings.aws.bucket)
+    folder = Folder.parse(args.uri, settings.aws.bucket)
     progress = Progress(not args.json)
     try:
         result = ingest.sync_folder(
-            services.index,
-            ObjectStore(services.s3, bucket),
-            prefix,
+            services.assets,
+            services.store_for(folder.bucket),
+            folder,
             services.taxonomy.load(),
             read_facts=imaging.read_metadata,
             manifest=manifest,
@@ -163,17 +162,16 @@ def _cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_train(settings: Settings, args: argparse.Namespace) -> int:
-    from smarttags.adapters.s3 import ObjectStore
     from smarttags.core import ingest, report
-    from smarttags.core.folders import parse_uri
+    from smarttags.core.folders import Folder
     from smarttags.core.runs import ON_DEMAND
 
     manifest = ingest.read_manifest(_read_text(args.manifest, "manifest")) if args.manifest else None
     services = _services(settings)
-    folders = [parse_uri(uri, settings.aws.bucket) for uri in args.folder]
-    for bucket, prefix in folders:
-        if next(ObjectStore(services.s3, bucket).list(prefix), None) is None:
-            raise RequestError(f"no objects under s3://{bucket}/{prefix}: check the folder URI")
+    folders = [Folder.parse(uri, settings.aws.bucket) for uri in args.folder]
+    for folder in folders:
+        if next(services.store_for(folder.bucket).list(folder.prefix), None) is None:
+            raise RequestError(f"no objects under {folder.uri}: check the folder URI")
     progress = Progress(not args.json)
     try:
         result = services.trainer.train(
@@ -286,6 +284,7 @@ def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_tag(settings: Settings, args: argparse.Namespace) -> int:
+    from smarttags.core.folders import Folder
     from smarttags.core import windows as scheduling
     from smarttags.core.runs import ON_DEMAND
 
@@ -297,7 +296,8 @@ def _cmd_tag(settings: Settings, args: argparse.Namespace) -> int:
     if not args.folder:
         print("tag needs --folder URI or --asset KEY ...", file=sys.stderr)
         return 2
-    dispatch = scheduling.dispatch_tagging(services, args.folder, trigger=ON_DEMAND)
+    folder = Folder.parse(args.folder, settings.aws.bucket)
+    dispatch = scheduling.dispatch_tagging(services, folder, trigger=ON_DEMAND)
     if args.json:
         _print_json({**dispatch.run.to_json(), "reasons": dispatch.reasons})
     else:
@@ -319,15 +319,14 @@ def _cmd_runs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_folders(settings: Settings, args: argparse.Namespace) -> int:
-    from smarttags.core.folders import parse_uri
+    from smarttags.core.folders import Folder
 
     registry = _services(settings).folders
     if args.action in ("enable", "disable"):
         if not args.uri:
             print(f"folders {args.action} needs a URI", file=sys.stderr)
             return 2
-        bucket, prefix = parse_uri(args.uri, settings.aws.bucket)
-        folder = registry.set_enabled(bucket, prefix, args.action == "enable", user="cli")
+        folder = registry.set_enabled(Folder.parse(args.uri, settings.aws.bucket), args.action == "enable", user="cli")
         print(f"{folder.uri}: Smart Tags {'enabled' if folder.enabled else 'disabled'}")
         return 0
     for folder in registry.all():
@@ -343,7 +342,10 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     services = _services(settings)
     services.index.ensure()  # never let a first write auto-create an index without our mapping
     worker = Worker(
-        services.tagger, services.queue, concurrency=args.concurrency or settings.tagging.worker_concurrency
+        services.tagger,
+        services.runs,
+        services.queue,
+        concurrency=args.concurrency or settings.tagging.worker_concurrency,
     )
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     try:
@@ -443,8 +445,16 @@ def _cmd_search(settings: Settings, args: argparse.Namespace) -> int:
                         "score": round(h.score, 4),
                         "why": h.why,
                         "matched_tags": h.matched_tags,
-                        "title": h.source.get("title"),
-                        "smart_tags": h.source.get("smart_tags"),
+                        "title": h.asset.title,
+                        "smart_tags": [
+                            {
+                                "tag": t.tag,
+                                "confidence": t.confidence,
+                                "model_version": t.model_version,
+                                "promoted": h.asset.is_promoted(t.tag),
+                            }
+                            for t in h.asset.smart_tags
+                        ],
                     }
                     for h in result.hits
                 ],
