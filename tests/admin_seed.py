@@ -13,7 +13,7 @@ from smarttags.core.clock import now_iso
 from smarttags.core.folders import Folder
 from smarttags.core.heads import Heads, TagFit
 from smarttags.core.report import NOT_TRAINED, PARTIAL, TRAINED, TagRow, TrainingReport
-from smarttags.core.runs import ON_DEMAND, TRAIN, Run
+from smarttags.core.runs import ON_DEMAND, TRAIN, Run, RunStatus
 from smarttags.core.taxonomy import Tag
 from smarttags.core.users import UserStore
 
@@ -109,7 +109,7 @@ def seed(services) -> Seeded:
         images_embedded=54,
         rows=rows,
     ).to_json()
-    run.status, run.ended_at = "succeeded", now_iso()
+    run.status, run.ended_at = RunStatus.SUCCEEDED, now_iso()
     services.runs.save(run, refresh=False)
     services.index.refresh("runs")
     versions = [_model(services, "20260101T000000Z", 0.7), _model(services, "20260102T000000Z", 0.9)]

@@ -28,7 +28,7 @@ from smarttags.core.report import (
     TrainingReport,
     status_for,
 )
-from smarttags.core.runs import TRAIN, RunLog
+from smarttags.core.runs import TRAIN, RunLog, RunStatus
 from smarttags.core.taxonomy import Taxonomy, TaxonomyStore
 from smarttags.errors import ImageError, TaxonomyError
 from smarttags.settings import Settings
@@ -104,11 +104,11 @@ class Trainer:
             report = self._train(run.run_id, folders, manifest, activate, progress, run.counts)
         except Exception as exc:
             run.error(label, str(exc))
-            self._runs.finish(run, "failed")
+            self._runs.finish(run, RunStatus.FAILED)
             raise
         run.model_version = report.model_version
         run.report = report.to_json()
-        self._runs.finish(run, "succeeded" if report.model_version else "no_model")
+        self._runs.finish(run, RunStatus.SUCCEEDED if report.model_version else RunStatus.NO_MODEL)
         return report
 
     def _train(

@@ -21,7 +21,7 @@ from smarttags.core.folders import Folder, FolderRegistry
 from smarttags.core.model_registry import ModelStore
 from smarttags.core.ports import Assets, Index, Queue
 from smarttags.core.report import TrainingReport
-from smarttags.core.runs import ON_DEMAND, SCHEDULE, TAG, Run, RunLog
+from smarttags.core.runs import ON_DEMAND, SCHEDULE, TAG, Run, RunLog, RunStatus
 from smarttags.core.tagging import Tagger
 from smarttags.core.training import Trainer
 from smarttags.errors import ConflictError, RequestError
@@ -147,7 +147,7 @@ def tag_assets(services: Services, keys: Sequence[str], *, user: str = "cli") ->
         elif counter := run_counter(outcome.status):
             run.counts[counter] += 1
     log.info("on-demand tagging by %s: %s", user, dict(run.counts))
-    return services.runs.finish(run, "succeeded" if not run.errors else "completed_with_errors")
+    return services.runs.finish(run, RunStatus.SUCCEEDED if not run.errors else RunStatus.COMPLETED_WITH_ERRORS)
 
 
 def train_folders(services: Services, folders: Iterable[Folder], *, trigger: str) -> TrainingReport:

@@ -284,8 +284,8 @@ def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_tag(settings: Settings, args: argparse.Namespace) -> int:
-    from smarttags.core.folders import Folder
     from smarttags.core import windows as scheduling
+    from smarttags.core.folders import Folder
     from smarttags.core.runs import ON_DEMAND
 
     services = _services(settings)
