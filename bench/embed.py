@@ -100,7 +100,7 @@ def main() -> None:
     embedder = load_embedder(s)
     size = embedder.input_size
     n = args.n
-    print(f"model {embedder.model_id[:40]}..., {size}px, {embedder.threads} threads, batch {s.backbone.batch_size}")
+    print(f"model {embedder.backbone_id[:40]}..., {size}px, {embedder.threads} threads, batch {s.backbone.batch_size}")
 
     t0 = time.perf_counter()
     big, small = large_jpegs(n), small_pngs(n)

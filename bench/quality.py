@@ -50,7 +50,7 @@ def labelled_files() -> tuple[list[Path], list[set[str]]]:
 def embeddings(files: list[Path], cache: Path) -> tuple[np.ndarray, np.ndarray]:
     settings = settings_mod.load()
     embedder = load_embedder(settings)
-    key = hashlib.sha256((embedder.model_id + "\n".join(map(str, files))).encode()).hexdigest()[:16]
+    key = hashlib.sha256((embedder.backbone_id + "\n".join(map(str, files))).encode()).hexdigest()[:16]
     path = cache / f"openclipart-{key}.npz"
     if path.is_file():
         data = np.load(path)

@@ -80,7 +80,7 @@ def main() -> int:
         manifest = services.models.save(
             heads,
             [TagFit(t, 30, 1, 0.5, 1, 1, 1, 1) for t in tags],
-            backbone_id=embedder.model_id,
+            backbone_id=embedder.backbone_id,
             backbone_sha256=embedder.sha256,
             training_fingerprint="bench",
             folders=[],

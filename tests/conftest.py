@@ -169,7 +169,7 @@ def shape_model(services: Any, embedder: Any) -> Any:
     manifest = services.models.save(
         heads,
         fits,
-        backbone_id=embedder.model_id,
+        backbone_id=embedder.backbone_id,
         backbone_sha256=embedder.sha256,
         training_fingerprint="t",
         folders=[],

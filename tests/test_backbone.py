@@ -217,7 +217,7 @@ def test_chelsea_is_a_cat_and_coffee_is_espresso(lite0):
 def test_lite2_builds_and_classifies(tmp_path):
     s = settings.load(data_dir=tmp_path, backbone={"name": "efficientnet-lite2"})
     embedder = load_embedder(s)
-    assert embedder.input_size == 260 and embedder.model_id.startswith("efficientnet-lite2:")
+    assert embedder.input_size == 260 and embedder.backbone_id.startswith("efficientnet-lite2:")
     logits = embedder.logits([embedder.decode(png(skdata.chelsea()))])
     assert CATS & set(top(logits[0], 3)), top(logits[0], 5)
 
@@ -254,7 +254,7 @@ def test_custom_onnx_encoder(tmp_path):
         "embedding_dim": 3,
     }
     embedder = load_embedder(settings.load(data_dir=tmp_path, backbone=custom))
-    assert embedder.model_id == f"custom:{backbone.sha256_file(tmp_path / 'tiny.onnx')}"
+    assert embedder.backbone_id == f"custom:{backbone.sha256_file(tmp_path / 'tiny.onnx')}"
     red = np.zeros((10, 10, 3), dtype=np.uint8)
     red[..., 0] = 255
     (vec,) = embedder.embed_arrays([red])

@@ -39,7 +39,7 @@ def test_embeddings_are_unit_float32(built):
     assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 and v.shape == (1280,) for v in out)
     norms = [float(np.linalg.norm(v)) for v in out]
     assert norms == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
-    assert e.dim == 1280 and e.model_id == f"efficientnet-lite0:{backbone.build(built).sha256}"
+    assert e.dim == 1280 and e.backbone_id == f"efficientnet-lite0:{backbone.build(built).sha256}"
 
 
 def test_one_bad_file_does_not_fail_its_batch(built):
@@ -127,4 +127,4 @@ def test_cli_embed_json(built, monkeypatch, capsys, tmp_path):
     first, second = report["results"]
     assert first["dim"] == 1280 and first["norm"] == pytest.approx(1.0, abs=1e-5)
     assert second["error"] == "UnsupportedImage" and second["content_type"] == "video/mp4"
-    assert report["model_id"].startswith("efficientnet-lite0:")
+    assert report["backbone_id"].startswith("efficientnet-lite0:")

@@ -18,7 +18,7 @@ from smarttags.core.heads import Heads, TagFit
 from smarttags.core.model_registry import Manifest, Model, ModelStore
 from smarttags.core.moderation import Moderation
 from smarttags.core.ports import ObjectInfo
-from smarttags.core.tagging import Action, Reading, RecordFailed, Stale, Tagger, apply_reading, decide
+from smarttags.core.tagging import Action, Reading, RecordFailed, RunTally, Stale, Tagger, apply_reading, decide
 from smarttags.core.taxonomy import TaxonomyStore
 from smarttags.errors import CorruptImage
 
@@ -68,7 +68,7 @@ def open_picture(data: bytes, *, max_pixels: int) -> FakePicture:
 class PixelEmbedder:
     """Bright pixels embed along axis 0, dark ones along axis 1."""
 
-    model_id = "fake:1"
+    backbone_id = "fake:1"
     sha256 = "0" * 64
     input_size = 4
     calls = 0
@@ -261,3 +261,15 @@ def test_the_nearest_registered_folder_decides() -> None:
 
 def test_smart_tag_values_are_plain() -> None:
     assert SmartTag("a:b", 0.5, "m") == SmartTag("a:b", 0.5, "m")
+
+
+def test_a_batch_tally_counts_by_the_one_rule_and_skips_our_own_files() -> None:
+    tally = RunTally()
+    upload = created("up/a.png", "01")
+    for status in (TaggingStatus.TAGGED, TaggingStatus.EMBEDDED, Handled.DUPLICATE, Handled.DELETED):
+        tally.add(upload, status, None)
+    tally.add(upload, TaggingStatus.FAILED, "truncated")
+    tally.add(created("_smarttags/thumbnails/a.jpg", "02"), Handled.IGNORED, "a SmartTags file")
+    ((counts, errors),) = tally.runs.values()
+    assert dict(counts) == {"processed": 5, "tagged": 1, "embedded": 1, "skipped": 1, "failed": 1}
+    assert errors == [{"key": "up/a.png", "reason": "truncated"}]

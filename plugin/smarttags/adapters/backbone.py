@@ -102,7 +102,7 @@ class BackboneFile:
     embedding_dim: int
 
     @property
-    def model_id(self) -> str:
+    def backbone_id(self) -> str:
         return f"{self.name}:{self.sha256}"
 
 

@@ -134,7 +134,7 @@ class Embedder:
         return self.settings.embedding_dim
 
     @property
-    def model_id(self) -> str:
+    def backbone_id(self) -> str:
         """Names the exact encoder: stored beside every embedding so models are never mixed."""
         return f"{self.name}:{self.sha256}"
 
@@ -177,7 +177,7 @@ class Embedder:
         """ImageNet logits ``(N, 1000)``; only preset backbones have them."""
         names = {o.name for o in self.session.get_outputs()}
         if backbone_mod.LOGITS_OUTPUT not in names:
-            raise ModelError(f"{self.model_id} has no {backbone_mod.LOGITS_OUTPUT!r} output")
+            raise ModelError(f"{self.backbone_id} has no {backbone_mod.LOGITS_OUTPUT!r} output")
         (raw,) = self.run(pixels, [backbone_mod.LOGITS_OUTPUT])
         return raw.astype(np.float32)
 

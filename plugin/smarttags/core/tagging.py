@@ -293,11 +293,11 @@ class Tagger:
             reading = replace(reading, facts=facts, own_tags=own)
             if enabled:
                 embedder = self.embedder
-                if held and held.embedding and held.embedding.fits(info.etag, embedder.model_id):
+                if held and held.embedding and held.embedding.fits(info.etag, embedder.backbone_id):
                     embedding = held.embedding
                 else:
                     vector = embedder.embed_arrays([picture.pixels(embedder.input_size)])[0]
-                    embedding = StoredEmbedding(tuple(float(v) for v in vector), embedder.model_id, info.etag)
+                    embedding = StoredEmbedding(tuple(float(v) for v in vector), embedder.backbone_id, info.etag)
                 reading = replace(reading, embedding=embedding)
         except ImageError as exc:
             reading = replace(reading, failure=exc)
@@ -345,6 +345,8 @@ class RunTally:
         self.runs: dict[tuple[str, str], tuple[Counter[str], list[dict[str, str]]]] = {}
 
     def add(self, event: events.ObjectEvent, status: Outcome, reason: str | None) -> None:
+        if status == Handled.IGNORED:
+            return  # SmartTags' own files are no one's work: they count in no run
         run_id = event.run_id or f"tag-upload-{datetime.now(UTC).strftime('%Y%m%d%H')}"
         counts, errors = self.runs.setdefault((run_id, event.trigger), (Counter(), []))
         counts["processed"] += 1

@@ -211,7 +211,7 @@ class Trainer:
             manifest_ = self.models.save(
                 heads,
                 fits,
-                backbone_id=embedder.model_id,
+                backbone_id=embedder.backbone_id,
                 backbone_sha256=embedder.sha256,
                 training_fingerprint=fingerprint([(e.asset_id, a.etag, sorted(e.positives)) for a, e in usable]),
                 folders=[f.uri for f in folders],
@@ -272,7 +272,7 @@ class Trainer:
         vectors: dict[str, np.ndarray[Any, Any]] = {}
         todo: list[Asset] = []
         for asset, example in examples:
-            if asset.embedding and asset.embedding.fits(asset.etag, embedder.model_id):
+            if asset.embedding and asset.embedding.fits(asset.etag, embedder.backbone_id):
                 vectors[example.asset_id] = np.asarray(asset.embedding.vector, dtype=np.float32)
             else:
                 todo.append(asset)
@@ -293,7 +293,7 @@ class Trainer:
             else:
                 vector = np.asarray(result, dtype=np.float32)
                 vectors[asset.id] = vector
-                stored = StoredEmbedding(tuple(float(v) for v in vector), embedder.model_id, asset.etag)
+                stored = StoredEmbedding(tuple(float(v) for v in vector), embedder.backbone_id, asset.etag)
                 embedded.append(replace(asset, embedding=stored))
             if len(embedded) >= 100:
                 self._assets.merge(embedded, ["embedding"], create=False)

@@ -539,7 +539,7 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
                 }
             )
     if args.json:
-        _print_json({"model_id": embedder.model_id, "results": report})
+        _print_json({"backbone_id": embedder.backbone_id, "results": report})
     else:
         for row in report:
             detail = row.get("reason") or f"dim={row['dim']} norm={row['norm']} first={row['first']}"
