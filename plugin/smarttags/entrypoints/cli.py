@@ -541,19 +541,10 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
 # --- admin and validate ------------------------------------------------------------------------------
 
 
-def scheduler_next_runs(settings: Settings) -> dict[str, str | None]:
-    """The scheduler's next window times (the scheduler module needs APScheduler)."""
-    from datetime import UTC, datetime
-
-    from smarttags.entrypoints import scheduler
-
-    return scheduler.next_run_times(settings, datetime.now(UTC))
-
-
 def _cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
     from smarttags.entrypoints import health as status
 
-    checks = status.validate(_services(settings), next_runs=lambda: scheduler_next_runs(settings))
+    checks = status.validate(_services(settings))
     print(status.as_text(checks))
     return 0 if all(c.ok for c in checks) else 1
 

@@ -121,14 +121,6 @@ def build(services: Services, owner: str) -> BackgroundScheduler:
     return scheduler
 
 
-def next_run_times(settings: Settings, now: datetime) -> dict[str, str | None]:
-    out = {}
-    for kind, trigger in triggers(settings).items():
-        fire = trigger.get_next_fire_time(None, now)
-        out[kind] = fire.isoformat() if fire else None
-    return out
-
-
 def main(settings: Settings, *, once: bool = False) -> int:
     services = Services(settings)
     owner = scheduling.default_owner()
