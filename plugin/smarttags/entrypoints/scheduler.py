@@ -6,6 +6,9 @@ never inside web workers, or every job would run once per worker.
 
 A window missed while the service was down runs once when it returns, if it is not older than the misfire
 grace time: at start, the most recent fire time of each window is checked against its lease document.
+
+The admin panel and ``smarttags validate`` show the next fire times through ``smarttags.core.cron``, a
+pure evaluator of the same crontab dialect, so the web process never loads APScheduler.
 """
 
 from __future__ import annotations
