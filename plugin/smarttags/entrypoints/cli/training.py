@@ -15,7 +15,6 @@ from smarttags.settings import Settings
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from smarttags.adapters import imaging
-    from smarttags.adapters.s3 import ObjectStore
     from smarttags.core import ingest
     from smarttags.core.folders import parse_uri
 
@@ -26,7 +25,7 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     try:
         result = ingest.sync_folder(
             built.index,
-            ObjectStore(built.s3, bucket),
+            built.store_for(bucket),
             prefix,
             built.taxonomy.load(),
             read_facts=imaging.read_metadata,
