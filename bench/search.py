@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 from smarttags import settings as settings_mod
-from smarttags.core import asset as assets
-from smarttags.core.model_registry import SmartTag
+from smarttags.adapters.asset_index import to_document
+from smarttags.core.asset import Asset, SmartTag
 from smarttags.core.search import SearchRequest
 from smarttags.core.taxonomy import Tag
 from smarttags.devtools import stack
@@ -44,7 +44,7 @@ def main() -> int:
     node = stack.start_opensearch(home, args.port, transport_port=args.port + 1, heap_max="2g")
     try:
         settings = settings_mod.load(opensearch={"url": node.url, "index_prefix": "bench"}, data_dir=home)
-        services = Services(settings, s3=object(), sqs=object())
+        services = Services(settings)
         services.index.ensure()
         rng = np.random.default_rng(0)
         tag_words = [f"w{i}" for i in range(1, TAGS + 1)]
@@ -52,13 +52,19 @@ def main() -> int:
         started = time.perf_counter()
         batch = []
         for i in range(args.assets):
-            doc = assets.base_document(
-                bucket=settings.aws.bucket, key=f"b/{i}.jpg", etag="e", size=1, content_type="image/jpeg"
+            asset = Asset(
+                settings.aws.bucket,
+                f"b/{i}.jpg",
+                etag="e",
+                size=1,
+                content_type="image/jpeg",
+                title=" ".join(words(rng, 4)),
+                description=" ".join(words(rng, 12)),
+                keywords=tuple(words(rng, 2)),
             )
-            doc.update(title=" ".join(words(rng, 4)), description=" ".join(words(rng, 12)), keywords=words(rng, 2))
             chosen = {f"bench:{w}" for w in words(rng, int(rng.integers(0, 5))) if int(w[1:]) <= TAGS}
-            assets.set_smart_tags(doc, [SmartTag(t, round(float(rng.uniform(0.3, 1.0)), 3)) for t in chosen], "m")
-            batch.append(({"index": {"_index": services.index.name("assets"), "_id": doc["asset_id"]}}, doc))
+            asset = asset.with_smart_tags(SmartTag(t, round(float(rng.uniform(0.3, 1.0)), 3), "m") for t in chosen)
+            batch.append(({"index": {"_index": services.index.name("assets"), "_id": asset.id}}, to_document(asset)))
             if len(batch) == 2000:
                 services.index.bulk(batch)
                 batch = []

@@ -24,6 +24,7 @@ from smarttags import settings as settings_mod
 from smarttags.adapters import clients
 from smarttags.adapters.embedder import clear_sessions, load_embedder
 from smarttags.core import asset as assets
+from smarttags.core.folders import Folder
 from smarttags.core.heads import Heads, TagFit
 from smarttags.devtools import stack
 from smarttags.entrypoints.compose import Services
@@ -59,7 +60,7 @@ def main() -> int:
         clients.ensure_bucket_and_queue(settings)
         services = Services(settings)
         services.index.ensure()
-        services.folders.set_enabled(settings.aws.bucket, "up/", True)
+        services.folders.set_enabled(Folder(settings.aws.bucket, "up/"), True)
 
         clear_sessions()
         started = time.perf_counter()
@@ -110,7 +111,7 @@ def main() -> int:
         # Throughput: a backlog of N uploads already queued, then the worker drains it.
         for i in range(args.images):
             services.s3.put_object(Bucket=settings.aws.bucket, Key=f"up/backlog/{i:05d}.jpg", Body=picture(rng))
-        worker = Worker(services.tagger, services.queue, concurrency=args.concurrency, wait_seconds=1)
+        worker = Worker(services.tagger, services.runs, services.queue, concurrency=args.concurrency, wait_seconds=1)
         thread = threading.Thread(target=worker.run, daemon=True)
         started = time.time()
         thread.start()

@@ -1,7 +1,7 @@
 """AWS Lambda entry point of the upload tagger (handler string ``handler.handler``).
 
 Thin: configure JSON logs, build the services once per container (warm starts reuse the ONNX session and
-the active model), hand the event to the library. SQS batches get partial-batch failure reporting
+the active model), hand the event to the batch loop the worker uses too. SQS batches get partial-batch failure reporting
 (``ReportBatchItemFailures``); a direct S3 invocation raises on failure so Lambda retries it.
 """
 
@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from smarttags import settings as settings_mod
+from smarttags.entrypoints.batch import handle_lambda_event
 from smarttags.entrypoints.compose import Services
 
 _services: Services | None = None
@@ -39,4 +40,4 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if _services is None:
         _configure_logging()
         _services = Services(settings_mod.load())
-    return _services.tagger.handle_invocation(event)
+    return handle_lambda_event(_services.tagger, _services.runs, event)

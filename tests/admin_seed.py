@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from smarttags.core import asset as assets
-from smarttags.core.asset import now_iso
+from smarttags.core.asset import Asset, SmartTag
+from smarttags.core.clock import now_iso
+from smarttags.core.folders import Folder
 from smarttags.core.heads import Heads, TagFit
-from smarttags.core.model_registry import SmartTag
 from smarttags.core.report import NOT_TRAINED, PARTIAL, TRAINED, TagRow, TrainingReport
-from smarttags.core.runs import ON_DEMAND, TRAIN, Run
+from smarttags.core.runs import ON_DEMAND, TRAIN, Run, RunStatus
 from smarttags.core.taxonomy import Tag
 from smarttags.core.users import UserStore
 
@@ -46,13 +46,11 @@ def jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> byte
 
 def _asset(services, key: str, data: bytes, *, title: str, smart: list[tuple[str, float]]) -> str:
     etag = services.store.put_bytes(key, data, content_type="image/jpeg")
-    doc = assets.base_document(
-        bucket=services.settings.aws.bucket, key=key, etag=etag, size=len(data), content_type="image/jpeg"
-    )
-    doc.update(title=title, description=None, keywords=[])
-    assets.set_smart_tags(doc, [SmartTag(tag, conf) for tag, conf in smart], "20260101T000000Z")
-    services.index.put("assets", doc["asset_id"], doc)
-    return str(doc["asset_id"])
+    asset = Asset(
+        services.settings.aws.bucket, key, etag=etag, size=len(data), content_type="image/jpeg", title=title
+    ).with_smart_tags(SmartTag(tag, conf, "20260101T000000Z") for tag, conf in smart)
+    services.assets.put(asset)
+    return asset.id
 
 
 def _model(services, version: str, ap: float) -> str:
@@ -84,7 +82,7 @@ def seed(services) -> Seeded:
     )
     broken_id = _asset(services, "photos/broken.jpg", b"this is not an image", title="Broken file", smart=[])
     xss_id = _asset(services, "other/xss.jpg", jpeg((10, 10, 200)), title=f"Title {XSS}", smart=[(XSS_TAG, 0.9)])
-    services.folders.set_enabled(services.settings.aws.bucket, "photos/", True)
+    services.folders.set_enabled(Folder(services.settings.aws.bucket, "photos/"), True)
     services.index.refresh("assets")
     run = Run("train-0123456789ab", TRAIN, f"s3://{services.settings.aws.bucket}/photos/", ON_DEMAND, now_iso())
     rows = [
@@ -111,7 +109,7 @@ def seed(services) -> Seeded:
         images_embedded=54,
         rows=rows,
     ).to_json()
-    run.status, run.ended_at = "succeeded", now_iso()
+    run.status, run.ended_at = RunStatus.SUCCEEDED, now_iso()
     services.runs.save(run, refresh=False)
     services.index.refresh("runs")
     versions = [_model(services, "20260101T000000Z", 0.7), _model(services, "20260102T000000Z", 0.9)]

@@ -71,6 +71,28 @@ class FakeIndex:
         del self.docs[(kind, doc_id)]
         return True
 
+    def bulk(self, actions: Sequence[tuple[Mapping[str, Any], Mapping[str, Any] | None]]) -> None:
+        """``index``, ``delete`` and ``update`` (partial ``doc``, optional ``upsert``) actions."""
+        for meta, body in actions:
+            ((op, target),) = meta.items()
+            kind = target["_index"].removeprefix(f"{self.prefix}-")
+            key = (kind, target["_id"])
+            if op == "delete":
+                self.docs.pop(key, None)
+                continue
+            assert body is not None
+            if op == "index":
+                source = dict(body)
+            elif key in self.docs:
+                source = {**self.docs[key][0], **copy.deepcopy(dict(body["doc"]))}
+            elif "upsert" in body:
+                source = copy.deepcopy(dict(body["upsert"]))
+            else:
+                continue  # OpenSearch answers document_missing for this item
+            self._seq += 1
+            self.writes += 1
+            self.docs[key] = (source, self._seq)
+
     def update_scripted(self, kind: str, doc_id: str, script: str, params: Mapping[str, Any], **_: Any) -> None:
         # Painless does not run here: the fake records that the core asked, tests read ``scripted``.
         self.docs.setdefault(("scripted", doc_id), ({"calls": []}, 0))[0]["calls"].append(dict(params))

@@ -1,42 +1,126 @@
+"""The asset value and its one document form (``adapters.asset_index``): moderation and re-tagging rules."""
+
 import numpy as np
-from smarttags.core import asset as assets
-from smarttags.core.model_registry import SmartTag, apply_thresholds
+import pytest
+from smarttags.adapters.asset_index import from_document, to_document
+from smarttags.core.asset import (
+    Asset,
+    Handled,
+    SmartTag,
+    StoredEmbedding,
+    TaggingStatus,
+    asset_id,
+    feature_name,
+    run_counter,
+)
+from smarttags.core.folders import Folder
+from smarttags.core.model_registry import apply_thresholds
 
 TAGS = ("cars:sedan", "cars:suv", "cars:coupe", "people:woman")
 
 
-def _doc():
-    return assets.base_document(bucket="b", key="cars/red car.jpg", etag="e1", size=10, content_type="image/jpeg")
+def _asset() -> Asset:
+    return Asset("b", "cars/red car.jpg", etag="e1", size=10, content_type="image/jpeg")
 
 
 def test_thresholds_respect_moderation():
     scores = np.array([0.9, 0.2, 0.7, 0.6])
     thresholds = np.array([0.5, 0.5, 0.8, 0.5])
-    chosen = apply_thresholds(TAGS, scores, thresholds, rejected=["people:woman"], promoted=["cars:suv"])
+    chosen = apply_thresholds(
+        TAGS, scores, thresholds, model_version="m1", rejected=["people:woman"], promoted=["cars:suv"]
+    )
     # suv is promoted (kept whatever its score, listed first); woman was rejected; coupe is under threshold.
-    assert [(t.tag, t.promoted) for t in chosen] == [("cars:suv", True), ("cars:sedan", False)]
-    assert apply_thresholds(TAGS, scores, thresholds, max_tags=1) == [SmartTag("cars:sedan", 0.9)]
+    assert [t.tag for t in chosen] == ["cars:suv", "cars:sedan"]
+    assert apply_thresholds(TAGS, scores, thresholds, model_version="m1", max_tags=1) == [
+        SmartTag("cars:sedan", 0.9, "m1")
+    ]
 
 
 def test_rejected_tag_never_comes_back_and_promoted_ranks_higher():
-    doc = _doc()
-    assets.set_smart_tags(doc, [SmartTag("cars:sedan", 0.9), SmartTag("cars:suv", 0.6)], "m1")
-    assert doc["smart_ids"] == ["cars:sedan", "cars:suv"]
-    assert assets.reject_tag(doc, "cars:sedan")
-    assert doc["smart_ids"] == ["cars:suv"] and doc["rejected_tags"] == ["cars:sedan"]
+    asset = _asset().with_smart_tags([SmartTag("cars:sedan", 0.9, "m1"), SmartTag("cars:suv", 0.6, "m1")])
+    assert asset.smart_ids == ("cars:sedan", "cars:suv")
+    rejected = asset.reject("cars:sedan")
+    assert rejected.smart_ids == ("cars:suv",) and rejected.rejected == {"cars:sedan"}
     # A later tagging run proposes it again: it stays out.
-    assets.set_smart_tags(doc, [SmartTag("cars:sedan", 0.95), SmartTag("cars:suv", 0.6)], "m2")
-    assert doc["smart_ids"] == ["cars:suv"]
-    assert assets.promote_tag(doc, "cars:suv")
-    assert doc["smart_scores"][assets.feature_name("cars:suv")] == 1.6
-    assets.set_smart_tags(doc, [SmartTag("cars:suv", 0.5)], "m3")
-    assert doc["smart_tags"][0]["promoted"] and doc["smart_scores"]["cars:suv"] == 1.5
-    assert not assets.promote_tag(doc, "cars:suv")
-    assert assets.unpromote_tag(doc, "cars:suv") and doc["smart_scores"]["cars:suv"] == 0.5
+    again = rejected.with_smart_tags([SmartTag("cars:sedan", 0.95, "m2"), SmartTag("cars:suv", 0.6, "m2")])
+    assert again.smart_ids == ("cars:suv",)
+    promoted = again.promote("cars:suv")
+    assert to_document(promoted)["smart_scores"][feature_name("cars:suv")] == 1.6
+    retagged = promoted.with_smart_tags([SmartTag("cars:suv", 0.5, "m3"), SmartTag("cars:coupe", 0.9, "m3")])
+    assert retagged.smart_ids == ("cars:suv", "cars:coupe")  # promoted first, whatever its confidence
+    assert to_document(retagged)["smart_scores"]["cars:suv"] == 1.5
+    assert to_document(retagged.unpromote("cars:suv"))["smart_scores"]["cars:suv"] == 0.5
+    # Promoting restores a removed tag; a promoted tag the model does not give stays on the asset.
+    restored = rejected.promote("cars:sedan")
+    assert "cars:sedan" in restored.smart_ids and not restored.rejected
+    assert "cars:sedan" in restored.with_smart_tags([]).smart_ids
 
 
-def test_ids_folders_and_feature_names():
-    assert assets.asset_id("b", "a/x.jpg") == assets.asset_id("b", "a/x.jpg") != assets.asset_id("c", "a/x.jpg")
-    assert len(assets.asset_id("b", "k" * 1024)) == 40
-    assert assets.folder_path("a/b/c.jpg") == "a/b" and assets.folder_path("c.jpg") == ""
-    assert assets.feature_name("brand:v1.2/x%") == "brand:v1%2E2/x%25"
+def test_promotion_is_stored_once():
+    doc = to_document(_asset().with_smart_tags([SmartTag("cars:suv", 0.6, "m1")]).promote("cars:suv"))
+    assert doc["promoted_tags"] == ["cars:suv"]
+    assert all(set(entry) == {"tag", "confidence", "model_version"} for entry in doc["smart_tags"])
+
+
+def test_the_document_round_trips():
+    asset = (
+        Asset(
+            "b",
+            "a/b/c.jpg",
+            etag="e",
+            size=3,
+            content_type="image/heic",
+            sequencer="00AB",
+            modified="2026-01-02T03:04:05.000+00:00",
+            created="2026-01-01T00:00:00.000+00:00",
+            title="T",
+            keywords=("k1", "k2"),
+            format="HEIF",
+            decoder="pillow-heif",
+            tags=("cars:suv",),
+            embedding=StoredEmbedding((0.5, 0.25), "lite0:abc", "e"),
+        )
+        .with_smart_tags([SmartTag("cars:sedan", 0.7, "m1")])
+        .reject("people:woman")
+        .with_status(TaggingStatus.TAGGED, model_version="m1", etag="e")
+        .touched()
+    )
+    doc = to_document(asset)
+    assert doc["asset_id"] == asset.id and doc["folder"] == "a/b" and doc["smart_ids"] == ["cars:sedan"]
+    assert doc["tagging"]["status"] == "tagged" and doc["embedding_model"] == "lite0:abc"
+    assert from_document(doc) == asset
+
+
+def test_a_partial_read_fills_defaults():
+    asset = from_document({"bucket": "b", "key": "k.jpg", "tagging": {"status": "failed", "etag": "e"}})
+    assert asset.status == TaggingStatus.FAILED and asset.smart_tags == () and asset.embedding is None
+
+
+def test_one_counting_rule_for_every_run():
+    assert run_counter(TaggingStatus.TAGGED) == "tagged"
+    assert run_counter(TaggingStatus.EMBEDDED) == "embedded"
+    assert run_counter(TaggingStatus.FAILED) == "failed"
+    assert run_counter(Handled.DELETED) is None
+    for status in (TaggingStatus.NOT_ENABLED, TaggingStatus.SKIPPED, Handled.STALE, Handled.DUPLICATE):
+        assert run_counter(status) == "skipped"
+
+
+def test_ids_and_feature_names():
+    assert asset_id("b", "a/x.jpg") == asset_id("b", "a/x.jpg") != asset_id("c", "a/x.jpg")
+    assert len(asset_id("b", "k" * 1024)) == 40
+    assert feature_name("brand:v1.2/x%") == "brand:v1%2E2/x%25"
+
+
+def test_folders_parse_print_and_query_one_way():
+    assert Folder.parse("s3://b/a/b") == Folder("b", "a/b/") == Folder.parse("/a/b/", "b")
+    assert Folder.parse("s3://b") == Folder("b", "") and Folder("b", "").uri == "s3://b/"
+    assert Folder.of_key("b", "a/b/c.jpg") == Folder("b", "a/b/") and Folder.of_key("b", "c.jpg").path == ""
+    assert Folder("b", "a/").query() == {
+        "bool": {"filter": [{"term": {"bucket": "b"}}, {"term": {"folder.tree": "a"}}]}
+    }
+    assert Folder("b").query() == {"bool": {"filter": [{"term": {"bucket": "b"}}]}}
+    for bad in ("s3:///x", "nobucket"):
+        with pytest.raises(ValueError):
+            Folder.parse(bad)
+    with pytest.raises(ValueError):
+        Folder("b", "no-slash")

@@ -4,6 +4,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from smarttags import settings
 from smarttags.core import windows as scheduling
+from smarttags.core.asset import Asset, Tagging, TaggingStatus
 from smarttags.entrypoints import scheduler
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -12,21 +13,14 @@ HALF_YEAR = timedelta(days=182)
 
 
 def _doc(*, status="tagged", etag="e1", tagged_etag="e1", model="m2", tagged_at=NOW - timedelta(hours=1)):
-    return {
-        "etag": etag,
-        "tagging": {
-            "status": status,
-            "etag": tagged_etag,
-            "model_version": model,
-            "tagged_at": tagged_at.isoformat() if tagged_at else None,
-        },
-    }
+    tagging = Tagging(TaggingStatus(status), None, model, tagged_etag, tagged_at.isoformat() if tagged_at else None)
+    return Asset("b", "k.jpg", etag=etag, tagging=tagging)
 
 
 @pytest.mark.parametrize(
     ("doc", "gap", "reason"),
     [
-        ({"etag": "e1", "tagging": {"status": "pending"}}, DAY, "new"),
+        (Asset("b", "k.jpg", etag="e1"), DAY, "new"),
         (_doc(status="not_enabled"), DAY, "new"),
         (_doc(etag="e2"), DAY, "modified"),
         (_doc(model="m1"), DAY, "model"),

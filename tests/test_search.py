@@ -6,8 +6,7 @@ import random
 
 import numpy as np
 import pytest
-from smarttags.core import asset as assets
-from smarttags.core.model_registry import SmartTag
+from smarttags.core.asset import Asset, SmartTag, StoredEmbedding
 from smarttags.core.search import SearchRequest
 from smarttags.core.taxonomy import Tag
 
@@ -22,15 +21,20 @@ TAXONOMY = [
 
 
 def _asset(services, key, *, title=None, description=None, keywords=(), smart=(), modified=None, embedding=None):
-    doc = assets.base_document(
-        bucket=services.settings.aws.bucket, key=key, etag="e", size=1, content_type="image/jpeg", modified=modified
-    )
-    doc.update(title=title, description=description, keywords=list(keywords))
-    assets.set_smart_tags(doc, [SmartTag(tag, conf) for tag, conf in smart], "m1")
-    if embedding is not None:
-        doc["embedding"] = embedding
-    services.index.put("assets", doc["asset_id"], doc)
-    return doc["asset_id"]
+    asset = Asset(
+        services.settings.aws.bucket,
+        key,
+        etag="e",
+        size=1,
+        content_type="image/jpeg",
+        modified=modified,
+        title=title,
+        description=description,
+        keywords=tuple(keywords),
+        embedding=StoredEmbedding(tuple(embedding), "test", "e") if embedding is not None else None,
+    ).with_smart_tags(SmartTag(tag, conf, "m1") for tag, conf in smart)
+    services.assets.put(asset)
+    return asset.id
 
 
 @pytest.fixture

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 from smarttags.adapters import imaging
+from smarttags.adapters.asset_index import AssetIndex
 from smarttags.adapters.opensearch import SearchIndex
 from smarttags.core import asset as assets
 from smarttags.core import tagging
+from smarttags.core.folders import Folder
 from smarttags.core.model_registry import Model
+from smarttags.entrypoints.batch import handle_lambda_event
 from smarttags.entrypoints.compose import Services
 
 from tests.event_files import s3_event, via_sqs
@@ -26,7 +29,11 @@ def model(shape_model) -> Model:
 
 @pytest.fixture
 def enabled(services):
-    services.folders.set_enabled(services.settings.aws.bucket, "up/", True)
+    services.folders.set_enabled(Folder(services.settings.aws.bucket, "up/"), True)
+
+
+def invoke(services, event):
+    return handle_lambda_event(services.tagger, services.runs, event)
 
 
 def _upload(services, key, data, content_type="image/jpeg"):
@@ -48,7 +55,7 @@ def _doc(services, key):
 def test_create_overwrite_delete(services, model, enabled):
     key = "up/new folder/red car +1.jpg"
     etag = _upload(services, key, RED)
-    result = services.tagger.handle_invocation(via_sqs(_created(services, key, etag, "0055AA")))
+    result = invoke(services, via_sqs(_created(services, key, etag, "0055AA")))
     assert result == {"batchItemFailures": []}
     doc = _doc(services, key)
     assert doc["tagging"]["status"] == "tagged" and doc["tagging"]["model_version"] == model.version
@@ -57,20 +64,20 @@ def test_create_overwrite_delete(services, model, enabled):
     assert len(doc["embedding"]) == 1280 and doc["smart_tags"][0]["model_version"] == model.version
 
     etag2 = _upload(services, key, BLUE)
-    services.tagger.handle_invocation(via_sqs(_created(services, key, etag2, "0055AB")))
+    invoke(services, via_sqs(_created(services, key, etag2, "0055AB")))
     doc = _doc(services, key)
     assert doc["etag"] == etag2 and doc["smart_ids"] == ["shapes:any"]
 
     services.s3.delete_object(Bucket=services.settings.aws.bucket, Key=key)
     removed = s3_event("s3_object_removed.json", bucket=services.settings.aws.bucket, key=key, sequencer="0055AC")
-    assert services.tagger.handle_invocation(removed) == {"batchItemFailures": []}
+    assert invoke(services, removed) == {"batchItemFailures": []}
     assert _doc(services, key) is None
 
 
 def test_duplicate_delivery_changes_nothing(services, model, enabled):
     key = "up/dup.jpg"
     event = via_sqs(_created(services, key, _upload(services, key, RED), "0100"))
-    services.tagger.handle_invocation(event)
+    invoke(services, event)
     before = services.index.get("assets", assets.asset_id(services.settings.aws.bucket, key))
     outcome = services.tagger.handle(next(iter(tagging.events.parse_invocation(event))).events[0])
     after = services.index.get("assets", assets.asset_id(services.settings.aws.bucket, key))
@@ -81,7 +88,7 @@ def test_out_of_order_delivery_keeps_the_newest(services, model, enabled):
     key = "up/order.jpg"
     old_etag = _upload(services, key, RED)
     new_etag = _upload(services, key, BLUE)
-    services.tagger.handle_invocation(via_sqs(_created(services, key, new_etag, "0200B")))
+    invoke(services, via_sqs(_created(services, key, new_etag, "0200B")))
     late = services.tagger.handle(
         next(iter(tagging.events.parse_invocation(_created(services, key, old_etag, "0200A")))).events[0]
     )
@@ -89,7 +96,7 @@ def test_out_of_order_delivery_keeps_the_newest(services, model, enabled):
     assert _doc(services, key)["etag"] == new_etag
     # A delete older than the upload the index holds is ignored too.
     stale_delete = s3_event("s3_object_removed.json", bucket=services.settings.aws.bucket, key=key, sequencer="01FF")
-    services.tagger.handle_invocation(stale_delete)
+    invoke(services, stale_delete)
     assert _doc(services, key) is not None
 
 
@@ -110,21 +117,21 @@ class RacingIndex(SearchIndex):
 def test_a_moderators_concurrent_edit_is_never_lost(services, model, enabled):
     key = "up/race.jpg"
     etag = _upload(services, key, RED)
-    services.tagger.handle_invocation(via_sqs(_created(services, key, etag, "0300")))
+    invoke(services, via_sqs(_created(services, key, etag, "0300")))
     etag2 = _upload(services, key, picture("red", size=(700, 500)))
     racing = RacingIndex(services.index, lambda doc_id: services.moderation.remove(doc_id, "shapes:any", user="mod"))
     tagger = tagging.Tagger(
         services.settings,
-        racing,
+        AssetIndex(racing),
         services.store_for,
         embedder=services.embedder,
-        read_facts=imaging.read_metadata,
+        open_picture=imaging.open_picture,
         models=services.models,
         taxonomy=services.taxonomy,
         folders=services.folders,
-        runs=services.runs,
     )
-    assert tagger.handle_invocation(via_sqs(_created(services, key, etag2, "0301"))) == {"batchItemFailures": []}
+    result = handle_lambda_event(tagger, services.runs, via_sqs(_created(services, key, etag2, "0301")))
+    assert result == {"batchItemFailures": []}
     doc = _doc(services, key)
     assert doc["etag"] == etag2 and doc["width"] == 700  # the tagger's write landed...
     assert "shapes:any" not in doc["smart_ids"] and doc["rejected_tags"] == ["shapes:any"]  # ...and so did the edit
@@ -151,7 +158,7 @@ def test_a_moderators_concurrent_edit_is_never_lost(services, model, enabled):
 def test_bad_input_is_recorded_and_retried_only_by_choice(services, model, enabled, data, content_type, status, reason):
     key = "up/bad-input"
     etag = _upload(services, key, data, content_type)
-    result = services.tagger.handle_invocation(via_sqs(_created(services, key, etag, "0400")))
+    result = invoke(services, via_sqs(_created(services, key, etag, "0400")))
     doc = _doc(services, key)
     assert doc["tagging"]["status"] == status and reason in doc["tagging"]["reason"]
     # Failures fail the record (retried, then the dead-letter queue); skipped objects do not.
@@ -164,16 +171,14 @@ def test_ignore_errors_lets_the_record_succeed(services, model, enabled, setting
     )
     key = "up/bad.jpg"
     etag = _upload(services, key, truncated_jpeg())
-    assert ignoring.tagger.handle_invocation(via_sqs(_created(services, key, etag, "0500"))) == {
-        "batchItemFailures": []
-    }
+    assert invoke(ignoring, via_sqs(_created(services, key, etag, "0500"))) == {"batchItemFailures": []}
     assert _doc(services, key)["tagging"]["status"] == "failed"
 
 
 def test_one_bad_record_never_redoes_the_others(services, model, enabled):
     good = _created(services, "up/good.jpg", _upload(services, "up/good.jpg", RED), "0600")
     bad = _created(services, "up/bad.jpg", _upload(services, "up/bad.jpg", b""), "0601")
-    result = services.tagger.handle_invocation(via_sqs(good, bad))
+    result = invoke(services, via_sqs(good, bad))
     assert result == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
     assert _doc(services, "up/good.jpg")["tagging"]["status"] == "tagged"
 
@@ -181,7 +186,7 @@ def test_one_bad_record_never_redoes_the_others(services, model, enabled):
 def test_folder_flag_and_the_ignore_flag_setting(services, model, settings):
     key = "elsewhere/red.jpg"
     event = via_sqs(_created(services, key, _upload(services, key, RED), "0700"))
-    services.tagger.handle_invocation(event)
+    invoke(services, event)
     doc = _doc(services, key)
     assert doc["tagging"]["status"] == "not_enabled" and doc["smart_ids"] == []
     ignoring = Services(
@@ -199,9 +204,9 @@ def test_opensearch_down_fails_the_record_then_it_succeeds(services, model, enab
         settings.model_copy(update={"opensearch": settings.opensearch.model_copy(update={"url": "http://127.0.0.1:9"})})
     )
     down.embedder = services.embedder
-    assert down.tagger.handle_invocation(event) == {"batchItemFailures": [{"itemIdentifier": "m0"}]}
+    assert invoke(down, event) == {"batchItemFailures": [{"itemIdentifier": "m0"}]}
     assert _doc(services, key) is None
-    assert services.tagger.handle_invocation(event) == {"batchItemFailures": []}
+    assert invoke(services, event) == {"batchItemFailures": []}
     assert _doc(services, key)["tagging"]["status"] == "tagged"
 
 

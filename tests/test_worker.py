@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from smarttags.core import windows as scheduling
 from smarttags.core.asset import asset_id
+from smarttags.core.folders import Folder
 from smarttags.core.runs import SCHEDULE
 from smarttags.core.search import SearchRequest
 from smarttags.core.taxonomy import Tag
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def running_worker(services):
-    worker = Worker(services.tagger, services.queue, concurrency=2, wait_seconds=1)
+    worker = Worker(services.tagger, services.runs, services.queue, concurrency=2, wait_seconds=1)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     yield worker
@@ -44,7 +45,7 @@ def _wait(predicate, timeout: float) -> float:
 
 def test_an_upload_is_searchable_by_its_smart_tag_within_seconds(services, shape_model, running_worker):
     services.taxonomy.import_tags([Tag("shapes:red", {"en": "Red"}), Tag("shapes:any", {"en": "Shape"})])
-    services.folders.set_enabled(services.settings.aws.bucket, "uploads/", True)
+    services.folders.set_enabled(Folder(services.settings.aws.bucket, "uploads/"), True)
     services.s3.put_object(Bucket=services.settings.aws.bucket, Key="uploads/a red one.jpg", Body=picture("red"))
 
     def found() -> bool:
@@ -60,7 +61,7 @@ def test_every_still_format_is_tagged_end_to_end_by_its_bytes(services, shape_mo
     # The key's extension says nothing: a HEIC stored as ".jpg" is still a HEIC.
     services.taxonomy.import_tags([Tag("shapes:red", {"en": "Red"}), Tag("shapes:any", {"en": "Shape"})])
     bucket = services.settings.aws.bucket
-    services.folders.set_enabled(bucket, "formats/", True)
+    services.folders.set_enabled(Folder(bucket, "formats/"), True)
     keys = {"formats/phone.jpg": "HEIF", "formats/web.avif": "AVIF", "formats/layers.psd": "PSD"}
     for key, fmt in keys.items():
         services.s3.put_object(Bucket=bucket, Key=key, Body=picture("red", size=(320, 240), fmt=fmt))
@@ -80,23 +81,23 @@ def test_every_still_format_is_tagged_end_to_end_by_its_bytes(services, shape_mo
 
 def test_a_poison_message_ends_in_the_dead_letter_queue(services):
     services.queue.send([{"neither": "an S3 event nor a work item"}])
-    worker = Worker(services.tagger, services.queue, wait_seconds=1)
+    worker = Worker(services.tagger, services.runs, services.queue, wait_seconds=1)
     deadline = time.monotonic() + 40
     while services.dead_letter_queue.depth()["visible"] == 0 and time.monotonic() < deadline:
         worker.run_once()
     assert services.dead_letter_queue.depth()["visible"] == 1
-    body = services.dead_letter_queue.receive(wait_seconds=1)[0]["body"]
+    body = services.dead_letter_queue.receive(wait_seconds=1)[0].body
     assert json.loads(body) == {"neither": "an S3 event nor a work item"}
 
 
 def test_an_outage_loses_no_event(services, settings, shape_model):
-    services.folders.set_enabled(services.settings.aws.bucket, "o/", True)
+    services.folders.set_enabled(Folder(services.settings.aws.bucket, "o/"), True)
     services.s3.put_object(Bucket=services.settings.aws.bucket, Key="o/red.jpg", Body=picture("red"))
     down = Services(
         settings.model_copy(update={"opensearch": settings.opensearch.model_copy(update={"url": "http://127.0.0.1:9"})})
     )
     down.embedder = services.embedder
-    broken = Worker(down.tagger, services.queue, wait_seconds=2)
+    broken = Worker(down.tagger, down.runs, services.queue, wait_seconds=2)
     assert broken.run_once() >= 1  # received, failed, left on the queue
 
     def tagged() -> bool:
@@ -104,7 +105,7 @@ def test_an_outage_loses_no_event(services, settings, shape_model):
         return bool(hits) and hits[0]["_source"]["tagging"]["status"] == "tagged"
 
     assert not tagged()
-    worker = Worker(services.tagger, services.queue, wait_seconds=1)
+    worker = Worker(services.tagger, services.runs, services.queue, wait_seconds=1)
     _wait(lambda: worker.run_once() >= 0 and tagged(), 20)
 
 
@@ -116,21 +117,21 @@ def test_a_daily_tagging_run_goes_through_the_queue_and_is_recorded(services, sh
             Bucket=bucket, Key=f"daily/{i}.jpg", Body=picture("red" if i % 2 else "blue", size=(600 + i, 400))
         )
     _wait(lambda: services.index.count("assets", {"term": {"tagging.status": "not_enabled"}}) == 4, 20)
-    services.folders.set_enabled(bucket, "daily/", True)
-    dispatch = scheduling.dispatch_tagging(services, f"s3://{bucket}/daily/", trigger=SCHEDULE)
+    services.folders.set_enabled(Folder(bucket, "daily/"), True)
+    dispatch = scheduling.dispatch_tagging(services, Folder(bucket, "daily/"), trigger=SCHEDULE)
     assert dispatch.run.counts["selected"] == 4 and dispatch.reasons == {"new": 4}
     _wait(lambda: (run := services.runs.get(dispatch.run.run_id)) is not None and run.status == "succeeded", 30)
     run = services.runs.get(dispatch.run.run_id)
     assert run.counts["processed"] == 4 and run.counts["tagged"] == 4 and run.trigger == SCHEDULE
     assert services.index.count("assets", {"term": {"tagging.status": "tagged"}}) == 4
     # Nothing changed: the next daily run selects nothing.
-    assert scheduling.dispatch_tagging(services, f"s3://{bucket}/daily/", trigger=SCHEDULE).run.counts["selected"] == 0
+    assert scheduling.dispatch_tagging(services, Folder(bucket, "daily/"), trigger=SCHEDULE).run.counts["selected"] == 0
     listed = services.runs.list(kind="tag")
     assert dispatch.run.run_id in [r.run_id for r in listed]
 
 
 def test_two_schedulers_run_each_window_once(services):
-    services.folders.set_enabled(services.settings.aws.bucket, "w/", True)
+    services.folders.set_enabled(Folder(services.settings.aws.bucket, "w/"), True)
     fire = datetime(2026, 12, 1, tzinfo=UTC)
     results: dict[str, object] = {}
     barrier = threading.Barrier(2)
@@ -153,7 +154,7 @@ def test_two_schedulers_run_each_window_once(services):
 
 def test_a_window_missed_while_stopped_runs_once_on_restart(services):
     service = scheduler
-    services.folders.set_enabled(services.settings.aws.bucket, "m/", True)
+    services.folders.set_enabled(Folder(services.settings.aws.bucket, "m/"), True)
     # The service was down at 00:00; it comes back at 03:00, inside the misfire grace time.
     now = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
     calls: list[tuple[str, datetime]] = []

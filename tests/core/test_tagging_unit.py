@@ -1,27 +1,36 @@
-"""The tagger's decisions on the in-memory fakes: no OpenSearch, no S3, no ONNX — milliseconds."""
+"""The tagger on the in-memory fakes: its pure decisions from plain values, and its effects through the
+ports — no OpenSearch, no S3, no ONNX; milliseconds."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pytest
 from smarttags import settings as settings_mod
-from smarttags.core import asset as assets
+from smarttags.adapters.asset_index import AssetIndex
 from smarttags.core import events
-from smarttags.core.folders import FolderRegistry
+from smarttags.core.asset import Asset, Handled, SmartTag, StoredEmbedding, TaggingStatus
+from smarttags.core.folders import Folder, FolderRegistry
 from smarttags.core.heads import Heads, TagFit
-from smarttags.core.model_registry import ModelStore
+from smarttags.core.model_registry import Manifest, Model, ModelStore
 from smarttags.core.moderation import Moderation
-from smarttags.core.runs import RunLog
-from smarttags.core.tagging import RecordFailed, Tagger
+from smarttags.core.ports import ObjectInfo
+from smarttags.core.tagging import Action, Reading, RecordFailed, Stale, Tagger, apply_reading, decide
 from smarttags.core.taxonomy import TaxonomyStore
 from smarttags.errors import CorruptImage
 
 from tests.fakes import FakeIndex, FakeStore
 
 BUCKET = "assets"
+HEADS = Heads(
+    ("shapes:red",),
+    np.array([[20.0], [0], [0], [0]], np.float32),
+    np.array([-10.0], np.float32),
+    np.array([0.5], np.float32),
+)
 
 
 @dataclass(frozen=True)
@@ -32,25 +41,41 @@ class Facts:
     description: str | None = None
     keywords: tuple[str, ...] = ()
     content_type: str | None = "image/png"
+    format: str = "PNG"
+    decoder: str = "pillow"
 
 
-def read_facts(data: bytes, *, max_pixels: int) -> Facts:
-    if data.startswith(b"broken"):
-        raise CorruptImage("truncated file")
-    return Facts()
+class FakePicture:
+    """'red...' bytes are a red picture, 'broken...' bytes do not open; counts how often it is opened."""
+
+    opened = 0
+
+    def __init__(self, data: bytes) -> None:
+        if data.startswith(b"broken"):
+            raise CorruptImage("truncated file")
+        FakePicture.opened += 1
+        self.data = data
+        self.facts = Facts()
+
+    def pixels(self, size: int) -> Any:
+        return np.full((size, size, 3), 255 if self.data.startswith(b"red") else 0, np.uint8)
 
 
-class ByteEmbedder:
-    """'red...' bytes embed along axis 0, anything else along axis 1."""
+def open_picture(data: bytes, *, max_pixels: int) -> FakePicture:
+    return FakePicture(data)
+
+
+class PixelEmbedder:
+    """Bright pixels embed along axis 0, dark ones along axis 1."""
 
     model_id = "fake:1"
     sha256 = "0" * 64
+    input_size = 4
+    calls = 0
 
-    def embed_bytes(self, items: Any) -> list[Any]:
-        return [np.eye(4, dtype=np.float32)[0 if data.startswith(b"red") else 1] for data in items]
-
-    def iter_embed(self, items: Any, load: Any) -> Any:
-        return iter(self.embed_bytes([load(i) for i in items]))
+    def embed_arrays(self, pixels: Any) -> Any:
+        PixelEmbedder.calls += 1
+        return np.stack([np.eye(4, dtype=np.float32)[0 if p.mean() > 128 else 1] for p in pixels])
 
 
 @pytest.fixture
@@ -58,14 +83,8 @@ def world() -> Any:
     index, store = FakeIndex(), FakeStore(BUCKET)
     settings = settings_mod.load(aws={"bucket": BUCKET})
     models = ModelStore(store, settings.aws.models_prefix)
-    heads = Heads(
-        ("shapes:red",),
-        np.array([[20.0], [0], [0], [0]], np.float32),
-        np.array([-10.0], np.float32),
-        np.array([0.5], np.float32),
-    )
     manifest = models.save(
-        heads,
+        HEADS,
         [TagFit("shapes:red", 30, 1, 0.5, 1, 1, 1, 1)],
         backbone_id="fake:1",
         backbone_sha256="0" * 64,
@@ -74,41 +93,105 @@ def world() -> Any:
     )
     models.activate(manifest.version)
     folders = FolderRegistry(index)
-    folders.set_enabled(BUCKET, "up/", True)
+    folders.set_enabled(Folder(BUCKET, "up/"), True)
+    assets = AssetIndex(index)
     tagger = Tagger(
         settings,
-        index,
+        assets,
         lambda bucket: store,
-        embedder=ByteEmbedder,
-        read_facts=read_facts,
+        embedder=PixelEmbedder,
+        open_picture=open_picture,
         models=models,
         taxonomy=TaxonomyStore(index),
         folders=folders,
-        runs=RunLog(index),
     )
-    return tagger, index, store
+    return tagger, assets, store, index
 
 
-def created(key: str, sequencer: str) -> events.ObjectEvent:
+def created(key: str, sequencer: str | None) -> events.ObjectEvent:
     return events.ObjectEvent(events.CREATED, BUCKET, key, sequencer=sequencer)
 
 
-def doc(index: FakeIndex, key: str) -> dict[str, Any]:
-    found = index.get("assets", assets.asset_id(BUCKET, key))
+def held(assets: AssetIndex, key: str) -> Asset:
+    found = assets.get(Asset(BUCKET, key).id)
     assert found is not None
-    return found.source
+    return found.asset
 
 
-def test_an_upload_in_an_enabled_folder_is_tagged(world: Any) -> None:
-    tagger, index, store = world
+# --- the pure decision ---
+
+
+def test_decide_from_plain_values() -> None:
+    tagged = Asset(BUCKET, "up/a.png", sequencer="02").with_status(TaggingStatus.TAGGED, model_version="m1")
+    assert decide(created("_smarttags/thumbs/x.jpg", "01"), None, active_model=None).result.status == Handled.IGNORED
+    assert decide(events.ObjectEvent(events.REMOVED, BUCKET, "up/a.png"), tagged, active_model="m1").action == (
+        Action.REMOVE
+    )
+    assert decide(created("up/a.png", "02"), tagged, active_model="m1").result.status == Handled.DUPLICATE
+    # The same event after a model change is work, not a duplicate.
+    assert decide(created("up/a.png", "02"), tagged, active_model="m2").action == Action.TAG
+    assert decide(created("up/a.png", "01"), tagged, active_model="m1").result.status == Handled.STALE
+    assert decide(created("up/a.png", "03"), tagged, active_model="m1").action == Action.TAG
+    assert decide(created("up/a.png", None), tagged, active_model="m1").action == Action.TAG  # a work item
+    failed = Asset(BUCKET, "up/b.png", sequencer="02").with_status(TaggingStatus.FAILED)
+    assert decide(created("up/b.png", "02"), failed, active_model="m1").action == Action.TAG  # failures retry
+
+
+def _reading(**kwargs: Any) -> Reading:
+    info = ObjectInfo(BUCKET, "up/a.png", "e2", 10, datetime(2026, 1, 1, tzinfo=UTC), "image/png")
+    return Reading(**{"info": info, "sequencer": "05", "enabled": True, "facts": Facts(), **kwargs})
+
+
+def test_apply_reading_keeps_moderation_and_raises_on_a_later_event() -> None:
+    model = Model(Manifest("m1", "fake:1", "0" * 64, ["shapes:red"], {}, {}, "t", "2026-01-01"), HEADS)
+    red = StoredEmbedding((1.0, 0.0, 0.0, 0.0), "fake:1", "e2")
+    base = Asset(BUCKET, "up/a.png", tags=("own:tag",))
+    after = apply_reading(base.reject("shapes:red"), _reading(embedding=red), model, max_tags=5)
+    assert after.status == TaggingStatus.TAGGED and after.smart_ids == () and after.tags == ("own:tag",)
+    assert after.etag == "e2" and after.format == "PNG" and after.embedding == red
+    promoted = apply_reading(base.promote("shapes:blue"), _reading(embedding=red), model, max_tags=5)
+    assert promoted.smart_ids == ("shapes:blue", "shapes:red")
+    assert apply_reading(base, _reading(enabled=False), model, max_tags=5).status == TaggingStatus.NOT_ENABLED
+    assert apply_reading(base, _reading(embedding=red), None, max_tags=5).status == TaggingStatus.EMBEDDED
+    broken = _reading(facts=None, failure=CorruptImage("truncated"))
+    assert apply_reading(base, broken, model, max_tags=5).status == TaggingStatus.FAILED
+    with pytest.raises(Stale):
+        apply_reading(replace_sequencer(base, "09"), _reading(embedding=red), model, max_tags=5)
+
+
+def replace_sequencer(asset: Asset, sequencer: str) -> Asset:
+    from dataclasses import replace
+
+    return replace(asset, sequencer=sequencer)
+
+
+# --- the effects, through the fakes ---
+
+
+def test_an_upload_in_an_enabled_folder_is_tagged_opening_the_picture_once(world: Any) -> None:
+    tagger, _, store, index = world
     store.put_bytes("up/a.png", b"red circle")
+    FakePicture.opened = 0
     outcome = tagger.handle(created("up/a.png", "01"))
     assert (outcome.status, outcome.tags) == ("tagged", ("shapes:red",))
-    assert doc(index, "up/a.png")["smart_scores"]["shapes:red"] > 0.99
+    assert FakePicture.opened == 1
+    assert index.get("assets", Asset(BUCKET, "up/a.png").id).source["smart_scores"]["shapes:red"] > 0.99
+
+
+def test_the_stored_embedding_is_reused_while_the_bytes_are_unchanged(world: Any) -> None:
+    tagger, _, store, _ = world
+    store.put_bytes("up/a.png", b"red circle")
+    tagger.handle(created("up/a.png", "01"))
+    PixelEmbedder.calls = 0
+    tagger.handle(created("up/a.png", None))  # a daily-run work item: same bytes
+    assert PixelEmbedder.calls == 0
+    store.put_bytes("up/a.png", b"red circle, retouched")
+    tagger.handle(created("up/a.png", "02"))
+    assert PixelEmbedder.calls == 1
 
 
 def test_duplicates_and_older_events_change_nothing(world: Any) -> None:
-    tagger, index, store = world
+    tagger, _, store, index = world
     store.put_bytes("up/a.png", b"red circle")
     tagger.handle(created("up/a.png", "02"))
     writes = index.writes
@@ -118,28 +201,63 @@ def test_duplicates_and_older_events_change_nothing(world: Any) -> None:
 
 
 def test_a_removed_tag_never_comes_back(world: Any) -> None:
-    tagger, index, store = world
+    tagger, assets, store, index = world
     store.put_bytes("up/a.png", b"red circle")
     tagger.handle(created("up/a.png", "01"))
-    Moderation(index).remove(assets.asset_id(BUCKET, "up/a.png"), "shapes:red", user="mod")
+    Moderation(assets, index).remove(Asset(BUCKET, "up/a.png").id, "shapes:red", user="mod")
     store.put_bytes("up/a.png", b"red circle, retouched")
     assert tagger.handle(created("up/a.png", "02")).tags == ()
-    assert doc(index, "up/a.png")["rejected_tags"] == ["shapes:red"]
+    assert held(assets, "up/a.png").rejected == {"shapes:red"}
+
+
+def test_a_concurrent_moderator_edit_survives_the_tagger_write(world: Any) -> None:
+    tagger, assets, store, index = world
+    store.put_bytes("up/a.png", b"red circle")
+    tagger.handle(created("up/a.png", "01"))
+    moderation = Moderation(assets, index)
+    real_put = assets.put
+
+    def put_after_a_moderator(asset: Asset, **kwargs: Any) -> None:
+        # The moderator promotes a tag between the tagger's read and its write: the write conflicts,
+        # the tagger re-reads and re-applies, and the promotion is kept.
+        assets.put = real_put
+        moderation.promote(asset.id, "shapes:blue", user="mod")
+        real_put(asset, **kwargs)
+
+    assets.put = put_after_a_moderator
+    store.put_bytes("up/a.png", b"red circle, retouched")
+    assert tagger.handle(created("up/a.png", "02")).status == "tagged"
+    assert held(assets, "up/a.png").smart_ids == ("shapes:blue", "shapes:red")
 
 
 def test_folders_not_enabled_and_broken_files_are_recorded(world: Any) -> None:
-    tagger, index, store = world
+    tagger, assets, store, _ = world
     store.put_bytes("other/a.png", b"red circle")
     assert tagger.handle(created("other/a.png", "01")).status == "not_enabled"
     store.put_bytes("up/bad.png", b"broken bytes", content_type="image/png")
     with pytest.raises(RecordFailed, match="truncated file"):
         tagger.handle(created("up/bad.png", "01"))
-    assert doc(index, "up/bad.png")["tagging"]["status"] == "failed"
+    assert held(assets, "up/bad.png").status == TaggingStatus.FAILED
+
+
+def test_a_deleted_object_removes_its_asset_unless_a_later_event_holds_it(world: Any) -> None:
+    tagger, assets, store, _ = world
+    store.put_bytes("up/a.png", b"red circle")
+    tagger.handle(created("up/a.png", "05"))
+    removed = events.ObjectEvent(events.REMOVED, BUCKET, "up/a.png", sequencer="04")
+    assert tagger.handle(removed).status == "stale"
+    assert tagger.handle(events.ObjectEvent(events.REMOVED, BUCKET, "up/a.png", sequencer="06")).status == "deleted"
+    assert assets.get(Asset(BUCKET, "up/a.png").id) is None
+    assert tagger.handle(created("up/gone.png", "01")).status == "gone"
 
 
 def test_the_nearest_registered_folder_decides() -> None:
     folders = FolderRegistry(FakeIndex())
-    folders.set_enabled(BUCKET, "a/", True)
-    folders.set_enabled(BUCKET, "a/b/", False)
+    folders.set_enabled(Folder(BUCKET, "a/"), True)
+    folders.set_enabled(Folder(BUCKET, "a/b/"), False)
     assert folders.is_enabled(BUCKET, "a/x.png") and not folders.is_enabled(BUCKET, "a/b/x.png")
     assert folders.is_enabled(BUCKET, "a/c/d/x.png") and not folders.is_enabled(BUCKET, "z/x.png")
+
+
+def test_smart_tag_values_are_plain() -> None:
+    assert SmartTag("a:b", 0.5, "m") == SmartTag("a:b", 0.5, "m")

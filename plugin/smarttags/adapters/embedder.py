@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -199,7 +199,7 @@ class Embedder:
         """One result per item, in order: an L2-normalised embedding, or the ImageError that item raised."""
         return list(self.iter_embed(items, lambda data: data))
 
-    def iter_embed(self, items: Iterable[Any], load: Callable[[Any], bytes]) -> Iterable[Embedding | ImageError]:
+    def iter_embed(self, items: Iterable[Any], load: Callable[[Any], bytes]) -> Iterator[Embedding | ImageError]:
         """Like ``embed_bytes`` over any items, ``load`` turning each into bytes inside the decode pool
         (e.g. a file read or an S3 GET), so fetching and decoding overlap inference too."""
         pool = self._executor()

@@ -16,7 +16,7 @@ Every failure becomes an ``ImageError`` subclass with a reason:
 short side with neutral grey (letterboxing; no centre crop). Large JPEGs are decoded with DCT scaling
 (``Image.draft``) straight to about the size needed, which is what makes 12 MP photos cheap.
 ``read_metadata`` reads size, format and embedded title/description/keywords (XMP, IPTC, EXIF)
-from the header only.
+from the header only. A ``Picture`` (``open_picture``) gives both from one open of the bytes.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import logging
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pillow_heif
@@ -36,6 +37,7 @@ from PIL import Image, IptcImagePlugin, UnidentifiedImageError
 from smarttags.errors import CorruptImage, ImageError, ImageTooLarge, UnsupportedImage
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # HEIF is not in Pillow itself; pillow-heif adds it as an ordinary Pillow plugin (header-only open,
 # 8-bit output even for 10-bit files). AVIF is Pillow's own reader (Pillow >= 11.3 wheels).
@@ -302,35 +304,7 @@ def prepare(data: bytes, size: int, *, max_pixels: int) -> np.ndarray[Any, np.dt
 
     Raises an ``ImageError`` subclass for anything that cannot become such an array.
     """
-    try:
-        return _prepare(data, size, max_pixels)
-    except (ImageError, MemoryError):
-        raise
-    except Exception as exc:
-        # A decoder bug on hostile bytes (Pillow's plugins raise many types) is still this file's
-        # problem only: one bad file must never fail the batch it is in.
-        log.warning("decoder failed unexpectedly: %s: %s", type(exc).__name__, exc)
-        raise CorruptImage(f"decoder failed: {type(exc).__name__}: {exc}", content_type=sniff(data)) from None
-
-
-def _prepare(data: bytes, size: int, max_pixels: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
-    img = open_image(data, max_pixels=max_pixels)
-    turn = orientation(img)
-    if img.format in ("JPEG", "MPO"):
-        # DCT scaling: decode at 1/2, 1/4 or 1/8 scale, never below what the letterbox needs.
-        width, height = img.size
-        long_side = max(width, height)
-        if long_side > size:
-            img.draft("RGB", (max(1, -(-width * size // long_side)), max(1, -(-height * size // long_side))))
-    _load(img)
-    try:
-        rgb = fit_square(_oriented(to_rgb(img), turn), size)
-    except (OSError, ValueError) as exc:
-        raise CorruptImage(f"cannot convert pixels: {exc}", content_type=_mime(img)) from None
-    arr = np.asarray(rgb, dtype=np.uint8)
-    if arr.shape != (size, size, 3):
-        raise CorruptImage(f"unexpected decoded shape {arr.shape}", content_type=_mime(img))
-    return arr
+    return open_picture(data, max_pixels=max_pixels).pixels(size)
 
 
 def _oriented(img: Image.Image, turn: int) -> Image.Image:
@@ -379,13 +353,63 @@ _NS = {
 
 
 def read_metadata(data: bytes, *, max_pixels: int = 1 << 62) -> ImageMetadata:
-    """Size, format, title, description and keywords of an image, read without decoding its pixels.
+    """Size, format, title, description and keywords of an image, read without decoding its pixels."""
+    return open_picture(data, max_pixels=max_pixels).facts
 
-    Text comes from XMP (dc:title, dc:description, dc:subject), IPTC (2:05 title, 2:120 caption,
-    2:25 keywords) and EXIF ImageDescription, in that order of preference; keywords are merged.
-    Raises the same ImageError subclasses as ``prepare`` for input that is not a readable image.
-    """
-    img = open_image(data, max_pixels=max_pixels)
+
+class Picture:
+    """One image opened once: its facts read from the header, its pixels decoded on demand (the tagger
+    needs both from one upload; ``prepare`` and ``read_metadata`` are this class used for one of them)."""
+
+    def __init__(self, data: bytes, *, max_pixels: int) -> None:
+        self._data = data
+        self._img = _guarded(data, lambda: open_image(data, max_pixels=max_pixels))
+        self.facts = _guarded(data, lambda: _facts(self._img, data))
+
+    def pixels(self, size: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
+        """A ``(size, size, 3)`` uint8 RGB array, EXIF-oriented and letterboxed (once per picture: the
+        decoded pixels replace the lazy image)."""
+        return _guarded(self._data, lambda: _pixels(self._img, self.facts.orientation, size))
+
+
+def open_picture(data: bytes, *, max_pixels: int) -> Picture:
+    """Open ``data`` as a picture; raises an ``ImageError`` subclass for what is not a readable image."""
+    return Picture(data, max_pixels=max_pixels)
+
+
+def _guarded(data: bytes, step: Callable[[], _T]) -> _T:
+    try:
+        return step()
+    except (ImageError, MemoryError):
+        raise
+    except Exception as exc:
+        # A decoder bug on hostile bytes (Pillow's plugins raise many types) is still this file's
+        # problem only: one bad file must never fail the batch it is in.
+        log.warning("decoder failed unexpectedly: %s: %s", type(exc).__name__, exc)
+        raise CorruptImage(f"decoder failed: {type(exc).__name__}: {exc}", content_type=sniff(data)) from None
+
+
+def _pixels(img: Image.Image, turn: int, size: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    if img.format in ("JPEG", "MPO"):
+        # DCT scaling: decode at 1/2, 1/4 or 1/8 scale, never below what the letterbox needs.
+        width, height = img.size
+        long_side = max(width, height)
+        if long_side > size:
+            img.draft("RGB", (max(1, -(-width * size // long_side)), max(1, -(-height * size // long_side))))
+    _load(img)
+    try:
+        rgb = fit_square(_oriented(to_rgb(img), turn), size)
+    except (OSError, ValueError) as exc:
+        raise CorruptImage(f"cannot convert pixels: {exc}", content_type=_mime(img)) from None
+    arr = np.asarray(rgb, dtype=np.uint8)
+    if arr.shape != (size, size, 3):
+        raise CorruptImage(f"unexpected decoded shape {arr.shape}", content_type=_mime(img))
+    return arr
+
+
+def _facts(img: Image.Image, data: bytes) -> ImageMetadata:
+    """Text comes from XMP (dc:title, dc:description, dc:subject), IPTC (2:05 title, 2:120 caption,
+    2:25 keywords) and EXIF ImageDescription, in that order of preference; keywords are merged."""
     turn = orientation(img)
     width, height = img.size
     if turn in (5, 6, 7, 8):

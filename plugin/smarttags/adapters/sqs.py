@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -14,6 +15,16 @@ from smarttags.adapters.clients import translate_aws_error
 log = logging.getLogger(__name__)
 
 SEND_BATCH = 10  # SQS's limit per SendMessageBatch
+
+
+@dataclass(frozen=True)
+class Received:
+    """One received message: what the worker hands on, and the handle to delete or delay it by."""
+
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
 
 
 class WorkQueue:
@@ -66,8 +77,7 @@ class WorkQueue:
 
     def receive(
         self, *, max_messages: int = 10, wait_seconds: int = 10, visibility_seconds: int = 120
-    ) -> list[dict[str, Any]]:
-        """Messages shaped as Lambda's SQS event records, so one handler serves both."""
+    ) -> list[Received]:
         response = self._call(
             "receive_message",
             MaxNumberOfMessages=max(1, min(10, max_messages)),
@@ -76,13 +86,12 @@ class WorkQueue:
             AttributeNames=["ApproximateReceiveCount"],
         )
         return [
-            {
-                "messageId": m["MessageId"],
-                "receiptHandle": m["ReceiptHandle"],
-                "body": m["Body"],
-                "attributes": m.get("Attributes", {}),
-                "eventSource": "aws:sqs",
-            }
+            Received(
+                message_id=m["MessageId"],
+                receipt_handle=m["ReceiptHandle"],
+                body=m["Body"],
+                receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
+            )
             for m in response.get("Messages", [])
         ]
 

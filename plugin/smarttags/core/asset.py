@@ -1,23 +1,57 @@
-"""The asset document: identity, the fields written from S3 and the image, and smart-tag fields.
+"""The asset, SmartTags' central value: one object of a bucket, what it says about itself, its own tags,
+its smart tags and its tagging state.
 
-Pure functions over plain dicts (the ``_source`` of a document in the assets index), so the tagger,
-the trainer and moderation all write the same shape.
+Values are frozen; a change is a new value (``with_smart_tags``, ``reject``, ...), so the tagger,
+ingest and moderation all make the same changes the same way. Only the assets-index adapter
+(``adapters.asset_index``) turns an ``Asset`` into an OpenSearch document and back; the mapping in
+``search_templates/assets.index.json`` is that document's contract.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
-from smarttags.core.model_registry import SmartTag
+from smarttags.core.clock import now_iso
+from smarttags.core.folders import Folder
 
-# Tagging states an operator sees on an asset.
-TAGGED = "tagged"
-FAILED = "failed"
-SKIPPED = "skipped"
-PENDING = "pending"
+
+class TaggingStatus(StrEnum):
+    """The tagging state an operator sees on an asset."""
+
+    PENDING = "pending"  # registered, not looked at yet
+    TAGGED = "tagged"
+    EMBEDDED = "embedded"  # embedded, but no model was active yet
+    NOT_ENABLED = "not_enabled"  # its folder does not have Smart Tags enabled
+    SKIPPED = "skipped"  # not a picture we read (another file type)
+    FAILED = "failed"  # a picture that could not be read; retried
+
+
+class Handled(StrEnum):
+    """What an event did when it wrote no tagging state."""
+
+    DELETED = "deleted"
+    STALE = "stale"  # the index holds a later event for the key
+    DUPLICATE = "duplicate"  # a redelivery of work already done
+    GONE = "gone"  # the object was deleted before we read it
+    IGNORED = "ignored"  # one of SmartTags' own files
+
+
+Outcome = TaggingStatus | Handled
+
+# Done for good on the same bytes: a redelivered event for an asset in one of these states needs no work.
+SETTLED = frozenset({TaggingStatus.SKIPPED, TaggingStatus.NOT_ENABLED, TaggingStatus.EMBEDDED})
+
+
+def run_counter(status: Outcome) -> str | None:
+    """The run counter an outcome adds to (besides "processed"): the one counting rule of every run."""
+    if status in (TaggingStatus.TAGGED, TaggingStatus.FAILED, TaggingStatus.EMBEDDED):
+        return status.value
+    if status == Handled.DELETED:
+        return None
+    return "skipped"
 
 
 def asset_id(bucket: str, key: str) -> str:
@@ -25,133 +59,143 @@ def asset_id(bucket: str, key: str) -> str:
     return hashlib.sha256(f"{bucket}\x00{key}".encode()).hexdigest()[:40]
 
 
-def folder_path(key: str) -> str:
-    """The folder of a key without the trailing slash: 'a/b/c.jpg' -> 'a/b'; top level -> ''."""
-    return key.rpartition("/")[0]
-
-
 def feature_name(tag: str) -> str:
     """A tag id as a ``rank_features`` key: dots would be read as object paths, so they are escaped."""
     return tag.replace("%", "%25").replace(".", "%2E")
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+@dataclass(frozen=True)
+class SmartTag:
+    """A tag the model gave the asset. Whether it is promoted is the asset's say, not the tag's."""
+
+    tag: str
+    confidence: float
+    model_version: str
 
 
-def base_document(
-    *,
-    bucket: str,
-    key: str,
-    etag: str,
-    size: int,
-    content_type: str | None,
-    version_id: str | None = None,
-    sequencer: str | None = None,
-    modified: datetime | str | None = None,
-) -> dict[str, Any]:
-    modified_iso = modified.isoformat() if isinstance(modified, datetime) else modified
-    return {
-        "asset_id": asset_id(bucket, key),
-        "bucket": bucket,
-        "key": key,
-        "folder": folder_path(key),
-        "etag": etag,
-        "version_id": version_id,
-        "sequencer": sequencer,
-        "content_type": content_type,
-        "size": size,
-        "modified": modified_iso or now_iso(),
-        "created": modified_iso or now_iso(),
-        "tags": [],
-        "smart_tags": [],
-        "smart_ids": [],
-        "smart_scores": {},
-        "promoted_tags": [],
-        "rejected_tags": [],
-        "tagging": {"status": PENDING},
-        "updated_at": now_iso(),
-    }
+@dataclass(frozen=True)
+class Tagging:
+    status: TaggingStatus = TaggingStatus.PENDING
+    reason: str | None = None
+    model_version: str | None = None
+    etag: str | None = None  # the bytes this state is about
+    tagged_at: str | None = None
 
 
-def set_smart_tags(doc: dict[str, Any], tags: Iterable[SmartTag], model_version: str) -> None:
-    """Replace the smart-tag fields. Rejected tags never appear; promoted ones rank higher."""
-    rejected = set(doc.get("rejected_tags") or [])
-    kept = [t for t in tags if t.tag not in rejected]
-    promoted = set(doc.get("promoted_tags") or [])
-    doc["smart_tags"] = [
-        {
-            "tag": t.tag,
-            "confidence": t.confidence,
-            "model_version": model_version,
-            "promoted": t.promoted or t.tag in promoted,
-        }
-        for t in kept
-    ]
-    _sync_scores(doc)
+@dataclass(frozen=True)
+class StoredEmbedding:
+    """The backbone's embedding of the asset's bytes; reused while both are unchanged."""
+
+    vector: tuple[float, ...]
+    backbone: str  # the backbone's identity: name and weights hash
+    etag: str
+
+    def fits(self, etag: str, backbone: str) -> bool:
+        return self.etag == etag and self.backbone == backbone
 
 
-def _sync_scores(doc: dict[str, Any]) -> None:
-    """Derive the fields search uses from the structured list: ids and rank features.
-    A promoted tag gets +1 on its feature, which lifts it above any unpromoted confidence."""
-    promoted = set(doc.get("promoted_tags") or [])
-    entries = doc.get("smart_tags") or []
-    for entry in entries:
-        entry["promoted"] = entry["tag"] in promoted
-    doc["smart_ids"] = [e["tag"] for e in entries]
-    doc["smart_scores"] = {
-        feature_name(e["tag"]): max(float(e["confidence"]), 1e-4) + (1.0 if e["promoted"] else 0.0) for e in entries
-    }
+@dataclass(frozen=True)
+class Asset:
+    bucket: str
+    key: str
+    etag: str = ""
+    size: int = 0
+    content_type: str | None = None
+    version_id: str | None = None
+    sequencer: str | None = None
+    modified: str | None = None
+    created: str | None = None
+    width: int | None = None
+    height: int | None = None
+    title: str | None = None
+    description: str | None = None
+    keywords: tuple[str, ...] = ()
+    format: str | None = None  # detected from the bytes, e.g. "JPEG", "HEIF"
+    decoder: str | None = None  # the library that read it
+    tags: tuple[str, ...] = ()  # the asset's own taxonomy tags (keywords, manifest, a librarian)
+    smart_tags: tuple[SmartTag, ...] = ()  # best first; promoted ones first of all
+    promoted: frozenset[str] = frozenset()
+    rejected: frozenset[str] = frozenset()
+    embedding: StoredEmbedding | None = None
+    tagging: Tagging = field(default_factory=Tagging)
+    updated_at: str | None = None
 
+    @property
+    def id(self) -> str:
+        return asset_id(self.bucket, self.key)
 
-def reject_tag(doc: dict[str, Any], tag: str) -> bool:
-    """A moderator removes a smart tag: gone now, and never re-added by a later run."""
-    changed = tag not in (doc.get("rejected_tags") or [])
-    doc["rejected_tags"] = sorted({*(doc.get("rejected_tags") or []), tag})
-    doc["promoted_tags"] = [t for t in doc.get("promoted_tags") or [] if t != tag]
-    before = len(doc.get("smart_tags") or [])
-    doc["smart_tags"] = [e for e in doc.get("smart_tags") or [] if e["tag"] != tag]
-    _sync_scores(doc)
-    return changed or before != len(doc["smart_tags"])
+    @property
+    def folder(self) -> Folder:
+        return Folder.of_key(self.bucket, self.key)
 
+    @property
+    def smart_ids(self) -> tuple[str, ...]:
+        return tuple(t.tag for t in self.smart_tags)
 
-def promote_tag(doc: dict[str, Any], tag: str, model_version: str | None = None) -> bool:
-    """A moderator promotes a tag: the asset carries it (even if the model did not) and ranks higher."""
-    if tag in (doc.get("promoted_tags") or []):
-        return False
-    doc["promoted_tags"] = sorted({*(doc.get("promoted_tags") or []), tag})
-    doc["rejected_tags"] = [t for t in doc.get("rejected_tags") or [] if t != tag]
-    entries = doc.setdefault("smart_tags", [])
-    if not any(e["tag"] == tag for e in entries):
-        entries.insert(
-            0,
-            {"tag": tag, "confidence": 1.0, "model_version": model_version or "moderator", "promoted": True},
+    @property
+    def status(self) -> TaggingStatus:
+        return self.tagging.status
+
+    def is_promoted(self, tag: str) -> bool:
+        return tag in self.promoted
+
+    def with_smart_tags(self, tags: Iterable[SmartTag]) -> Asset:
+        """The model's tags replace the old ones: rejected ones never appear, promoted ones stay first
+        (a promoted tag the model did not give is kept from before)."""
+        given = {t.tag: t for t in tags if t.tag not in self.rejected}
+        for old in self.smart_tags:
+            if old.tag in self.promoted and old.tag not in given:
+                given[old.tag] = old
+        return replace(self, smart_tags=self._ranked(given.values()))
+
+    def reject(self, tag: str) -> Asset:
+        """A moderator removes a smart tag: gone now, and never re-added by a later run."""
+        return replace(
+            self,
+            rejected=self.rejected | {tag},
+            promoted=self.promoted - {tag},
+            smart_tags=tuple(t for t in self.smart_tags if t.tag != tag),
         )
-    _sync_scores(doc)
-    return True
+
+    def promote(self, tag: str, *, model_version: str = "moderator") -> Asset:
+        """A moderator promotes a tag: the asset carries it (even if the model did not) and ranks higher."""
+        tags = list(self.smart_tags)
+        if tag not in self.smart_ids:
+            tags.append(SmartTag(tag, 1.0, model_version))
+        promoted = replace(self, promoted=self.promoted | {tag}, rejected=self.rejected - {tag})
+        return replace(promoted, smart_tags=promoted._ranked(tags))
+
+    def unpromote(self, tag: str) -> Asset:
+        unpromoted = replace(self, promoted=self.promoted - {tag})
+        return replace(unpromoted, smart_tags=unpromoted._ranked(self.smart_tags))
+
+    def with_tags(self, tags: Iterable[str]) -> Asset:
+        return replace(self, tags=tuple(sorted(set(tags))))
+
+    def with_status(
+        self,
+        status: TaggingStatus,
+        *,
+        reason: str | None = None,
+        model_version: str | None = None,
+        etag: str | None = None,
+    ) -> Asset:
+        tagging = Tagging(
+            status=status,
+            reason=reason,
+            model_version=model_version if model_version is not None else self.tagging.model_version,
+            etag=etag if etag is not None else self.tagging.etag,
+            tagged_at=now_iso(),
+        )
+        return replace(self, tagging=tagging)
+
+    def touched(self) -> Asset:
+        return replace(self, updated_at=now_iso())
+
+    def _ranked(self, tags: Iterable[SmartTag]) -> tuple[SmartTag, ...]:
+        return tuple(sorted(tags, key=lambda t: (t.tag not in self.promoted, -t.confidence, t.tag)))
 
 
-def unpromote_tag(doc: dict[str, Any], tag: str) -> bool:
-    if tag not in (doc.get("promoted_tags") or []):
-        return False
-    doc["promoted_tags"] = [t for t in doc["promoted_tags"] if t != tag]
-    _sync_scores(doc)
-    return True
-
-
-def set_status(
-    doc: dict[str, Any],
-    status: str,
-    *,
-    reason: str | None = None,
-    model_version: str | None = None,
-    etag: str | None = None,
-) -> None:
-    tagging = dict(doc.get("tagging") or {})
-    tagging.update(status=status, reason=reason, tagged_at=now_iso())
-    if model_version is not None:
-        tagging["model_version"] = model_version
-    if etag is not None:
-        tagging["etag"] = etag
-    doc["tagging"] = tagging
-    doc["updated_at"] = now_iso()
+def changed(before: Asset, after: Asset) -> bool:
+    """Whether a moderation edit changed anything (ignoring timestamps)."""
+    return (before.smart_tags, before.promoted, before.rejected) != (after.smart_tags, after.promoted, after.rejected)

@@ -115,18 +115,22 @@ def work_item(bucket: str, key: str, *, run_id: str | None, trigger: str) -> dic
     return {"smarttags": "tag", "bucket": bucket, "key": key, "run_id": run_id, "trigger": trigger}
 
 
+def parse_message(message_id: str | None, body: str, receive_count: int = 1) -> Message:
+    """One SQS message's body (a JSON S3 notification or work item); an unreadable one is kept as an
+    error so its message is retried and then dead-lettered, not lost."""
+    try:
+        return Message(message_id, parse_body(json.loads(body or "")), receive_count)
+    except (ValueError, KeyError, TypeError) as exc:
+        return Message(message_id, [], receive_count, error=f"unreadable message: {exc}")
+
+
 def parse_invocation(event: Mapping[str, Any]) -> Iterator[Message]:
     """Messages of a Lambda invocation: an SQS batch, or an S3 notification delivered directly."""
     records = event.get("Records")
     if isinstance(records, list) and records and records[0].get("eventSource") == "aws:sqs":
         for record in records:
-            message_id = record.get("messageId")
             receive_count = int((record.get("attributes") or {}).get("ApproximateReceiveCount", 1))
-            try:
-                body = json.loads(record.get("body") or "")
-                yield Message(message_id, parse_body(body), receive_count)
-            except (ValueError, KeyError, TypeError) as exc:
-                yield Message(message_id, [], receive_count, error=f"unreadable message: {exc}")
+            yield parse_message(record.get("messageId"), record.get("body") or "", receive_count)
         return
     try:
         yield Message(None, parse_body(event))

@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from smarttags.core import asset as assets
-from smarttags.core.ports import Index, ReadFacts, Store
+from smarttags.core.asset import Asset
+from smarttags.core.clock import now_iso
+from smarttags.core.folders import Folder
+from smarttags.core.ports import Assets, ReadFacts, Store
 from smarttags.core.taxonomy import Taxonomy
 from smarttags.errors import ImageError, NotFound, RequestError
 
@@ -25,6 +27,24 @@ log = logging.getLogger(__name__)
 # Our own objects (models, thumbnails) live under this prefix and are never assets.
 INTERNAL_PREFIX = "_smarttags/"
 BULK_SIZE = 200
+# What a sync writes over an existing asset: the object's and the picture's facts and its own tags; its
+# smart tags, moderation and tagging state are the tagger's and the moderators' and stay as they are.
+SYNCED = (
+    "folder",
+    "etag",
+    "size",
+    "content_type",
+    "modified",
+    "width",
+    "height",
+    "title",
+    "description",
+    "keywords",
+    "format",
+    "decoder",
+    "tags",
+    "updated_at",
+)
 
 
 @dataclass
@@ -92,9 +112,9 @@ def is_internal(key: str) -> bool:
 
 
 def sync_folder(
-    index: Index,
+    assets: Assets,
     store: Store,
-    prefix: str,
+    folder: Folder,
     taxonomy: Taxonomy,
     *,
     read_facts: ReadFacts,
@@ -102,19 +122,13 @@ def sync_folder(
     max_pixels: int = 100_000_000,
     progress: Callable[[int], None] | None = None,
 ) -> IngestResult:
-    """Make the index's assets under ``prefix`` match the bucket."""
+    """Make the index's assets under ``folder`` match the bucket."""
     result = IngestResult()
     resolver = TagResolver(taxonomy)
-    indexed: dict[str, dict[str, Any]] = {}
-    folder = prefix.rstrip("/")
-    query: dict[str, Any] = {"bool": {"filter": [{"term": {"bucket": store.bucket}}]}}
-    if folder:
-        query["bool"]["filter"].append({"term": {"folder.tree": folder}})
-    for hit in index.scan("assets", query, source=["key", "etag", "tags"]):
-        indexed[hit["_source"]["key"]] = hit["_source"]
+    indexed = {a.key: a for a in assets.scan(folder, attributes=["etag", "tags"])}
     seen: set[str] = set()
-    pending: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
-    for info in store.list(prefix):
+    pending: list[Asset] = []
+    for info in store.list(folder.prefix):
         if is_internal(info.key) or info.key.endswith("/"):
             continue
         seen.add(info.key)
@@ -122,11 +136,9 @@ def sync_folder(
         wanted_tags = list(manifest.get(info.key, [])) if manifest else []
         if (
             held
-            and held.get("etag") == info.etag
+            and held.etag == info.etag
             and not (
-                manifest
-                and info.key in manifest
-                and sorted(resolver.resolve(wanted_tags)[0]) != sorted(held.get("tags") or [])
+                manifest and info.key in manifest and sorted(resolver.resolve(wanted_tags)[0]) != sorted(held.tags)
             )
         ):
             result.unchanged += 1
@@ -146,58 +158,40 @@ def sync_folder(
         tags, unknown = resolver.resolve([*meta.keywords, *wanted_tags])
         for word in unknown:
             result.unknown_tags.setdefault(word, []).append(info.key)
-        doc = {
-            "asset_id": assets.asset_id(store.bucket, info.key),
-            "bucket": store.bucket,
-            "key": info.key,
-            "folder": assets.folder_path(info.key),
-            "etag": info.etag,
-            "size": info.size,
-            "content_type": info.content_type or meta.content_type,
-            "modified": info.last_modified.isoformat() if info.last_modified else assets.now_iso(),
-            "width": meta.width,
-            "height": meta.height,
-            "title": meta.title,
-            "description": meta.description,
-            "keywords": list(meta.keywords),
-            "tags": tags,
-            "updated_at": assets.now_iso(),
-        }
-        upsert = {
-            **assets.base_document(
+        modified = info.last_modified.isoformat() if info.last_modified else now_iso()
+        pending.append(
+            Asset(
                 bucket=store.bucket,
                 key=info.key,
                 etag=info.etag,
                 size=info.size,
                 content_type=info.content_type or meta.content_type,
-                modified=info.last_modified,
-            ),
-            **doc,
-        }
-        pending.append(
-            (
-                {"update": {"_index": index.name("assets"), "_id": doc["asset_id"], "retry_on_conflict": 5}},
-                {"doc": doc, "upsert": upsert},
-            )
+                modified=modified,
+                created=modified,
+                width=meta.width,
+                height=meta.height,
+                title=meta.title,
+                description=meta.description,
+                keywords=tuple(meta.keywords),
+                format=meta.format or None,
+                decoder=meta.decoder or None,
+                tags=tuple(tags),
+            ).touched()
         )
         if held:
             result.changed += 1
         else:
             result.new += 1
         if len(pending) >= BULK_SIZE:
-            index.bulk(pending)
+            assets.merge(pending, SYNCED)
             pending = []
         if progress:
             progress(1)
-    index.bulk(pending)
-    gone = [
-        ({"delete": {"_index": index.name("assets"), "_id": assets.asset_id(store.bucket, key)}}, None)
-        for key in indexed
-        if key not in seen
-    ]
-    index.bulk(gone)
+    assets.merge(pending, SYNCED)
+    gone = [a.id for key, a in indexed.items() if key not in seen]
+    assets.delete_many(gone)
     result.removed = len(gone)
-    index.refresh("assets")
+    assets.refresh()
     if result.unknown_tags:
         log.warning("tags not in the taxonomy were refused: %s", ", ".join(sorted(result.unknown_tags)[:10]))
     return result

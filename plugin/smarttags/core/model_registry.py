@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from smarttags.core.asset import SmartTag
 from smarttags.core.heads import Heads, TagFit
 from smarttags.core.ports import Embedder, Store
 from smarttags.errors import ImageError, ModelError, NotFound
@@ -76,37 +77,27 @@ class Model:
 SCORE_DECIMALS = 6
 
 
-@dataclass(frozen=True)
-class SmartTag:
-    tag: str
-    confidence: float
-    promoted: bool = False
-
-
 def apply_thresholds(
     tags: Iterable[str],
     scores: NDArray[np.floating],
     thresholds: NDArray[np.floating],
     *,
+    model_version: str,
     rejected: Iterable[str] = (),
     promoted: Iterable[str] = (),
     max_tags: int = 20,
 ) -> list[SmartTag]:
     """The smart tags one asset gets: scores at or over their tag's threshold, minus what a moderator
-    rejected, plus what a moderator promoted (kept whatever its score), best first."""
+    rejected, plus what a moderator promoted (kept whatever its score), promoted first, then best first."""
     rejected_set = set(rejected)
     promoted_set = set(promoted) - rejected_set
     chosen: dict[str, SmartTag] = {}
     for tag, score, threshold in zip(tags, scores.tolist(), thresholds.tolist(), strict=True):
-        if tag in rejected_set:
-            continue
-        if tag in promoted_set:
-            chosen[tag] = SmartTag(tag, round(float(score), SCORE_DECIMALS), promoted=True)
-        elif score >= threshold:
-            chosen[tag] = SmartTag(tag, round(float(score), SCORE_DECIMALS))
+        if tag not in rejected_set and (tag in promoted_set or score >= threshold):
+            chosen[tag] = SmartTag(tag, round(float(score), SCORE_DECIMALS), model_version)
     for tag in promoted_set - chosen.keys():
-        chosen[tag] = SmartTag(tag, 1.0, promoted=True)
-    ranked = sorted(chosen.values(), key=lambda s: (not s.promoted, -s.confidence, s.tag))
+        chosen[tag] = SmartTag(tag, 1.0, model_version)
+    ranked = sorted(chosen.values(), key=lambda s: (s.tag not in promoted_set, -s.confidence, s.tag))
     return ranked[:max_tags]
 
 
@@ -121,7 +112,13 @@ def score_embedding(
     """One embedding through the model: the smart tags it gets, and every tag's score."""
     scores = model.heads.scores(embedding[None, :])[0]
     chosen = apply_thresholds(
-        model.heads.tags, scores, model.heads.thresholds, rejected=rejected, promoted=promoted, max_tags=max_tags
+        model.heads.tags,
+        scores,
+        model.heads.thresholds,
+        model_version=model.version,
+        rejected=rejected,
+        promoted=promoted,
+        max_tags=max_tags,
     )
     return chosen, dict(zip(model.heads.tags, (float(v) for v in scores.tolist()), strict=True))
 

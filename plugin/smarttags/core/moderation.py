@@ -11,8 +11,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from smarttags.core import asset as assets
-from smarttags.core.ports import Index
+from smarttags.core.asset import Asset, changed
+from smarttags.core.clock import now_iso
+from smarttags.core.ports import Assets, Index
 from smarttags.errors import ConflictError, NotFound
 
 log = logging.getLogger(__name__)
@@ -23,75 +24,68 @@ UNPROMOTE = "unpromote_tag"
 
 
 def update_with_retry(
-    index: Index,
-    doc_id: str,
-    change: Callable[[dict[str, Any]], bool],
+    assets: Assets,
+    asset_id: str,
+    change: Callable[[Asset], Asset],
     *,
     attempts: int = 8,
     refresh: bool | str = False,
-) -> dict[str, Any] | None:
+) -> tuple[Asset, Asset] | None:
     """Read-modify-write an asset with ``if_seq_no``; re-read and re-apply on conflict, a bounded number
-    of times. ``change`` edits the document in place and says whether anything changed. Returns the
-    written document, or None when the asset does not exist."""
+    of times. Returns (before, after) — the same value twice when the change changed nothing — or None
+    when the asset does not exist."""
     for _ in range(attempts):
-        current = index.get("assets", doc_id)
+        current = assets.get(asset_id)
         if current is None:
             return None
-        doc = current.source
-        if not change(doc):
-            return doc
-        doc["updated_at"] = assets.now_iso()
+        after = change(current.asset)
+        if not changed(current.asset, after):
+            return current.asset, current.asset
+        after = after.touched()
         try:
-            index.put("assets", doc_id, doc, expected=current, refresh=refresh)
-            return doc
+            assets.put(after, expected=current, refresh=refresh)
+            return current.asset, after
         except ConflictError:
-            log.debug("asset %s changed while we wrote it; retrying", doc_id)
-    raise ConflictError("opensearch", f"asset {doc_id} kept changing; gave up after {attempts} attempts")
+            log.debug("asset %s changed while we wrote it; retrying", asset_id)
+    raise ConflictError("opensearch", f"asset {asset_id} kept changing; gave up after {attempts} attempts")
 
 
 class Moderation:
-    def __init__(self, index: Index) -> None:
-        self._index = index
+    def __init__(self, assets: Assets, index: Index) -> None:
+        self._assets = assets
+        self._index = index  # the audit trail
 
-    def _edit(
-        self, asset_id: str, action: str, tag: str, user: str, change: Callable[[dict[str, Any]], bool]
-    ) -> dict[str, Any]:
-        changed: list[bool] = []
-
-        def apply(doc: dict[str, Any]) -> bool:
-            result = change(doc)
-            changed.append(result)
-            return result
-
-        doc = update_with_retry(self._index, asset_id, apply, refresh="wait_for")
-        if doc is None:
+    def _edit(self, asset_id: str, action: str, tag: str, user: str, change: Callable[[Asset], Asset]) -> Asset:
+        done = update_with_retry(self._assets, asset_id, change, refresh="wait_for")
+        if done is None:
             raise NotFound(f"asset {asset_id} does not exist")
-        if changed and changed[-1]:
+        before, after = done
+        if after is not before:
             self._index.put(
                 "audit",
                 uuid.uuid4().hex,
                 {
-                    "at": assets.now_iso(),
+                    "at": now_iso(),
                     "user": user,
                     "action": action,
                     "asset_id": asset_id,
-                    "key": doc.get("key"),
+                    "key": after.key,
                     "tag": tag,
-                    "detail": f"{action} {tag} on {doc.get('key')}",
+                    "detail": f"{action} {tag} on {after.key}",
                 },
                 refresh=True,  # the trail is read right after an edit (Manage Tags page)
             )
             log.info("%s %s on asset %s by %s", action, tag, asset_id, user)
-        return doc
+        return after
 
-    def remove(self, asset_id: str, tag: str, *, user: str) -> dict[str, Any]:
-        return self._edit(asset_id, REMOVE, tag, user, lambda doc: assets.reject_tag(doc, tag))
+    def remove(self, asset_id: str, tag: str, *, user: str) -> Asset:
+        return self._edit(asset_id, REMOVE, tag, user, lambda asset: asset.reject(tag))
 
-    def promote(self, asset_id: str, tag: str, *, user: str) -> dict[str, Any]:
-        return self._edit(asset_id, PROMOTE, tag, user, lambda doc: assets.promote_tag(doc, tag))
+    def promote(self, asset_id: str, tag: str, *, user: str) -> Asset:
+        return self._edit(asset_id, PROMOTE, tag, user, lambda asset: asset.promote(tag))
 
-    def unpromote(self, asset_id: str, tag: str, *, user: str) -> dict[str, Any]:
-        return self._edit(asset_id, UNPROMOTE, tag, user, lambda doc: assets.unpromote_tag(doc, tag))
+    def unpromote(self, asset_id: str, tag: str, *, user: str) -> Asset:
+        return self._edit(asset_id, UNPROMOTE, tag, user, lambda asset: asset.unpromote(tag))
 
     def audit(self, *, asset_id: str | None = None, size: int = 50) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"term": {"asset_id": asset_id}} if asset_id else {"match_all": {}}

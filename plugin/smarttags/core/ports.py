@@ -7,14 +7,18 @@ The core never builds an adapter: it is given one (or, for stores of other bucke
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from smarttags.errors import ImageError
+
+if TYPE_CHECKING:
+    from smarttags.core.asset import Asset
+    from smarttags.core.folders import Folder
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,30 @@ class Index(Protocol):
     def refresh(self, kind: str = "assets") -> None: ...
 
 
+@dataclass(frozen=True)
+class StoredAsset:
+    """An asset as the index holds it, with what optimistic concurrency needs to write it back."""
+
+    asset: Asset
+    seq_no: int
+    primary_term: int
+
+
+class Assets(Protocol):
+    """The assets index in terms of ``Asset`` values (``adapters.asset_index.AssetIndex``)."""
+
+    def get(self, asset_id: str) -> StoredAsset | None: ...
+    def put(self, asset: Asset, *, expected: StoredAsset | None = None, refresh: bool | str = False) -> None: ...
+    def delete(self, expected: StoredAsset) -> bool: ...
+    def scan(
+        self, folder: Folder, *, attributes: Collection[str] | None = None, batch_size: int = 500
+    ) -> Iterator[Asset]: ...
+    def merge(self, assets: Sequence[Asset], attributes: Collection[str], *, create: bool = True) -> None: ...
+    def delete_many(self, asset_ids: Sequence[str]) -> None: ...
+    def refresh(self) -> None: ...
+    def from_source(self, source: Mapping[str, Any]) -> Asset: ...
+
+
 class Store(Protocol):
     """The objects of one bucket."""
 
@@ -112,6 +140,9 @@ class Embedder(Protocol):
     def model_id(self) -> str: ...
     @property
     def sha256(self) -> str: ...
+    @property
+    def input_size(self) -> int: ...
+    def embed_arrays(self, pixels: Sequence[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]: ...
     def embed_bytes(self, items: Sequence[bytes]) -> list[np.ndarray[Any, Any] | ImageError]: ...
     def iter_embed(
         self, items: Sequence[Any], load: Callable[[Any], bytes]
@@ -133,7 +164,23 @@ class ImageFacts(Protocol):
     def keywords(self) -> Sequence[str]: ...
     @property
     def content_type(self) -> str | None: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def decoder(self) -> str: ...
 
 
 # Reads an image's facts from its bytes, refusing more than ``max_pixels``; raises ImageError.
 ReadFacts = Callable[..., ImageFacts]
+
+
+class Picture(Protocol):
+    """An image opened once (``adapters.imaging.Picture``): its facts, and its pixels at a size."""
+
+    @property
+    def facts(self) -> ImageFacts: ...
+    def pixels(self, size: int) -> np.ndarray[Any, Any]: ...
+
+
+# Opens an image's bytes, refusing more than ``max_pixels``; raises ImageError.
+OpenPicture = Callable[..., Picture]

@@ -6,9 +6,10 @@ import logging
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-from smarttags.core.asset import now_iso
+from smarttags.core.clock import now_iso
 from smarttags.core.ports import Index
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,17 @@ SCHEDULE = "schedule"
 ON_DEMAND = "on-demand"
 UPLOAD = "upload"
 COUNTS = ("selected", "processed", "tagged", "skipped", "failed", "embedded")
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    DISPATCHED = "dispatched"  # a fanned-out run: all work is queued, workers are counting it in
+    SUCCEEDED = "succeeded"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    NO_MODEL = "no_model"  # a training run that had nothing to learn from
+    FAILED = "failed"
+
+
 MAX_ERRORS_KEPT = 50
 
 
@@ -29,7 +41,7 @@ class Run:
     folder: str | None  # a label: one folder's URI, or several joined for a multi-folder training
     trigger: str
     started_at: str
-    status: str = "running"
+    status: RunStatus = RunStatus.RUNNING
     ended_at: str | None = None
     model_version: str | None = None
     counts: Counter[str] = field(default_factory=Counter)
@@ -49,7 +61,7 @@ class Run:
             "folder": self.folder,
             "folders": self.folders,
             "trigger": self.trigger,
-            "status": self.status,
+            "status": self.status.value,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "model_version": self.model_version,
@@ -67,13 +79,17 @@ class Run:
             folders=list(data.get("folders") or ([data["folder"]] if data.get("folder") else [])),
             trigger=data["trigger"],
             started_at=data["started_at"],
-            status=data.get("status", "running"),
+            status=RunStatus(data.get("status") or RunStatus.RUNNING),
             ended_at=data.get("ended_at"),
             model_version=data.get("model_version"),
             counts=Counter(data.get("counts") or {}),
             errors=list(data.get("errors") or []),
             report=data.get("report"),
         )
+
+
+# The statuses the painless scripts set, as parameters: the enum is their one spelling.
+_STATUSES = {"dispatched": RunStatus.DISPATCHED.value, "succeeded": RunStatus.SUCCEEDED.value}
 
 
 class RunLog:
@@ -104,7 +120,7 @@ class RunLog:
     def save(self, run: Run, *, refresh: bool = True) -> None:
         self._index.put("runs", run.run_id, run.to_json(), refresh=refresh)
 
-    def finish(self, run: Run, status: str = "succeeded") -> Run:
+    def finish(self, run: Run, status: RunStatus = RunStatus.SUCCEEDED) -> Run:
         run.status = status
         run.ended_at = now_iso()
         self.save(run)
@@ -129,11 +145,11 @@ class RunLog:
             " for (e in params.errors) { if (ctx._source.errors.size() < params.max_errors) {"
             " ctx._source.errors.add(e); } }"
             # A fanned-out run is done when its workers processed all it dispatched.
-            " if (ctx._source.status == 'dispatched'"
+            " if (ctx._source.status == params.dispatched"
             " && ctx._source.counts.processed >= ctx._source.counts.selected) {"
-            " ctx._source.status = 'succeeded'; ctx._source.ended_at = params.now; }"
+            " ctx._source.status = params.succeeded; ctx._source.ended_at = params.now; }"
         )
-        params = {"counts": counts, "errors": errors or [], "max_errors": MAX_ERRORS_KEPT}
+        params = {"counts": counts, "errors": errors or [], "max_errors": MAX_ERRORS_KEPT, **_STATUSES}
         self._scripted_update(run_id, script, params, **body)
 
     def mark_dispatched(self, run_id: str, selected: int) -> None:
@@ -141,11 +157,11 @@ class RunLog:
         workers may already have added, and finish it if they already did everything."""
         script = (
             "ctx._source.counts.selected = params.selected;"
-            " ctx._source.status = 'dispatched';"
+            " ctx._source.status = params.dispatched;"
             " if ((ctx._source.counts.processed ?: 0) >= params.selected) {"
-            " ctx._source.status = 'succeeded'; ctx._source.ended_at = params.now; }"
+            " ctx._source.status = params.succeeded; ctx._source.ended_at = params.now; }"
         )
-        self._scripted_update(run_id, script, {"selected": selected}, refresh="wait_for")
+        self._scripted_update(run_id, script, {"selected": selected, **_STATUSES}, refresh="wait_for")
 
     def _scripted_update(self, run_id: str, script: str, params: dict[str, Any], **extra: Any) -> None:
         """A painless update of one run, retried on version conflicts (many workers count at once)."""

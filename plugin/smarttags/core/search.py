@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from smarttags.core.asset import asset_id, feature_name
-from smarttags.core.ports import Index
+from smarttags.core.asset import Asset, asset_id, feature_name
+from smarttags.core.folders import Folder
+from smarttags.core.ports import Assets, Index
 from smarttags.core.taxonomy import DEFAULT_LOCALE, TaxonomyStore, analyzer_for, fold
 from smarttags.errors import NotFound, RequestError
 from smarttags.resources import TEMPLATES
@@ -70,14 +71,20 @@ class SearchRequest:
 
 @dataclass(frozen=True)
 class Hit:
-    asset_id: str
-    key: str
+    asset: Asset
     score: float
     tier: int
     matched_tags: list[str]
     highlights: dict[str, list[str]]
-    source: dict[str, Any]
     sort: list[Any] = field(default_factory=list)
+
+    @property
+    def asset_id(self) -> str:
+        return self.asset.id
+
+    @property
+    def key(self) -> str:
+        return self.asset.key
 
     @property
     def why(self) -> str:
@@ -97,8 +104,9 @@ class SearchResult:
 
 
 class Searcher:
-    def __init__(self, index: Index, taxonomy: TaxonomyStore, bucket: str) -> None:
+    def __init__(self, index: Index, assets: Assets, taxonomy: TaxonomyStore, bucket: str) -> None:
         self._index = index
+        self._assets = assets
         self._taxonomy = taxonomy
         self._bucket = bucket
 
@@ -159,19 +167,17 @@ class Searcher:
         wanted = set(params["smart_any"])
         hits = []
         for raw in response["hits"]["hits"]:
-            source = raw["_source"]
+            asset = self._assets.from_source(raw["_source"])
             score = float(raw.get("_score") or 0.0)
             # Score bands: [3, 4) is tier 1, [2, 3) tier 2, [1, 2) tier 3; no query means no tiers.
             tier = 4 - min(3, int(score)) if params["has_query"] and score >= 1 else 0
             hits.append(
                 Hit(
-                    asset_id=source["asset_id"],
-                    key=source["key"],
+                    asset=asset,
                     score=score,
                     tier=tier,
-                    matched_tags=[t for t in source.get("smart_ids") or [] if t in wanted],
+                    matched_tags=[t for t in asset.smart_ids if t in wanted],
                     highlights=raw.get("highlight") or {},
-                    source=source,
                     sort=list(raw.get("sort") or []),
                 )
             )
@@ -180,27 +186,29 @@ class Searcher:
 
     def _folder(self, folder: str | None) -> str | None:
         """A folder as a prefix ("seed") or as a URL of this bucket ("s3://bucket/seed/")."""
-        folder = (folder or "").strip()
-        if folder.startswith("s3://"):
-            bucket, _, path = folder[len("s3://") :].partition("/")
-            if bucket != self._bucket:
-                raise RequestError(f"folder {folder} is not in bucket {self._bucket!r}, the one this store searches")
-            folder = path
-        return folder.strip("/") or None
+        if not (folder or "").strip():
+            return None
+        assert folder is not None
+        try:
+            parsed = Folder.parse(folder, self._bucket)
+        except ValueError as exc:
+            raise RequestError(f"folder: {exc}") from None
+        if parsed.bucket != self._bucket:
+            raise RequestError(f"folder {folder} is not in bucket {self._bucket!r}, the one this store searches")
+        return parsed.path or None
 
     def similar(self, key: str, *, folder: str | None = None, size: int = 10) -> list[Hit]:
         """The assets that look most like ``key`` (k-NN on embeddings, Lucene engine, cosine)."""
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise RequestError(f"size must be between 1 and {MAX_PAGE_SIZE}")
         doc_id = asset_id(self._bucket, key)
-        found = self._index.get("assets", doc_id)
+        found = self._assets.get(doc_id)
         if found is None:
             raise NotFound(f"no asset s3://{self._bucket}/{key}")
-        vector = found.source.get("embedding")
-        if not vector:
+        if found.asset.embedding is None:
             raise NotFound(f"s3://{self._bucket}/{key} has no embedding yet (tag or train first)")
         params = {
-            "vector": vector,
+            "vector": list(found.asset.embedding.vector),
             "k": size,
             "size": size,
             "bucket": self._bucket,
@@ -210,13 +218,11 @@ class Searcher:
         response = self._index.search_template("assets", SIMILAR_TEMPLATE, params)
         return [
             Hit(
-                asset_id=raw["_source"]["asset_id"],
-                key=raw["_source"]["key"],
+                asset=self._assets.from_source(raw["_source"]),
                 score=float(raw.get("_score") or 0.0),
                 tier=0,
                 matched_tags=[],
                 highlights={},
-                source=raw["_source"],
             )
             for raw in response["hits"]["hits"]
         ]

@@ -1,5 +1,11 @@
-"""The tagger: one S3 event (or work item) in, one asset document written. Lambda and the local worker
-both call ``Tagger.handle_invocation``; the daily tagging run feeds it work items through the same queue.
+"""The tagger: one object event in, one asset written. The Lambda handler and the local worker hand it
+one event at a time (``entrypoints.batch`` owns the batch and its partial failures); the daily tagging
+run feeds it work items through the same queue.
+
+Two halves. ``decide`` and ``apply_reading`` are pure: from plain values (the event, the asset the
+index holds, what was read from the object) they say what the event means and what the asset becomes.
+``Tagger`` does the effects around them through injected ports: it reads the held asset, the object's
+bytes (opened once), the folder flag and the active model, and writes with optimistic concurrency.
 
 Correct under real delivery: a duplicate event changes nothing; an event older than what the index holds
 for the key (S3 ``sequencer``) is ignored; writes use ``if_seq_no`` and re-apply on conflict, so a
@@ -12,19 +18,28 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
 
 import numpy as np
 
-from smarttags.core import asset as assets
 from smarttags.core import events
+from smarttags.core.asset import (
+    SETTLED,
+    Asset,
+    Handled,
+    Outcome,
+    StoredEmbedding,
+    TaggingStatus,
+    run_counter,
+)
+from smarttags.core.clock import now_iso
 from smarttags.core.folders import FolderRegistry
 from smarttags.core.ingest import TagResolver, is_internal
 from smarttags.core.model_registry import Model, ModelStore, score_embedding
-from smarttags.core.ports import Embedder, Index, ReadFacts, StoreFor
+from smarttags.core.ports import Assets, Embedder, ImageFacts, ObjectInfo, OpenPicture, StoredAsset, StoreFor
 from smarttags.core.runs import RunLog
 from smarttags.core.taxonomy import Taxonomy, TaxonomyStore
 from smarttags.errors import ConflictError, ImageError, NotFound, ServiceError, SmartTagsError
@@ -39,9 +54,11 @@ WRITE_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Result:
+    """What handling one event did, for logs and run counts."""
+
     key: str
-    status: str  # tagged, embedded, not_enabled, skipped, failed, deleted, stale, duplicate, gone
+    status: Outcome
     reason: str | None = None
     tags: tuple[str, ...] = ()
 
@@ -50,28 +67,148 @@ class RecordFailed(SmartTagsError):
     """The record must be retried (and after N receives lands in the dead-letter queue)."""
 
 
+# --- the pure half ---------------------------------------------------------------------------------
+
+
+class Action(StrEnum):
+    TAG = "tag"  # read the object and (re)write its asset
+    REMOVE = "remove"
+    DONE = "done"  # nothing to do: the result says why
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    result: Result | None = None  # set when action is DONE
+
+
+def decide(event: events.ObjectEvent, held: Asset | None, *, active_model: str | None) -> Decision:
+    """What an event means for the asset the index holds (``held``, None when there is none)."""
+    if is_internal(event.key):
+        # S3 notifications cannot exclude a prefix everywhere: our own models and thumbnails may arrive.
+        return Decision(Action.DONE, Result(event.key, Handled.IGNORED, "a SmartTags file, not an asset"))
+    if event.action == events.REMOVED:
+        return Decision(Action.REMOVE)
+    if held and event.sequencer and held.sequencer:
+        if events.same_sequencer(event.sequencer, held.sequencer):
+            # A redelivery: nothing to do once done; a failure or a model change since is done again.
+            if already_done(held, active_model):
+                return Decision(Action.DONE, Result(event.key, Handled.DUPLICATE))
+        elif not events.sequencer_newer(event.sequencer, held.sequencer):
+            reason = f"index holds a later event ({held.sequencer})"
+            return Decision(Action.DONE, Result(event.key, Handled.STALE, reason))
+    return Decision(Action.TAG)
+
+
+def already_done(held: Asset, active_model: str | None) -> bool:
+    """A redelivered event needs no work unless it failed (failures are retried) or the active model
+    changed since the asset was tagged."""
+    if held.status == TaggingStatus.TAGGED:
+        return active_model is None or held.tagging.model_version == active_model
+    return held.status in SETTLED
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What was read for one event, as plain values: the object's S3 facts, the picture's facts (or why
+    it could not be read), the asset's own tags among its keywords, its embedding and its folder flag."""
+
+    info: ObjectInfo
+    sequencer: str | None
+    enabled: bool
+    facts: ImageFacts | None = None
+    failure: ImageError | None = None
+    own_tags: tuple[str, ...] = ()
+    embedding: StoredEmbedding | None = None
+
+
+class Stale(Exception):
+    """The index holds a later event for the key than the one being applied."""
+
+
+def apply_reading(asset: Asset, reading: Reading, model: Model | None, *, max_tags: int) -> Asset:
+    """The asset after this reading (pure). Raises ``Stale`` when ``asset`` holds a later event."""
+    if (
+        reading.sequencer
+        and asset.sequencer
+        and not events.sequencer_newer(reading.sequencer, asset.sequencer)
+        and not events.same_sequencer(reading.sequencer, asset.sequencer)
+    ):
+        raise Stale(asset.sequencer)
+    info, facts = reading.info, reading.facts
+    asset = replace(
+        asset,
+        etag=info.etag,
+        size=info.size,
+        content_type=info.content_type or asset.content_type,
+        version_id=info.version_id or asset.version_id,
+        modified=info.last_modified.isoformat() if info.last_modified else now_iso(),
+        sequencer=reading.sequencer or asset.sequencer,
+        tags=tuple(sorted({*asset.tags, *reading.own_tags})),
+    )
+    if facts is not None:
+        asset = replace(
+            asset,
+            width=facts.width,
+            height=facts.height,
+            title=facts.title,
+            description=facts.description,
+            keywords=tuple(facts.keywords),
+            format=facts.format or None,
+            decoder=facts.decoder or None,
+        )
+    if reading.embedding is not None:
+        asset = replace(asset, embedding=reading.embedding)
+    etag = info.etag
+    if reading.failure is not None:
+        failure = reading.failure
+        non_image = not (info.content_type or "").startswith("image/") and failure.reason_code != "too_large"
+        status = TaggingStatus.SKIPPED if non_image else TaggingStatus.FAILED
+        reason = (
+            f"not an image: {info.content_type or 'unknown content type'} ({failure.reason})"
+            if non_image
+            else failure.reason
+        )
+        return asset.with_status(status, reason=reason, etag=etag)
+    if not reading.enabled:
+        return asset.with_status(
+            TaggingStatus.NOT_ENABLED, reason="Smart Tags are not enabled for this folder", etag=etag
+        )
+    if model is None or reading.embedding is None:
+        return asset.with_status(TaggingStatus.EMBEDDED, reason="no active model yet", etag=etag)
+    chosen, _ = score_embedding(
+        model,
+        np.asarray(reading.embedding.vector, dtype=np.float32),
+        rejected=asset.rejected,
+        promoted=asset.promoted,
+        max_tags=max_tags,
+    )
+    return asset.with_smart_tags(chosen).with_status(TaggingStatus.TAGGED, model_version=model.version, etag=etag)
+
+
+# --- the effects ---------------------------------------------------------------------------------
+
+
 class Tagger:
     def __init__(
         self,
         settings: Settings,
-        index: Index,
+        assets: Assets,
         stores: StoreFor,
         *,
         embedder: Callable[[], Embedder],
-        read_facts: ReadFacts,
+        open_picture: OpenPicture,
         models: ModelStore,
         taxonomy: TaxonomyStore,
         folders: FolderRegistry,
-        runs: RunLog,
     ) -> None:
         self._settings = settings
-        self._index = index
+        self._assets = assets
         self._stores = stores
         self._embedder_factory = embedder
-        self._read_facts = read_facts
+        self._open_picture = open_picture
         self._embedder: Embedder | None = None
         self._folders = folders
-        self._runs = runs
         self._models = models
         self._model: tuple[float, Model | None] | None = None
         self._taxonomy = taxonomy
@@ -109,242 +246,131 @@ class Tagger:
         with self._lock:
             self._model = None
 
-    # --- one invocation ---
+    # --- one event ---
 
-    def handle_invocation(self, event: Mapping[str, Any]) -> dict[str, Any]:
-        """Handle an SQS batch (returns partial-batch failures) or a direct S3 notification (raises)."""
-        failures: list[dict[str, str]] = []
-        tally = _Tally()
-        try:
-            for message in events.parse_invocation(event):
-                failed = self._handle_message(message, tally)
-                if failed:
-                    if message.message_id is None:
-                        raise RecordFailed(failed)
-                    failures.append({"itemIdentifier": message.message_id})
-        finally:
-            self._flush(tally)
-        return {"batchItemFailures": failures}
-
-    def _handle_message(self, message: events.Message, tally: _Tally) -> str | None:
-        """Returns the reason the message failed, or None."""
-        if message.error:
-            log.error("message %s: %s", message.message_id, message.error)
-            return message.error
-        for event in message.events:
-            try:
-                outcome = self.handle(event)
-            except SmartTagsError as exc:
-                log.warning("s3://%s/%s failed (receive %d): %s", event.bucket, event.key, message.receive_count, exc)
-                tally.add(event, "failed", str(exc))
-                return str(exc)
-            log.info(
-                "s3://%s/%s: %s%s",
-                event.bucket,
-                event.key,
-                outcome.status,
-                f" ({outcome.reason})" if outcome.reason else "",
-            )
-            tally.add(event, outcome.status, outcome.reason)
-        return None
-
-    def _flush(self, tally: _Tally) -> None:
-        """One counting update per run and invocation (not per object: they would all contend for the
-        same run document). Upload events count in an hourly upload run; work items in their own run."""
-        for (run_id, trigger), (counts, errors) in tally.runs.items():
-            try:
-                self._runs.add_counts(run_id, dict(counts), errors, create_as=(events.TAG, trigger))
-            except ServiceError as exc:  # the assets are written; a lost count must not redo them
-                log.warning("could not count %d objects in run %s: %s", counts["processed"], run_id, exc)
-
-    # --- one object ---
-
-    def handle(self, event: events.ObjectEvent) -> Outcome:
-        if is_internal(event.key):
-            # S3 notifications cannot exclude a prefix: our own models and thumbnails arrive here too.
-            return Outcome(event.key, "ignored", "a SmartTags file, not an asset")
-        if event.action == events.REMOVED:
-            return self._remove(event)
-        doc_id = assets.asset_id(event.bucket, event.key)
-        current = self._index.get("assets", doc_id)
-        held = current.source if current else None
-        if held and event.sequencer and held.get("sequencer"):
-            if events.same_sequencer(event.sequencer, held["sequencer"]) and self._already_done(held):
-                return Outcome(event.key, "duplicate")
-            if not events.sequencer_newer(event.sequencer, held["sequencer"]):
-                return Outcome(event.key, "stale", f"index holds a later event ({held['sequencer']})")
-        store = self._stores(event.bucket)
-        try:
-            data, info = store.get_bytes(event.key)
-        except NotFound:
-            return Outcome(event.key, "gone", "the object no longer exists")
-        enabled = self._settings.tagging.ignore_smart_tag_flag or self._folders.is_enabled(event.bucket, event.key)
-        fields: dict[str, Any] = {
-            "etag": info.etag,
-            "size": info.size,
-            "content_type": info.content_type,
-            "version_id": info.version_id,
-            "modified": info.last_modified.isoformat() if info.last_modified else assets.now_iso(),
-        }
-        if event.sequencer:
-            fields["sequencer"] = event.sequencer
-        failure: ImageError | None = None
-        embedding: np.ndarray[Any, Any] | None = None
-        own_tags: list[str] = []
-        try:
-            meta = self._read_facts(data, max_pixels=self._settings.backbone.max_pixels)
-            fields.update(
-                width=meta.width,
-                height=meta.height,
-                title=meta.title,
-                description=meta.description,
-                keywords=list(meta.keywords),
-            )
-            # Keywords that name taxonomy tags are the asset's own tags, as `smarttags ingest` reads them.
-            own_tags = self._resolver().resolve(meta.keywords)[0] if meta.keywords else []
-            if enabled:
-                embedding = self._embedding(held, info.etag, data)
-        except ImageError as exc:
-            failure = exc
-        model = self.active_model() if enabled and failure is None else None
-
-        def change(doc: dict[str, Any]) -> None:
-            if (
-                fields.get("sequencer")
-                and doc.get("sequencer")
-                and not events.sequencer_newer(fields["sequencer"], doc["sequencer"])
-                and not events.same_sequencer(fields["sequencer"], doc["sequencer"])
-            ):
-                raise _Stale(doc["sequencer"])
-            doc.update({k: v for k, v in fields.items() if v is not None or k in ("title", "description")})
-            doc["tags"] = sorted({*(doc.get("tags") or []), *own_tags})
-            if embedding is not None:
-                doc["embedding"] = embedding.tolist()
-                doc["embedding_model"] = self.embedder.model_id
-                doc["embedding_etag"] = info.etag
-            if failure is not None:
-                non_image = not (info.content_type or "").startswith("image/") and failure.reason_code != "too_large"
-                status = assets.SKIPPED if non_image else assets.FAILED
-                assets.set_status(doc, status, reason=_reason(failure, info.content_type), etag=info.etag)
-            elif not enabled:
-                assets.set_status(
-                    doc, "not_enabled", reason="Smart Tags are not enabled for this folder", etag=info.etag
-                )
-            elif model is None:
-                assets.set_status(doc, "embedded", reason="no active model yet", etag=info.etag)
-            else:
-                assert embedding is not None
-                chosen, _ = score_embedding(
-                    model,
-                    embedding,
-                    rejected=doc.get("rejected_tags") or [],
-                    promoted=doc.get("promoted_tags") or [],
-                    max_tags=self._settings.tagging.max_tags_per_asset,
-                )
-                assets.set_smart_tags(doc, chosen, model.version)
-                assets.set_status(doc, assets.TAGGED, model_version=model.version, etag=info.etag)
-
-        try:
-            doc = self._write(event, current, change)
-        except _Stale as stale:
-            return Outcome(event.key, "stale", f"index holds a later event ({stale})")
-        status = doc["tagging"]["status"]
-        if failure is not None and status == assets.FAILED and not self._settings.tagging.ignore_errors:
-            raise RecordFailed(f"s3://{event.bucket}/{event.key}: {failure.reason}")
-        return Outcome(event.key, status, doc["tagging"].get("reason"), tuple(doc.get("smart_ids") or ()))
-
-    def _already_done(self, held: dict[str, Any]) -> bool:
-        """A redelivered event needs no work unless it failed (failures are retried) or the active
-        model changed since the asset was tagged."""
-        status = (held.get("tagging") or {}).get("status")
-        if status == assets.TAGGED:
+    def handle(self, event: events.ObjectEvent) -> Result:
+        """Handle one event; raises ``RecordFailed`` (or a ServiceError) when it must be retried."""
+        stored = self._assets.get(_id(event)) if not is_internal(event.key) else None
+        held = stored.asset if stored else None
+        active = None
+        if held and held.status == TaggingStatus.TAGGED and event.sequencer:
             model = self.active_model()
-            return model is None or held["tagging"].get("model_version") == model.version
-        return status in (assets.SKIPPED, "not_enabled", "embedded")
-
-    def _embedding(self, held: dict[str, Any] | None, etag: str, data: bytes) -> np.ndarray[Any, Any]:
-        """Reuse the stored embedding when the bytes and the backbone are unchanged; else embed."""
-        embedder = self.embedder
+            active = model.version if model else None
+        decision = decide(event, held, active_model=active)
+        if decision.action == Action.DONE:
+            assert decision.result is not None
+            return decision.result
+        if decision.action == Action.REMOVE:
+            return self._remove(event, stored)
+        try:
+            reading = self._read(event, held)
+        except NotFound:
+            return Result(event.key, Handled.GONE, "the object no longer exists")
+        model = self.active_model() if reading.enabled and reading.failure is None else None
+        try:
+            asset = self._write(event, stored, reading, model)
+        except Stale as stale:
+            return Result(event.key, Handled.STALE, f"index holds a later event ({stale})")
         if (
-            held
-            and held.get("embedding")
-            and held.get("embedding_etag") == etag
-            and held.get("embedding_model") == embedder.model_id
+            reading.failure is not None
+            and asset.status == TaggingStatus.FAILED
+            and not self._settings.tagging.ignore_errors
         ):
-            return np.asarray(held["embedding"], dtype=np.float32)
-        result = embedder.embed_bytes([data])[0]
-        if isinstance(result, ImageError):
-            raise result
-        return np.asarray(result, dtype=np.float32)
+            raise RecordFailed(f"s3://{event.bucket}/{event.key}: {reading.failure.reason}")
+        return Result(event.key, asset.status, asset.tagging.reason, asset.smart_ids)
+
+    def _read(self, event: events.ObjectEvent, held: Asset | None) -> Reading:
+        """Everything the decision needs from outside: the bytes (opened once), the folder flag, the
+        embedding (the stored one while bytes and backbone are unchanged)."""
+        data, info = self._stores(event.bucket).get_bytes(event.key)
+        enabled = self._settings.tagging.ignore_smart_tag_flag or self._folders.is_enabled(event.bucket, event.key)
+        reading = Reading(info=info, sequencer=event.sequencer, enabled=enabled)
+        try:
+            picture = self._open_picture(data, max_pixels=self._settings.backbone.max_pixels)
+            facts = picture.facts
+            # Keywords that name taxonomy tags are the asset's own tags, as `smarttags ingest` reads them.
+            own = tuple(self._resolver().resolve(facts.keywords)[0]) if facts.keywords else ()
+            reading = replace(reading, facts=facts, own_tags=own)
+            if enabled:
+                embedder = self.embedder
+                if held and held.embedding and held.embedding.fits(info.etag, embedder.model_id):
+                    embedding = held.embedding
+                else:
+                    vector = embedder.embed_arrays([picture.pixels(embedder.input_size)])[0]
+                    embedding = StoredEmbedding(tuple(float(v) for v in vector), embedder.model_id, info.etag)
+                reading = replace(reading, embedding=embedding)
+        except ImageError as exc:
+            reading = replace(reading, failure=exc)
+        return reading
 
     def _write(
-        self,
-        event: events.ObjectEvent,
-        current: Any,
-        change: Callable[[dict[str, Any]], None],
-    ) -> dict[str, Any]:
-        doc_id = assets.asset_id(event.bucket, event.key)
+        self, event: events.ObjectEvent, stored: StoredAsset | None, reading: Reading, model: Model | None
+    ) -> Asset:
+        max_tags = self._settings.tagging.max_tags_per_asset
         for _ in range(WRITE_ATTEMPTS):
-            if current is None:
-                doc = assets.base_document(
-                    bucket=event.bucket,
-                    key=event.key,
-                    etag=event.etag or "",
-                    size=event.size or 0,
-                    content_type=None,
-                )
-            else:
-                doc = dict(current.source)
-            change(doc)
-            doc["updated_at"] = assets.now_iso()
+            base = stored.asset if stored else Asset(event.bucket, event.key, created=now_iso())
+            asset = apply_reading(base, reading, model, max_tags=max_tags).touched()
             try:
-                self._index.put("assets", doc_id, doc, expected=current, create=current is None)
-                return doc
+                self._assets.put(asset, expected=stored)
+                return asset
             except ConflictError:
-                current = self._index.get("assets", doc_id)
+                stored = self._assets.get(_id(event))
         raise ConflictError("opensearch", f"asset {event.key} kept changing; gave up after {WRITE_ATTEMPTS} attempts")
 
-    def _remove(self, event: events.ObjectEvent) -> Outcome:
-        doc_id = assets.asset_id(event.bucket, event.key)
+    def _remove(self, event: events.ObjectEvent, stored: StoredAsset | None) -> Result:
         for _ in range(WRITE_ATTEMPTS):
-            current = self._index.get("assets", doc_id)
-            if current is None:
-                return Outcome(event.key, "deleted", "already absent")
-            held = current.source.get("sequencer")
+            if stored is None:
+                return Result(event.key, Handled.DELETED, "already absent")
+            held = stored.asset.sequencer
             if event.sequencer and held and not events.sequencer_newer(event.sequencer, held):
-                return Outcome(event.key, "stale", f"index holds a later event ({held})")
+                return Result(event.key, Handled.STALE, f"index holds a later event ({held})")
             try:
-                self._index.delete("assets", doc_id, expected=current)
-                return Outcome(event.key, "deleted")
+                self._assets.delete(stored)
+                return Result(event.key, Handled.DELETED)
             except ConflictError:
-                continue
+                stored = self._assets.get(_id(event))
         raise ConflictError("opensearch", f"asset {event.key} kept changing while being deleted")
 
 
-class _Stale(Exception):
-    pass
+def _id(event: events.ObjectEvent) -> str:
+    return Asset(event.bucket, event.key).id
 
 
-class _Tally:
-    """Counts and error reasons of one invocation, per run."""
+class RunTally:
+    """The counts and error reasons of a batch, per run: written once per run and batch (not per object:
+    every object would contend for the same run document). Upload events count in an hourly upload
+    run; work items in the run that dispatched them."""
 
     def __init__(self) -> None:
         self.runs: dict[tuple[str, str], tuple[Counter[str], list[dict[str, str]]]] = {}
 
-    def add(self, event: events.ObjectEvent, status: str, reason: str | None) -> None:
+    def add(self, event: events.ObjectEvent, status: Outcome, reason: str | None) -> None:
         run_id = event.run_id or f"tag-upload-{datetime.now(UTC).strftime('%Y%m%d%H')}"
         counts, errors = self.runs.setdefault((run_id, event.trigger), (Counter(), []))
         counts["processed"] += 1
-        if status == assets.TAGGED:
-            counts["tagged"] += 1
-        elif status == assets.FAILED:
-            counts["failed"] += 1
+        counter = run_counter(status)
+        if counter:
+            counts[counter] += 1
+        if status == TaggingStatus.FAILED:
             errors.append({"key": event.key, "reason": reason or ""})
-        elif status not in ("deleted", "embedded"):
-            counts["skipped"] += 1
+
+    def flush(self, runs: RunLog) -> None:
+        for (run_id, trigger), (counts, errors) in self.runs.items():
+            try:
+                runs.add_counts(run_id, dict(counts), errors, create_as=(events.TAG, trigger))
+            except ServiceError as exc:  # the assets are written; a lost count must not redo them
+                log.warning("could not count %d objects in run %s: %s", counts["processed"], run_id, exc)
+        self.runs.clear()
 
 
-def _reason(failure: ImageError, content_type: str | None) -> str:
-    if not (content_type or "").startswith("image/") and failure.reason_code != "too_large":
-        return f"not an image: {content_type or 'unknown content type'} ({failure.reason})"
-    return failure.reason
+def handle_logged(tagger: Tagger, event: events.ObjectEvent, tally: RunTally, receive_count: int = 1) -> str | None:
+    """Handle one event, log and count its result; returns why it failed (to be retried), or None."""
+    try:
+        result = tagger.handle(event)
+    except SmartTagsError as exc:
+        log.warning("s3://%s/%s failed (receive %d): %s", event.bucket, event.key, receive_count, exc)
+        tally.add(event, TaggingStatus.FAILED, str(exc))
+        return str(exc)
+    log.info("s3://%s/%s: %s%s", event.bucket, event.key, result.status, f" ({result.reason})" if result.reason else "")
+    tally.add(event, result.status, result.reason)
+    return None

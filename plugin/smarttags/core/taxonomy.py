@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from smarttags.core.asset import now_iso
+from smarttags.core.clock import now_iso
 from smarttags.core.ports import Index
 from smarttags.errors import TaxonomyError
 

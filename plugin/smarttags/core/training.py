@@ -9,16 +9,18 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from smarttags.core import guidelines, ingest
-from smarttags.core.asset import now_iso
+from smarttags.core.asset import Asset, StoredEmbedding
+from smarttags.core.clock import now_iso
+from smarttags.core.folders import Folder
 from smarttags.core.heads import train_heads
 from smarttags.core.model_registry import ModelStore
-from smarttags.core.ports import Embedder, Index, ReadFacts, StoreFor
+from smarttags.core.ports import Assets, Embedder, ReadFacts, StoreFor
 from smarttags.core.report import (
     MIN_TO_LEARN,
     NOT_TRAINED,
@@ -26,26 +28,15 @@ from smarttags.core.report import (
     TrainingReport,
     status_for,
 )
-from smarttags.core.runs import TRAIN, RunLog
+from smarttags.core.runs import TRAIN, RunLog, RunStatus
 from smarttags.core.taxonomy import Taxonomy, TaxonomyStore
 from smarttags.errors import ImageError, TaxonomyError
 from smarttags.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FIELDS = [
-    "key",
-    "bucket",
-    "etag",
-    "tags",
-    "width",
-    "height",
-    "embedding",
-    "embedding_etag",
-    "embedding_model",
-    "rejected_tags",
-    "promoted_tags",
-]
+# What training reads of each asset.
+ATTRIBUTES = ["tags", "promoted", "rejected", "width", "height", "embedding", "etag"]
 
 
 @dataclass(frozen=True)
@@ -56,15 +47,15 @@ class Example:
     negatives: frozenset[str]
 
 
-def labels_for(source: dict[str, Any], taxonomy: Taxonomy) -> tuple[frozenset[str], frozenset[str]]:
+def labels_for(asset: Asset, taxonomy: Taxonomy) -> tuple[frozenset[str], frozenset[str]]:
     """(positive, explicit negative) tags of one training asset. The asset's own tags and promoted smart
     tags are positives, with their taxonomy ancestors (a child tag implies its parents); smart tags a
     moderator rejected are negatives unless the asset's own tags say otherwise."""
-    own = {t for t in source.get("tags") or [] if t in taxonomy}
-    positive = own | {t for t in source.get("promoted_tags") or [] if t in taxonomy}
+    own = {t for t in asset.tags if t in taxonomy}
+    positive = own | {t for t in asset.promoted if t in taxonomy}
     for tag in list(positive):
         positive.update(taxonomy.ancestors(tag))
-    negative = {t for t in source.get("rejected_tags") or [] if t in taxonomy} - own
+    negative = {t for t in asset.rejected if t in taxonomy} - own
     return frozenset(positive - negative), frozenset(negative)
 
 
@@ -79,7 +70,7 @@ class Trainer:
     def __init__(
         self,
         settings: Settings,
-        index: Index,
+        assets: Assets,
         stores: StoreFor,
         embedder: Callable[[], Embedder],
         *,
@@ -89,7 +80,7 @@ class Trainer:
         runs: RunLog,
     ) -> None:
         self._settings = settings
-        self._index = index
+        self._assets = assets
         self._stores = stores
         self._embedder_factory = embedder
         self._read_facts = read_facts
@@ -99,31 +90,31 @@ class Trainer:
 
     def train(
         self,
-        folders: Sequence[tuple[str, str]],
+        folders: Sequence[Folder],
         *,
         trigger: str,
         manifest: dict[str, list[str]] | None = None,
         activate: bool = True,
         progress: Callable[[str, int, int | None], None] | None = None,
     ) -> TrainingReport:
-        """Train one model on the given (bucket, prefix) folders; record the run and its report."""
-        label = ", ".join(f"s3://{b}/{p}" for b, p in folders)
-        run = self._runs.start(TRAIN, label, trigger, folders=[f"s3://{b}/{p}" for b, p in folders])
+        """Train one model on the given folders; record the run and its report."""
+        label = ", ".join(f.uri for f in folders)
+        run = self._runs.start(TRAIN, label, trigger, folders=[f.uri for f in folders])
         try:
             report = self._train(run.run_id, folders, manifest, activate, progress, run.counts)
         except Exception as exc:
             run.error(label, str(exc))
-            self._runs.finish(run, "failed")
+            self._runs.finish(run, RunStatus.FAILED)
             raise
         run.model_version = report.model_version
         run.report = report.to_json()
-        self._runs.finish(run, "succeeded" if report.model_version else "no_model")
+        self._runs.finish(run, RunStatus.SUCCEEDED if report.model_version else RunStatus.NO_MODEL)
         return report
 
     def _train(
         self,
         run_id: str,
-        folders: Sequence[tuple[str, str]],
+        folders: Sequence[Folder],
         manifest: dict[str, list[str]] | None,
         activate: bool,
         progress: Callable[[str, int, int | None], None] | None,
@@ -135,13 +126,12 @@ class Trainer:
             raise TaxonomyError("no taxonomy is imported yet: run `smarttags taxonomy import FILE` first")
         unknown_tags: dict[str, list[str]] = {}
         notes: list[str] = []
-        sources: list[dict[str, Any]] = []
-        for bucket, prefix in folders:
-            store = self._stores(bucket)
+        held: list[Asset] = []
+        for folder in folders:
             synced = ingest.sync_folder(
-                self._index,
-                store,
-                prefix,
+                self._assets,
+                self._stores(folder.bucket),
+                folder,
                 taxonomy,
                 read_facts=self._read_facts,
                 manifest=manifest,
@@ -151,25 +141,21 @@ class Trainer:
             for tag, keys in synced.unknown_tags.items():
                 unknown_tags.setdefault(tag, []).extend(keys)
             notes.extend(f"unreadable: {key} ({reason})" for key, reason in synced.failed)
-            query: dict[str, Any] = {"bool": {"filter": [{"term": {"bucket": bucket}}]}}
-            if prefix.strip("/"):
-                query["bool"]["filter"].append({"term": {"folder.tree": prefix.strip("/")}})
-            for hit in self._index.scan("assets", query, source=FIELDS, batch_size=200):
-                sources.append({"_id": hit["_id"], **hit["_source"]})
+            held.extend(self._assets.scan(folder, attributes=ATTRIBUTES, batch_size=200))
         # Training set: assets carrying at least one known tag, at the minimum resolution.
-        examples: list[tuple[dict[str, Any], Example]] = []
+        examples: list[tuple[Asset, Example]] = []
         low_res: list[str] = []
         low_res_by_tag: dict[str, int] = {}
-        for source in sources:
-            positives, negatives = labels_for(source, taxonomy)
+        for asset in held:
+            positives, negatives = labels_for(asset, taxonomy)
             if not positives:
                 continue
-            if max(source.get("width") or 0, source.get("height") or 0) < settings.min_resolution:
-                low_res.append(source["key"])
+            if max(asset.width or 0, asset.height or 0) < settings.min_resolution:
+                low_res.append(asset.key)
                 for tag in positives:
                     low_res_by_tag[tag] = low_res_by_tag.get(tag, 0) + 1
                 continue
-            examples.append((source, Example(source["_id"], source["key"], positives, negatives)))
+            examples.append((asset, Example(asset.id, asset.key, positives, negatives)))
         embedder = self._embedder_factory()
         vectors, embedded, failed = self._embeddings(examples, embedder, progress)
         counts["embedded"] = embedded
@@ -227,10 +213,8 @@ class Trainer:
                 fits,
                 backbone_id=embedder.model_id,
                 backbone_sha256=embedder.sha256,
-                training_fingerprint=fingerprint(
-                    [(e.asset_id, s.get("etag", ""), sorted(e.positives)) for s, e in usable]
-                ),
-                folders=[f"s3://{b}/{p}" for b, p in folders],
+                training_fingerprint=fingerprint([(e.asset_id, a.etag, sorted(e.positives)) for a, e in usable]),
+                folders=[f.uri for f in folders],
             )
             model_version = manifest_.version
             if activate:
@@ -268,7 +252,7 @@ class Trainer:
         return TrainingReport(
             run_id=run_id,
             model_version=model_version,
-            folders=[f"s3://{b}/{p}" for b, p in folders],
+            folders=[f.uri for f in folders],
             created_at=now_iso(),
             images_used=len(usable),
             images_embedded=embedded,
@@ -280,66 +264,44 @@ class Trainer:
 
     def _embeddings(
         self,
-        examples: Sequence[tuple[dict[str, Any], Example]],
+        examples: Sequence[tuple[Asset, Example]],
         embedder: Embedder,
         progress: Callable[[str, int, int | None], None] | None,
     ) -> tuple[dict[str, np.ndarray[Any, Any]], int, list[tuple[str, str]]]:
         """Stored embeddings where ETag and backbone match; the rest embedded now and written back."""
         vectors: dict[str, np.ndarray[Any, Any]] = {}
-        todo: list[dict[str, Any]] = []
-        for source, example in examples:
-            if (
-                source.get("embedding")
-                and source.get("embedding_etag") == source.get("etag")
-                and source.get("embedding_model") == embedder.model_id
-            ):
-                vectors[example.asset_id] = np.asarray(source["embedding"], dtype=np.float32)
+        todo: list[Asset] = []
+        for asset, example in examples:
+            if asset.embedding and asset.embedding.fits(asset.etag, embedder.model_id):
+                vectors[example.asset_id] = np.asarray(asset.embedding.vector, dtype=np.float32)
             else:
-                todo.append(source)
+                todo.append(asset)
         failed: list[tuple[str, str]] = []
         if not todo:
             return vectors, 0, failed
         if progress:
             progress("embed", 0, len(todo))
 
-        def load(source: dict[str, Any]) -> bytes:
-            data, _ = self._stores(source["bucket"]).get_bytes(source["key"])
+        def load(asset: Asset) -> bytes:
+            data, _ = self._stores(asset.bucket).get_bytes(asset.key)
             return data
 
-        actions: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
-        done = 0
-        for source, result in zip(todo, embedder.iter_embed(todo, load), strict=True):
+        embedded: list[Asset] = []
+        for asset, result in zip(todo, embedder.iter_embed(todo, load), strict=True):
             if isinstance(result, ImageError):
-                failed.append((source["key"], result.reason))
+                failed.append((asset.key, result.reason))
             else:
                 vector = np.asarray(result, dtype=np.float32)
-                vectors[source["_id"]] = vector
-                actions.append(
-                    (
-                        {
-                            "update": {
-                                "_index": self._index.name("assets"),
-                                "_id": source["_id"],
-                                "retry_on_conflict": 5,
-                            }
-                        },
-                        {
-                            "doc": {
-                                "embedding": vector.tolist(),
-                                "embedding_etag": source.get("etag"),
-                                "embedding_model": embedder.model_id,
-                            }
-                        },
-                    )
-                )
-                done += 1
-            if len(actions) >= 100:
-                self._index.bulk(actions)
-                actions = []
+                vectors[asset.id] = vector
+                stored = StoredEmbedding(tuple(float(v) for v in vector), embedder.model_id, asset.etag)
+                embedded.append(replace(asset, embedding=stored))
+            if len(embedded) >= 100:
+                self._assets.merge(embedded, ["embedding"], create=False)
+                embedded = []
             if progress:
                 progress("embed", 1, len(todo))
-        self._index.bulk(actions)
-        return vectors, done, failed
+        self._assets.merge(embedded, ["embedding"], create=False)
+        return vectors, len(todo) - len(failed), failed
 
 
 def _advice(images: int, min_images: int, average_precision: float) -> list[str]:

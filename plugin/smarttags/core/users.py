@@ -15,7 +15,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from smarttags.core.asset import now_iso
+from smarttags.core.clock import now_iso
 from smarttags.core.ports import Index
 from smarttags.errors import ConflictError, RequestError
 

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from smarttags.core import asset as assets
 from smarttags.core import events
-from smarttags.core.folders import FolderRegistry, parse_uri
+from smarttags.core.asset import Asset, TaggingStatus, run_counter
+from smarttags.core.clock import parse_iso
+from smarttags.core.folders import Folder, FolderRegistry
 from smarttags.core.model_registry import ModelStore
-from smarttags.core.ports import Index, Queue
+from smarttags.core.ports import Assets, Index, Queue
 from smarttags.core.report import TrainingReport
-from smarttags.core.runs import ON_DEMAND, SCHEDULE, TAG, Run, RunLog
+from smarttags.core.runs import ON_DEMAND, SCHEDULE, TAG, Run, RunLog, RunStatus
 from smarttags.core.tagging import Tagger
 from smarttags.core.training import Trainer
 from smarttags.errors import ConflictError, RequestError
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 TRAINING_WINDOW = "training"
 TAGGING_WINDOW = "tagging"
-SELECT_FIELDS = ["key", "bucket", "etag", "tagging"]
+SELECT_ATTRIBUTES = ["etag", "tagging"]
 
 
 class Services(Protocol):
@@ -40,6 +41,8 @@ class Services(Protocol):
     def settings(self) -> Settings: ...
     @property
     def index(self) -> Index: ...
+    @property
+    def assets(self) -> Assets: ...
     @property
     def runs(self) -> RunLog: ...
     @property
@@ -54,28 +57,20 @@ class Services(Protocol):
     def trainer(self) -> Trainer: ...
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def needs_tagging(doc: dict[str, Any], *, now: datetime, active_model: str | None, gap: timedelta) -> str | None:
+def needs_tagging(asset: Asset, *, now: datetime, active_model: str | None, gap: timedelta) -> str | None:
     """Why an asset must be tagged in this run, or None. The rules: never tagged; modified since it was
     tagged (ETag); tagged by another model than the active one; unaltered but last tagged longer ago
     than the gap (24 hours for on-demand runs, 6 months for periodic ones)."""
-    tagging = doc.get("tagging") or {}
-    tagged_at = _parse_time(tagging.get("tagged_at"))
-    status = tagging.get("status")
-    if status != assets.TAGGED or tagged_at is None:
-        if status in (assets.FAILED, assets.SKIPPED) and tagging.get("etag") == doc.get("etag"):
+    tagging = asset.tagging
+    tagged_at = parse_iso(tagging.tagged_at)
+    if tagging.status != TaggingStatus.TAGGED or tagged_at is None:
+        if tagging.status in (TaggingStatus.FAILED, TaggingStatus.SKIPPED) and tagging.etag == asset.etag:
             # The same bytes failed or are not an image: only the gap rule retries them.
             return "gap" if tagged_at is None or now - tagged_at > gap else None
         return "new"
-    if tagging.get("etag") != doc.get("etag"):
+    if tagging.etag != asset.etag:
         return "modified"
-    if active_model and tagging.get("model_version") != active_model:
+    if active_model and tagging.model_version != active_model:
         return "model"
     if now - tagged_at > gap:
         return "gap"
@@ -90,7 +85,7 @@ class Dispatch:
 
 def dispatch_tagging(
     services: Services,
-    folder_uri: str,
+    folder: Folder,
     *,
     trigger: str,
     now: datetime | None = None,
@@ -100,7 +95,6 @@ def dispatch_tagging(
     Lambda or the local worker, do the work in parallel). Assets are enumerated through a point in time
     with ``search_after``, never deep ``from``."""
     now = now or datetime.now(UTC)
-    bucket, prefix = parse_uri(folder_uri, services.settings.aws.bucket)
     tagging = services.settings.tagging
     gap = (
         timedelta(hours=tagging.on_demand_gap_hours)
@@ -108,19 +102,16 @@ def dispatch_tagging(
         else timedelta(days=tagging.periodic_gap_days)
     )
     active = services.models.active_version()
-    run = services.runs.start(TAG, f"s3://{bucket}/{prefix}", trigger, model_version=active)
-    query: dict[str, Any] = {"bool": {"filter": [{"term": {"bucket": bucket}}]}}
-    if prefix.strip("/"):
-        query["bool"]["filter"].append({"term": {"folder.tree": prefix.strip("/")}})
+    run = services.runs.start(TAG, folder.uri, trigger, model_version=active)
     reasons: dict[str, int] = {}
     items: list[dict[str, Any]] = []
     selected = 0
-    for hit in services.index.scan("assets", query, source=SELECT_FIELDS, batch_size=batch_size):
-        reason = needs_tagging(hit["_source"], now=now, active_model=active, gap=gap)
+    for asset in services.assets.scan(folder, attributes=SELECT_ATTRIBUTES, batch_size=batch_size):
+        reason = needs_tagging(asset, now=now, active_model=active, gap=gap)
         if reason is None:
             continue
         reasons[reason] = reasons.get(reason, 0) + 1
-        items.append(events.work_item(bucket, hit["_source"]["key"], run_id=run.run_id, trigger=trigger))
+        items.append(events.work_item(asset.bucket, asset.key, run_id=run.run_id, trigger=trigger))
         selected += 1
         if len(items) >= batch_size:
             services.queue.send(items)
@@ -151,19 +142,16 @@ def tag_assets(services: Services, keys: Sequence[str], *, user: str = "cli") ->
             run.error(k, str(exc))
             continue
         run.counts["processed"] += 1
-        if outcome.status == assets.TAGGED:
-            run.counts["tagged"] += 1
-        elif outcome.status == assets.FAILED:
+        if outcome.status == TaggingStatus.FAILED:
             run.error(k, outcome.reason or "failed")
-        else:
-            run.counts["skipped"] += 1
+        elif counter := run_counter(outcome.status):
+            run.counts[counter] += 1
     log.info("on-demand tagging by %s: %s", user, dict(run.counts))
-    return services.runs.finish(run, "succeeded" if not run.errors else "completed_with_errors")
+    return services.runs.finish(run, RunStatus.SUCCEEDED if not run.errors else RunStatus.COMPLETED_WITH_ERRORS)
 
 
-def train_folders(services: Services, folder_uris: Iterable[str], *, trigger: str) -> TrainingReport:
-    folders = [parse_uri(uri, services.settings.aws.bucket) for uri in folder_uris]
-    return services.trainer.train(folders, trigger=trigger)
+def train_folders(services: Services, folders: Iterable[Folder], *, trigger: str) -> TrainingReport:
+    return services.trainer.train(list(folders), trigger=trigger)
 
 
 # --- windows and leases ---------------------------------------------------------------------------
@@ -195,7 +183,7 @@ class Leases:
                 self._index.put("leases", window, doc, create=True, refresh=True)
                 return True
             held = current.source
-            expired = (_parse_time(held.get("expires_at")) or now) <= now
+            expired = (parse_iso(held.get("expires_at")) or now) <= now
             if held.get("state") == "done" or not expired:
                 return False
             self._index.put("leases", window, doc, expected=current, refresh=True)
@@ -233,10 +221,10 @@ def run_window(services: Services, kind: str, fire_time: datetime, *, owner: str
         for folder in services.folders.enabled():
             try:
                 if kind == TRAINING_WINDOW:
-                    report = train_folders(services, [folder.uri], trigger=SCHEDULE)
+                    report = train_folders(services, [folder.folder], trigger=SCHEDULE)
                     run_ids.append(report.run_id)
                 else:
-                    run_ids.append(dispatch_tagging(services, folder.uri, trigger=SCHEDULE).run.run_id)
+                    run_ids.append(dispatch_tagging(services, folder.folder, trigger=SCHEDULE).run.run_id)
             except Exception:  # one folder's failure is recorded on its run; the others go on
                 log.exception("%s window: folder %s failed", kind, folder.uri)
     except BaseException:

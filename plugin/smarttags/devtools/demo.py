@@ -23,7 +23,8 @@ from typing import Any
 from pydantic import SecretStr
 
 from smarttags.core import report
-from smarttags.core.asset import asset_id
+from smarttags.core.asset import TaggingStatus, asset_id
+from smarttags.core.folders import Folder
 from smarttags.core.runs import ON_DEMAND
 from smarttags.core.search import TIER_NAMES, SearchRequest
 from smarttags.core.taxonomy import parse as parse_taxonomy
@@ -81,10 +82,9 @@ def _wait_tagged(services: Services, keys: list[str], timeout: float) -> dict[st
     tagged: dict[str, list[str]] = {}
     while pending and time.monotonic() < deadline:
         for key in list(pending):
-            found = services.index.get("assets", asset_id(bucket, key))
-            state = (found.source.get("tagging") or {}) if found else {}
-            if state.get("status") in ("tagged", "failed", "skipped"):
-                tagged[key] = list(found.source.get("smart_ids") or []) if found else []
+            found = services.assets.get(asset_id(bucket, key))
+            if found and found.asset.status in (TaggingStatus.TAGGED, TaggingStatus.FAILED, TaggingStatus.SKIPPED):
+                tagged[key] = list(found.asset.smart_ids)
                 pending.discard(key)
         if pending:
             time.sleep(0.5)
@@ -124,7 +124,7 @@ def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) ->
     uploaded = _upload_folder(services, sample_dir / "train", TRAIN_PREFIX)
     out(f"  training folder s3://{bucket}/{TRAIN_PREFIX}: {uploaded} pictures uploaded")
     for prefix in (TRAIN_PREFIX, NEW_PREFIX):
-        services.folders.set_enabled(bucket, prefix, True, user="demo")
+        services.folders.set_enabled(Folder(bucket, prefix), True, user="demo")
 
     previous = services.runs.latest("train", f"s3://{bucket}/{TRAIN_PREFIX}")
     if previous and previous.report and uploaded == 0 and services.models.active_version():
@@ -134,7 +134,7 @@ def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) ->
         out("Training on the training folder...")
         bar = Progress()
         try:
-            result = services.trainer.train([(bucket, TRAIN_PREFIX)], trigger=ON_DEMAND, progress=bar)
+            result = services.trainer.train([Folder(bucket, TRAIN_PREFIX)], trigger=ON_DEMAND, progress=bar)
         finally:
             bar.close()
     out(report.as_table(result))

@@ -1,13 +1,18 @@
-"""Everything an entry point needs, built once from the settings. Adapters (CLI, Lambda, scheduler,
-admin) build ``Services`` and call library functions on it; nothing here imports an adapter."""
+"""The composition root: every entry point (CLI, Lambda, worker, scheduler, admin) builds one ``Services``
+from the settings, and hands each use case the collaborators it takes. Each adapter and store is built
+once per process and shared (one model cache, one taxonomy cache)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING
+
+import opensearchpy
 
 from smarttags.adapters import clients, imaging
+from smarttags.adapters.asset_index import AssetIndex
+from smarttags.adapters.embedder import Embedder
 from smarttags.adapters.opensearch import SearchIndex
 from smarttags.adapters.s3 import ObjectStore
 from smarttags.adapters.sqs import WorkQueue
@@ -21,18 +26,26 @@ from smarttags.core.taxonomy import TaxonomyStore
 from smarttags.core.training import Trainer
 from smarttags.settings import Settings
 
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
+
 
 @dataclass
 class Services:
     settings: Settings
-    opensearch: Any = field(default=None)
-    s3: Any = field(default=None)
-    sqs: Any = field(default=None)
 
-    def __post_init__(self) -> None:
-        self.opensearch = self.opensearch or clients.opensearch_client(self.settings)
-        self.s3 = self.s3 or clients.s3_client(self.settings)
-        self.sqs = self.sqs or clients.sqs_client(self.settings)
+    @cached_property
+    def opensearch(self) -> opensearchpy.OpenSearch:
+        return clients.opensearch_client(self.settings)
+
+    @cached_property
+    def s3(self) -> S3Client:
+        return clients.s3_client(self.settings)
+
+    @cached_property
+    def sqs(self) -> SQSClient:
+        return clients.sqs_client(self.settings)
 
     @cached_property
     def index(self) -> SearchIndex:
@@ -43,6 +56,10 @@ class Services:
             shards=self.settings.opensearch.shards,
             embedding_dim=self.settings.backbone.embedding_dim,
         )
+
+    @cached_property
+    def assets(self) -> AssetIndex:
+        return AssetIndex(self.index)
 
     @cached_property
     def store(self) -> ObjectStore:
@@ -78,13 +95,14 @@ class Services:
 
     @cached_property
     def moderation(self) -> Moderation:
-        return Moderation(self.index)
+        return Moderation(self.assets, self.index)
 
     @cached_property
     def searcher(self) -> Searcher:
-        return Searcher(self.index, self.taxonomy, self.settings.aws.bucket)
+        return Searcher(self.index, self.assets, self.taxonomy, self.settings.aws.bucket)
 
-    def embedder(self) -> Any:
+    def embedder(self) -> Embedder:
+        """A new embedder (loading the backbone is slow: the tagger and trainer call this lazily)."""
         from smarttags.adapters.embedder import load_embedder
 
         return load_embedder(self.settings)
@@ -93,21 +111,20 @@ class Services:
     def tagger(self) -> Tagger:
         return Tagger(
             self.settings,
-            self.index,
+            self.assets,
             self.store_for,
             embedder=self.embedder,
-            read_facts=imaging.read_metadata,
+            open_picture=imaging.open_picture,
             models=self.models,
             taxonomy=self.taxonomy,
             folders=self.folders,
-            runs=self.runs,
         )
 
     @cached_property
     def trainer(self) -> Trainer:
         return Trainer(
             self.settings,
-            self.index,
+            self.assets,
             self.store_for,
             self.embedder,
             read_facts=imaging.read_metadata,

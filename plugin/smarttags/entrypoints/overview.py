@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from smarttags.adapters.clients import translate_aws_error
+from smarttags.core.folders import Folder
 from smarttags.core.model_registry import Manifest
 from smarttags.core.runs import TAG, TRAIN, Run
 from smarttags.entrypoints.compose import Services
@@ -20,8 +20,7 @@ MAX_COMPARED = 4
 
 @dataclass(frozen=True)
 class FolderRow:
-    bucket: str
-    prefix: str
+    folder: Folder
     registered: bool
     enabled: bool
     assets: int
@@ -30,7 +29,7 @@ class FolderRow:
 
     @property
     def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
+        return self.folder.uri
 
 
 def top_level_prefixes(services: Services) -> list[str]:
@@ -45,31 +44,26 @@ def top_level_prefixes(services: Services) -> list[str]:
     return [p for p in prefixes if not any(o.startswith(p) for o in own)]
 
 
-def asset_count(services: Services, bucket: str, prefix: str) -> int:
-    filters: list[dict[str, Any]] = [{"term": {"bucket": bucket}}]
-    if prefix.strip("/"):
-        filters.append({"term": {"folder.tree": prefix.strip("/")}})
-    return services.index.count("assets", {"bool": {"filter": filters}})
+def asset_count(services: Services, folder: Folder) -> int:
+    return services.index.count("assets", folder.query())
 
 
 def folder_rows(services: Services) -> list[FolderRow]:
     """Registered folders plus the bucket's top-level prefixes, each with its asset count and last runs."""
     bucket = services.settings.aws.bucket
-    registered = {(f.bucket, f.prefix): f for f in services.folders.all()}
-    keys = set(registered) | {(bucket, p) for p in top_level_prefixes(services)}
+    registered = {f.folder: f for f in services.folders.all()}
+    folders = set(registered) | {Folder(bucket, p) for p in top_level_prefixes(services)}
     rows = []
-    for b, p in sorted(keys):
-        folder = registered.get((b, p))
-        uri = f"s3://{b}/{p}"
+    for folder in sorted(folders):
+        setting = registered.get(folder)
         rows.append(
             FolderRow(
-                bucket=b,
-                prefix=p,
-                registered=folder is not None,
-                enabled=bool(folder and folder.enabled),
-                assets=asset_count(services, b, p),
-                last_training=services.runs.latest(TRAIN, uri),
-                last_tagging=services.runs.latest(TAG, uri),
+                folder=folder,
+                registered=setting is not None,
+                enabled=bool(setting and setting.enabled),
+                assets=asset_count(services, folder),
+                last_training=services.runs.latest(TRAIN, folder.uri),
+                last_tagging=services.runs.latest(TAG, folder.uri),
             )
         )
     return rows

@@ -1,18 +1,21 @@
 """The local worker: long-polls the tagging queue and runs the very handler Lambda runs.
 
-Like Lambda's SQS integration: a batch of up to ten messages goes to ``Tagger.handle_invocation``; the
-messages it reports as failed stay on the queue and come back after a short back-off, the rest are
-deleted. After ``max_receive_count`` receives SQS moves a failing message to the dead-letter queue.
+Like Lambda's SQS integration: a batch of up to ten messages goes through ``batch.handle_messages``
+(the loop the Lambda handler uses); the messages it reports as failed stay on the queue and come back
+after a short back-off, the rest are deleted. After ``max_receive_count`` receives SQS moves a failing
+message to the dead-letter queue.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 from smarttags.adapters.sqs import WorkQueue
+from smarttags.core import events
+from smarttags.core.runs import RunLog
 from smarttags.core.tagging import Tagger
+from smarttags.entrypoints.batch import handle_messages
 from smarttags.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,7 @@ class Worker:
     def __init__(
         self,
         tagger: Tagger,
+        runs: RunLog,
         queue: WorkQueue,
         *,
         concurrency: int = 2,
@@ -31,6 +35,7 @@ class Worker:
         visibility_seconds: int = 120,
     ) -> None:
         self._tagger = tagger
+        self._runs = runs
         self._queue = queue
         self._concurrency = concurrency
         self._wait = wait_seconds
@@ -42,12 +47,12 @@ class Worker:
         messages = self._queue.receive(wait_seconds=self._wait, visibility_seconds=self._visibility)
         if not messages:
             return 0
-        result: dict[str, Any] = self._tagger.handle_invocation({"Records": messages})
-        failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
-        self._queue.delete(m["receiptHandle"] for m in messages if m["messageId"] not in failed)
+        parsed = (events.parse_message(m.message_id, m.body, m.receive_count) for m in messages)
+        failed = set(handle_messages(self._tagger, self._runs, parsed))
+        self._queue.delete(m.receipt_handle for m in messages if m.message_id not in failed)
         for message in messages:
-            if message["messageId"] in failed:
-                self._queue.backoff(message["receiptHandle"], RETRY_BACKOFF_SECONDS)
+            if message.message_id in failed:
+                self._queue.backoff(message.receipt_handle, RETRY_BACKOFF_SECONDS)
         return len(messages)
 
     def _loop(self) -> None:

@@ -17,6 +17,8 @@ from markupsafe import Markup, escape
 
 from smarttags.core import report
 from smarttags.core import windows as scheduling
+from smarttags.core.asset import Asset
+from smarttags.core.folders import Folder
 from smarttags.core.runs import ON_DEMAND, TRAIN
 from smarttags.core.search import SearchRequest
 from smarttags.core.users import ADMIN, MODERATOR, ROLES, VIEWER
@@ -87,11 +89,9 @@ def folders() -> ResponseReturnValue:
     return render_template("folders.html", rows=overview.folder_rows(ctx().services))
 
 
-def _folder_from_form() -> tuple[str, str]:
-    from smarttags.core.folders import parse_uri
-
+def _folder_from_form() -> Folder:
     try:
-        return parse_uri(request.form.get("uri", ""), ctx().settings.aws.bucket)
+        return Folder.parse(request.form.get("uri", ""), ctx().settings.aws.bucket)
     except ValueError as exc:
         raise RequestError(str(exc)) from None
 
@@ -99,9 +99,8 @@ def _folder_from_form() -> tuple[str, str]:
 @bp.route("/folders/enable", methods=["POST"])
 @require(ADMIN)
 def folder_enable() -> ResponseReturnValue:
-    bucket, prefix = _folder_from_form()
     enabled = request.form.get("enabled") == "1"
-    folder = ctx().services.folders.set_enabled(bucket, prefix, enabled, user=_user_name())
+    folder = ctx().services.folders.set_enabled(_folder_from_form(), enabled, user=_user_name())
     flash(f"Smart Tags {'enabled' if enabled else 'disabled'} for {folder.uri}", "ok")
     return redirect(url_for("admin.folders"))
 
@@ -109,8 +108,8 @@ def folder_enable() -> ResponseReturnValue:
 @bp.route("/folders/train", methods=["POST"])
 @require(ADMIN)
 def folder_train() -> ResponseReturnValue:
-    bucket, prefix = _folder_from_form()
-    uri = f"s3://{bucket}/{prefix}"
+    folder = _folder_from_form()
+    uri = folder.uri
     services = ctx().services
     if not _training_lock.acquire(blocking=False):
         flash("A training run started here is still going; wait for it to finish.", "error")
@@ -119,7 +118,7 @@ def folder_train() -> ResponseReturnValue:
     def work() -> None:
         # Training runs in a background thread of this process; its run and report appear under Runs.
         try:
-            scheduling.train_folders(services, [uri], trigger=ON_DEMAND)
+            scheduling.train_folders(services, [folder], trigger=ON_DEMAND)
         except Exception:
             log.exception("training %s from the admin failed", uri)
         finally:
@@ -133,8 +132,7 @@ def folder_train() -> ResponseReturnValue:
 @bp.route("/folders/tag", methods=["POST"])
 @require(ADMIN)
 def folder_tag() -> ResponseReturnValue:
-    bucket, prefix = _folder_from_form()
-    dispatch = scheduling.dispatch_tagging(ctx().services, f"s3://{bucket}/{prefix}", trigger=ON_DEMAND)
+    dispatch = scheduling.dispatch_tagging(ctx().services, _folder_from_form(), trigger=ON_DEMAND)
     queued = dispatch.run.counts.get("selected", 0)
     flash(f"Tagging run {dispatch.run.run_id}: {queued} assets queued.", "ok")
     return redirect(url_for("admin.folders"))
@@ -218,12 +216,12 @@ def search() -> ResponseReturnValue:
     )
 
 
-def _asset(asset_id: str) -> dict[str, Any]:
-    found = ctx().services.index.get("assets", asset_id) if re.fullmatch(r"[0-9a-f]{1,64}", asset_id) else None
+def _asset(asset_id: str) -> Asset:
+    found = ctx().services.assets.get(asset_id) if re.fullmatch(r"[0-9a-f]{1,64}", asset_id) else None
     if found is None:
         raise NotFound(f"no asset {asset_id}")
-    source: dict[str, Any] = found.source
-    return source
+    asset: Asset = found.asset
+    return asset
 
 
 @bp.route("/assets/<asset_id>")
@@ -264,12 +262,12 @@ def _placeholder() -> bytes:
 @require(VIEWER)
 def thumbnail(asset_id: str) -> ResponseReturnValue:
     try:
-        doc: dict[str, Any] | None = _asset(asset_id)
+        asset: Asset | None = _asset(asset_id)
     except NotFound:
-        doc = None
+        asset = None
     thumb = None
-    if doc and doc.get("bucket") == ctx().settings.aws.bucket:
-        thumb = ctx().thumbnails.get(asset_id, str(doc.get("key")), str(doc.get("etag") or ""))
+    if asset and asset.bucket == ctx().settings.aws.bucket:
+        thumb = ctx().thumbnails.get(asset_id, asset.key, asset.etag)
     if thumb is None:
         response = Response(_placeholder(), mimetype="image/svg+xml")
         response.cache_control.private = True

@@ -14,8 +14,8 @@ def _moderate(settings: Settings, args: argparse.Namespace) -> int:
 
     moderation = services(settings).moderation
     action = {"remove": moderation.remove, "promote": moderation.promote, "unpromote": moderation.unpromote}
-    doc = action[args.action](asset_id(settings.aws.bucket, args.key), args.tag, user=args.user)
-    print(f"{args.key}: smart tags now {', '.join(doc.get('smart_ids') or []) or '(none)'}")
+    asset = action[args.action](asset_id(settings.aws.bucket, args.key), args.tag, user=args.user)
+    print(f"{args.key}: smart tags now {', '.join(asset.smart_ids) or '(none)'}")
     return 0
 
 

@@ -25,8 +25,16 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
                         "score": round(h.score, 4),
                         "why": h.why,
                         "matched_tags": h.matched_tags,
-                        "title": h.source.get("title"),
-                        "smart_tags": h.source.get("smart_tags"),
+                        "title": h.asset.title,
+                        "smart_tags": [
+                            {
+                                "tag": t.tag,
+                                "confidence": t.confidence,
+                                "model_version": t.model_version,
+                                "promoted": h.asset.is_promoted(t.tag),
+                            }
+                            for t in h.asset.smart_tags
+                        ],
                     }
                     for h in result.hits
                 ],

@@ -12,6 +12,7 @@ from smarttags.settings import Settings
 
 def _tag(settings: Settings, args: argparse.Namespace) -> int:
     from smarttags.core import windows as scheduling
+    from smarttags.core.folders import Folder
     from smarttags.core.runs import ON_DEMAND
 
     built = services(settings)
@@ -22,7 +23,7 @@ def _tag(settings: Settings, args: argparse.Namespace) -> int:
     if not args.folder:
         print("tag needs --folder URI or --asset KEY ...", file=sys.stderr)
         return 2
-    dispatch = scheduling.dispatch_tagging(built, args.folder, trigger=ON_DEMAND)
+    dispatch = scheduling.dispatch_tagging(built, Folder.parse(args.folder, settings.aws.bucket), trigger=ON_DEMAND)
     if args.json:
         print_json({**dispatch.run.to_json(), "reasons": dispatch.reasons})
     else:
@@ -44,15 +45,14 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _folders(settings: Settings, args: argparse.Namespace) -> int:
-    from smarttags.core.folders import parse_uri
+    from smarttags.core.folders import Folder
 
     registry = services(settings).folders
     if args.action in ("enable", "disable"):
         if not args.uri:
             print(f"folders {args.action} needs a URI", file=sys.stderr)
             return 2
-        bucket, prefix = parse_uri(args.uri, settings.aws.bucket)
-        folder = registry.set_enabled(bucket, prefix, args.action == "enable", user="cli")
+        folder = registry.set_enabled(Folder.parse(args.uri, settings.aws.bucket), args.action == "enable", user="cli")
         print(f"{folder.uri}: Smart Tags {'enabled' if folder.enabled else 'disabled'}")
         return 0
     for folder in registry.all():

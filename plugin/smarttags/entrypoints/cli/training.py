@@ -16,17 +16,17 @@ from smarttags.settings import Settings
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from smarttags.adapters import imaging
     from smarttags.core import ingest
-    from smarttags.core.folders import parse_uri
+    from smarttags.core.folders import Folder
 
     manifest = ingest.read_manifest(read_text(args.manifest, "manifest")) if args.manifest else None
     built = services(settings)
-    bucket, prefix = parse_uri(args.uri, settings.aws.bucket)
+    folder = Folder.parse(args.uri, settings.aws.bucket)
     progress = Progress(not args.json)
     try:
         result = ingest.sync_folder(
-            built.index,
-            built.store_for(bucket),
-            prefix,
+            built.assets,
+            built.store_for(folder.bucket),
+            folder,
             built.taxonomy.load(),
             read_facts=imaging.read_metadata,
             manifest=manifest,
@@ -49,15 +49,15 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 def _train(settings: Settings, args: argparse.Namespace) -> int:
     from smarttags.core import ingest, report
-    from smarttags.core.folders import parse_uri
+    from smarttags.core.folders import Folder
     from smarttags.core.runs import ON_DEMAND
 
     manifest = ingest.read_manifest(read_text(args.manifest, "manifest")) if args.manifest else None
     built = services(settings)
-    folders = [parse_uri(uri, settings.aws.bucket) for uri in args.folder]
-    for bucket, prefix in folders:
-        if next(built.store_for(bucket).list(prefix), None) is None:
-            raise RequestError(f"no objects under s3://{bucket}/{prefix}: check the folder URI")
+    folders = [Folder.parse(uri, settings.aws.bucket) for uri in args.folder]
+    for folder in folders:
+        if next(built.store_for(folder.bucket).list(folder.prefix), None) is None:
+            raise RequestError(f"no objects under {folder.uri}: check the folder URI")
     progress = Progress(not args.json)
     try:
         result = built.trainer.train(

@@ -16,7 +16,9 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
     built = services(settings)
     built.index.ensure()  # never let a first write auto-create an index without our mapping
-    worker = Worker(built.tagger, built.queue, concurrency=args.concurrency or settings.tagging.worker_concurrency)
+    worker = Worker(
+        built.tagger, built.runs, built.queue, concurrency=args.concurrency or settings.tagging.worker_concurrency
+    )
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     try:
         worker.run()

@@ -1,0 +1,189 @@
+"""The assets index: ``Asset`` values to OpenSearch documents and back, and the reads and writes the
+core makes of them (``core.ports.Assets``). The only place that knows the document's shape; the mapping
+``search_templates/assets.index.json`` is its contract.
+
+Search reads three fields derived here from the asset: ``smart_ids`` (the smart tags' ids),
+``smart_scores`` (one rank feature per smart tag: its confidence, +1 when promoted, so a promoted tag
+outranks any unpromoted confidence) and ``folder`` (the key's folder path, for the ``folder.tree``
+filter). Promotion itself is stored once, in ``promoted_tags``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Any
+
+from smarttags.core.asset import Asset, SmartTag, StoredEmbedding, Tagging, TaggingStatus, feature_name
+from smarttags.core.clock import now_iso
+from smarttags.core.folders import Folder
+from smarttags.core.ports import Index, StoredAsset, Versioned
+
+KIND = "assets"
+# An asset attribute -> the document fields it is written to (the rest are written under their own name).
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "folder": ("folder",),
+    "smart_tags": ("smart_tags", "smart_ids", "smart_scores"),
+    "promoted": ("promoted_tags", "smart_scores"),
+    "rejected": ("rejected_tags",),
+    "embedding": ("embedding", "embedding_model", "embedding_etag"),
+}
+
+
+def to_document(asset: Asset) -> dict[str, Any]:
+    modified = asset.modified or now_iso()
+    embedding = asset.embedding
+    return {
+        "asset_id": asset.id,
+        "bucket": asset.bucket,
+        "key": asset.key,
+        "folder": asset.folder.path,
+        "etag": asset.etag,
+        "version_id": asset.version_id,
+        "sequencer": asset.sequencer,
+        "content_type": asset.content_type,
+        "size": asset.size,
+        "width": asset.width,
+        "height": asset.height,
+        "created": asset.created or modified,
+        "modified": modified,
+        "title": asset.title,
+        "description": asset.description,
+        "keywords": list(asset.keywords),
+        "format": asset.format,
+        "decoder": asset.decoder,
+        "tags": list(asset.tags),
+        "smart_tags": [
+            {"tag": t.tag, "confidence": t.confidence, "model_version": t.model_version} for t in asset.smart_tags
+        ],
+        "smart_ids": list(asset.smart_ids),
+        "smart_scores": {
+            # rank_features refuses 0; a promoted tag's +1 puts it above every unpromoted confidence.
+            feature_name(t.tag): max(float(t.confidence), 1e-4) + (1.0 if t.tag in asset.promoted else 0.0)
+            for t in asset.smart_tags
+        },
+        "promoted_tags": sorted(asset.promoted),
+        "rejected_tags": sorted(asset.rejected),
+        "embedding": list(embedding.vector) if embedding else None,
+        "embedding_model": embedding.backbone if embedding else None,
+        "embedding_etag": embedding.etag if embedding else None,
+        "tagging": {
+            "status": asset.tagging.status.value,
+            "reason": asset.tagging.reason,
+            "model_version": asset.tagging.model_version,
+            "etag": asset.tagging.etag,
+            "tagged_at": asset.tagging.tagged_at,
+        },
+        "updated_at": asset.updated_at or now_iso(),
+    }
+
+
+def from_document(source: Mapping[str, Any]) -> Asset:
+    """An asset from a document, or from the fields of one a search asked for (the rest take defaults:
+    such a partial value is for reading, never for writing back)."""
+    tagging = source.get("tagging") or {}
+    vector = source.get("embedding")
+    return Asset(
+        bucket=source["bucket"],
+        key=source["key"],
+        etag=source.get("etag") or "",
+        size=int(source.get("size") or 0),
+        content_type=source.get("content_type"),
+        version_id=source.get("version_id"),
+        sequencer=source.get("sequencer"),
+        modified=source.get("modified"),
+        created=source.get("created"),
+        width=source.get("width"),
+        height=source.get("height"),
+        title=source.get("title"),
+        description=source.get("description"),
+        keywords=tuple(source.get("keywords") or ()),
+        format=source.get("format"),
+        decoder=source.get("decoder"),
+        tags=tuple(source.get("tags") or ()),
+        smart_tags=tuple(
+            SmartTag(e["tag"], float(e["confidence"]), e.get("model_version") or "")
+            for e in source.get("smart_tags") or ()
+        ),
+        promoted=frozenset(source.get("promoted_tags") or ()),
+        rejected=frozenset(source.get("rejected_tags") or ()),
+        embedding=(
+            StoredEmbedding(
+                tuple(float(v) for v in vector), source.get("embedding_model") or "", source.get("embedding_etag") or ""
+            )
+            if vector
+            else None
+        ),
+        tagging=Tagging(
+            status=TaggingStatus(tagging.get("status") or TaggingStatus.PENDING),
+            reason=tagging.get("reason"),
+            model_version=tagging.get("model_version"),
+            etag=tagging.get("etag"),
+            tagged_at=tagging.get("tagged_at"),
+        ),
+        updated_at=source.get("updated_at"),
+    )
+
+
+def document_fields(attributes: Collection[str]) -> list[str]:
+    """The document fields that hold these asset attributes (``bucket`` and ``key`` always)."""
+    fields = {"bucket", "key"}
+    for name in attributes:
+        fields.update(_FIELDS.get(name, (name,)))
+    return sorted(fields)
+
+
+class AssetIndex:
+    """``core.ports.Assets`` on any ``Index`` (OpenSearch, or the in-memory fake of the tests)."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+
+    def get(self, asset_id: str) -> StoredAsset | None:
+        found = self._index.get(KIND, asset_id)
+        if found is None:
+            return None
+        return StoredAsset(from_document(found.source), found.seq_no, found.primary_term)
+
+    def put(self, asset: Asset, *, expected: StoredAsset | None = None, refresh: bool | str = False) -> None:
+        """Write the asset: over ``expected`` (a ConflictError if it changed since), or as a new document
+        (a ConflictError if one exists)."""
+        version = Versioned(asset.id, {}, expected.seq_no, expected.primary_term) if expected else None
+        self._index.put(KIND, asset.id, to_document(asset), expected=version, create=expected is None, refresh=refresh)
+
+    def delete(self, expected: StoredAsset) -> bool:
+        version = Versioned(expected.asset.id, {}, expected.seq_no, expected.primary_term)
+        return self._index.delete(KIND, expected.asset.id, expected=version)
+
+    def scan(
+        self, folder: Folder, *, attributes: Collection[str] | None = None, batch_size: int = 500
+    ) -> Iterator[Asset]:
+        """Every asset of the folder and its subfolders (with only ``attributes`` filled in, if given)."""
+        source: Sequence[str] | bool = document_fields(attributes) if attributes is not None else True
+        for hit in self._index.scan(KIND, folder.query(), source=source, batch_size=batch_size):
+            yield from_document(hit["_source"])
+
+    def merge(self, assets: Sequence[Asset], attributes: Collection[str], *, create: bool = True) -> None:
+        """Write only these attributes of each asset, in one bulk request, leaving the document's other
+        fields as they are (a concurrent tagger's smart tags survive a sync); with ``create`` a missing
+        asset is written whole."""
+        fields = document_fields(attributes)
+        actions: list[tuple[Mapping[str, Any], Mapping[str, Any] | None]] = []
+        for asset in assets:
+            doc = to_document(asset)
+            body: dict[str, Any] = {"doc": {name: doc[name] for name in fields if name in doc}}
+            if create:
+                body["upsert"] = doc
+            actions.append(
+                ({"update": {"_index": self._index.name(KIND), "_id": asset.id, "retry_on_conflict": 5}}, body)
+            )
+        self._index.bulk(actions)
+
+    def delete_many(self, asset_ids: Sequence[str]) -> None:
+        self._index.bulk([({"delete": {"_index": self._index.name(KIND), "_id": i}}, None) for i in asset_ids])
+
+    def refresh(self) -> None:
+        self._index.refresh(KIND)
+
+    @staticmethod
+    def from_source(source: Mapping[str, Any]) -> Asset:
+        return from_document(source)
