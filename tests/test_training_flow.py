@@ -219,11 +219,11 @@ def test_the_operator_commands_on_a_trained_model(services, sample_dir, config, 
     assert code == 0 and len(out.splitlines()) == 2 and all(" tag " in line for line in out.splitlines())
     services.index.refresh()
 
-    code, out = _run(capsys, *cfg, "search", "flag", "--json")
+    code, out = _run(capsys, *cfg, "search", "flag", "--folder", "new", "--json")
     hits = {hit["key"]: hit for hit in json.loads(out)["hits"]}
     assert code == 0 and "clipart:flags" in hits["new/flag.jpg"]["matched_tags"]
     assert {"key", "tier", "score", "why", "matched_tags", "title", "smart_tags"} == set(hits["new/flag.jpg"])
-    code, out = _run(capsys, *cfg, "search", "flag")
+    code, out = _run(capsys, *cfg, "search", "flag", "--folder", "new")
     assert code == 0 and re.search(r"^  +\d\.\d{3}  new/flag\.jpg  \[", out, re.MULTILINE)
     code, out = _run(capsys, *cfg, "similar", "new/flag.jpg", "--json")
     assert code == 0 and all(hit["key"] != "new/flag.jpg" for hit in json.loads(out))
