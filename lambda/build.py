@@ -62,7 +62,7 @@ STRIP_DIRS = frozenset({"tests", "test", "__pycache__"})
 LEFT_OUT = (
     "devtools",
     "entrypoints/admin",
-    "entrypoints/cli*",
+    "entrypoints/cli",
     "entrypoints/progress.py",
     "entrypoints/worker.py",
     "entrypoints/scheduler*",
@@ -72,6 +72,7 @@ LEFT_OUT = (
     "adapters/thumbnails.py",
     "core/users.py",
     "core/windows.py",
+    "core/cron.py",
 )
 
 

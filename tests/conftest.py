@@ -6,6 +6,7 @@ see each other's data. Tests that use these services are marked ``slow`` (they s
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import uuid
@@ -125,6 +126,16 @@ def sqs(settings: Settings) -> Any:
 # --- The library on the real services ---------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_adapter(relative: str, name: str) -> Any:
+    """Load a top-level file of the checkout (``lambda/handler.py``) by path, as Lambda does."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -68,3 +68,19 @@ def test_the_demo_trains_tags_uploads_and_searches_in_tier_order(tmp_path, embed
 
     # Nothing the demo started was left running.
     assert left == [] and not list((data_dir / "stack").glob("*.pid"))
+
+
+def test_the_demo_admin_login_is_made_once_and_kept(services):
+    from smarttags.core.users import UserStore
+    from smarttags.devtools import demo
+
+    settings = services.settings
+    first = demo.admin_login(settings)
+    again = demo.admin_login(settings)
+    assert first.password == again.password and len(first.password) >= 20
+    kept = settings.data_dir / "demo"
+    assert {p.name: p.stat().st_mode & 0o777 for p in kept.iterdir()} == {"password": 0o600, "secret_key": 0o600}
+    assert first.settings.admin.secret_key.get_secret_value() == (kept / "secret_key").read_text()
+    assert first.settings.admin.secure_cookies is False  # plain HTTP on loopback
+    user = UserStore(first.services.index).verify("demo", first.password)
+    assert user is not None and user.role == "admin"

@@ -293,7 +293,7 @@ def test_build_the_lambda_package(tmp_path: Path) -> None:
     ):
         assert (package / name).is_file(), name
     assert not (package / "smarttags/search_templates").is_symlink()
-    for name in ("devtools", "entrypoints/admin", "entrypoints/cli.py", "core/dashboards.py"):
+    for name in ("devtools", "entrypoints/admin", "entrypoints/cli", "core/dashboards.py"):
         assert not (package / "smarttags" / name).exists(), name
     assert (package / "models/backbone.onnx.sha256").read_text().split()[0]
     assert not list(package.rglob("__pycache__")) and not list(package.rglob("tests"))

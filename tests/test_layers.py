@@ -93,3 +93,70 @@ def test_the_rule_catches_a_forbidden_import(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(__import__(__name__, fromlist=["PACKAGE"]), "PACKAGE", fake)
     found = violations()
     assert len(found) == 2 and "core may not import adapters" in found[0]
+
+
+# --- what the web process loads ------------------------------------------------------------------------
+
+
+def _modules() -> dict[str, Path]:
+    return {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def _reached(start: str) -> tuple[set[str], set[str]]:
+    """The package's modules ``start`` imports, directly or through others (imports inside functions
+    included: they run when called), and the outside modules they import."""
+    modules = _modules()
+    seen: set[str] = set()
+    outside: set[str] = set()
+    todo = [m for m in modules if m == start or m.startswith(start + ".")]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        # Importing a module runs its packages' __init__ first.
+        todo += [p for p in (".".join(parts[:i]) for i in range(1, len(parts))) if p in modules]
+        tree = ast.parse(modules[name].read_text(), filename=str(modules[name]))
+        for node in ast.walk(tree):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from a.b import c` imports the module a.b.c when there is one, else a name of a.b.
+                targets = [
+                    f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                    for alias in node.names
+                ]
+            for target in targets:
+                if target.split(".")[0] != "smarttags":
+                    outside.add(target)
+                elif target in modules:
+                    todo.append(target)
+    return seen, outside
+
+
+def _admin_drags_in() -> list[str]:
+    seen, outside = _reached("smarttags.entrypoints.admin")
+    return sorted({m for m in seen if m.startswith("smarttags.entrypoints.cli")}) + sorted(
+        {m for m in outside if m.split(".")[0] == "apscheduler"}
+    )
+
+
+def test_the_admin_imports_neither_the_cli_nor_apscheduler() -> None:
+    # The web process must not load the scheduler's library (it runs as ONE process of its own) nor the
+    # CLI (which imports the admin): the status page's next window times come from core/cron.py.
+    assert _admin_drags_in() == []
+
+
+def test_the_admin_check_sees_through_other_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "smarttags"
+    for folder in ("entrypoints/admin", "entrypoints/cli", "core"):
+        (fake / folder).mkdir(parents=True)
+        (fake / folder / "__init__.py").write_text("")
+    (fake / "entrypoints" / "admin" / "views.py").write_text(
+        "def page():\n    from smarttags.core import helper\n    from smarttags.entrypoints import cli\n"
+    )
+    (fake / "core" / "helper.py").write_text("import apscheduler.triggers.cron\n")
+    monkeypatch.setattr(__import__(__name__, fromlist=["PACKAGE"]), "PACKAGE", fake)
+    assert _admin_drags_in() == ["smarttags.entrypoints.cli", "apscheduler.triggers.cron"]

@@ -211,7 +211,7 @@ def test_opensearch_down_fails_the_record_then_it_succeeds(services, model, enab
 
 
 def test_the_lambda_handler_file_loads_by_path_and_handles_an_event(services, model, enabled, settings, monkeypatch):
-    from smarttags.entrypoints.cli import load_adapter as load
+    from tests.conftest import load_adapter as load
 
     handler = load("lambda/handler.py", "smarttags_lambda_handler_test")
     handler._services = services  # a warm container

@@ -194,3 +194,39 @@ def test_tags_outside_the_taxonomy_are_refused(services, sample_dir, config, cap
     assert "refused tag 'clipart:unicorns' (not in the taxonomy)" in out
     doc = services.index.search("assets", {"query": {"term": {"key": "m/one.jpg"}}})["hits"]["hits"][0]["_source"]
     assert doc["tags"] == ["clipart:flags"]  # from the embedded XMP keyword "Flag" and the manifest
+
+
+def test_the_operator_commands_on_a_trained_model(services, sample_dir, config, capsys):
+    """folders, tag, runs, search, similar and moderate, each through the CLI, on one trained model."""
+    cfg = ("--config", str(config))
+    bucket = services.settings.aws.bucket
+    assert _run(capsys, *cfg, "taxonomy", "import", str(sample_dir / "taxonomy.json"))[0] == 0
+    _upload_training(services, sample_dir)
+    assert _run(capsys, *cfg, "train", "--folder", f"s3://{bucket}/train/")[0] == 0
+
+    code, out = _run(capsys, *cfg, "folders", "enable", f"s3://{bucket}/new/")
+    assert (code, out) == (0, f"s3://{bucket}/new/: Smart Tags enabled\n")
+    code, out = _run(capsys, *cfg, "folders", "list")
+    assert code == 0 and f"on   s3://{bucket}/new/" in out.splitlines()
+    flag = sorted((sample_dir / "train" / "flags").glob("*.jpg"))[-1]  # not among the training pictures
+    services.store.put_bytes("new/flag.jpg", flag.read_bytes(), content_type="image/jpeg")
+
+    code, out = _run(capsys, *cfg, "tag", "--asset", "new/flag.jpg", "--json")
+    assert code == 0 and json.loads(out)["counts"]["tagged"] == 1
+    code, out = _run(capsys, *cfg, "tag", "--folder", f"s3://{bucket}/new/", "--json")
+    assert code == 0 and json.loads(out)["counts"]["selected"] == 0 and json.loads(out)["reasons"] == {}
+    code, out = _run(capsys, *cfg, "runs", "--kind", "tag")
+    assert code == 0 and len(out.splitlines()) == 2 and all(" tag " in line for line in out.splitlines())
+    services.index.refresh()
+
+    code, out = _run(capsys, *cfg, "search", "flag", "--folder", "new", "--json")
+    hits = {hit["key"]: hit for hit in json.loads(out)["hits"]}
+    assert code == 0 and "clipart:flags" in hits["new/flag.jpg"]["matched_tags"]
+    assert {"key", "tier", "score", "why", "matched_tags", "title", "smart_tags"} == set(hits["new/flag.jpg"])
+    code, out = _run(capsys, *cfg, "search", "flag", "--folder", "new")
+    assert code == 0 and re.search(r"^  +\d\.\d{3}  new/flag\.jpg  \[", out, re.MULTILINE)
+    code, out = _run(capsys, *cfg, "similar", "new/flag.jpg", "--json")
+    assert code == 0 and all(hit["key"] != "new/flag.jpg" for hit in json.loads(out))
+
+    code, out = _run(capsys, *cfg, "moderate", "remove", "new/flag.jpg", "clipart:flags")
+    assert code == 0 and out.startswith("new/flag.jpg: smart tags now ") and "clipart:flags" not in out

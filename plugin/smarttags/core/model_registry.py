@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,8 +25,8 @@ from numpy.typing import NDArray
 
 from smarttags.core.asset import SmartTag
 from smarttags.core.heads import Heads, TagFit
-from smarttags.core.ports import Store
-from smarttags.errors import ModelError, NotFound
+from smarttags.core.ports import Embedder, Store
+from smarttags.errors import ImageError, ModelError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,12 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def mean_average_precision(self) -> float | None:
+        """The mean of the tags' cross-validated average precision, or None if no tag has one."""
+        aps = [float(m["average_precision"]) for m in self.metrics.values() if m.get("average_precision") is not None]
+        return sum(aps) / len(aps) if aps else None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Manifest:
@@ -115,6 +121,23 @@ def score_embedding(
         max_tags=max_tags,
     )
     return chosen, dict(zip(model.heads.tags, (float(v) for v in scores.tolist()), strict=True))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    tags: list[SmartTag]  # what the asset would get
+    scores: dict[str, float]  # every tag's score
+
+
+def predict(
+    model: Model, embedder: Embedder, images: Sequence[bytes], *, max_tags: int = 20
+) -> list[Prediction | ImageError]:
+    """A dry run: the tags the model gives each image, scored as the tagger scores; nothing is written.
+    An image that cannot be decoded gives its ImageError in its place."""
+    return [
+        result if isinstance(result, ImageError) else Prediction(*score_embedding(model, result, max_tags=max_tags))
+        for result in embedder.embed_bytes(images)
+    ]
 
 
 def new_version(now: datetime | None = None) -> str:

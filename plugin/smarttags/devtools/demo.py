@@ -13,11 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
 
 from smarttags.core import report
 from smarttags.core.asset import TaggingStatus, asset_id
@@ -25,6 +28,7 @@ from smarttags.core.folders import Folder
 from smarttags.core.runs import ON_DEMAND
 from smarttags.core.search import TIER_NAMES, SearchRequest
 from smarttags.core.taxonomy import parse as parse_taxonomy
+from smarttags.core.users import UserStore
 from smarttags.devtools import sample, stack
 from smarttags.entrypoints.compose import Services
 from smarttags.entrypoints.progress import Progress
@@ -163,3 +167,50 @@ def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) ->
     result_file.parent.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(demo.to_json(), indent=2))
     return demo
+
+
+@dataclass(frozen=True)
+class DemoAdmin:
+    settings: Settings  # the demo's: a kept secret key, cookies without Secure (plain HTTP on loopback)
+    services: Services
+    password: str  # of the login "demo", an admin
+
+
+def admin_login(settings: Settings) -> DemoAdmin:
+    """The admin panel's settings for the demo and its login ``demo``; the secret key and the password
+    are made once and kept in data_dir/demo (mode 0600), so a second demo run logs in the same way."""
+    folder = settings.data_dir / "demo"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def kept(name: str) -> str:
+        path = folder / name
+        if not path.is_file():
+            path.write_text(secrets.token_urlsafe(18))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    admin = settings.admin
+    if admin.secret_key is None:
+        admin = admin.model_copy(update={"secret_key": SecretStr(kept("secret_key"))})
+    # Plain http on loopback: a Secure cookie would never come back.
+    demo_settings = settings.model_copy(update={"admin": admin.model_copy(update={"secure_cookies": False})})
+    services = Services(demo_settings)
+    password = kept("password")
+    users = UserStore(services.index)
+    if users.get("demo") is None:
+        users.create("demo", password, "admin")
+    return DemoAdmin(demo_settings, services, password)
+
+
+def serve_admin(settings: Settings, *, out: Callable[[str], None] = print) -> None:
+    """Serve the admin panel on ``admin.host:admin.port`` with the demo login, until Ctrl-C."""
+    import waitress
+
+    from smarttags.entrypoints.admin import create_app
+
+    login = admin_login(settings)
+    admin = login.settings.admin
+    app = create_app(login.settings, login.services)
+    out(f"\nAdmin panel: http://{admin.host}:{admin.port}/  (login: demo / {login.password})")
+    out("Ctrl-C stops the admin panel and everything the demo started.")
+    waitress.serve(app, host=admin.host, port=admin.port, threads=8, ident="smarttags")

@@ -6,9 +6,11 @@ with its reason. A check never raises; a failure becomes a red line.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+from smarttags.core import cron
 from smarttags.entrypoints.compose import Services
 from smarttags.errors import ModelError, NotFound, SmartTagsError
 
@@ -84,25 +86,26 @@ def check_model(services: Services) -> Check:
     return Check("Active model", OK, f"{active}: {len(model.manifest.tags)} tags, sha256 verified")
 
 
-def check_schedule(next_runs: Callable[[], Mapping[str, str | None]]) -> Check:
-    times = next_runs()
-    detail = "; ".join(f"next {kind} window {when or 'never'}" for kind, when in sorted(times.items()))
+def check_schedule(services: Services, now: datetime) -> Check:
+    """The windows' next fire times, from the settings' cron expressions (no APScheduler needed)."""
+    times = cron.next_fire_times(services.settings.scheduler, now)
+    detail = "; ".join(
+        f"next {kind} window {when[0].isoformat() if when else 'never'}" for kind, when in sorted(times.items())
+    )
     return Check("Scheduler", OK, detail or "no windows configured")
 
 
-def validate(services: Services, *, next_runs: Callable[[], Mapping[str, str | None]] | None = None) -> list[Check]:
-    """Every check, in order. ``next_runs`` gives the scheduler's next fire times (the scheduler is an
-    adapter, so its caller passes them in); without it the scheduler line is left out."""
+def validate(services: Services, *, now: datetime | None = None) -> list[Check]:
+    """Every check, in order (``now`` is the clock the scheduler line counts from)."""
+    moment = now or datetime.now(UTC)
     checks: list[tuple[str, Callable[[], Check]]] = [
         ("OpenSearch", lambda: check_opensearch(services)),
         ("S3 bucket", lambda: check_bucket(services)),
         ("Tagging queue", lambda: check_queue(services)),
         ("Dead-letter queue", lambda: check_dead_letters(services)),
         ("Active model", lambda: check_model(services)),
+        ("Scheduler", lambda: check_schedule(services, moment)),
     ]
-    if next_runs is not None:
-        schedule = next_runs
-        checks.append(("Scheduler", lambda: check_schedule(schedule)))
     results = []
     for name, run in checks:
         try:

@@ -91,14 +91,10 @@ def compare_models(services: Services, versions: Sequence[str] = ()) -> ModelCom
     chosen = [m for m in manifests if m.version in versions] if versions else manifests[:MAX_COMPARED]
     chosen = chosen[:MAX_COMPARED]
     tags = sorted({tag for m in chosen for tag in m.metrics})
-    mean_ap: dict[str, float | None] = {}
-    for m in chosen:
-        aps = [float(v["average_precision"]) for v in m.metrics.values() if v.get("average_precision") is not None]
-        mean_ap[m.version] = sum(aps) / len(aps) if aps else None
     return ModelComparison(
         manifests=chosen,
         all_versions=[m.version for m in manifests],
         active=services.models.active_version(),
         tags=tags,
-        mean_ap=mean_ap,
+        mean_ap={m.version: m.mean_average_precision for m in chosen},
     )

@@ -6,6 +6,9 @@ never inside web workers, or every job would run once per worker.
 
 A window missed while the service was down runs once when it returns, if it is not older than the misfire
 grace time: at start, the most recent fire time of each window is checked against its lease document.
+
+The admin panel and ``smarttags validate`` show the next fire times through ``smarttags.core.cron``, a
+pure evaluator of the same crontab dialect, so the web process never loads APScheduler.
 """
 
 from __future__ import annotations
@@ -119,14 +122,6 @@ def build(services: Services, owner: str) -> BackgroundScheduler:
             misfire_grace_time=settings.misfire_grace_seconds,
         )
     return scheduler
-
-
-def next_run_times(settings: Settings, now: datetime) -> dict[str, str | None]:
-    out = {}
-    for kind, trigger in triggers(settings).items():
-        fire = trigger.get_next_fire_time(None, now)
-        out[kind] = fire.isoformat() if fire else None
-    return out
 
 
 def main(settings: Settings, *, once: bool = False) -> int:

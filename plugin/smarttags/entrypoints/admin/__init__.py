@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -28,8 +27,6 @@ from smarttags.settings import Settings
 
 log = logging.getLogger(__name__)
 
-NextRuns = Callable[[], Mapping[str, str | None]]
-
 
 @dataclass
 class AdminContext:
@@ -39,7 +36,6 @@ class AdminContext:
     services: Services
     users: UserStore
     thumbnails: Thumbnails
-    next_runs: NextRuns | None
 
 
 def create_app(
@@ -47,7 +43,6 @@ def create_app(
     services: Services | None = None,
     *,
     debug: bool = False,
-    next_runs: NextRuns | None = None,
 ) -> Flask:
     """Build the admin app. ``settings.admin.secret_key`` is required unless ``debug``."""
     from smarttags.entrypoints.admin import auth, views
@@ -75,21 +70,11 @@ def create_app(
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
     app.debug = debug
-    if next_runs is None:
-        from datetime import UTC, datetime
-
-        from smarttags.entrypoints import scheduler
-
-        def default_next_runs() -> Mapping[str, str | None]:
-            return scheduler.next_run_times(settings, datetime.now(UTC))
-
-        next_runs = default_next_runs
     app.extensions["smarttags"] = AdminContext(
         settings=settings,
         services=services,
         users=UserStore(services.index),
         thumbnails=Thumbnails(services.store, settings.aws.thumbnails_prefix, max_pixels=settings.backbone.max_pixels),
-        next_runs=next_runs,
     )
     CSRFProtect(app)
     app.extensions["smarttags_login_limiter"] = auth.LoginLimiter(settings.admin.login_attempts_per_minute)

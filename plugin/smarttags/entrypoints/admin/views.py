@@ -76,7 +76,7 @@ def home() -> ResponseReturnValue:
 @bp.route("/status")
 @require(ADMIN)
 def status_page() -> ResponseReturnValue:
-    checks = status.validate(ctx().services, next_runs=ctx().next_runs)
+    checks = status.validate(ctx().services)
     return render_template("status.html", checks=checks, healthy=all(c.ok for c in checks))
 
 
