@@ -96,9 +96,8 @@ def pdf(
         objects.append(b"<< >>")
     resources = "/Font << /F1 3 0 R >>" + (" /XObject << /Im1 5 0 R >>" if image_px else "")
     for _ in range(pages):
-        objects.append(
-            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w} {h}] /Contents 4 0 R /Resources << {resources} >> >>".encode()
-        )
+        page = f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w} {h}] /Contents 4 0 R /Resources << {resources} >> >>"
+        objects.append(page.encode())
     info = len(objects) + 1
     objects.append(f"<< /Title ({title}) /Keywords (dress, summer) >>".encode() if title else b"<< >>")
     out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
@@ -109,7 +108,8 @@ def pdf(
     xref = len(out)
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, info, xref)
+    out += b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\n" % (len(objects) + 1, info)
+    out += b"startxref\n%d\n%%%%EOF\n" % xref
     return bytes(out)
 
 
@@ -123,7 +123,12 @@ def svg(colour: str = "red", *, width: str = "300", height: str = "150", extra: 
     ).encode()
 
 
-def dng(colour: tuple[int, int, int] = (255, 0, 0), size: tuple[int, int] = (64, 48), preview: Image.Image | None = None) -> bytes:
+def dng(
+    colour: tuple[int, int, int] = (255, 0, 0),
+    size: tuple[int, int] = (64, 48),
+    preview: Image.Image | None = None,
+    orientation: int = 1,
+) -> bytes:
     """A DNG (written with tifffile): an RGGB mosaic of one ``colour``, and an optional RGB preview IFD0."""
     import numpy as np
     import tifffile
@@ -149,6 +154,7 @@ def dng(colour: tuple[int, int, int] = (255, 0, 0), size: tuple[int, int] = (64,
         (50728, "2I", 3, (1, 1, 1, 1, 1, 1), False),  # AsShotNeutral
         (271, "s", 0, "SmartTags", False),  # Make
         (272, "s", 0, "Test", False),  # Model
+        (274, "H", 1, orientation, False),  # Orientation
     ]
     buffer = io.BytesIO()
     with tifffile.TiffWriter(buffer) as tiff:

@@ -53,7 +53,8 @@ def _first_page(doc: pdfium.PdfDocument, size: int, max_pixels: int) -> Image.Im
         if not (width > 0 and height > 0):
             raise CorruptImage(f"page 1 has no area ({width}x{height} pt)", content_type=CONTENT_TYPE)
         _check_images(page, max_pixels)
-        bitmap = page.render(scale=size / max(width, height), may_draw_forms=False)
+        # pypdfium2 sizes the bitmap with ceil(): a hair under the exact scale keeps the long side at size.
+        bitmap = page.render(scale=(size - 1e-6) / max(width, height), may_draw_forms=False)
         img = bitmap.to_pil()
         text = _page_text(page)
     finally:

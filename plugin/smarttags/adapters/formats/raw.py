@@ -89,7 +89,7 @@ def _preview(raw: rawpy.RawPy, size: int, max_pixels: int) -> Image.Image | None
             return None
         return Image.fromarray(np.ascontiguousarray(pixels[:, :, :3]))
     try:
-        img = Image.open(io.BytesIO(thumb.data), formats=("JPEG",))
+        img = Image.open(io.BytesIO(bytes(thumb.data)), formats=("JPEG",))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None  # a broken preview: the sensor data may still be fine
     width, height = img.size
@@ -101,4 +101,3 @@ def _preview(raw: rawpy.RawPy, size: int, max_pixels: int) -> Image.Image | None
     except (OSError, SyntaxError, ValueError):
         return None
     return img.convert("RGB")
-

@@ -88,8 +88,8 @@ def _check_expansion(root: ET.Element) -> None:
         key = id(element)
         if key in sizes:
             return sizes[key]
-        if key in visiting:  # a <use> cycle: resvg skips it, so does the count
-            return 0
+        if key in visiting:  # resvg would expand a <use> cycle until its node limit
+            raise CorruptImage("SVG <use> references form a cycle", content_type=CONTENT_TYPE)
         visiting.add(key)
         total = 1
         for child in _children_and_uses(element, by_id):
