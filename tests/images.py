@@ -68,14 +68,18 @@ def pdf(
     pages: int = 1,
     size: tuple[int, int] = (400, 300),
     image_px: tuple[int, int] | None = None,
+    circle: bool = False,
 ) -> bytes:
-    """A PDF whose page 1 is white with a ``colour`` rectangle (and ``text``); ``pages`` copies of it.
+    """A PDF whose page 1 is white with a ``colour`` rectangle or ``circle`` like ``picture``'s (and
+    ``text``); ``pages`` copies of it.
 
     ``image_px`` adds an image XObject declaring that many pixels (its data is one byte: a bomb's header).
     """
     w, h = size
-    content = f"{colour[0]} {colour[1]} {colour[2]} rg {w * 0.2} {h * 0.2} {w * 0.6} {h * 0.6} re f\n"
-    content += f"0 g BT /F1 12 Tf 10 10 Td ({text}) Tj ET\n"
+    shape = _ellipse(w, h) if circle else f"{w * 0.2} {h * 0.2} {w * 0.6} {h * 0.6} re f\n"
+    content = f"{colour[0]} {colour[1]} {colour[2]} rg " + shape
+    if text:
+        content += f"0 g BT /F1 12 Tf 10 10 Td ({text}) Tj ET\n"
     if image_px:
         content += f"q {w} 0 0 {h} 0 0 cm /Im1 Do Q\n"
     objects: list[bytes] = []  # object n is objects[n - 1]
@@ -111,6 +115,17 @@ def pdf(
     out += b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\n" % (len(objects) + 1, info)
     out += b"startxref\n%d\n%%%%EOF\n" % xref
     return bytes(out)
+
+
+def _ellipse(w: float, h: float) -> str:
+    """A filled ellipse in the box ``picture`` draws its circle in, as four Bezier curves."""
+    cx, cy, rx, ry, k = w / 2, h / 2, w * 0.3, h * 0.3, 0.5523
+    return (
+        f"{cx + rx} {cy} m {cx + rx} {cy + k * ry} {cx + k * rx} {cy + ry} {cx} {cy + ry} c "
+        f"{cx - k * rx} {cy + ry} {cx - rx} {cy + k * ry} {cx - rx} {cy} c "
+        f"{cx - rx} {cy - k * ry} {cx - k * rx} {cy - ry} {cx} {cy - ry} c "
+        f"{cx + k * rx} {cy - ry} {cx + rx} {cy - k * ry} {cx + rx} {cy} c f\n"
+    )
 
 
 def svg(colour: str = "red", *, width: str = "300", height: str = "150", extra: str = "", title: str = "Logo") -> bytes:
