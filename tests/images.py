@@ -143,8 +143,10 @@ def dng(
     size: tuple[int, int] = (64, 48),
     preview: Image.Image | None = None,
     orientation: int = 1,
+    jpeg_preview: bool = False,
 ) -> bytes:
-    """A DNG (written with tifffile): an RGGB mosaic of one ``colour``, and an optional RGB preview IFD0."""
+    """A DNG (written with tifffile): an RGGB mosaic of one ``colour``, and an optional preview as IFD0,
+    uncompressed RGB or (``jpeg_preview``) a baseline JPEG as cameras write it."""
     import numpy as np
     import tifffile
 
@@ -175,11 +177,37 @@ def dng(
     with tifffile.TiffWriter(buffer) as tiff:
         if preview is None:
             tiff.write(mosaic, photometric=32803, extratags=dng_tags + cfa, subfiletype=0)
-        else:
+        elif not jpeg_preview:
             rgb = np.asarray(preview.convert("RGB"))
             tiff.write(rgb, photometric="rgb", extratags=dng_tags, subfiletype=1, subifds=1)
             tiff.write(mosaic, photometric=32803, extratags=cfa, subfiletype=0)
-    return buffer.getvalue()
+        else:
+            # tifffile encodes JPEG only through imagecodecs: write the JPEG's bytes as a 1-row strip,
+            # then turn IFD0's tags into those of a JPEG-compressed YCbCr preview.
+            encoded = io.BytesIO()
+            preview.convert("RGB").save(encoded, "JPEG", quality=90)
+            strip = np.frombuffer(encoded.getvalue(), np.uint8).reshape(1, -1)
+            tiff.write(strip, photometric="minisblack", extratags=dng_tags, subfiletype=1, subifds=1)
+            tiff.write(mosaic, photometric=32803, extratags=cfa, subfiletype=0)
+    if not jpeg_preview or preview is None:
+        return buffer.getvalue()
+    width, height = preview.size
+    return _patch_ifd0(buffer.getvalue(), {256: width, 257: height, 259: 7, 262: 6, 277: 3, 278: height})
+
+
+def _patch_ifd0(data: bytes, values: dict[int, int]) -> bytes:
+    """Overwrite inline SHORT/LONG values of IFD0 entries of a little-endian TIFF."""
+    out = bytearray(data)
+    (offset,) = struct.unpack_from("<I", out, 4)
+    (count,) = struct.unpack_from("<H", out, offset)
+    for i in range(count):
+        at = offset + 2 + 12 * i
+        tag, kind = struct.unpack_from("<HH", out, at)
+        if tag in values:
+            struct.pack_into(
+                "<HH" if kind == 3 else "<I", out, at + 8, *((values[tag], 0) if kind == 3 else (values[tag],))
+            )
+    return bytes(out)
 
 
 def psb(image: Image.Image, *, composite: bool = True) -> bytes:

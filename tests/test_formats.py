@@ -238,6 +238,14 @@ def test_dng_without_a_preview_is_demosaiced_at_half_size():
     assert (meta.width, meta.height, meta.decoder) == (64, 48, "rawpy (half-size demosaic)")
 
 
+def test_dng_jpeg_preview_is_decoded_with_dct_scaling():
+    data = images.dng(RED, preview=Image.new("RGB", (1600, 1200), BLUE), jpeg_preview=True)
+    img = imaging.open_image(data, max_pixels=MAX, size=224)
+    assert img.size == (400, 300)  # JPEG draft: 1/4 scale, the smallest not below what was asked for
+    assert close(prepare(data)[32, 32], BLUE)
+    assert imaging.read_metadata(data).decoder == "rawpy (embedded preview)"
+
+
 def test_dng_preview_is_used_when_large_enough():
     # The preview is blue and the sensor red: which one we see tells which path ran.
     data = images.dng(RED, preview=Image.new("RGB", (300, 200), BLUE))

@@ -187,7 +187,7 @@ def test_pdf_svg_raw_and_psb_are_tagged_end_to_end_by_their_bytes(services, shap
     bodies = {
         "docs/catalogue.png": images.pdf(title="Spring catalogue", text="", size=(640, 480), circle=True),
         "docs/logo.txt": circle_svg,
-        "docs/shoot.jpg": images.dng(preview=reference),
+        "docs/shoot.jpg": images.dng(preview=reference, jpeg_preview=True),
         "docs/poster.psd": images.psb(reference),
     }
     for key, body in bodies.items():
