@@ -162,6 +162,23 @@ def test_svg_data_urls_and_internal_references_still_work():
     assert close(prepare(images.svg("red", extra=extra))[32, 32], GREEN)
 
 
+def test_svg_embedded_picture_bombs_and_nested_svgs_are_not_drawn():
+    import base64
+
+    bomb = base64.b64encode(images.bomb_png(60_000, 60_000)).decode()
+    extra = f'<image href="data:image/png;base64,{bomb}" width="300" height="150"/>'
+    with pytest.raises(ImageTooLarge):
+        prepare(images.svg("red", extra=extra))
+    bomb = base64.b64encode(images.bomb_png(2_000, 1_000)).decode()  # under Pillow's guard, over ours
+    extra = f'<image href="data:image/png;base64,{bomb}" width="300" height="150"/>'
+    with pytest.raises(ImageTooLarge) as err:
+        prepare(images.svg("red", extra=extra), max_pixels=1_000_000)
+    assert "2000x1000" in err.value.reason
+    inner = base64.b64encode(images.svg("blue", extra="")).decode()
+    extra = f'<image href="data:image/svg+xml;base64,{inner}" x="0" y="0" width="300" height="150"/>'
+    assert close(prepare(images.svg("red", extra=extra))[32, 32], RED)  # dropped, not drawn
+
+
 def test_svg_external_entities_are_refused():
     for system in ("file:///etc/passwd", "http://127.0.0.1:9/evil.dtd"):
         data = (

@@ -4,13 +4,17 @@ The bytes are parsed with defusedxml first: external entities and DTDs that fetc
 refused, and expat's own amplification limit stops entity bombs (billion laughs); the internal
 entities design tools write (Illustrator's ``&ns_svg;``) still work. Then every ``href`` that is not
 a fragment (``#id``) or a ``data:`` URL is removed, because resvg would read ``<image href="/etc/...">``
-from the disk (it never fetches http). Nested ``<use>`` that would expand past ``MAX_NODES`` elements
-is refused before drawing. What resvg gets is the re-serialised, cleaned tree; it draws it inside a
-``size`` x ``size`` box, aspect kept. Title and description come from the root's <title> and <desc>.
+from the disk (it never fetches http); embedded ``data:`` pictures stay when Pillow reads their header
+and it is within ``max_pixels`` (resvg would decode a bomb at full size); embedded SVGs go. Nested
+``<use>`` that would expand past ``MAX_NODES`` elements, or that forms a cycle, is refused before
+drawing. What resvg gets is the re-serialised, cleaned tree; it draws it inside a ``size`` x ``size``
+box, aspect kept. Title and description come from the root's <title> and <desc>.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import re
 import xml.etree.ElementTree as ET
@@ -19,7 +23,7 @@ from collections.abc import Iterator
 import resvg_py
 from defusedxml import ElementTree as SafeET
 from defusedxml.common import DefusedXmlException
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from smarttags.adapters.formats.source import Source, finish
 from smarttags.errors import CorruptImage, ImageTooLarge, UnsupportedImage
@@ -37,7 +41,7 @@ _SPACE = re.compile(r"\s+")
 def decode(data: bytes, content_type: str, size: int, max_pixels: int) -> Image.Image:
     """The SVG ``data`` drawn inside a ``size`` x ``size`` box (RGBA: transparency is kept)."""
     root = _parse(data)
-    _strip_external_refs(root)
+    _strip_external_refs(root, max_pixels)
     _check_expansion(root)
     width, height = _intrinsic_size(root)
     try:
@@ -70,12 +74,41 @@ def _parse(data: bytes) -> ET.Element:
     return root
 
 
-def _strip_external_refs(root: ET.Element) -> None:
+def _strip_external_refs(root: ET.Element, max_pixels: int) -> None:
     for element in root.iter():
         for name in _HREFS:
-            value = element.get(name)
-            if value is not None and not value.lstrip().startswith(("#", "data:")):
+            value = (element.get(name) or "").strip()
+            if not value or value.startswith("#"):
+                continue
+            if not (value.startswith("data:") and _embedded_picture_ok(value, max_pixels)):
                 del element.attrib[name]
+
+
+def _embedded_picture_ok(url: str, max_pixels: int) -> bool:
+    """Whether resvg may draw a data: URL: a raster picture Pillow can size, within ``max_pixels``.
+
+    resvg decodes embedded pictures at full size itself, so their header is checked here; an embedded
+    SVG is dropped (it would escape this sanitising), and so is anything Pillow cannot identify.
+    """
+    header, _, payload = url[5:].partition(",")
+    if "svg" in header.lower() or not header.lower().endswith(";base64"):
+        return False
+    try:
+        raw = base64.b64decode(payload, validate=False)
+        with Image.open(io.BytesIO(raw), formats=("PNG", "JPEG", "GIF", "WEBP")) as picture:
+            width, height = picture.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # Pillow's guard fired first
+        raise ImageTooLarge(
+            "an embedded picture is over the decompression-bomb limit", content_type=CONTENT_TYPE
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, binascii.Error):
+        return False
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"an embedded picture is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
+            content_type=CONTENT_TYPE,
+        )
+    return True
 
 
 def _check_expansion(root: ET.Element) -> None:
