@@ -74,6 +74,7 @@ LEFT_OUT = (
     "entrypoints/health.py",
     "entrypoints/overview.py",
     "adapters/thumbnails.py",
+    "adapters/formats/video.py",
     "core/users.py",
     "core/windows.py",
 )
