@@ -7,7 +7,8 @@ embedding, batches of 32) on small PNGs and on 4000x3000 JPEGs, and a naive pipe
 then resize, then the backbone) on the same JPEGs. The last line holds the ratios, with their goals:
 naive/ours on large JPEGs >= 5; end-to-end / (decode + backbone) on large JPEGs <= 1.1; end-to-end /
 backbone on small PNGs <= 1.5. Decode-only lines per still format (HEIC, AVIF, WebP, TIFF) and per drawn
-format (a 20-page PDF, an SVG, 45 MP RAW with and without a preview, PSB) give their ratio to a JPEG.
+format (a 20-page PDF, an SVG, 45 MP RAW with and without a preview, PSB) give their ratio to a JPEG;
+a minute of 1080p video (frames sampled and embedded) against one 12 MP JPEG end to end, goal <= 20.
 """
 
 from __future__ import annotations
@@ -118,6 +119,27 @@ def document_decode_ms(size: int, max_pixels: int) -> dict[str, float]:
     }
 
 
+def video_minute(seconds: int = 60, fps: int = 24, gop: int = 48) -> bytes:
+    """``seconds`` of 1080p H.264 panning over the test photos, a keyframe every ``gop`` frames (2 s)."""
+    import av
+
+    canvas = np.concatenate([np.asarray(Image.fromarray(p).resize((1920, 1080))) for p in photos()], axis=1)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
+        stream.codec_context.gop_size = gop
+        span = canvas.shape[1] - 1920
+        for i in range(seconds * fps):
+            x = int(span * i / (seconds * fps))
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(canvas[:, x : x + 1920]), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buffer.getvalue()
+
+
 def small_pngs(count: int) -> list[bytes]:
     out = []
     for i in range(count):
@@ -190,6 +212,20 @@ def main() -> None:
         print(f"decode only  4000x3000 {fmt:5}: {took:7.2f} ms/image ({took / decode_ms['JPEG']:.1f} x JPEG)")
     for name, took in document_decode_ms(size, s.backbone.max_pixels).items():
         print(f"decode only  {name:23}: {took:7.2f} ms/image ({took / decode_ms['JPEG']:.1f} x 12 MP JPEG)")
+    from smarttags.adapters.formats import video
+
+    minute = video_minute()
+
+    def video_tags() -> None:  # sample the frames and embed them: what tagging a video costs
+        sampled = video.sample(minute, size=size, max_pixels=s.backbone.max_pixels)
+        embedder.embed_arrays([np.asarray(f.image) for f in sampled.frames])
+
+    frames = len(video.sample(minute, size=size, max_pixels=s.backbone.max_pixels).frames)
+    one_image = timed(lambda: embedder.embed_bytes(big[:1]), 3)
+    video_s = timed(video_tags, 2)
+    print(f"1 min 1080p H.264 ({len(minute) / 1e6:.1f} MB, {frames} frames): {video_s * ms:7.2f} ms per video")
+    r_video = video_s / one_image
+    print(f"RATIO video minute / one 12 MP JPEG end to end = {r_video:.1f} (goal <= 20)")
     r_naive = naive_big / e2e_big
     r_big = e2e_big / (decode_big + backbone_32)
     r_small = e2e_small / backbone_32
