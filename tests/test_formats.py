@@ -95,6 +95,27 @@ def test_pdf_with_a_huge_image_is_refused_before_rendering():
     assert "100000x100000" in err.value.reason and err.value.content_type == "application/pdf"
 
 
+def test_pdf_page_rotation_is_applied():
+    data = images.pdf(size=(400, 300)).replace(b"/MediaBox", b"/Rotate 90 /MediaBox")
+    assert imaging.open_image(data, max_pixels=MAX, size=224).size == (168, 224)
+    meta = imaging.read_metadata(data)
+    assert (meta.width, meta.height) == (300, 400)
+
+
+def test_pdf_needing_a_password_is_unsupported():
+    # A standard security handler whose user-password hash the empty password does not match.
+    crypt = b"/Encrypt << /Filter /Standard /V 1 /R 2 /Length 40 /P -4 /O <%s> /U <%s> >> /ID [<%s> <%s>] " % (
+        b"11" * 32,
+        b"22" * 32,
+        b"33" * 16,
+        b"33" * 16,
+    )
+    data = images.pdf().replace(b"trailer\n<< ", b"trailer\n<< " + crypt)
+    with pytest.raises(UnsupportedImage) as err:
+        prepare(data)
+    assert err.value.reason == "unsupported: encrypted PDF (a password is needed)"
+
+
 def test_pdf_garbage_and_empty_documents_are_corrupt():
     with pytest.raises(CorruptImage) as err:
         prepare(b"%PDF-1.7\n" + bytes(range(256)) * 4)
