@@ -1,15 +1,17 @@
 """Decoders for the formats Pillow cannot open: PDF, SVG, camera RAW and PSB, one module each.
 
-Each decoder takes the bytes, the long side the caller needs and the pixel limit, and returns an 8-bit
-RGB (or RGBA) Pillow image already drawn at about that size (a PDF page rendered at that scale, an SVG drawn at
-that size, a RAW's embedded preview), never the source's full resolution where the library allows.
-What the source says about itself rides along in ``img.info[SOURCE]`` (a ``Source``): its own size,
-detected format and content type, the library used, and its text (a PDF's title, an SVG's <title>).
+Each decoder takes the bytes, the long side the caller needs and the pixel limit, and returns an
+8-bit RGB (or RGBA) Pillow image already drawn at about that size (a PDF page rendered at that
+scale, an SVG drawn at that size, a RAW's embedded preview), never the source's full resolution
+where the library allows. What the source says about itself rides along in ``img.info[SOURCE]``
+(a ``Source``): its own size, detected format and content type, the library used, and its text (a
+PDF's title, an SVG's <title>).
 
 ``decode`` is the one entry point ``imaging.open_image`` calls; it returns None for formats these
 decoders do not handle, so Pillow gets them. Every failure is an ``ImageError`` subclass: a library's
 own exceptions are translated in its module, and anything else a library raises on hostile bytes is
-still a ``CorruptImage`` here, never a crash of the batch.
+still a ``CorruptImage`` here, never a crash of the batch. ``video.py`` is not dispatched from here:
+a video is many frames, not one picture, and PyAV is not in the image Lambda package.
 """
 
 from __future__ import annotations
