@@ -69,11 +69,13 @@ def pdf(
     size: tuple[int, int] = (400, 300),
     image_px: tuple[int, int] | None = None,
     circle: bool = False,
+    nested: bool = False,
 ) -> bytes:
     """A PDF whose page 1 is white with a ``colour`` rectangle or ``circle`` like ``picture``'s (and
     ``text``); ``pages`` copies of it.
 
-    ``image_px`` adds an image XObject declaring that many pixels (its data is one byte: a bomb's header).
+    ``image_px`` adds an image XObject declaring that many pixels (its data is one byte: a bomb's header),
+    drawn by the page or (``nested``) by a form XObject the page draws.
     """
     w, h = size
     shape = _ellipse(w, h) if circle else f"{w * 0.2} {h * 0.2} {w * 0.6} {h * 0.6} re f\n"
@@ -90,12 +92,21 @@ def pdf(
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
     stream = content.encode()
     objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+    image = b""
     if image_px:
         iw, ih = image_px
-        objects.append(
+        image = (
             f"<< /Type /XObject /Subtype /Image /Width {iw} /Height {ih} /ColorSpace /DeviceGray "
             f"/BitsPerComponent 8 /Length 1 >>\nstream\n\x00\nendstream".encode()
         )
+    if image_px and nested:  # object 5 is a form drawing the image, which comes last
+        draw = b"/Im1 Do"
+        objects.append(
+            b"<< /Type /XObject /Subtype /Form /BBox [0 0 1 1] /Resources << /XObject << /Im1 %d 0 R >> >> "
+            b"/Length %d >>\nstream\n%s\nendstream" % (first_page + pages + 1, len(draw), draw)
+        )
+    elif image_px:
+        objects.append(image)
     else:
         objects.append(b"<< >>")
     resources = "/Font << /F1 3 0 R >>" + (" /XObject << /Im1 5 0 R >>" if image_px else "")
@@ -104,6 +115,8 @@ def pdf(
         objects.append(page.encode())
     info = len(objects) + 1
     objects.append(f"<< /Title ({title}) /Keywords (dress, summer) >>".encode() if title else b"<< >>")
+    if image_px and nested:
+        objects.append(image)
     out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
     for number, body in enumerate(objects, start=1):

@@ -93,6 +93,9 @@ def test_pdf_with_a_huge_image_is_refused_before_rendering():
     with pytest.raises(ImageTooLarge) as err:
         prepare(data)
     assert "100000x100000" in err.value.reason and err.value.content_type == "application/pdf"
+    with pytest.raises(ImageTooLarge):  # also when a form XObject draws it
+        prepare(images.pdf(image_px=(100_000, 100_000), nested=True))
+    assert close(prepare(images.pdf(image_px=(100, 100), nested=True))[32, 32], (0, 0, 0))  # drawn: black
 
 
 def test_pdf_page_rotation_is_applied():

@@ -78,7 +78,7 @@ def _first_page(doc: pdfium.PdfDocument, size: int, max_pixels: int) -> Image.Im
 
 def _check_images(page: pdfium.PdfPage, max_pixels: int) -> None:
     """Refuse a page whose embedded images (read from their dictionaries) are over ``max_pixels``."""
-    for count, obj in enumerate(page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,), max_depth=4)):
+    for count, obj in enumerate(page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,), max_depth=15)):
         if count >= _MAX_OBJECTS:
             raise ImageTooLarge(f"page 1 has over {_MAX_OBJECTS} images", content_type=CONTENT_TYPE)
         assert isinstance(obj, pdfium.PdfImage)
