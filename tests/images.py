@@ -223,14 +223,15 @@ def _patch_ifd0(data: bytes, values: dict[int, int]) -> bytes:
     return bytes(out)
 
 
-def psb(image: Image.Image, *, composite: bool = True) -> bytes:
-    """A PSB (version 2, written with psd-tools); ``composite=False`` as if saved without maximize compatibility."""
+def psb(image: Image.Image, *, composite: bool = True, version: int = 2) -> bytes:
+    """A PSB (version 2, written with psd-tools; or a PSD, version 1); ``composite=False`` as if saved
+    without maximize compatibility."""
     from psd_tools import PSDImage
     from psd_tools.constants import Compression, Resource
     from psd_tools.psd.image_resources import ImageResource, VersionInfo
 
     document = PSDImage.frompil(image.convert("RGB"), compression=Compression.RAW)
-    document._record.header.version = 2
+    document._record.header.version = version
     if not composite:
         info = VersionInfo(has_composite=False, writer="Adobe Photoshop", reader="Adobe Photoshop")
         key = Resource.VERSION_INFO

@@ -364,6 +364,18 @@ def test_psb_without_a_composite_says_why():
     assert "Maximize compatibility" in err.value.reason
 
 
+def test_psd_without_a_composite_says_why_instead_of_tagging_a_blank():
+    green = Image.new("RGB", (50, 40), GREEN)
+    assert close(prepare(images.psb(green, version=1))[32, 32], GREEN)  # Pillow reads a real composite
+    with pytest.raises(UnsupportedImage) as err:
+        prepare(images.psb(green, version=1, composite=False))
+    assert (
+        err.value.reason
+        == "unsupported: PSD saved without 'Maximize compatibility': the file has no flattened composite"
+    )
+    assert err.value.content_type == "image/vnd.adobe.photoshop"
+
+
 def test_psb_bomb_is_refused_from_the_header():
     header = b"8BPS\x00\x02" + bytes(6) + b"\x00\x03" + (300_000).to_bytes(4, "big") * 2 + b"\x00\x08\x00\x03"
     with pytest.raises(ImageTooLarge):
@@ -378,5 +390,6 @@ def test_psb_truncated_is_corrupt():
         prepare(data[:20])
 
 
-def test_psb_mutations_never_crash():
+def test_psb_and_psd_mutations_never_crash():
     assert_fuzz_safe(images.psb(Image.new("RGB", (20, 16), GREEN)))
+    assert_fuzz_safe(images.psb(Image.new("RGB", (20, 16), GREEN), version=1, composite=False), seed=1)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from smarttags.adapters.formats import pdf, psb, raw, svg
 from smarttags.adapters.formats.source import MODES, SOURCE, Source
-from smarttags.errors import CorruptImage, ImageError
+from smarttags.errors import CorruptImage, ImageError, UnsupportedImage
 
 __all__ = ["DEFAULT_SIZE", "Source", "decode", "refine", "source_of"]
 
@@ -45,6 +45,8 @@ _DECODERS: dict[str, Decoder] = {
 def decode(data: bytes, content_type: str | None, *, size: int | None, max_pixels: int) -> Image.Image | None:
     """The image drawn by the decoder for ``content_type`` (refined from the bytes); None if none is ours."""
     content_type = refine(data, content_type)
+    if content_type == "image/vnd.adobe.photoshop" and psb.lacks_composite(data):  # Pillow would read a blank
+        raise UnsupportedImage(f"PSD {psb.NO_COMPOSITE}", content_type=content_type)
     decoder = _DECODERS.get(content_type or "")
     if decoder is None or content_type is None:
         return None
