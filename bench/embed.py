@@ -6,13 +6,16 @@ Prints ms/image for: the backbone alone (batch 1 and 32), decoding alone, end to
 embedding, batches of 32) on small PNGs and on 4000x3000 JPEGs, and a naive pipeline (full decode,
 then resize, then the backbone) on the same JPEGs. The last line holds the ratios, with their goals:
 naive/ours on large JPEGs >= 5; end-to-end / (decode + backbone) on large JPEGs <= 1.1; end-to-end /
-backbone on small PNGs <= 1.5.
+backbone on small PNGs <= 1.5. Decode-only lines per still format (HEIC, AVIF, WebP, TIFF) and per drawn
+format (a 20-page PDF, an SVG, 45 MP RAW with and without a preview, PSB) give their ratio to a JPEG;
+a minute of 1080p video (frames sampled and embedded) against one 12 MP JPEG end to end, goal <= 20.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +70,74 @@ def per_format_decode_ms(size: int, max_pixels: int) -> dict[str, float]:
         fmt: timed(lambda d=data: imaging.prepare(d, size, max_pixels=max_pixels), 2) * 1000.0
         for fmt, data in encoded.items()
     }
+
+
+def document_decode_ms(size: int, max_pixels: int) -> dict[str, float]:
+    """Decode ms/image to the backbone's size of the formats adapters/formats draws (fixtures as in tests)."""
+    import pypdfium2 as pdfium
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests import images  # the test suite's fixture writers (DNG, PSB)
+
+    photo = Image.fromarray(photos()[1])
+    buf = io.BytesIO()
+    photo.resize((4000, 3000), Image.Resampling.BILINEAR).save(buf, "JPEG", quality=90)
+    jpeg = buf.getvalue()
+    doc = pdfium.PdfDocument.new()
+    for _ in range(20):  # a 20-page catalogue, a 12 MP photo on every page
+        page = doc.new_page(842, 595)
+        picture = pdfium.PdfImage.new(doc)
+        picture.load_jpeg(io.BytesIO(jpeg), inline=False)
+        picture.set_matrix(pdfium.PdfMatrix().scale(842, 595))
+        page.insert_obj(picture)
+        page.gen_content()
+    buf = io.BytesIO()
+    doc.save(buf)
+    rng = np.random.default_rng(0)
+    shapes = "".join(
+        f'<circle cx="{x:.0f}" cy="{y:.0f}" r="{r:.0f}" fill="#{c:06x}" opacity="0.7"/>'
+        for x, y, r, c in zip(
+            rng.uniform(0, 1920, 2000),
+            rng.uniform(0, 1080, 2000),
+            rng.uniform(5, 80, 2000),
+            rng.integers(0, 1 << 24, 2000),
+            strict=True,
+        )
+    )
+    svg = f'<svg xmlns="http://www.w3.org/2000/svg" width="1920" height="1080">{shapes}</svg>'.encode()
+    full = photo.resize((8256, 5504), Image.Resampling.BILINEAR)  # 45 MP, as a Nikon Z7 writes it
+    encoded = {
+        "PDF 20 pages": buf.getvalue(),
+        "SVG 2000 shapes": svg,
+        "RAW 45 MP, JPEG preview": images.dng(size=(8256, 5504), preview=full, jpeg_preview=True),
+        "RAW 45 MP, no preview": images.dng(size=(8256, 5504)),
+        "PSB 12 MP": images.psb(photo.resize((4000, 3000), Image.Resampling.BILINEAR)),
+    }
+    return {
+        name: timed(lambda d=data: imaging.prepare(d, size, max_pixels=max_pixels), 2) * 1000.0
+        for name, data in encoded.items()
+    }
+
+
+def video_minute(seconds: int = 60, fps: int = 24, gop: int = 48) -> bytes:
+    """``seconds`` of 1080p H.264 panning over the test photos, a keyframe every ``gop`` frames (2 s)."""
+    import av
+
+    canvas = np.concatenate([np.asarray(Image.fromarray(p).resize((1920, 1080))) for p in photos()], axis=1)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
+        stream.codec_context.gop_size = gop
+        span = canvas.shape[1] - 1920
+        for i in range(seconds * fps):
+            x = int(span * i / (seconds * fps))
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(canvas[:, x : x + 1920]), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buffer.getvalue()
 
 
 def small_pngs(count: int) -> list[bytes]:
@@ -139,6 +210,22 @@ def main() -> None:
     decode_ms = per_format_decode_ms(size, s.backbone.max_pixels)
     for fmt, took in decode_ms.items():
         print(f"decode only  4000x3000 {fmt:5}: {took:7.2f} ms/image ({took / decode_ms['JPEG']:.1f} x JPEG)")
+    for name, took in document_decode_ms(size, s.backbone.max_pixels).items():
+        print(f"decode only  {name:23}: {took:7.2f} ms/image ({took / decode_ms['JPEG']:.1f} x 12 MP JPEG)")
+    from smarttags.adapters.formats import video
+
+    minute = video_minute()
+
+    def video_tags() -> None:  # sample the frames and embed them: what tagging a video costs
+        sampled = video.sample(minute, size=size, max_pixels=s.backbone.max_pixels)
+        embedder.embed_arrays([np.asarray(f.image) for f in sampled.frames])
+
+    frames = len(video.sample(minute, size=size, max_pixels=s.backbone.max_pixels).frames)
+    one_image = timed(lambda: embedder.embed_bytes(big[:1]), 3)
+    video_s = timed(video_tags, 2)
+    print(f"1 min 1080p H.264 ({len(minute) / 1e6:.1f} MB, {frames} frames): {video_s * ms:7.2f} ms per video")
+    r_video = video_s / one_image
+    print(f"RATIO video minute / one 12 MP JPEG end to end = {r_video:.1f} (goal <= 20)")
     r_naive = naive_big / e2e_big
     r_big = e2e_big / (decode_big + backbone_32)
     r_small = e2e_small / backbone_32

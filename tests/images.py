@@ -55,3 +55,187 @@ def bomb_png(width: int = 60000, height: int = 60000) -> bytes:
 
 
 HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+
+
+# --- documents: PDF, SVG, camera RAW, PSB, all written here from scratch ------------------------------
+
+
+def pdf(
+    colour: tuple[float, float, float] = (1, 0, 0),
+    *,
+    title: str | None = "Spring catalogue",
+    text: str = "Red summer dress",
+    pages: int = 1,
+    size: tuple[int, int] = (400, 300),
+    image_px: tuple[int, int] | None = None,
+    circle: bool = False,
+    nested: bool = False,
+) -> bytes:
+    """A PDF whose page 1 is white with a ``colour`` rectangle or ``circle`` like ``picture``'s (and
+    ``text``); ``pages`` copies of it.
+
+    ``image_px`` adds an image XObject declaring that many pixels (its data is one byte: a bomb's header),
+    drawn by the page or (``nested``) by a form XObject the page draws.
+    """
+    w, h = size
+    shape = _ellipse(w, h) if circle else f"{w * 0.2} {h * 0.2} {w * 0.6} {h * 0.6} re f\n"
+    content = f"{colour[0]} {colour[1]} {colour[2]} rg " + shape
+    if text:
+        content += f"0 g BT /F1 12 Tf 10 10 Td ({text}) Tj ET\n"
+    if image_px:
+        content += f"q {w} 0 0 {h} 0 0 cm /Im1 Do Q\n"
+    objects: list[bytes] = []  # object n is objects[n - 1]
+    first_page = 6
+    kids = " ".join(f"{first_page + i} 0 R" for i in range(pages))
+    objects.append(b"<< /Type /Catalog /Pages 2 0 R >>")
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode())
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    stream = content.encode()
+    objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+    image = b""
+    if image_px:
+        iw, ih = image_px
+        image = (
+            f"<< /Type /XObject /Subtype /Image /Width {iw} /Height {ih} /ColorSpace /DeviceGray "
+            f"/BitsPerComponent 8 /Length 1 >>\nstream\n\x00\nendstream".encode()
+        )
+    if image_px and nested:  # object 5 is a form drawing the image, which comes last
+        draw = b"/Im1 Do"
+        objects.append(
+            b"<< /Type /XObject /Subtype /Form /BBox [0 0 1 1] /Resources << /XObject << /Im1 %d 0 R >> >> "
+            b"/Length %d >>\nstream\n%s\nendstream" % (first_page + pages + 1, len(draw), draw)
+        )
+    elif image_px:
+        objects.append(image)
+    else:
+        objects.append(b"<< >>")
+    resources = "/Font << /F1 3 0 R >>" + (" /XObject << /Im1 5 0 R >>" if image_px else "")
+    for _ in range(pages):
+        page = f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w} {h}] /Contents 4 0 R /Resources << {resources} >> >>"
+        objects.append(page.encode())
+    info = len(objects) + 1
+    objects.append(f"<< /Title ({title}) /Keywords (dress, summer) >>".encode() if title else b"<< >>")
+    if image_px and nested:
+        objects.append(image)
+    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\n" % (len(objects) + 1, info)
+    out += b"startxref\n%d\n%%%%EOF\n" % xref
+    return bytes(out)
+
+
+def _ellipse(w: float, h: float) -> str:
+    """A filled ellipse in the box ``picture`` draws its circle in, as four Bezier curves."""
+    cx, cy, rx, ry, k = w / 2, h / 2, w * 0.3, h * 0.3, 0.5523
+    return (
+        f"{cx + rx} {cy} m {cx + rx} {cy + k * ry} {cx + k * rx} {cy + ry} {cx} {cy + ry} c "
+        f"{cx - k * rx} {cy + ry} {cx - rx} {cy + k * ry} {cx - rx} {cy} c "
+        f"{cx - rx} {cy - k * ry} {cx - k * rx} {cy - ry} {cx} {cy - ry} c "
+        f"{cx + k * rx} {cy - ry} {cx + rx} {cy - k * ry} {cx + rx} {cy} c f\n"
+    )
+
+
+def svg(colour: str = "red", *, width: str = "300", height: str = "150", extra: str = "", title: str = "Logo") -> bytes:
+    """A white SVG with a ``colour`` rectangle in its middle; ``extra`` is inserted before the end."""
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+        f'width="{width}" height="{height}" viewBox="0 0 300 150"><title>{title}</title>'
+        f'<rect width="300" height="150" fill="white"/><rect x="60" y="30" width="180" height="90" fill="{colour}"/>'
+        f"{extra}</svg>"
+    ).encode()
+
+
+def dng(
+    colour: tuple[int, int, int] = (255, 0, 0),
+    size: tuple[int, int] = (64, 48),
+    preview: Image.Image | None = None,
+    orientation: int = 1,
+    jpeg_preview: bool = False,
+) -> bytes:
+    """A DNG (written with tifffile): an RGGB mosaic of one ``colour``, and an optional preview as IFD0,
+    uncompressed RGB or (``jpeg_preview``) a baseline JPEG as cameras write it."""
+    import numpy as np
+    import tifffile
+
+    width, height = size
+    level = [round(c / 255 * 4000) + 50 for c in colour]
+    mosaic = np.zeros((height, width), np.uint16)
+    mosaic[0::2, 0::2] = level[0]
+    mosaic[0::2, 1::2] = level[1]
+    mosaic[1::2, 0::2] = level[1]
+    mosaic[1::2, 1::2] = level[2]
+    cfa = [
+        (33421, "H", 2, (2, 2), False),  # CFARepeatPatternDim
+        (33422, "B", 4, (0, 1, 1, 2), False),  # CFAPattern: RGGB
+        (50710, "B", 3, (0, 1, 2), False),  # CFAPlaneColor
+        (50717, "I", 1, 4095, False),  # WhiteLevel
+    ]
+    identity = (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1)
+    dng_tags = [
+        (50706, "B", 4, (1, 4, 0, 0), False),  # DNGVersion
+        (50708, "s", 0, "SmartTags Test", False),  # UniqueCameraModel
+        (50721, "2i", 9, identity, False),  # ColorMatrix1
+        (50728, "2I", 3, (1, 1, 1, 1, 1, 1), False),  # AsShotNeutral
+        (271, "s", 0, "SmartTags", False),  # Make
+        (272, "s", 0, "Test", False),  # Model
+        (274, "H", 1, orientation, False),  # Orientation
+    ]
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as tiff:
+        if preview is None:
+            tiff.write(mosaic, photometric=32803, extratags=dng_tags + cfa, subfiletype=0)
+        elif not jpeg_preview:
+            rgb = np.asarray(preview.convert("RGB"))
+            tiff.write(rgb, photometric="rgb", extratags=dng_tags, subfiletype=1, subifds=1)
+            tiff.write(mosaic, photometric=32803, extratags=cfa, subfiletype=0)
+        else:
+            # tifffile encodes JPEG only through imagecodecs: write the JPEG's bytes as a 1-row strip,
+            # then turn IFD0's tags into those of a JPEG-compressed YCbCr preview.
+            encoded = io.BytesIO()
+            preview.convert("RGB").save(encoded, "JPEG", quality=90)
+            strip = np.frombuffer(encoded.getvalue(), np.uint8).reshape(1, -1)
+            tiff.write(strip, photometric="minisblack", extratags=dng_tags, subfiletype=1, subifds=1)
+            tiff.write(mosaic, photometric=32803, extratags=cfa, subfiletype=0)
+    if not jpeg_preview or preview is None:
+        return buffer.getvalue()
+    width, height = preview.size
+    return _patch_ifd0(buffer.getvalue(), {256: width, 257: height, 259: 7, 262: 6, 277: 3, 278: height})
+
+
+def _patch_ifd0(data: bytes, values: dict[int, int]) -> bytes:
+    """Overwrite inline SHORT/LONG values of IFD0 entries of a little-endian TIFF."""
+    out = bytearray(data)
+    (offset,) = struct.unpack_from("<I", out, 4)
+    (count,) = struct.unpack_from("<H", out, offset)
+    for i in range(count):
+        at = offset + 2 + 12 * i
+        tag, kind = struct.unpack_from("<HH", out, at)
+        if tag in values:
+            struct.pack_into(
+                "<HH" if kind == 3 else "<I", out, at + 8, *((values[tag], 0) if kind == 3 else (values[tag],))
+            )
+    return bytes(out)
+
+
+def psb(image: Image.Image, *, composite: bool = True, version: int = 2) -> bytes:
+    """A PSB (version 2, written with psd-tools; or a PSD, version 1); ``composite=False`` as if saved
+    without maximize compatibility."""
+    from psd_tools import PSDImage
+    from psd_tools.constants import Compression, Resource
+    from psd_tools.psd.image_resources import ImageResource, VersionInfo
+
+    document = PSDImage.frompil(image.convert("RGB"), compression=Compression.RAW)
+    document._record.header.version = version
+    if not composite:
+        info = VersionInfo(has_composite=False, writer="Adobe Photoshop", reader="Adobe Photoshop")
+        key = Resource.VERSION_INFO
+        document._record.image_resources[key] = ImageResource(key=key, data=info)
+    buffer = io.BytesIO()
+    document.save(buffer)
+    return buffer.getvalue()

@@ -44,7 +44,7 @@ def test_embeddings_are_unit_float32(built):
 
 def test_one_bad_file_does_not_fail_its_batch(built):
     good = photos()
-    items = [good[0], b"", good[1], b"%PDF-1.4\n", good[2][:2000], good[2]]
+    items = [good[0], b"", good[1], b"\x1aE\xdf\xa3" + bytes(64), good[2][:2000], good[2]]  # [3]: a video
     e = embedder.Embedder(built.backbone.model_copy(update={"batch_size": 2}), backbone.build(built).path)
     out = e.embed_bytes(items)
     assert [type(r).__name__ for r in out] == [
@@ -56,7 +56,7 @@ def test_one_bad_file_does_not_fail_its_batch(built):
         "ndarray",
     ]
     assert isinstance(out[1], CorruptImage) and out[1].reason == "corrupt: zero bytes"
-    assert isinstance(out[3], UnsupportedImage) and out[3].content_type == "application/pdf"
+    assert isinstance(out[3], UnsupportedImage) and out[3].content_type == "video/x-matroska"
     # same results as embedding the good ones alone, in order
     alone = e.embed_bytes(good)
     for got, want in zip([out[0], out[2], out[5]], alone, strict=True):

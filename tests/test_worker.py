@@ -3,6 +3,7 @@ scheduler's once-only windows."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -168,3 +169,37 @@ def test_a_window_missed_while_stopped_runs_once_on_restart(services):
     # A second restart finds the window done and does not run it again.
     assert service.catch_up(services, now, run) == []
     assert len(services.runs.list(kind="tag")) == 1
+
+
+def test_pdf_svg_raw_and_psb_are_tagged_end_to_end_by_their_bytes(services, shape_model, running_worker):
+    # Each is a red circle on white like the reference picture, stored under a misleading extension.
+    from PIL import Image
+
+    from tests import images
+
+    services.taxonomy.import_tags([Tag("shapes:red", {"en": "Red"}), Tag("shapes:any", {"en": "Shape"})])
+    bucket = services.settings.aws.bucket
+    services.folders.set_enabled(bucket, "docs/", True)
+    reference = Image.open(io.BytesIO(picture("red", fmt="PNG")))
+    circle_svg = (
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="640" height="480"><title>Brand mark</title>'
+        b'<rect width="640" height="480" fill="white"/><ellipse cx="320" cy="240" rx="192" ry="144" fill="red"/></svg>'
+    )
+    bodies = {
+        "docs/catalogue.png": images.pdf(title="Spring catalogue", text="", size=(640, 480), circle=True),
+        "docs/logo.txt": circle_svg,
+        "docs/shoot.jpg": images.dng(preview=reference, jpeg_preview=True),
+        "docs/poster.psd": images.psb(reference),
+    }
+    for key, body in bodies.items():
+        services.s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+    def found() -> bool:
+        services.index.refresh()
+        return {h.key for h in services.searcher.search(SearchRequest(text="red")).hits} == set(bodies)
+
+    _wait(found, 30)
+    doc = services.index.get("assets", asset_id(bucket, "docs/catalogue.png")).source
+    assert doc["title"] == "Spring catalogue" and (doc["width"], doc["height"]) == (640, 480)
+    assert services.searcher.search(SearchRequest(text="spring catalogue")).hits[0].key == "docs/catalogue.png"
+    assert services.index.get("assets", asset_id(bucket, "docs/logo.txt")).source["title"] == "Brand mark"

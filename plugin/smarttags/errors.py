@@ -9,7 +9,7 @@
     │   └── ConflictError           an optimistic-concurrency write lost, after bounded retries
     ├── NotFound                    an asset, model, run or object that does not exist
     ├── ImageError                  one input could not become an embedding (never retried)
-    │   ├── UnsupportedImage        a format we do not decode (HEIC, PSD, RAW, video, PDF...)
+    │   ├── UnsupportedImage        a format we do not decode (video, Office, JPEG 2000...)
     │   ├── CorruptImage            truncated, zero bytes, not an image at all
     │   └── ImageTooLarge           over the decompression-bomb limit, refused before allocating
     ├── ModelError                  a model or backbone file is missing or fails its checksum

@@ -61,7 +61,7 @@ class FakePicture:
         return np.full((size, size, 3), 255 if self.data.startswith(b"red") else 0, np.uint8)
 
 
-def open_picture(data: bytes, *, max_pixels: int) -> FakePicture:
+def open_picture(data: bytes, *, max_pixels: int, size: int | None = None) -> FakePicture:
     return FakePicture(data)
 
 

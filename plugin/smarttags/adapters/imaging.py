@@ -2,12 +2,13 @@
 
 The format is decided from the bytes (``sniff``), never from the key's extension or the uploader's
 Content-Type. Decodes JPEG (incl. MPO), PNG, GIF and WebP (first frame), TIFF (first page), BMP,
-AVIF and PSD (the flattened composite) with Pillow, HEIC/HEIF (incl. 10-bit) with pillow-heif, and
-nothing else: Pillow's other plugins (EPS calls Ghostscript, for one) are never offered the bytes.
+AVIF and PSD (the flattened composite) with Pillow, HEIC/HEIF (incl. 10-bit) with pillow-heif, PDF,
+SVG, camera RAW and PSB with the decoders of ``adapters.formats``, and nothing else: Pillow's other
+plugins (EPS calls Ghostscript, for one) are never offered the bytes.
 Every failure becomes an ``ImageError`` subclass with a reason:
 
-* ``UnsupportedImage`` for formats we recognise by their magic bytes but do not decode (PSB,
-  camera RAW, video, PDF, SVG, Office, audio, archives, fonts...), with their content type;
+* ``UnsupportedImage`` for formats we recognise by their magic bytes but do not decode (video,
+  JPEG 2000, JPEG XL, Office, audio, archives, fonts...), with their content type;
 * ``CorruptImage`` for empty, truncated or garbled input and for anything that is not an image;
 * ``ImageTooLarge`` when the header announces more than ``max_pixels`` pixels — checked right after
   ``Image.open`` has read the header, before a single pixel buffer is allocated.
@@ -34,6 +35,7 @@ import numpy as np
 import pillow_heif
 from PIL import Image, IptcImagePlugin, UnidentifiedImageError
 
+from smarttags.adapters import formats
 from smarttags.errors import CorruptImage, ImageError, ImageTooLarge, UnsupportedImage
 
 log = logging.getLogger(__name__)
@@ -196,11 +198,18 @@ def _refused(content_type: str | None) -> bool:
 # --- opening -----------------------------------------------------------------------------------
 
 
-def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Open ``data`` lazily (header only) and refuse what we must not decode. Pixels are not loaded."""
+def open_image(data: bytes, *, max_pixels: int, size: int | None = None) -> Image.Image:
+    """Open ``data`` lazily (header only) and refuse what we must not decode. Pixels are not loaded.
+
+    PDF, SVG, camera RAW and PSB are the exception: ``adapters.formats`` draws them right away with
+    their long side at about ``size`` (what the caller will shrink to) and attaches their facts.
+    """
     if not data:
         raise CorruptImage("zero bytes")
     content_type = sniff(data)
+    drawn = formats.decode(data, content_type, size=size, max_pixels=max_pixels)
+    if drawn is not None:
+        return drawn
     if _refused(content_type):
         raise UnsupportedImage(f"{content_type} is not a supported image format", content_type=content_type)
     try:
@@ -281,7 +290,8 @@ def _mime(img: Image.Image) -> str | None:
 
 def decoder_of(img: Image.Image) -> str:
     """The library that decodes an opened image (stored on the asset with the detected format)."""
-    return _DECODERS.get(img.format or "", "pillow")
+    source = formats.source_of(img)
+    return source.decoder if source is not None else _DECODERS.get(img.format or "", "pillow")
 
 
 def fit_square(img: Image.Image, size: int) -> Image.Image:
@@ -304,7 +314,7 @@ def prepare(data: bytes, size: int, *, max_pixels: int) -> np.ndarray[Any, np.dt
 
     Raises an ``ImageError`` subclass for anything that cannot become such an array.
     """
-    return open_picture(data, max_pixels=max_pixels).pixels(size)
+    return open_picture(data, max_pixels=max_pixels, size=size).pixels(size)
 
 
 def _oriented(img: Image.Image, turn: int) -> Image.Image:
@@ -361,9 +371,9 @@ class Picture:
     """One image opened once: its facts read from the header, its pixels decoded on demand (the tagger
     needs both from one upload; ``prepare`` and ``read_metadata`` are this class used for one of them)."""
 
-    def __init__(self, data: bytes, *, max_pixels: int) -> None:
+    def __init__(self, data: bytes, *, max_pixels: int, size: int | None = None) -> None:
         self._data = data
-        self._img = _guarded(data, lambda: open_image(data, max_pixels=max_pixels))
+        self._img = _guarded(data, lambda: open_image(data, max_pixels=max_pixels, size=size))
         self.facts = _guarded(data, lambda: _facts(self._img, data))
 
     def pixels(self, size: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
@@ -372,9 +382,11 @@ class Picture:
         return _guarded(self._data, lambda: _pixels(self._img, self.facts.orientation, size))
 
 
-def open_picture(data: bytes, *, max_pixels: int) -> Picture:
-    """Open ``data`` as a picture; raises an ``ImageError`` subclass for what is not a readable image."""
-    return Picture(data, max_pixels=max_pixels)
+def open_picture(data: bytes, *, max_pixels: int, size: int | None = None) -> Picture:
+    """Open ``data`` as a picture; raises an ``ImageError`` subclass for what is not a readable image.
+    ``size`` is the pixels' size to come: formats drawn by ``adapters/formats`` (PDF, SVG, RAW) are
+    drawn at about that size, so they are drawn once."""
+    return Picture(data, max_pixels=max_pixels, size=size)
 
 
 def _guarded(data: bytes, step: Callable[[], _T]) -> _T:
@@ -410,6 +422,19 @@ def _pixels(img: Image.Image, turn: int, size: int) -> np.ndarray[Any, np.dtype[
 def _facts(img: Image.Image, data: bytes) -> ImageMetadata:
     """Text comes from XMP (dc:title, dc:description, dc:subject), IPTC (2:05 title, 2:120 caption,
     2:25 keywords) and EXIF ImageDescription, in that order of preference; keywords are merged."""
+    source = formats.source_of(img)
+    if source is not None:  # drawn by adapters/formats: its facts came with it (XMP still wins)
+        xmp = _parse_xmp(_xmp_bytes(img, data))
+        return ImageMetadata(
+            width=source.width,
+            height=source.height,
+            format=source.format,
+            content_type=source.content_type,
+            decoder=source.decoder,
+            title=_first(xmp.get("title"), [source.title or ""]),
+            description=_first(xmp.get("description"), [source.description or ""]),
+            keywords=tuple(dict.fromkeys([*xmp.get("subject", []), *source.keywords])),
+        )
     turn = orientation(img)
     width, height = img.size
     if turn in (5, 6, 7, 8):

@@ -286,13 +286,14 @@ class Tagger:
         enabled = self._settings.tagging.ignore_smart_tag_flag or self._folders.is_enabled(event.bucket, event.key)
         reading = Reading(info=info, sequencer=event.sequencer, enabled=enabled)
         try:
-            picture = self._open_picture(data, max_pixels=self._settings.backbone.max_pixels)
+            embedder = self.embedder if enabled else None
+            size = embedder.input_size if embedder else None  # vector and RAW files are drawn at it, once
+            picture = self._open_picture(data, max_pixels=self._settings.backbone.max_pixels, size=size)
             facts = picture.facts
             # Keywords that name taxonomy tags are the asset's own tags, as `smarttags ingest` reads them.
             own = tuple(self._resolver().resolve(facts.keywords)[0]) if facts.keywords else ()
             reading = replace(reading, facts=facts, own_tags=own)
-            if enabled:
-                embedder = self.embedder
+            if embedder:
                 if held and held.embedding and held.embedding.fits(info.etag, embedder.backbone_id):
                     embedding = held.embedding
                 else:
