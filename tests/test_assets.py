@@ -101,7 +101,8 @@ def test_one_counting_rule_for_every_run():
     assert run_counter(TaggingStatus.EMBEDDED) == "embedded"
     assert run_counter(TaggingStatus.FAILED) == "failed"
     assert run_counter(Handled.DELETED) is None
-    for status in (TaggingStatus.NOT_ENABLED, TaggingStatus.SKIPPED, Handled.STALE, Handled.DUPLICATE):
+    assert run_counter(TaggingStatus.UNSUPPORTED) == "unsupported"
+    for status in (TaggingStatus.NOT_ENABLED, Handled.STALE, Handled.DUPLICATE, Handled.GONE):
         assert run_counter(status) == "skipped"
 
 

@@ -150,9 +150,10 @@ def test_a_moderators_concurrent_edit_is_never_lost(services, model, enabled):
         (b"", "image/jpeg", "failed", "corrupt"),
         (b"\xff\xd8\xff\xe0garbage" * 10, "image/jpeg", "failed", "corrupt"),
         (HEIC, "image/heic", "failed", "corrupt"),  # a HEIC header with no picture in it
-        (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + bytes(64), "image/jp2", "failed", "unsupported"),  # JPEG 2000
+        (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + bytes(64), "image/jp2", "unsupported", "image/jp2"),  # JPEG 2000
+        (b"%PDF-1.7\n" + bytes(40), "application/pdf", "failed", "corrupt"),  # a PDF is a format we read
         (bomb_png(), "image/png", "failed", "too_large"),
-        (b"quarterly numbers, not a picture", "text/plain", "skipped", "not an image: text/plain"),
+        (b"quarterly numbers, not a picture", "text/plain", "unsupported", "not an image: text/plain"),
     ],
 )
 def test_bad_input_is_recorded_and_retried_only_by_choice(services, model, enabled, data, content_type, status, reason):
@@ -161,7 +162,7 @@ def test_bad_input_is_recorded_and_retried_only_by_choice(services, model, enabl
     result = invoke(services, via_sqs(_created(services, key, etag, "0400")))
     doc = _doc(services, key)
     assert doc["tagging"]["status"] == status and reason in doc["tagging"]["reason"]
-    # Failures fail the record (retried, then the dead-letter queue); skipped objects do not.
+    # Failures fail the record (retried, then the dead-letter queue); unsupported files do not.
     assert result["batchItemFailures"] == ([{"itemIdentifier": "m0"}] if status == "failed" else [])
 
 

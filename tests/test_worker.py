@@ -76,7 +76,7 @@ def test_every_still_format_is_tagged_end_to_end_by_its_bytes(services, shape_mo
     _wait(found, 30)
     _wait(lambda: services.index.get("assets", asset_id(bucket, "formats/brief.docx")) is not None, 10)
     doc = services.index.get("assets", asset_id(bucket, "formats/brief.docx")).source
-    assert doc["tagging"]["status"] == "skipped", doc["tagging"]
+    assert doc["tagging"]["status"] == "unsupported", doc["tagging"]
     assert "wordprocessingml" in doc["tagging"]["reason"]
 
 

@@ -18,9 +18,19 @@ from smarttags.core.heads import Heads, TagFit
 from smarttags.core.model_registry import Manifest, Model, ModelStore
 from smarttags.core.moderation import Moderation
 from smarttags.core.ports import ObjectInfo
-from smarttags.core.tagging import Action, Reading, RecordFailed, RunTally, Stale, Tagger, apply_reading, decide
+from smarttags.core.tagging import (
+    Action,
+    Reading,
+    RecordFailed,
+    RunTally,
+    Stale,
+    Tagger,
+    apply_reading,
+    classify_failure,
+    decide,
+)
 from smarttags.core.taxonomy import TaxonomyStore
-from smarttags.errors import CorruptImage
+from smarttags.errors import CorruptImage, UnsupportedImage
 
 from tests.fakes import FakeIndex, FakeStore
 
@@ -273,3 +283,15 @@ def test_a_batch_tally_counts_by_the_one_rule_and_skips_our_own_files() -> None:
     ((counts, errors),) = tally.runs.values()
     assert dict(counts) == {"processed": 5, "tagged": 1, "embedded": 1, "skipped": 1, "failed": 1}
     assert errors == [{"key": "up/a.png", "reason": "truncated"}]
+
+
+def test_unsupported_types_are_recorded_not_retried_and_broken_pictures_are_failures() -> None:
+    unsupported = classify_failure(UnsupportedImage("a Word file", content_type="application/msword"), None)
+    assert unsupported == (TaggingStatus.UNSUPPORTED, "unsupported type application/msword (unsupported: a Word file)")
+    text = classify_failure(CorruptImage("not an image (no known format signature)"), "text/plain")
+    assert text[0] == TaggingStatus.UNSUPPORTED and "text/plain" in text[1]
+    # A broken file of a format we read fails (and is retried), whatever its uploader declared.
+    assert classify_failure(CorruptImage("truncated", content_type="application/pdf"), "application/pdf")[0] == (
+        TaggingStatus.FAILED
+    )
+    assert classify_failure(CorruptImage("no signature"), "image/jpeg")[0] == TaggingStatus.FAILED

@@ -25,7 +25,7 @@ class TaggingStatus(StrEnum):
     TAGGED = "tagged"
     EMBEDDED = "embedded"  # embedded, but no model was active yet
     NOT_ENABLED = "not_enabled"  # its folder does not have Smart Tags enabled
-    SKIPPED = "skipped"  # not a picture we read (another file type)
+    UNSUPPORTED = "unsupported"  # a file type we do not tag (Office, audio, archives...): the reason names it
     FAILED = "failed"  # a picture that could not be read; retried
 
 
@@ -42,12 +42,12 @@ class Handled(StrEnum):
 Outcome = TaggingStatus | Handled
 
 # Done for good on the same bytes: a redelivered event for an asset in one of these states needs no work.
-SETTLED = frozenset({TaggingStatus.SKIPPED, TaggingStatus.NOT_ENABLED, TaggingStatus.EMBEDDED})
+SETTLED = frozenset({TaggingStatus.UNSUPPORTED, TaggingStatus.NOT_ENABLED, TaggingStatus.EMBEDDED})
 
 
 def run_counter(status: Outcome) -> str | None:
     """The run counter an outcome adds to (besides "processed"): the one counting rule of every run."""
-    if status in (TaggingStatus.TAGGED, TaggingStatus.FAILED, TaggingStatus.EMBEDDED):
+    if status in (TaggingStatus.TAGGED, TaggingStatus.FAILED, TaggingStatus.EMBEDDED, TaggingStatus.UNSUPPORTED):
         return status.value
     if status == Handled.DELETED:
         return None

@@ -19,7 +19,7 @@ TAG = "tag"
 SCHEDULE = "schedule"
 ON_DEMAND = "on-demand"
 UPLOAD = "upload"
-COUNTS = ("selected", "processed", "tagged", "skipped", "failed", "embedded")
+COUNTS = ("selected", "processed", "tagged", "skipped", "unsupported", "failed", "embedded")
 
 
 class RunStatus(StrEnum):

@@ -42,7 +42,15 @@ from smarttags.core.model_registry import Model, ModelStore, score_embedding
 from smarttags.core.ports import Assets, Embedder, ImageFacts, ObjectInfo, OpenPicture, StoredAsset, StoreFor
 from smarttags.core.runs import RunLog
 from smarttags.core.taxonomy import Taxonomy, TaxonomyStore
-from smarttags.errors import ConflictError, ImageError, NotFound, ServiceError, SmartTagsError
+from smarttags.errors import (
+    ConflictError,
+    CorruptImage,
+    ImageError,
+    NotFound,
+    ServiceError,
+    SmartTagsError,
+    UnsupportedImage,
+)
 from smarttags.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -161,14 +169,7 @@ def apply_reading(asset: Asset, reading: Reading, model: Model | None, *, max_ta
         asset = replace(asset, embedding=reading.embedding)
     etag = info.etag
     if reading.failure is not None:
-        failure = reading.failure
-        non_image = not (info.content_type or "").startswith("image/") and failure.reason_code != "too_large"
-        status = TaggingStatus.SKIPPED if non_image else TaggingStatus.FAILED
-        reason = (
-            f"not an image: {info.content_type or 'unknown content type'} ({failure.reason})"
-            if non_image
-            else failure.reason
-        )
+        status, reason = classify_failure(reading.failure, info.content_type)
         return asset.with_status(status, reason=reason, etag=etag)
     if not reading.enabled:
         return asset.with_status(
@@ -184,6 +185,18 @@ def apply_reading(asset: Asset, reading: Reading, model: Model | None, *, max_ta
         max_tags=max_tags,
     )
     return asset.with_smart_tags(chosen).with_status(TaggingStatus.TAGGED, model_version=model.version, etag=etag)
+
+
+def classify_failure(failure: ImageError, declared_type: str | None) -> tuple[TaggingStatus, str]:
+    """A file type we do not tag is ``unsupported`` (recorded, never retried); a picture we could not
+    read is ``failed`` (retried, then dead-lettered). The detected type decides; the uploader's declared
+    Content-Type only names a file whose bytes match no known format at all."""
+    if isinstance(failure, UnsupportedImage):
+        return TaggingStatus.UNSUPPORTED, f"unsupported type {failure.content_type or 'unknown'} ({failure.reason})"
+    unknown_bytes = isinstance(failure, CorruptImage) and failure.content_type is None
+    if unknown_bytes and not (declared_type or "").startswith("image/"):
+        return TaggingStatus.UNSUPPORTED, f"not an image: {declared_type or 'unknown content type'} ({failure.reason})"
+    return TaggingStatus.FAILED, failure.reason
 
 
 # --- the effects ---------------------------------------------------------------------------------

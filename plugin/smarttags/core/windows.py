@@ -64,7 +64,7 @@ def needs_tagging(asset: Asset, *, now: datetime, active_model: str | None, gap:
     tagging = asset.tagging
     tagged_at = parse_iso(tagging.tagged_at)
     if tagging.status != TaggingStatus.TAGGED or tagged_at is None:
-        if tagging.status in (TaggingStatus.FAILED, TaggingStatus.SKIPPED) and tagging.etag == asset.etag:
+        if tagging.status in (TaggingStatus.FAILED, TaggingStatus.UNSUPPORTED) and tagging.etag == asset.etag:
             # The same bytes failed or are not an image: only the gap rule retries them.
             return "gap" if tagged_at is None or now - tagged_at > gap else None
         return "new"

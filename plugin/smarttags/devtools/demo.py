@@ -83,7 +83,7 @@ def _wait_tagged(services: Services, keys: list[str], timeout: float) -> dict[st
     while pending and time.monotonic() < deadline:
         for key in list(pending):
             found = services.assets.get(asset_id(bucket, key))
-            if found and found.asset.status in (TaggingStatus.TAGGED, TaggingStatus.FAILED, TaggingStatus.SKIPPED):
+            if found and found.asset.status in (TaggingStatus.TAGGED, TaggingStatus.FAILED, TaggingStatus.UNSUPPORTED):
                 tagged[key] = list(found.asset.smart_ids)
                 pending.discard(key)
         if pending:

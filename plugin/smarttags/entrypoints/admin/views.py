@@ -337,7 +337,7 @@ def runs_tag() -> ResponseReturnValue:
         return _runs_page(error=str(exc), keys="\n".join(keys), code=400)
     flash(
         f"Run {run.run_id}: {run.counts.get('tagged', 0)} tagged, {run.counts.get('skipped', 0)} skipped, "
-        f"{run.counts.get('failed', 0)} failed.",
+        f"{run.counts.get('unsupported', 0)} unsupported, {run.counts.get('failed', 0)} failed.",
         "ok" if not run.errors else "error",
     )
     return redirect(url_for("admin.runs"))
