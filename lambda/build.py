@@ -35,7 +35,7 @@ DEFAULT_OUT = ROOT / "build" / "lambda"
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
 MODEL_PATH = "models/backbone.onnx"  # /var/task/models/backbone.onnx in template.yaml
 
-# What smarttags.entrypoints.compose/tagging import at run time (checked by tests/test_deploy.py against the import
+# What smarttags.entrypoints.compose/tagging import at run time (checked by tests/entrypoints/test_deploy.py against the import
 # graph). Not here: onnx (only builds the backbone), openpyxl (Excel reports), tqdm (CLI progress),
 # boto3/botocore (in the runtime), flask/apscheduler (other adapters), torch (never).
 RUNTIME_REQUIREMENTS = (
@@ -60,7 +60,7 @@ NEVER = ("torch", "torchvision")
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath")
 FORBIDDEN = (*NEVER, *RUNTIME_PROVIDED)
 STRIP_DIRS = frozenset({"tests", "test", "__pycache__"})
-# Parts of plugin/smarttags outside the handler's import graph (tests/test_deploy.py checks that none is
+# Parts of plugin/smarttags outside the handler's import graph (tests/entrypoints/test_deploy.py checks that none is
 # in it): the dev stack, demo and sample, the admin, the CLI and its progress bars, the worker and the
 # scheduler service, and the core modules only they use.
 LEFT_OUT = (

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from smarttags import settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "lambda" / "template.yaml"
 PARAMETERS = {
     "BucketName": "acme-assets",

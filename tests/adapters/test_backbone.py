@@ -22,7 +22,7 @@ from smarttags.adapters import backbone
 from smarttags.adapters.embedder import Embedder, load_embedder
 from smarttags.errors import ModelError
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CLASS_NAMES = (Path(backbone.__file__).parents[1] / "data" / "imagenet_classes.txt").read_text().splitlines()
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 

@@ -22,7 +22,7 @@ from smarttags.settings import Settings
 
 from tests.conftest import free_port, make_settings, pinned_versions
 
-EVENTS = Path(__file__).parent / "events"
+EVENTS = Path(__file__).resolve().parents[1] / "events"
 PLUGIN_CLASSES = {
     "org.opensearch.transport.Netty4Plugin",
     "org.opensearch.analysis.common.CommonAnalysisPlugin",

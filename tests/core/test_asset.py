@@ -1,13 +1,12 @@
-"""The asset value and its one document form (``adapters.asset_index``): moderation and re-tagging rules."""
+"""The asset value: moderation and re-tagging rules, run counting, folders."""
 
 import numpy as np
 import pytest
-from smarttags.adapters.asset_index import from_document, to_document
+from smarttags.adapters.asset_index import to_document
 from smarttags.core.asset import (
     Asset,
     Handled,
     SmartTag,
-    StoredEmbedding,
     TaggingStatus,
     asset_id,
     feature_name,
@@ -54,46 +53,6 @@ def test_rejected_tag_never_comes_back_and_promoted_ranks_higher():
     restored = rejected.promote("cars:sedan")
     assert "cars:sedan" in restored.smart_ids and not restored.rejected
     assert "cars:sedan" in restored.with_smart_tags([]).smart_ids
-
-
-def test_promotion_is_stored_once():
-    doc = to_document(_asset().with_smart_tags([SmartTag("cars:suv", 0.6, "m1")]).promote("cars:suv"))
-    assert doc["promoted_tags"] == ["cars:suv"]
-    assert all(set(entry) == {"tag", "confidence", "model_version"} for entry in doc["smart_tags"])
-
-
-def test_the_document_round_trips():
-    asset = (
-        Asset(
-            "b",
-            "a/b/c.jpg",
-            etag="e",
-            size=3,
-            content_type="image/heic",
-            sequencer="00AB",
-            modified="2026-01-02T03:04:05.000+00:00",
-            created="2026-01-01T00:00:00.000+00:00",
-            title="T",
-            keywords=("k1", "k2"),
-            format="HEIF",
-            decoder="pillow-heif",
-            tags=("cars:suv",),
-            embedding=StoredEmbedding((0.5, 0.25), "lite0:abc", "e"),
-        )
-        .with_smart_tags([SmartTag("cars:sedan", 0.7, "m1")])
-        .reject("people:woman")
-        .with_status(TaggingStatus.TAGGED, model_version="m1", etag="e")
-        .touched()
-    )
-    doc = to_document(asset)
-    assert doc["asset_id"] == asset.id and doc["folder"] == "a/b" and doc["smart_ids"] == ["cars:sedan"]
-    assert doc["tagging"]["status"] == "tagged" and doc["embedding_model"] == "lite0:abc"
-    assert from_document(doc) == asset
-
-
-def test_a_partial_read_fills_defaults():
-    asset = from_document({"bucket": "b", "key": "k.jpg", "tagging": {"status": "failed", "etag": "e"}})
-    assert asset.status == TaggingStatus.FAILED and asset.smart_tags == () and asset.embedding is None
 
 
 def test_one_counting_rule_for_every_run():

@@ -17,7 +17,7 @@ from smarttags.errors import ModelError
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # tag -> how many training pictures this test uploads (the sample has 36 of each)
 COUNTS = {"clipart:flags": 34, "clipart:food/fruit": 12, "clipart:vehicles": 12, "clipart:music": 3}
 

@@ -1,0 +1,66 @@
+"""The asset's one document form: ``Asset`` <-> OpenSearch document (the mapping is the contract), and the
+reads and writes of ``AssetIndex`` on the in-memory fake of the index."""
+
+from smarttags.adapters.asset_index import AssetIndex, from_document, to_document
+from smarttags.core.asset import Asset, SmartTag, StoredEmbedding, TaggingStatus
+from smarttags.core.folders import Folder
+
+from tests.fakes import FakeIndex
+
+
+def _asset() -> Asset:
+    return Asset("b", "cars/red car.jpg", etag="e1", size=10, content_type="image/jpeg")
+
+
+def test_promotion_is_stored_once():
+    doc = to_document(_asset().with_smart_tags([SmartTag("cars:suv", 0.6, "m1")]).promote("cars:suv"))
+    assert doc["promoted_tags"] == ["cars:suv"]
+    assert all(set(entry) == {"tag", "confidence", "model_version"} for entry in doc["smart_tags"])
+
+
+def test_the_document_round_trips():
+    asset = (
+        Asset(
+            "b",
+            "a/b/c.jpg",
+            etag="e",
+            size=3,
+            content_type="image/heic",
+            sequencer="00AB",
+            modified="2026-01-02T03:04:05.000+00:00",
+            created="2026-01-01T00:00:00.000+00:00",
+            title="T",
+            keywords=("k1", "k2"),
+            format="HEIF",
+            decoder="pillow-heif",
+            tags=("cars:suv",),
+            embedding=StoredEmbedding((0.5, 0.25), "lite0:abc", "e"),
+        )
+        .with_smart_tags([SmartTag("cars:sedan", 0.7, "m1")])
+        .reject("people:woman")
+        .with_status(TaggingStatus.TAGGED, model_version="m1", etag="e")
+        .touched()
+    )
+    doc = to_document(asset)
+    assert doc["asset_id"] == asset.id and doc["folder"] == "a/b" and doc["smart_ids"] == ["cars:sedan"]
+    assert doc["tagging"]["status"] == "tagged" and doc["embedding_model"] == "lite0:abc"
+    assert from_document(doc) == asset
+
+
+def test_a_partial_read_fills_defaults():
+    asset = from_document({"bucket": "b", "key": "k.jpg", "tagging": {"status": "failed", "etag": "e"}})
+    assert asset.status == TaggingStatus.FAILED and asset.smart_tags == () and asset.embedding is None
+
+
+def test_merge_writes_only_the_named_attributes_and_scan_reads_a_folder() -> None:
+    assets = AssetIndex(FakeIndex())
+    tagged = _asset().with_smart_tags([SmartTag("cars:suv", 0.6, "m1")]).with_status(TaggingStatus.TAGGED)
+    assets.put(tagged)
+    synced = Asset("b", tagged.key, etag="e2", title="New title")
+    assets.merge([synced, Asset("b", "cars/new.jpg", etag="e3")], ["etag", "title"])
+    after = assets.get(tagged.id).asset  # type: ignore[union-attr]
+    assert (after.etag, after.title, after.smart_ids, after.status) == ("e2", "New title", ("cars:suv",), "tagged")
+    assert {a.key for a in assets.scan(Folder("b", "cars/"), attributes=["etag"])} == {tagged.key, "cars/new.jpg"}
+    assert list(assets.scan(Folder("b", "boats/"))) == []
+    assets.delete_many([tagged.id])
+    assert assets.get(tagged.id) is None
