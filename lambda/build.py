@@ -35,9 +35,9 @@ DEFAULT_OUT = ROOT / "build" / "lambda"
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
 MODEL_PATH = "models/backbone.onnx"  # /var/task/models/backbone.onnx in template.yaml
 
-# What smarttags.entrypoints.compose/tagging import at run time (checked by tests/entrypoints/test_deploy.py against the import
-# graph). Not here: onnx (only builds the backbone), openpyxl (Excel reports), tqdm (CLI progress),
-# boto3/botocore (in the runtime), flask/apscheduler (other adapters), torch (never).
+# What smarttags.entrypoints.compose/tagging import at run time (checked against the import graph by
+# tests/entrypoints/test_deploy.py). Not here: onnx (only builds the backbone), openpyxl (Excel reports),
+# tqdm (CLI progress), boto3/botocore (in the runtime), flask/apscheduler (other adapters), torch (never).
 RUNTIME_REQUIREMENTS = (
     "numpy>=1.26",
     "onnxruntime>=1.18",
@@ -60,8 +60,8 @@ NEVER = ("torch", "torchvision")
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath")
 FORBIDDEN = (*NEVER, *RUNTIME_PROVIDED)
 STRIP_DIRS = frozenset({"tests", "test", "__pycache__"})
-# Parts of plugin/smarttags outside the handler's import graph (tests/entrypoints/test_deploy.py checks that none is
-# in it): the dev stack, demo and sample, the admin, the CLI and its progress bars, the worker and the
+# Parts of plugin/smarttags outside the handler's import graph (tests/entrypoints/test_deploy.py checks that none
+# is in it): the dev stack, demo and sample, the admin, the CLI and its progress bars, the worker and the
 # scheduler service, and the core modules only they use.
 LEFT_OUT = (
     "devtools",
@@ -76,7 +76,6 @@ LEFT_OUT = (
     "adapters/thumbnails.py",
     "adapters/formats/video.py",
     "core/users.py",
-    "core/windows.py",
     "core/cron.py",
 )
 

@@ -69,8 +69,5 @@ def test_last_fire_time_inside_the_grace(service):
 def test_on_demand_cap(monkeypatch):
     from smarttags.errors import RequestError
 
-    class NoServices:
-        settings = settings.load()
-
     with pytest.raises(RequestError, match="at most 15"):
-        scheduling.tag_assets(NoServices(), [f"k{i}" for i in range(16)])  # type: ignore[arg-type]
+        scheduling.tag_assets(None, None, None, [f"k{i}" for i in range(16)], bucket="b", limit=15)  # type: ignore[arg-type]

@@ -119,14 +119,14 @@ def test_a_daily_tagging_run_goes_through_the_queue_and_is_recorded(services, sh
         )
     _wait(lambda: services.index.count("assets", {"term": {"tagging.status": "not_enabled"}}) == 4, 20)
     services.folders.set_enabled(Folder(bucket, "daily/"), True)
-    dispatch = scheduling.dispatch_tagging(services, Folder(bucket, "daily/"), trigger=SCHEDULE)
+    dispatch = services.dispatch_tagging(Folder(bucket, "daily/"), trigger=SCHEDULE)
     assert dispatch.run.counts["selected"] == 4 and dispatch.reasons == {"new": 4}
     _wait(lambda: (run := services.runs.get(dispatch.run.run_id)) is not None and run.status == "succeeded", 30)
     run = services.runs.get(dispatch.run.run_id)
     assert run.counts["processed"] == 4 and run.counts["tagged"] == 4 and run.trigger == SCHEDULE
     assert services.index.count("assets", {"term": {"tagging.status": "tagged"}}) == 4
     # Nothing changed: the next daily run selects nothing.
-    assert scheduling.dispatch_tagging(services, Folder(bucket, "daily/"), trigger=SCHEDULE).run.counts["selected"] == 0
+    assert services.dispatch_tagging(Folder(bucket, "daily/"), trigger=SCHEDULE).run.counts["selected"] == 0
     listed = services.runs.list(kind="tag")
     assert dispatch.run.run_id in [r.run_id for r in listed]
 

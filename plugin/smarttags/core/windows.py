@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -20,12 +20,11 @@ from smarttags.core.clock import parse_iso
 from smarttags.core.folders import Folder, FolderRegistry
 from smarttags.core.model_registry import ModelStore
 from smarttags.core.ports import Assets, Index, Queue
-from smarttags.core.report import TrainingReport
 from smarttags.core.runs import ON_DEMAND, SCHEDULE, TAG, Run, RunLog, RunStatus
 from smarttags.core.tagging import Tagger
 from smarttags.core.training import Trainer
 from smarttags.errors import ConflictError, RequestError
-from smarttags.settings import Settings
+from smarttags.settings import Settings, TaggingSettings
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,8 @@ SELECT_ATTRIBUTES = ["etag", "tagging"]
 
 
 class Services(Protocol):
-    """What the windows use, and nothing more (``entrypoints.compose.Services`` provides it)."""
+    """What a scheduled window uses, and nothing more (``entrypoints.compose.Services`` provides it); the
+    other use cases here take their collaborators one by one."""
 
     @property
     def settings(self) -> Settings: ...
@@ -51,8 +51,6 @@ class Services(Protocol):
     def queue(self) -> Queue: ...
     @property
     def folders(self) -> FolderRegistry: ...
-    @property
-    def tagger(self) -> Tagger: ...
     @property
     def trainer(self) -> Trainer: ...
 
@@ -84,9 +82,13 @@ class Dispatch:
 
 
 def dispatch_tagging(
-    services: Services,
+    assets: Assets,
+    queue: Queue,
+    runs: RunLog,
+    models: ModelStore,
     folder: Folder,
     *,
+    tagging: TaggingSettings,
     trigger: str,
     now: datetime | None = None,
     batch_size: int = 500,
@@ -95,18 +97,17 @@ def dispatch_tagging(
     Lambda or the local worker, do the work in parallel). Assets are enumerated through a point in time
     with ``search_after``, never deep ``from``."""
     now = now or datetime.now(UTC)
-    tagging = services.settings.tagging
     gap = (
         timedelta(hours=tagging.on_demand_gap_hours)
         if trigger == ON_DEMAND
         else timedelta(days=tagging.periodic_gap_days)
     )
-    active = services.models.active_version()
-    run = services.runs.start(TAG, folder.uri, trigger, model_version=active)
+    active = models.active_version()
+    run = runs.start(TAG, folder.uri, trigger, model_version=active)
     reasons: dict[str, int] = {}
     items: list[dict[str, Any]] = []
     selected = 0
-    for asset in services.assets.scan(folder, attributes=SELECT_ATTRIBUTES, batch_size=batch_size):
+    for asset in assets.scan(folder, attributes=SELECT_ATTRIBUTES, batch_size=batch_size):
         reason = needs_tagging(asset, now=now, active_model=active, gap=gap)
         if reason is None:
             continue
@@ -114,29 +115,36 @@ def dispatch_tagging(
         items.append(events.work_item(asset.bucket, asset.key, run_id=run.run_id, trigger=trigger))
         selected += 1
         if len(items) >= batch_size:
-            services.queue.send(items)
+            queue.send(items)
             items = []
-    services.queue.send(items)
-    services.runs.mark_dispatched(run.run_id, selected)
-    run = services.runs.get(run.run_id) or run
+    queue.send(items)
+    runs.mark_dispatched(run.run_id, selected)
+    run = runs.get(run.run_id) or run
     log.info("tagging run %s: %d assets selected %s", run.run_id, selected, reasons)
     return Dispatch(run, reasons)
 
 
-def tag_assets(services: Services, keys: Sequence[str], *, user: str = "cli") -> Run:
-    """Tag the named assets now, in this process (the seed's limit: at most 15 at a time)."""
-    limit = services.settings.tagging.max_assets_on_demand
+def tag_assets(
+    tagger: Tagger,
+    runs: RunLog,
+    models: ModelStore,
+    keys: Sequence[str],
+    *,
+    bucket: str,
+    limit: int,
+    user: str = "cli",
+) -> Run:
+    """Tag the named assets (keys of ``bucket``, or s3:// URIs) now, in this process (at most ``limit``)."""
     if not keys:
         raise RequestError("name at least one asset to tag")
     if len(keys) > limit:
         raise RequestError(f"{len(keys)} assets asked for; on-demand tagging takes at most {limit} at a time")
-    bucket = services.settings.aws.bucket
-    run = services.runs.start(TAG, None, ON_DEMAND, model_version=services.models.active_version())
+    run = runs.start(TAG, None, ON_DEMAND, model_version=models.active_version())
     run.counts["selected"] = len(keys)
     for key in keys:
         b, _, k = key[5:].partition("/") if key.startswith("s3://") else (bucket, "/", key)
         try:
-            outcome = services.tagger.handle(events.ObjectEvent(events.TAG, b, k, run_id=run.run_id, trigger=ON_DEMAND))
+            outcome = tagger.handle(events.ObjectEvent(events.TAG, b, k, run_id=run.run_id, trigger=ON_DEMAND))
         except Exception as exc:
             run.counts["processed"] += 1
             run.error(k, str(exc))
@@ -147,11 +155,7 @@ def tag_assets(services: Services, keys: Sequence[str], *, user: str = "cli") ->
         elif counter := run_counter(outcome.status):
             run.counts[counter] += 1
     log.info("on-demand tagging by %s: %s", user, dict(run.counts))
-    return services.runs.finish(run, RunStatus.SUCCEEDED if not run.errors else RunStatus.COMPLETED_WITH_ERRORS)
-
-
-def train_folders(services: Services, folders: Iterable[Folder], *, trigger: str) -> TrainingReport:
-    return services.trainer.train(list(folders), trigger=trigger)
+    return runs.finish(run, RunStatus.SUCCEEDED if not run.errors else RunStatus.COMPLETED_WITH_ERRORS)
 
 
 # --- windows and leases ---------------------------------------------------------------------------
@@ -221,10 +225,19 @@ def run_window(services: Services, kind: str, fire_time: datetime, *, owner: str
         for folder in services.folders.enabled():
             try:
                 if kind == TRAINING_WINDOW:
-                    report = train_folders(services, [folder.folder], trigger=SCHEDULE)
+                    report = services.trainer.train([folder.folder], trigger=SCHEDULE)
                     run_ids.append(report.run_id)
                 else:
-                    run_ids.append(dispatch_tagging(services, folder.folder, trigger=SCHEDULE).run.run_id)
+                    dispatch = dispatch_tagging(
+                        services.assets,
+                        services.queue,
+                        services.runs,
+                        services.models,
+                        folder.folder,
+                        tagging=services.settings.tagging,
+                        trigger=SCHEDULE,
+                    )
+                    run_ids.append(dispatch.run.run_id)
             except Exception:  # one folder's failure is recorded on its run; the others go on
                 log.exception("%s window: folder %s failed", kind, folder.uri)
     except BaseException:

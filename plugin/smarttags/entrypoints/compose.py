@@ -4,6 +4,7 @@ once per process and shared (one model cache, one taxonomy cache)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -16,10 +17,11 @@ from smarttags.adapters.embedder import Embedder
 from smarttags.adapters.opensearch import SearchIndex
 from smarttags.adapters.s3 import ObjectStore
 from smarttags.adapters.sqs import WorkQueue
-from smarttags.core.folders import FolderRegistry
+from smarttags.core import windows
+from smarttags.core.folders import Folder, FolderRegistry
 from smarttags.core.model_registry import ModelStore
 from smarttags.core.moderation import Moderation
-from smarttags.core.runs import RunLog
+from smarttags.core.runs import Run, RunLog
 from smarttags.core.search import Searcher
 from smarttags.core.tagging import Tagger
 from smarttags.core.taxonomy import TaxonomyStore
@@ -131,4 +133,22 @@ class Services:
             models=self.models,
             taxonomy=self.taxonomy,
             runs=self.runs,
+        )
+
+    # --- the windows' use cases, with the collaborators they take ---
+
+    def dispatch_tagging(self, folder: Folder, *, trigger: str) -> windows.Dispatch:
+        return windows.dispatch_tagging(
+            self.assets, self.queue, self.runs, self.models, folder, tagging=self.settings.tagging, trigger=trigger
+        )
+
+    def tag_now(self, keys: Sequence[str], *, user: str) -> Run:
+        return windows.tag_assets(
+            self.tagger,
+            self.runs,
+            self.models,
+            keys,
+            bucket=self.settings.aws.bucket,
+            limit=self.settings.tagging.max_assets_on_demand,
+            user=user,
         )

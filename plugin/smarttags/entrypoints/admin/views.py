@@ -16,7 +16,6 @@ from flask.typing import ResponseReturnValue
 from markupsafe import Markup, escape
 
 from smarttags.core import report
-from smarttags.core import windows as scheduling
 from smarttags.core.asset import Asset
 from smarttags.core.folders import Folder
 from smarttags.core.runs import ON_DEMAND, TRAIN
@@ -118,7 +117,7 @@ def folder_train() -> ResponseReturnValue:
     def work() -> None:
         # Training runs in a background thread of this process; its run and report appear under Runs.
         try:
-            scheduling.train_folders(services, [folder], trigger=ON_DEMAND)
+            services.trainer.train([folder], trigger=ON_DEMAND)
         except Exception:
             log.exception("training %s from the admin failed", uri)
         finally:
@@ -132,7 +131,7 @@ def folder_train() -> ResponseReturnValue:
 @bp.route("/folders/tag", methods=["POST"])
 @require(ADMIN)
 def folder_tag() -> ResponseReturnValue:
-    dispatch = scheduling.dispatch_tagging(ctx().services, _folder_from_form(), trigger=ON_DEMAND)
+    dispatch = ctx().services.dispatch_tagging(_folder_from_form(), trigger=ON_DEMAND)
     queued = dispatch.run.counts.get("selected", 0)
     flash(f"Tagging run {dispatch.run.run_id}: {queued} assets queued.", "ok")
     return redirect(url_for("admin.folders"))
@@ -332,7 +331,7 @@ def runs_tag() -> ResponseReturnValue:
     keys = list(dict.fromkeys([*request.form.getlist("key"), *(line.strip() for line in text.splitlines())]))
     keys = [k for k in keys if k]
     try:
-        run = scheduling.tag_assets(ctx().services, keys, user=_user_name())
+        run = ctx().services.tag_now(keys, user=_user_name())
     except RequestError as exc:
         return _runs_page(error=str(exc), keys="\n".join(keys), code=400)
     flash(

@@ -11,19 +11,18 @@ from smarttags.settings import Settings
 
 
 def _tag(settings: Settings, args: argparse.Namespace) -> int:
-    from smarttags.core import windows as scheduling
     from smarttags.core.folders import Folder
     from smarttags.core.runs import ON_DEMAND
 
     built = services(settings)
     if args.asset:
-        run = scheduling.tag_assets(built, args.asset)
+        run = built.tag_now(args.asset, user="cli")
         print_json(run.to_json()) if args.json else print(f"run {run.run_id}: {dict(run.counts)}")
         return 0 if not run.errors else 1
     if not args.folder:
         print("tag needs --folder URI or --asset KEY ...", file=sys.stderr)
         return 2
-    dispatch = scheduling.dispatch_tagging(built, Folder.parse(args.folder, settings.aws.bucket), trigger=ON_DEMAND)
+    dispatch = built.dispatch_tagging(Folder.parse(args.folder, settings.aws.bucket), trigger=ON_DEMAND)
     if args.json:
         print_json({**dispatch.run.to_json(), "reasons": dispatch.reasons})
     else:
