@@ -72,6 +72,7 @@ POSTS = {
     "/models/rollback": "admin",
     "/runs/tag": "admin",
     "/users": "admin",
+    "/users/viewer": "admin",
     "/assets/{cat}/tags": "moderator",
 }
 RANK = {"viewer": 1, "moderator": 2, "admin": 3}
@@ -161,6 +162,64 @@ def test_login_rate_limit(app):
     for _ in range(9):  # the same address may try other names, up to four times the limit
         assert login(client, f"nobody{_}", "guess").status_code == 401
     assert login(client, "admin").status_code == 429
+
+
+def test_login_throttle_holds_across_processes(settings, services, seeded):
+    first, second = _app(settings, services).test_client(), _app(settings, services).test_client()
+    for client in (first, second, first):  # two processes, one count
+        assert login(client, "moderator", "guess").status_code == 401
+    assert login(second, "moderator").status_code == 429
+    assert login(_app(settings, services).test_client(), "moderator").status_code == 429  # a restart too
+
+
+# --- user administration ------------------------------------------------------------------------------
+
+
+def test_user_admin_changes_end_that_users_sessions(app, as_role):
+    admin = as_role("admin")
+    viewer = as_role("viewer")
+    assert viewer.get("/folders").status_code == 200
+    assert admin.post("/users/viewer", data={"action": "role", "role": "moderator"}).status_code == 302
+    assert viewer.get("/folders").status_code == 302  # the role change ended the viewer's session
+    moderator = as_role("viewer")  # same account, logged in again: now a moderator
+    assert "(moderator)" in moderator.get("/folders").get_data(as_text=True)
+
+    admin.post("/users/viewer", data={"action": "password", "password": "a new long password"})
+    assert moderator.get("/folders").status_code == 302
+    assert login(app.test_client(), "viewer").status_code == 401  # the old password is gone
+    again = app.test_client()
+    assert login(again, "viewer", "a new long password").status_code == 302
+
+    admin.post("/users/viewer", data={"action": "disable"})
+    assert again.get("/folders").status_code == 302
+    assert login(app.test_client(), "viewer", "a new long password").status_code == 401
+    page = admin.get("/users").get_data(as_text=True)
+    assert "disabled" in page
+    for detail in ("set the role of viewer to moderator", "reset the password of viewer", "disabled viewer"):
+        assert detail in page
+    admin.post("/users/viewer", data={"action": "enable"})
+    assert login(app.test_client(), "viewer", "a new long password").status_code == 302
+
+
+def test_user_admin_keeps_the_last_admin_and_checks_input(as_role, services):
+    admin = as_role("admin")
+    for data in ({"action": "role", "role": "viewer"}, {"action": "disable"}):
+        page = admin.post("/users/admin", data=data, follow_redirects=True).get_data(as_text=True)
+        assert "the last admin" in page
+    assert services.index.get("users", "admin").source["role"] == "admin"
+    assert not services.index.get("users", "admin").source.get("disabled")
+    short = admin.post("/users/moderator", data={"action": "password", "password": "short"}, follow_redirects=True)
+    assert "a password has 8" in short.get_data(as_text=True)
+    root = admin.post("/users/moderator", data={"action": "role", "role": "root"}, follow_redirects=True)
+    assert "role must be one of" in root.get_data(as_text=True)
+    assert services.index.get("users", "moderator").source["role"] == "moderator"
+    assert admin.post("/users/nobody", data={"action": "disable"}).status_code == 404
+    assert admin.post("/users/moderator", data={"action": "explode"}).status_code == 400
+    # With a second admin the first may step down; it ends their own session.
+    admin.post("/users/moderator", data={"action": "role", "role": "admin"})
+    response = admin.post("/users/admin", data={"action": "role", "role": "viewer"})
+    assert response.headers["Location"] == "/login"
+    assert admin.get("/users").status_code == 302
 
 
 def test_csrf_rejects_a_post_without_token(settings, services, seeded):

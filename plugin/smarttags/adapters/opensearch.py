@@ -21,7 +21,7 @@ from smarttags.resources import TEMPLATES
 
 log = logging.getLogger(__name__)
 
-KINDS = ("assets", "taxonomy", "runs", "folders", "audit", "leases", "users")
+KINDS = ("assets", "taxonomy", "runs", "folders", "audit", "leases", "users", "logins")
 # A unique keyword per kind: the sort that makes ``search_after`` pages exact.
 UNIQUE_FIELD = {
     "assets": "asset_id",

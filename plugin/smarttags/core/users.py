@@ -8,16 +8,20 @@ back, so they can be raised later without invalidating existing users.
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import hmac
 import logging
 import re
 import secrets
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from smarttags.core.clock import now_iso
 from smarttags.core.ports import Index
-from smarttags.errors import ConflictError, RequestError
+from smarttags.errors import ConflictError, NotFound, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,16 @@ def verify_password(password: str, encoded: str) -> bool:
 _DUMMY_HASH = hash_password(secrets.token_hex(8))
 
 
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise RequestError(f"role must be one of {', '.join(ROLES)}")
+
+
+def _check_password(password: str) -> None:
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise RequestError(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+
+
 def role_allows(role: str, needed: str) -> bool:
     """Whether ``role`` may do what ``needed`` may (admin > moderator > viewer)."""
     return _RANK.get(role, 0) >= _RANK[needed]
@@ -75,6 +89,7 @@ class User:
     created_at: str | None = None
     # Sessions carry the generation they began in; raising it ends every session of the user.
     session_generation: int = 0
+    disabled: bool = False
 
 
 def _user(source: dict[str, object]) -> User:
@@ -83,6 +98,7 @@ def _user(source: dict[str, object]) -> User:
         str(source["role"]),
         source.get("created_at"),  # type: ignore[arg-type]
         int(source.get("session_generation") or 0),  # type: ignore[call-overload]
+        bool(source.get("disabled", False)),
     )
 
 
@@ -90,13 +106,11 @@ class UserStore:
     def __init__(self, index: Index) -> None:
         self._index = index
 
-    def create(self, username: str, password: str, role: str) -> User:
+    def create(self, username: str, password: str, role: str, *, by: str | None = None) -> User:
         if not USERNAME.match(username):
             raise RequestError("a user name is 1 to 64 letters, digits or _ . @ - and starts with a letter or digit")
-        if role not in ROLES:
-            raise RequestError(f"role must be one of {', '.join(ROLES)}")
-        if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
-            raise RequestError(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+        _check_role(role)
+        _check_password(password)
         user = User(username, role, now_iso())
         doc = {
             "username": username,
@@ -109,6 +123,8 @@ class UserStore:
         except ConflictError:
             raise RequestError(f"user {username!r} already exists") from None
         log.info("created user %s with role %s", username, role)
+        if by is not None:
+            self._audit(by, "user.create", f"created user {username} with role {role}")
         return user
 
     def get(self, username: str) -> User | None:
@@ -125,7 +141,8 @@ class UserStore:
             return None
         if not verify_password(password, str(found.source.get("password_hash", ""))):
             return None
-        return _user(found.source)
+        user = _user(found.source)
+        return None if user.disabled else user
 
     def list(self) -> list[User]:
         body = {"size": 1000, "query": {"match_all": {}}, "sort": [{"username": "asc"}]}
@@ -134,18 +151,76 @@ class UserStore:
 
     def end_sessions(self, username: str) -> None:
         """End every session of ``username`` (logout, and whatever changes a user's password or role)."""
+        self._change(username, lambda source: source)
+        log.info("ended the sessions of user %s", username)
+
+    def set_role(self, username: str, role: str, *, by: str) -> User:
+        _check_role(role)
+
+        def change(source: dict[str, Any]) -> dict[str, Any]:
+            if source["role"] == ADMIN and role != ADMIN:
+                self._keep_an_admin(username)
+            return {**source, "role": role}
+
+        user = self._change(username, change)
+        self._audit(by, "user.role", f"set the role of {username} to {role}")
+        return user
+
+    def set_disabled(self, username: str, disabled: bool, *, by: str) -> User:
+        def change(source: dict[str, Any]) -> dict[str, Any]:
+            if disabled and source["role"] == ADMIN:
+                self._keep_an_admin(username)
+            return {**source, "disabled": disabled}
+
+        user = self._change(username, change)
+        self._audit(by, "user.disable" if disabled else "user.enable", f"{'dis' if disabled else 'en'}abled {username}")
+        return user
+
+    def set_password(self, username: str, password: str, *, by: str) -> User:
+        _check_password(password)
+        user = self._change(username, lambda source: {**source, "password_hash": hash_password(password)})
+        self._audit(by, "user.password", f"reset the password of {username}")
+        return user
+
+    def _keep_an_admin(self, username: str) -> None:
+        """Refuse to take away the last enabled admin (nobody could administer users after that)."""
+        body = {
+            "size": 0,
+            "query": {
+                "bool": {
+                    "filter": [{"term": {"role": ADMIN}}],
+                    "must_not": [{"term": {"disabled": True}}, {"term": {"username": username}}],
+                }
+            },
+        }
+        if not self._index.search("users", body, track_total_hits=True)["hits"]["total"]["value"]:
+            raise RequestError(f"{username} is the last admin: make another user admin first")
+
+    def _change(self, username: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> User:
+        """Write ``change(source)`` with the next session generation, so every session of the user ends
+        with the change; re-read and retry if someone else wrote the user in between."""
         for _ in range(3):
             found = self._index.get("users", username) if USERNAME.match(username) else None
             if found is None:
-                return
-            doc = {**found.source, "session_generation": int(found.source.get("session_generation") or 0) + 1}
+                raise NotFound(f"no user {username!r}")
+            source = dict(found.source)
+            doc = {**change(source), "session_generation": int(source.get("session_generation") or 0) + 1}
             try:
                 self._index.put("users", username, doc, expected=found, refresh="true")
-                log.info("ended the sessions of user %s", username)
-                return
             except ConflictError:
-                continue  # someone else wrote the user in between: read again
-        raise ConflictError("opensearch", f"user {username!r} changed repeatedly; sessions not ended, retry")
+                continue
+            return _user(doc)
+        raise ConflictError("opensearch", f"user {username!r} changed repeatedly; nothing changed, retry")
+
+    def history(self, size: int = 20) -> builtins.list[dict[str, Any]]:
+        """The latest changes to users, newest first (from the audit trail)."""
+        body = {"size": size, "query": {"prefix": {"action": "user."}}, "sort": [{"at": {"order": "desc"}}]}
+        return [hit["_source"] for hit in self._index.search("audit", body)["hits"]["hits"]]
+
+    def _audit(self, by: str, action: str, detail: str) -> None:
+        doc = {"at": now_iso(), "user": by, "action": action, "detail": detail}
+        self._index.put("audit", uuid.uuid4().hex, doc, refresh=True)
+        log.info("%s by %s", detail, by)
 
     def delete(self, username: str) -> bool:
         deleted = self._index.delete("users", username)

@@ -3,8 +3,8 @@ render a Jinja template; nothing in ``smarttags`` outside this package imports F
 
 Security: every page needs a login (users from ``smarttags admin create-user``), roles admin > moderator
 > viewer, CSRF tokens on every form (Flask-WTF), HttpOnly/SameSite=Lax session cookies (Secure when
-``admin.secure_cookies``), a strict Content-Security-Policy, and login rate limiting kept in memory per
-process (with several processes, each counts on its own).
+``admin.secure_cookies``), a strict Content-Security-Policy, and login rate limiting with back-off kept in
+OpenSearch (``core/logins.py``), so it holds across processes and restarts.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
 from smarttags.adapters.thumbnails import Thumbnails
+from smarttags.core.logins import LoginThrottle
 from smarttags.core.users import UserStore
 from smarttags.entrypoints.compose import Services
 from smarttags.errors import ConfigError, NotFound, RequestError, ServiceError
@@ -35,6 +36,7 @@ class AdminContext:
     settings: Settings
     services: Services
     users: UserStore
+    logins: LoginThrottle
     thumbnails: Thumbnails
 
 
@@ -74,10 +76,10 @@ def create_app(
         settings=settings,
         services=services,
         users=UserStore(services.index),
+        logins=LoginThrottle(services.index, settings.admin.login_attempts_per_minute),
         thumbnails=Thumbnails(services.store, settings.aws.thumbnails_prefix, max_pixels=settings.backbone.max_pixels),
     )
     CSRFProtect(app)
-    app.extensions["smarttags_login_limiter"] = auth.LoginLimiter(settings.admin.login_attempts_per_minute)
     app.register_blueprint(auth.bp)
     app.register_blueprint(views.bp)
     app.before_request(auth.load_user)

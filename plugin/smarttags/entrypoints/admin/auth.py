@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import threading
-import time
-from collections import deque
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -13,52 +11,12 @@ from urllib.parse import urlsplit
 from flask import Blueprint, abort, current_app, g, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from smarttags.core.logins import Attempt
 from smarttags.core.users import User, role_allows
 
 bp = Blueprint("auth", __name__)
 F = TypeVar("F", bound=Callable[..., Any])
-WINDOW_SECONDS = 60.0
 PUBLIC_ENDPOINTS = {"auth.login", "static"}
-
-
-class LoginLimiter:
-    """Failed logins per (user name, client address) and per client address within the last minute, kept in memory.
-
-    In-memory means per process: behind several processes each one counts on its own, and a restart
-    forgets. Enough to make password guessing slow; put a proxy limit in front for more."""
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.per_minute = per_minute
-        self._clock = clock
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self._failures.setdefault(key, deque())
-        while times and now - times[0] > WINDOW_SECONDS:
-            times.popleft()
-        return times
-
-    def blocked(self, pair: str, client: str) -> bool:
-        """A (account, client) pair gets ``per_minute`` tries, a client four times that over all names,
-        so an attacker elsewhere cannot lock a user out by failing on purpose."""
-        now = self._clock()
-        with self._lock:
-            return (
-                len(self._recent(pair, now)) >= self.per_minute or len(self._recent(client, now)) >= 4 * self.per_minute
-            )
-
-    def failed(self, *keys: str) -> None:
-        now = self._clock()
-        with self._lock:
-            for key in keys:
-                self._recent(key, now).append(now)
-            if len(self._failures) > 100_000:  # bounded memory under a flood of names
-                self._failures.clear()
-
-    def reset(self, key: str) -> None:
-        with self._lock:
-            self._failures.pop(key, None)
 
 
 def ctx() -> Any:
@@ -76,8 +34,8 @@ def load_user() -> WerkzeugResponse | None:
     name = session.get("user")
     if isinstance(name, str):
         g.user = ctx().users.get(name)
-        if g.user is not None and session.get("generation") != g.user.session_generation:
-            g.user = None  # the session was ended (logout elsewhere, password or role change)
+        if g.user is not None and (g.user.disabled or session.get("generation") != g.user.session_generation):
+            g.user = None  # the session was ended (logout elsewhere, password or role change, disabled)
         if g.user is None:
             session.clear()
     if g.user is None and request.endpoint not in PUBLIC_ENDPOINTS:
@@ -131,21 +89,21 @@ def _safe_next(target: str | None) -> str:
 def login() -> Any:
     if request.method == "GET":
         return render_template("login.html", next=request.args.get("next", ""), needs_https=needs_https())
-    limiter: LoginLimiter = current_app.extensions["smarttags_login_limiter"]
     username = request.form.get("username", "").strip()[:64]
     password = request.form.get("password", "")
-    address = f"ip:{request.remote_addr or '?'}"
-    account = f"user:{username.lower()}|{address}"
-    if limiter.blocked(account, address):
-        current_app.logger.warning("login rate limit hit for %s", address)
-        return render_template(
-            "login.html", error="Too many failed attempts. Wait a minute and try again.", next=""
-        ), 429
+    attempt = Attempt.of(username, request.remote_addr or "?")
+    throttle = ctx().logins
+    wait = throttle.blocked_for(attempt)
+    if wait > 0:
+        current_app.logger.warning("login rate limit hit for %s", attempt.client)
+        minutes = math.ceil(wait / 60)
+        error = f"Too many failed attempts. Wait {minutes} minute{'s' if minutes > 1 else ''} and try again."
+        return render_template("login.html", error=error, next=""), 429
     user = ctx().users.verify(username, password)
     if user is None:
-        limiter.failed(address, account)
+        throttle.failed(attempt)
         return render_template("login.html", error="Wrong user name or password.", next=""), 401
-    limiter.reset(account)
+    throttle.succeeded(attempt)
     session.clear()  # a fresh session on login: no fixation
     session["user"] = user.username
     session["generation"] = user.session_generation

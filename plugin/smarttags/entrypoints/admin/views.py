@@ -352,12 +352,40 @@ def users() -> ResponseReturnValue:
     if request.method == "POST":
         try:
             created = store.create(
-                request.form.get("username", "").strip(), request.form.get("password", ""), request.form.get("role", "")
+                request.form.get("username", "").strip(),
+                request.form.get("password", ""),
+                request.form.get("role", ""),
+                by=_user_name(),
             )
         except RequestError as exc:
             flash(str(exc), "error")
         else:
-            log.info("user %s created by %s", created.username, _user_name())
             flash(f"User {created.username} ({created.role}) created.", "ok")
         return redirect(url_for("admin.users"))
-    return render_template("users.html", users=store.list(), roles=ROLES)
+    return render_template("users.html", users=store.list(), roles=ROLES, history=store.history())
+
+
+@bp.route("/users/<username>", methods=["POST"])
+@require(ADMIN)
+def user_change(username: str) -> ResponseReturnValue:
+    """Change one user's role, disable or enable them, or reset their password: each ends their sessions."""
+    store = ctx().users
+    action = request.form.get("action", "")
+    by = _user_name()
+    try:
+        if action == "role":
+            changed = store.set_role(username, request.form.get("role", ""), by=by)
+            flash(f"{changed.username} is now {changed.role}; their sessions ended.", "ok")
+        elif action in ("disable", "enable"):
+            changed = store.set_disabled(username, action == "disable", by=by)
+            flash(f"{changed.username} {action}d.", "ok")
+        elif action == "password":
+            changed = store.set_password(username, request.form.get("password", ""), by=by)
+            flash(f"Password of {changed.username} reset; their sessions ended.", "ok")
+        else:
+            abort(400)
+    except RequestError as exc:
+        flash(str(exc), "error")
+    if username == by and action != "enable":
+        return redirect(url_for("auth.login"))  # one's own change ends one's own session too
+    return redirect(url_for("admin.users"))
