@@ -46,3 +46,12 @@ def test_secrets_never_show(monkeypatch):
     text = repr(s) + str(s) + s.model_dump_json()
     assert "hunter2-secret" not in text and "aws-secret-value" not in text
     assert s.opensearch.password is not None and s.opensearch.password.get_secret_value() == "hunter2-secret"
+
+
+def test_internal_bucket_defaults_beside_the_bucket_and_never_is_it() -> None:
+    assert settings.AwsSettings(bucket="acme").own_bucket == "acme-smarttags"
+    assert settings.AwsSettings(bucket="acme", internal_bucket="acme-own").own_bucket == "acme-own"
+    with pytest.raises(ValueError, match="must differ"):
+        settings.AwsSettings(bucket="acme", internal_bucket="acme")
+    with pytest.raises(ValueError, match="set internal_bucket"):
+        settings.AwsSettings(bucket="a" * 60)

@@ -66,9 +66,26 @@ class AwsSettings(BaseModel):
     queue_name: str = "smarttags-tagging"
     dead_letter_queue_name: str = "smarttags-tagging-dlq"
     max_receive_count: int = Field(default=3, ge=1, le=1000)
+    # SmartTags' own files (models, thumbnails) live in a bucket of their own that notifies nothing, so
+    # writing them never sets off the tagging pipeline (S3 notification filters cannot exclude a
+    # prefix). Default: "<bucket>-smarttags".
+    internal_bucket: str | None = Field(default=None, min_length=3, max_length=63)
     models_prefix: str = "_smarttags/models/"
     thumbnails_prefix: str = "_smarttags/thumbnails/"
     max_attempts: int = Field(default=4, ge=1, le=10)
+
+    @property
+    def own_bucket(self) -> str:
+        """The bucket of SmartTags' own files: ``internal_bucket`` or ``<bucket>-smarttags``."""
+        return self.internal_bucket or f"{self.bucket}-smarttags"
+
+    @model_validator(mode="after")
+    def _own_bucket_apart(self) -> AwsSettings:
+        if self.own_bucket == self.bucket:
+            raise ValueError("internal_bucket must differ from bucket: its writes would set off tagging")
+        if len(self.own_bucket) > 63:
+            raise ValueError("bucket is too long to derive internal_bucket from (63 characters): set internal_bucket")
+        return self
 
     @field_validator("endpoint_url", mode="before")
     @classmethod

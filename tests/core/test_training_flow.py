@@ -122,7 +122,7 @@ def test_train_report_retrain_and_models(services, sample_dir, config, capsys, t
 
     # A tampered model file is refused: never activated, never loaded.
     prefix = services.settings.aws.models_prefix
-    services.store.put_bytes(f"{prefix}{versions[0]}/heads.npz", b"tampered")
+    services.own_store.put_bytes(f"{prefix}{versions[0]}/heads.npz", b"tampered")
     with pytest.raises(ModelError, match="sha256"):
         services.models.activate(versions[0])
     assert services.models.active_version() == versions[1]

@@ -296,7 +296,7 @@ def test_status_page_checks(as_role, services):
 
 def test_status_page_reports_a_broken_model_in_red(as_role, services, seeded):
     key = f"{services.settings.aws.models_prefix}{seeded.versions[1]}/heads.npz"
-    services.store.put_bytes(key, b"tampered")
+    services.own_store.put_bytes(key, b"tampered")
     page = as_role("admin").get("/status").get_data(as_text=True)
     assert "fails its sha256 check" in page
     assert 'class="fail"' in page
@@ -371,11 +371,12 @@ def test_thumbnails_once_per_version_and_placeholder(as_role, services, seeded):
     assert first.status_code == 200 and first.mimetype == "image/jpeg"
     assert "private" in first.headers["Cache-Control"] and "max-age" in first.headers["Cache-Control"]
     etag = first.headers["ETag"]
-    stored = list(services.store.list(services.settings.aws.thumbnails_prefix))
+    stored = list(services.own_store.list(services.settings.aws.thumbnails_prefix))
     assert len(stored) == 1 and seeded.cat_id in stored[0].key
+    assert not list(services.store.list("_smarttags/"))  # never beside the originals: no S3 notification
     again = client.get(f"/assets/{seeded.cat_id}/thumbnail", headers={"If-None-Match": etag})
     assert again.status_code == 304
-    assert len(list(services.store.list(services.settings.aws.thumbnails_prefix))) == 1
+    assert len(list(services.own_store.list(services.settings.aws.thumbnails_prefix))) == 1
     for asset_id in (seeded.broken_id, "0" * 40):
         placeholder = client.get(f"/assets/{asset_id}/thumbnail")
         assert placeholder.status_code == 200 and placeholder.mimetype == "image/svg+xml"

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "lambda" / "template.yaml"
 PARAMETERS = {
     "BucketName": "acme-assets",
+    "InternalBucketName": "acme-assets-smarttags",
     "OpenSearchUrl": "https://search-assets-abc123.eu-west-1.es.amazonaws.com",
     "OpenSearchDomainArn": "arn:aws:es:eu-west-1:123456789012:domain/assets",
 }
@@ -128,6 +129,29 @@ def _statements(transformed: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+# Objects of the asset bucket; models in the internal bucket; each bucket itself, so a deleted key
+# reads as 404, not 403 (see the template's comment).
+_S3_GRANTS = [
+    ("s3:GetObject", {"Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}/*"}),
+    ("s3:GetObject", {"Fn::Sub": "arn:${AWS::Partition}:s3:::${InternalBucketName}/${ModelsPrefix}*"}),
+    ("s3:ListBucket", {"Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}"}),
+    ("s3:ListBucket", {"Fn::Sub": "arn:${AWS::Partition}:s3:::${InternalBucketName}"}),
+]
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_internal_bucket_has_no_notification(transformed: dict[str, Any]) -> None:
+    internal = transformed["Resources"]["InternalBucket"]["Properties"]
+    assert internal["BucketName"] == {"Ref": "InternalBucketName"}
+    assert "NotificationConfiguration" not in internal
+    (function,) = _of_type(transformed, "AWS::Lambda::Function").values()
+    env = function["Properties"]["Environment"]["Variables"]
+    assert env["SMARTTAGS_AWS__INTERNAL_BUCKET"] == {"Ref": "InternalBucketName"}
+
+
 def test_iam_is_least_privilege(transformed: dict[str, Any]) -> None:
     (function,) = _of_type(transformed, "AWS::Lambda::Function").values()
     assert function["Properties"]["Role"] == {"Fn::GetAtt": ["TaggerRole", "Arn"]}
@@ -154,9 +178,9 @@ def test_iam_is_least_privilege(transformed: dict[str, Any]) -> None:
         "sqs:ChangeMessageVisibility",
         "sqs:GetQueueAttributes",
     }
-    assert actions["s3:GetObject"]["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}/*"}
-    # The bucket itself, so a deleted key reads as 404, not 403 (see the template's comment).
-    assert actions["s3:ListBucket"]["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}"}
+    granted = {(a, str(r)) for s in statements for a in _listed(s["Action"]) for r in _listed(s["Resource"])}
+    s3_granted = {g for g in granted if g[0].startswith("s3:")}
+    assert {(action, str(resource)) for action, resource in _S3_GRANTS} == s3_granted
     assert actions["sqs:ReceiveMessage"]["Resource"] == {"Fn::GetAtt": ["TaggingQueue", "Arn"]}
     assert {"Ref": "OpenSearchDomainArn"} in actions["es:ESHttpPost"]["Resource"]
 
@@ -174,7 +198,9 @@ def test_environment_configures_real_aws(transformed: dict[str, Any], monkeypatc
     monkeypatch.setenv("SMARTTAGS_OPENSEARCH__URL", PARAMETERS["OpenSearchUrl"])
     monkeypatch.setenv("SMARTTAGS_AWS__MAX_RECEIVE_COUNT", "3")
     monkeypatch.setenv("SMARTTAGS_AWS__MODELS_PREFIX", "_smarttags/models/")
+    monkeypatch.setenv("SMARTTAGS_AWS__INTERNAL_BUCKET", PARAMETERS["InternalBucketName"])
     loaded = settings.load()
+    assert loaded.aws.own_bucket == "acme-assets-smarttags"
     assert loaded.aws.endpoint_url is None and not loaded.is_local_aws
     assert loaded.opensearch.auth == "sigv4" and loaded.opensearch.region == "example-value"
     assert loaded.backbone.name == "efficientnet-lite0" and str(loaded.backbone.onnx_file).endswith(

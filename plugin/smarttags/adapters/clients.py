@@ -252,7 +252,9 @@ class QueueWiring:
 
 
 def ensure_bucket_and_queue(settings: Settings) -> QueueWiring:
-    """Create, idempotently, the bucket, the tagging queue, its DLQ and the S3 -> SQS notification.
+    """Create, idempotently, the bucket, the tagging queue, its DLQ and the S3 -> SQS notification, and
+    the bucket of SmartTags' own files (``aws.own_bucket``), which has no notification: our thumbnails and
+    models never reach the queue.
 
     As on AWS: the queue redrives to the DLQ after ``max_receive_count`` receives, the queue policy lets
     only this bucket's S3 notifications send to it, and the bucket notifies ObjectCreated/ObjectRemoved.
@@ -265,6 +267,7 @@ def ensure_bucket_and_queue(settings: Settings) -> QueueWiring:
     sqs = sqs_client(settings, session)
     try:
         _ensure_bucket(s3, aws.bucket, aws.region)
+        _ensure_bucket(s3, aws.own_bucket, aws.region)
         dlq_url = sqs.create_queue(QueueName=aws.dead_letter_queue_name)["QueueUrl"]
         dlq_arn = _queue_arn(sqs, dlq_url)
         queue_url = sqs.create_queue(QueueName=aws.queue_name)["QueueUrl"]

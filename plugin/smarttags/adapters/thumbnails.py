@@ -1,9 +1,11 @@
 """Thumbnails for the admin: one JPEG per asset version, made once and kept in S3.
 
-Key: ``<thumbnails_prefix><asset_id>/<etag>.jpg``, so a changed object (new ETag) gets a new thumbnail
-and an unchanged one is never decoded twice. Decoding goes through the hardened ``smarttags.adapters.imaging``
-(bomb limit, format allow-list, EXIF orientation). An object that is missing, or is not an image we
-decode, has no thumbnail: ``get`` returns None and the caller shows a placeholder.
+They are kept in SmartTags' own bucket (``aws.own_bucket``), not beside the originals: a write to the
+asset bucket would raise an S3 notification and a tagging run. Key: ``<thumbnails_prefix><asset_id>/
+<etag>.jpg``, so a changed object (new ETag) gets a new thumbnail and an unchanged one is never decoded
+twice. Decoding goes through the hardened ``smarttags.adapters.imaging`` (bomb limit, format allow-list,
+EXIF orientation). An object that is missing, or is not an image we decode, has no thumbnail: ``get``
+returns None and the caller shows a placeholder.
 """
 
 from __future__ import annotations
@@ -47,8 +49,11 @@ def render(data: bytes, *, size: int = SIZE, max_pixels: int) -> bytes:
 
 
 class Thumbnails:
-    def __init__(self, store: ObjectStore, prefix: str, *, max_pixels: int, size: int = SIZE) -> None:
-        self._store = store
+    def __init__(
+        self, store: ObjectStore, cache: ObjectStore, prefix: str, *, max_pixels: int, size: int = SIZE
+    ) -> None:
+        self._store = store  # the originals
+        self._cache = cache  # the thumbnails
         self._prefix = prefix
         self._max_pixels = max_pixels
         self._size = size
@@ -57,7 +62,7 @@ class Thumbnails:
         """The thumbnail of this version of the asset, made now if it does not exist yet."""
         thumb_key = thumbnail_key(self._prefix, asset_id, etag)
         try:
-            data, info = self._store.get_bytes(thumb_key)
+            data, info = self._cache.get_bytes(thumb_key)
             return Thumbnail(data, info.etag)
         except NotFound:
             pass
@@ -67,5 +72,5 @@ class Thumbnails:
         except (NotFound, ImageError, RequestError) as exc:
             log.info("no thumbnail for s3://%s/%s: %s", self._store.bucket, key, exc)
             return None
-        stored_etag = self._store.put_bytes(thumb_key, data, content_type="image/jpeg")
+        stored_etag = self._cache.put_bytes(thumb_key, data, content_type="image/jpeg")
         return Thumbnail(data, stored_etag)

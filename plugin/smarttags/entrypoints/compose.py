@@ -67,9 +67,16 @@ class Services:
     def store(self) -> ObjectStore:
         return ObjectStore(self.s3, self.settings.aws.bucket)
 
+    @cached_property
+    def own_store(self) -> ObjectStore:
+        """The bucket of SmartTags' own files (models, thumbnails), which notifies nothing."""
+        return ObjectStore(self.s3, self.settings.aws.own_bucket)
+
     def store_for(self, bucket: str) -> ObjectStore:
-        """The store of any bucket (events name theirs); the configured bucket's is shared."""
-        return self.store if bucket == self.settings.aws.bucket else ObjectStore(self.s3, bucket)
+        """The store of any bucket (events name theirs); the configured buckets' are shared."""
+        if bucket == self.settings.aws.bucket:
+            return self.store
+        return self.own_store if bucket == self.settings.aws.own_bucket else ObjectStore(self.s3, bucket)
 
     @cached_property
     def queue(self) -> WorkQueue:
@@ -93,7 +100,7 @@ class Services:
 
     @cached_property
     def models(self) -> ModelStore:
-        return ModelStore(self.store, self.settings.aws.models_prefix)
+        return ModelStore(self.own_store, self.settings.aws.models_prefix)
 
     @cached_property
     def moderation(self) -> Moderation:

@@ -53,8 +53,11 @@ def check_opensearch(services: Services) -> Check:
 
 
 def check_bucket(services: Services) -> Check:
-    next(iter(services.store.list(services.settings.aws.models_prefix)), None)
-    return Check("S3 bucket", OK, f"s3://{services.settings.aws.bucket} is reachable")
+    next(iter(services.store.list("")), None)
+    next(iter(services.own_store.list(services.settings.aws.models_prefix)), None)
+    aws = services.settings.aws
+    detail = f"s3://{aws.bucket} (assets) and s3://{aws.own_bucket} (models, thumbnails) are reachable"
+    return Check("S3 bucket", OK, detail)
 
 
 def check_queue(services: Services) -> Check:

@@ -77,7 +77,9 @@ def create_app(
         services=services,
         users=UserStore(services.index),
         logins=LoginThrottle(services.index, settings.admin.login_attempts_per_minute),
-        thumbnails=Thumbnails(services.store, settings.aws.thumbnails_prefix, max_pixels=settings.backbone.max_pixels),
+        thumbnails=Thumbnails(
+            services.store, services.own_store, settings.aws.thumbnails_prefix, max_pixels=settings.backbone.max_pixels
+        ),
     )
     CSRFProtect(app)
     app.register_blueprint(auth.bp)
