@@ -9,6 +9,7 @@ import pytest
 from smarttags.core.asset import Asset, SmartTag, StoredEmbedding
 from smarttags.core.search import SearchRequest
 from smarttags.core.taxonomy import Tag
+from smarttags.errors import RequestError
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +111,7 @@ def test_quoted_phrase_and_query_syntax_are_plain_text(services, corpus):
 def test_template_escapes_every_parameter(services, corpus):
     nasty = '"}}]}, "size": 1000, "query": {"match_all": {}}, "x": [{{"'
     params = services.searcher.params(SearchRequest(text=nasty))
-    rendered = services.index.render_template("smarttags-search-v2", params)["template_output"]
+    rendered = services.index.render_template("smarttags-search-v4", params)["template_output"]
     assert rendered["size"] == 20
     tier1 = rendered["query"]["bool"]["must"][0]["dis_max"]["queries"][0]["bool"]
     assert tier1["must"][0]["multi_match"]["query"] == nasty
@@ -278,7 +279,7 @@ def test_folder_as_s3_url(services, corpus):
 
 def test_minimal_http_call_uses_template_defaults(services, os_client, corpus):
     body = {
-        "id": "smarttags-search-v2",
+        "id": "smarttags-search-v4",
         "params": {"query": "woman", "has_query": True, "bucket": services.settings.aws.bucket},
     }
     response = os_client.search_template(index=services.index.name("assets"), body=body)
@@ -306,3 +307,27 @@ def test_accents_fold_in_tag_titles_as_in_metadata(services):
     services.index.refresh()
     for text, locale in [("creme brulee", "en"), ("crème brûlée", "en"), ("creme brulee", "fr")]:
         assert _keys(_search(services, text, locale=locale)) == [("menu", 1), ("dessert", 2)], (text, locale)
+
+
+def test_facets_count_by_aggregations_and_filter_the_results(services, corpus):
+    odd = 'x"}}, {"match_all": {}'
+    _asset(services, "c/odd.jpg", title="Odd", keywords=[odd, "park"], smart=[("people:woman", 0.6)])
+    services.index.refresh()
+    result = services.searcher.search(SearchRequest(facets=True))
+    assert result.total == 8
+    tags = {b.value: b.count for b in result.facets["smart_tags"]}
+    assert tags == {"people:woman": 3, "activities:running": 3, "animals:dog": 1}
+    assert {b.value: b.count for b in result.facets["folders"]} == {"a": 4, "b": 3, "c": 1}
+    assert {b.value: b.count for b in result.facets["statuses"]} == {"pending": 8}
+    assert services.searcher.search(SearchRequest(folder="c")).total == 1  # a folder facet value is a folder
+    assert {b.value for b in result.facets["keywords"]} == {odd, "park"}
+    assert services.searcher.search(SearchRequest()).facets == {}  # only when asked
+
+    both = services.searcher.search(SearchRequest(tags=["people:woman", "activities:running"], facets=True))
+    assert [h.key for h in both.hits] == ["a/smart_both.jpg"]  # every chosen tag, not any
+    assert {b.value: b.count for b in both.facets["smart_tags"]} == {"people:woman": 1, "activities:running": 1}
+    # A hostile facet value stays one term: it matches its asset and changes nothing else.
+    assert [h.key for h in services.searcher.search(SearchRequest(keywords=[odd])).hits] == ["c/odd.jpg"]
+    assert services.searcher.search(SearchRequest(text="woman", statuses=["failed"])).total == 0
+    with pytest.raises(RequestError, match="facet values"):
+        services.searcher.search(SearchRequest(tags=["x"] * 21))

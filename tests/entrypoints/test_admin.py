@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -340,6 +341,33 @@ def test_search_shows_tiers_thumbnails_and_highlights(as_role, seeded):
     assert f"/assets/{seeded.cat_id}/thumbnail" in page
     assert "tier 1" in page and "metadata matches all terms" in page
     assert "<mark>cat</mark>" in page.lower()
+
+
+def _facet_links(page: str, facet: str) -> dict[str, str]:
+    section = re.search(rf'data-facet="{facet}">(.*?)</section>', page, re.S).group(1)
+    links = re.findall(r'<a href="([^"]+)"[^>]*>(.*?)</a>', section, re.S)
+    return {html.unescape(text.strip()): html.unescape(href) for href, text in links}
+
+
+def test_search_facets_count_filter_and_escape(as_role, seeded):
+    client = as_role("viewer")
+    page = client.get("/search").get_data(as_text=True)
+    tags = _facet_links(page, "smart_tags")
+    assert set(tags) == {"Cat", "Beach", XSS}  # titles, not ids; the hostile one escaped
+    assert XSS not in page and "&lt;script&gt;" in page
+    assert set(_facet_links(page, "folders")) == {"photos", "other"}
+    assert "pending" in _facet_links(page, "statuses")
+    narrowed = client.get(tags["Beach"]).get_data(as_text=True)
+    assert "1 asset" in narrowed and "photos/cat.jpg" in narrowed and "other/xss.jpg" not in narrowed
+    chosen = _facet_links(narrowed, "smart_tags")
+    assert chosen["Beach"] == "/search"  # a chosen value's link drops it again
+    both = client.get(chosen["Cat"]).get_data(as_text=True)  # Beach and Cat: both required
+    assert "1 asset" in both and "photos/cat.jpg" in both
+    hostile = client.get(tags[XSS]).get_data(as_text=True)
+    assert "other/xss.jpg" in hostile and "photos/cat.jpg" not in hostile
+    month = _facet_links(page, "months")
+    assert month and "asset" in client.get(next(iter(month.values()))).get_data(as_text=True)
+    assert "month must be YYYY-MM" in client.get("/search?month=2026-13").get_data(as_text=True)
 
 
 def test_search_refuses_an_overlong_query(as_role):

@@ -72,6 +72,19 @@ def test_search_moderate_and_report(server, page):
     page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
     page.screenshot(path=str(ARTIFACTS / "search.png"), full_page=True)
 
+    # A facet narrows the grid; choosing it again widens it.
+    page.goto(f"{base}/search")
+    assert page.locator("li.hit").count() == 3
+    page.locator("[data-facet=smart_tags] a", has_text="Beach").click()
+    page.wait_for_url("**/search?tag=scenes:beach")
+    assert page.locator("li.hit").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "search-facet.png"), full_page=True)
+    page.locator("[data-facet=smart_tags] a.on").click()
+    page.wait_for_url("**/search")
+    assert page.locator("li.hit").count() == 3
+    page.goto(f"{base}/search?q=cat")
+    hit = page.locator("li.hit", has_text="photos/cat.jpg")
+
     hit.locator("a.title").click()
     page.wait_for_url(f"**/assets/{seeded.cat_id}")
     assert page.locator("h1").inner_text() == "Manage tags"

@@ -86,4 +86,6 @@ class LoginThrottle:
             )
 
     def succeeded(self, attempt: Attempt) -> None:
-        self._index.delete("logins", _doc_id(attempt.account), refresh=True)
+        doc_id = _doc_id(attempt.account)
+        if self._index.mget("logins", [doc_id])[0] is not None:  # mget: no 404 logged for a clean account
+            self._index.delete("logins", doc_id, refresh=True)

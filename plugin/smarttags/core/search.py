@@ -67,6 +67,12 @@ class SearchRequest:
     # The last hit's ``sort`` values of the previous page: deep paging without a window limit.
     search_after: Sequence[Any] | None = None
     highlight: bool = True  # which metadata fields matched, with the matching words marked
+    # Facet filters, each value required (AND): smart tag ids, keywords, formats, tagging statuses.
+    tags: Sequence[str] = ()
+    keywords: Sequence[str] = ()
+    formats: Sequence[str] = ()
+    statuses: Sequence[str] = ()
+    facets: bool = False  # count the matches per tag, keyword, folder, format, status and month
 
 
 @dataclass(frozen=True)
@@ -97,10 +103,35 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class Bucket:
+    """One value of a facet and how many matching assets have it."""
+
+    value: str
+    count: int
+
+
+@dataclass(frozen=True)
 class SearchResult:
     total: int
     hits: list[Hit]
     params: dict[str, Any] = field(repr=False)
+    # Facet name (smart_tags, keywords, folders, formats, statuses, months) -> its values, most first
+    # (months newest first, as "YYYY-MM"); empty unless the request asked for facets.
+    facets: dict[str, list[Bucket]] = field(default_factory=dict)
+
+
+MAX_FACET_FILTERS = 20
+
+
+def _facets(aggregations: dict[str, Any]) -> dict[str, list[Bucket]]:
+    out: dict[str, list[Bucket]] = {}
+    for name, agg in aggregations.items():
+        buckets = agg.get("buckets", [])
+        if name == "months":
+            out[name] = [Bucket(str(b["key_as_string"])[:7], int(b["doc_count"])) for b in buckets]
+        else:
+            out[name] = [Bucket(str(b["key"]), int(b["doc_count"])) for b in buckets]
+    return out
 
 
 class Searcher:
@@ -121,6 +152,15 @@ class Searcher:
             raise RequestError(f"pages reach at most {MAX_WINDOW} results; use search_after for deeper pages")
         if request.search_after is not None and (request.page or len(request.search_after) != 2):
             raise RequestError("search_after takes the previous page's last [score, asset_id] and no page number")
+        filters = {
+            "filter_tags": request.tags,
+            "filter_keywords": request.keywords,
+            "filter_formats": request.formats,
+            "filter_statuses": request.statuses,
+        }
+        for values in filters.values():
+            if len(values) > MAX_FACET_FILTERS or any(not v or len(v) > 512 for v in values):
+                raise RequestError(f"at most {MAX_FACET_FILTERS} facet values of 1 to 512 characters each")
         tokens = self._index.analyze(fold(text), analyzer_for(request.locale)) if text else []
         metadata_tokens = set(self._index.analyze(text, "metadata_text", kind="assets")) if text else set()
         distinct = max(len(set(tokens)), len(metadata_tokens))
@@ -159,6 +199,8 @@ class Searcher:
             "smart_any": union,
             "has_smart_any": bool(union),
             "features": [{"feature": feature_name(tag), "boost": round(share, 6)} for tag in ranked],
+            **{name: list(dict.fromkeys(values)) for name, values in filters.items()},
+            "facets": request.facets,
         }
 
     def search(self, request: SearchRequest) -> SearchResult:
@@ -182,7 +224,12 @@ class Searcher:
                 )
             )
         total = response["hits"]["total"]
-        return SearchResult(total=int(total["value"] if isinstance(total, dict) else total), hits=hits, params=params)
+        return SearchResult(
+            total=int(total["value"] if isinstance(total, dict) else total),
+            hits=hits,
+            params=params,
+            facets=_facets(response.get("aggregations") or {}),
+        )
 
     def _folder(self, folder: str | None) -> str | None:
         """A folder as a prefix ("seed") or as a URL of this bucket ("s3://bucket/seed/")."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import functools
 import html
 import logging
@@ -188,21 +189,77 @@ def report_xlsx(run_id: str) -> ResponseReturnValue:
 # --- search and moderation --------------------------------------------------------------------------
 
 
+# Facet name -> the query-string argument that filters by it (repeatable: every value is required).
+FACET_ARGS = {"smart_tags": "tag", "keywords": "keyword", "formats": "format", "statuses": "status"}
+FACET_TITLES = {
+    "smart_tags": "Smart tags",
+    "keywords": "Keywords",
+    "folders": "Folder",
+    "formats": "Format",
+    "statuses": "Tagging status",
+    "months": "Modified",
+}
+
+
+def _month_range(month: str) -> tuple[str, str] | None:
+    """``YYYY-MM`` as the first and last instant of that month, or None if it is not one."""
+    match = re.fullmatch(r"(\d{4})-(\d{2})", month)
+    if not match or not 1 <= int(match.group(2)) <= 12:
+        return None
+    last = calendar.monthrange(int(match.group(1)), int(match.group(2)))[1]
+    return f"{month}-01T00:00:00.000Z", f"{month}-{last:02d}T23:59:59.999Z"
+
+
+def facet_url(name: str, value: str) -> str:
+    """This search with ``value`` of facet ``name`` chosen, or dropped if it was chosen (page 1 again)."""
+    args = request.args.to_dict(flat=False)
+    args.pop("page", None)
+    arg = FACET_ARGS.get(name) or {"folders": "folder", "months": "month"}[name]
+    chosen = args.get(arg, [])
+    if arg in ("folder", "month"):
+        args[arg] = [] if chosen == [value] else [value]
+    else:
+        args[arg] = [v for v in chosen if v != value] if value in chosen else [*chosen, value]
+    return url_for("admin.search", **{k: v for k, v in args.items() if v})
+
+
 @bp.route("/search")
 @require(VIEWER)
 def search() -> ResponseReturnValue:
     text = request.args.get("q", "")
     folder = request.args.get("folder") or None
     page = request.args.get("page", 0, type=int) or 0
+    month = request.args.get("month", "")
+    chosen = {arg: request.args.getlist(arg) for arg in FACET_ARGS.values()}
+    months = _month_range(month) if month else None
     result = None
-    error = None
-    try:
-        result = ctx().services.searcher.search(
-            SearchRequest(text=text, folder=folder, page=max(page, 0), size=PAGE_SIZE, highlight=True)
-        )
-    except RequestError as exc:
-        error = str(exc)
+    error = "month must be YYYY-MM" if month and months is None else None
+    if error is None:
+        try:
+            result = ctx().services.searcher.search(
+                SearchRequest(
+                    text=text,
+                    folder=folder,
+                    page=max(page, 0),
+                    size=PAGE_SIZE,
+                    highlight=True,
+                    tags=chosen["tag"],
+                    keywords=chosen["keyword"],
+                    formats=chosen["format"],
+                    statuses=chosen["status"],
+                    modified_from=months[0] if months else None,
+                    modified_to=months[1] if months else None,
+                    facets=True,
+                )
+            )
+        except RequestError as exc:
+            error = str(exc)
     titles = {tag.id: tag.title() for tag in ctx().services.taxonomy.load().tags.values()}
+    selected = {
+        **{name: set(chosen[arg]) for name, arg in FACET_ARGS.items()},
+        "folders": {folder} if folder else set(),
+        "months": {month} if month else set(),
+    }
     return render_template(
         "search.html",
         q=text,
@@ -212,6 +269,10 @@ def search() -> ResponseReturnValue:
         error=error,
         titles=titles,
         page_size=PAGE_SIZE,
+        facet_titles=FACET_TITLES,
+        selected=selected,
+        facet_url=facet_url,
+        page_url=lambda n: url_for("admin.search", **{**request.args.to_dict(flat=False), "page": [str(n)]}),
     )
 
 
