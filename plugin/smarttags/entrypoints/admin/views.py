@@ -220,7 +220,12 @@ def facet_url(name: str, value: str) -> str:
         args[arg] = [] if chosen == [value] else [value]
     else:
         args[arg] = [v for v in chosen if v != value] if value in chosen else [*chosen, value]
-    return url_for("admin.search", **{k: v for k, v in args.items() if v})
+    return _search_url({k: v for k, v in args.items() if v})
+
+
+def _search_url(args: dict[str, list[str]]) -> str:
+    query: dict[str, Any] = dict(args)  # url_for repeats a list's values: ?tag=a&tag=b
+    return url_for("admin.search", **query)
 
 
 @bp.route("/search")
@@ -272,7 +277,7 @@ def search() -> ResponseReturnValue:
         facet_titles=FACET_TITLES,
         selected=selected,
         facet_url=facet_url,
-        page_url=lambda n: url_for("admin.search", **{**request.args.to_dict(flat=False), "page": [str(n)]}),
+        page_url=lambda n: _search_url({**request.args.to_dict(flat=False), "page": [str(n)]}),
     )
 
 
