@@ -6,7 +6,7 @@ import pytest
 from smarttags.adapters.asset_index import AssetIndex
 from smarttags.core.asset import Asset, SmartTag
 from smarttags.core.moderation import PROMOTE, REMOVE, Moderation
-from smarttags.errors import ConflictError, NotFound
+from smarttags.errors import ConflictError, NotFound, RequestError
 
 from tests.fakes import FakeIndex
 
@@ -46,3 +46,20 @@ def test_a_missing_asset_and_an_asset_that_keeps_changing() -> None:
         moderation.promote(asset_id, "x:cat", user="mod")
     assets.put = real_put  # type: ignore[method-assign]
     assert assets.get(asset_id).asset.promoted == frozenset()  # type: ignore[union-attr]
+
+
+def test_bulk_changes_each_asset_once_with_its_own_audit_record() -> None:
+    index, assets, moderation, asset_id = _world()
+    other = Asset("b", "b.jpg").with_smart_tags([SmartTag("x:dog", 0.8, "m1")])
+    assets.put(other)
+    done = moderation.bulk([asset_id, other.id, other.id, "f" * 40], REMOVE, "x:dog", user="mod")
+    assert (done.changed, done.unchanged, done.missing) == (2, 0, 1)
+    assert moderation.bulk([asset_id], REMOVE, "x:dog", user="mod").unchanged == 1
+    trail = [doc for (kind, _), (doc, _) in index.docs.items() if kind == "audit"]
+    assert sorted(doc["asset_id"] for doc in trail) == sorted([asset_id, other.id])
+    assert all(doc["action"] == REMOVE and doc["user"] == "mod" for doc in trail)
+    assert moderation.bulk([other.id], PROMOTE, "x:cat", user="mod").changed == 1
+    with pytest.raises(RequestError, match="at most 1000"):
+        moderation.bulk(["a"] * 1001, REMOVE, "x:dog", user="mod")
+    with pytest.raises(RequestError, match="bulk action"):
+        moderation.bulk([asset_id], "unpromote_tag", "x:dog", user="mod")

@@ -75,6 +75,7 @@ POSTS = {
     "/users": "admin",
     "/users/viewer": "admin",
     "/assets/{cat}/tags": "moderator",
+    "/moderation/bulk": "moderator",
 }
 RANK = {"viewer": 1, "moderator": 2, "admin": 3}
 
@@ -370,6 +371,36 @@ def test_search_facets_count_filter_and_escape(as_role, seeded):
     assert "month must be YYYY-MM" in client.get("/search?month=2026-13").get_data(as_text=True)
 
 
+def test_bulk_moderation_of_selected_assets_and_of_all_results(as_role, services, seeded):
+    client = as_role("moderator")
+    page = client.get("/search?folder=photos").get_data(as_text=True)
+    assert 'name="asset"' in page and "Bulk moderation" in page
+    assert 'name="asset"' not in as_role("viewer").get("/search").get_data(as_text=True)
+    form = {"action": "remove", "bulk_tag": "animals:cat", "query": "folder=photos", "scope": "selected"}
+    response = client.post("/moderation/bulk", data={**form, "asset": [seeded.cat_id, seeded.broken_id]})
+    assert response.status_code == 302 and response.headers["Location"] == "/search?folder=photos"
+    # The broken file never had Cat: rejecting it still keeps a later model from adding it.
+    assert "removed from 2 assets (0 already so, 0 gone)" in client.get("/search").get_data(as_text=True)
+    client.post("/moderation/bulk", data={**form, "asset": [seeded.cat_id]})
+    assert "removed from 0 assets (1 already so, 0 gone)" in client.get("/search").get_data(as_text=True)
+    assert "animals:cat" in services.assets.get(seeded.cat_id).asset.rejected
+    assert [a["tag"] for a in services.moderation.audit(asset_id=seeded.cat_id)] == ["animals:cat"]  # once
+
+    # Every result of a faceted query: both photos get Dog, the other folder is untouched.
+    form = {"action": "promote", "bulk_tag": "animals:dog", "query": "folder=photos&status=pending", "scope": "all"}
+    page = client.post("/moderation/bulk", data=form, follow_redirects=True).get_data(as_text=True)
+    assert "promoted on 2 assets" in page
+    assert services.assets.get(seeded.broken_id).asset.is_promoted("animals:dog")
+    assert not services.assets.get(seeded.xss_id).asset.is_promoted("animals:dog")
+    assert {a["user"] for a in services.moderation.audit()} == {"moderator"}
+
+    unknown = client.post("/moderation/bulk", data={**form, "bulk_tag": "animals:unicorn"}, follow_redirects=True)
+    assert "not in the taxonomy" in unknown.get_data(as_text=True)
+    empty = client.post("/moderation/bulk", data={**form, "scope": "selected"}, follow_redirects=True)
+    assert "Select at least one asset" in empty.get_data(as_text=True)
+    assert client.post("/moderation/bulk", data={**form, "action": "explode"}).status_code == 400
+
+
 def test_search_refuses_an_overlong_query(as_role):
     page = as_role("viewer").get("/search?q=" + "a" * 2001).get_data(as_text=True)
     assert "at most 2000 are allowed" in page
@@ -432,6 +463,9 @@ def test_runs_page_and_the_fifteen_asset_limit(as_role, seeded):
     assert "16 assets asked for; on-demand tagging takes at most 15" in response.get_data(as_text=True)
     response = client.post("/runs/tag", data={"keys": ""})
     assert "name at least one asset" in response.get_data(as_text=True)
+    # The search grid's checkboxes send asset ids: each stands for its key.
+    response = client.post("/runs/tag", data={"asset": [seeded.cat_id] * 2, "keys": keys}, follow_redirects=True)
+    assert "17 assets asked for" in response.get_data(as_text=True)
 
 
 def test_admin_creates_users(as_role, services):

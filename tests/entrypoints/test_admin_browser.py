@@ -1,5 +1,6 @@
-"""The admin panel in a real headless Chromium (Debian's), driven by Playwright: log in, search, open
-Manage Tags, remove a tag, see it gone from the results; the report page draws its chart."""
+"""The admin panel in a real headless Chromium (Debian's), driven by Playwright: log in, narrow the grid
+by a facet, promote a tag on two selected assets, open Manage Tags, remove a tag, see it gone from the
+results; the report page draws its chart; an admin changes a user's role."""
 
 from __future__ import annotations
 
@@ -82,6 +83,18 @@ def test_search_moderate_and_report(server, page):
     page.locator("[data-facet=smart_tags] a.on").click()
     page.wait_for_url("**/search")
     assert page.locator("li.hit").count() == 3
+
+    # Bulk: select two cards, promote Dog on them; the grid shows it on both and only there.
+    for key in ("photos/cat.jpg", "other/xss.jpg"):
+        page.locator("li.hit", has_text=key).locator("input[name=asset]").check()
+    page.select_option("select[name=action]", "promote")
+    page.select_option("select[name=bulk_tag]", "animals:dog")
+    page.click("fieldset.bulk button")
+    page.wait_for_url("**/search")
+    assert "promoted on 2 assets" in page.locator(".flash.ok").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "bulk.png"), full_page=True)
+    assert page.locator("li.hit .chip.promoted", has_text="Dog").count() == 2
+    assert page.locator("li.hit", has_text="photos/broken.jpg").locator(".chip", has_text="Dog").count() == 0
     page.goto(f"{base}/search?q=cat")
     hit = page.locator("li.hit", has_text="photos/cat.jpg")
 
@@ -112,6 +125,15 @@ def test_search_moderate_and_report(server, page):
         page.goto(f"{base}/{name}")
         assert page.locator("h1").count() == 1
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    page.goto(f"{base}/users")
+    row = page.locator("tr[data-user=viewer]")
+    row.locator("select[name=role]").select_option("moderator")
+    row.locator("button", has_text="Set role").click()
+    page.wait_for_url("**/users")
+    assert "viewer is now moderator" in page.locator(".flash.ok").inner_text()
+    assert "set the role of viewer to moderator" in page.locator("table.history").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "users.png"), full_page=True)
 
     page.click("header .who button")
     page.wait_for_url("**/login")

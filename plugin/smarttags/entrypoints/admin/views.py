@@ -11,14 +11,17 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, send_file, url_for
 from flask.typing import ResponseReturnValue
 from markupsafe import Markup, escape
+from werkzeug.datastructures import MultiDict
 
 from smarttags.core import report
 from smarttags.core.asset import Asset
 from smarttags.core.folders import Folder
+from smarttags.core.moderation import MAX_BULK, PROMOTE, REMOVE
 from smarttags.core.runs import ON_DEMAND, TRAIN
 from smarttags.core.search import SearchRequest
 from smarttags.core.users import ADMIN, MODERATOR, ROLES, VIEWER
@@ -228,6 +231,28 @@ def _search_url(args: dict[str, list[str]]) -> str:
     return url_for("admin.search", **query)
 
 
+def _search_request(args: MultiDict[str, str], *, page: int, size: int) -> SearchRequest:
+    """The search the page's query string describes (text, folder, facet values, month)."""
+    month = args.get("month", "")
+    months = _month_range(month) if month else None
+    if month and months is None:
+        raise RequestError("month must be YYYY-MM")
+    return SearchRequest(
+        text=args.get("q", ""),
+        folder=args.get("folder") or None,
+        page=max(page, 0),
+        size=size,
+        highlight=True,
+        tags=args.getlist("tag"),
+        keywords=args.getlist("keyword"),
+        formats=args.getlist("format"),
+        statuses=args.getlist("status"),
+        modified_from=months[0] if months else None,
+        modified_to=months[1] if months else None,
+        facets=True,
+    )
+
+
 @bp.route("/search")
 @require(VIEWER)
 def search() -> ResponseReturnValue:
@@ -236,29 +261,12 @@ def search() -> ResponseReturnValue:
     page = request.args.get("page", 0, type=int) or 0
     month = request.args.get("month", "")
     chosen = {arg: request.args.getlist(arg) for arg in FACET_ARGS.values()}
-    months = _month_range(month) if month else None
     result = None
-    error = "month must be YYYY-MM" if month and months is None else None
-    if error is None:
-        try:
-            result = ctx().services.searcher.search(
-                SearchRequest(
-                    text=text,
-                    folder=folder,
-                    page=max(page, 0),
-                    size=PAGE_SIZE,
-                    highlight=True,
-                    tags=chosen["tag"],
-                    keywords=chosen["keyword"],
-                    formats=chosen["format"],
-                    statuses=chosen["status"],
-                    modified_from=months[0] if months else None,
-                    modified_to=months[1] if months else None,
-                    facets=True,
-                )
-            )
-        except RequestError as exc:
-            error = str(exc)
+    error = None
+    try:
+        result = ctx().services.searcher.search(_search_request(request.args, page=page, size=PAGE_SIZE))
+    except RequestError as exc:
+        error = str(exc)
     titles = {tag.id: tag.title() for tag in ctx().services.taxonomy.load().tags.values()}
     selected = {
         **{name: set(chosen[arg]) for name, arg in FACET_ARGS.items()},
@@ -278,7 +286,58 @@ def search() -> ResponseReturnValue:
         selected=selected,
         facet_url=facet_url,
         page_url=lambda n: _search_url({**request.args.to_dict(flat=False), "page": [str(n)]}),
+        query_string=request.query_string.decode("utf-8", "replace"),
+        taxonomy=sorted(ctx().services.taxonomy.load().tags.values(), key=lambda t: t.title().lower()),
+        max_bulk=MAX_BULK,
     )
+
+
+@bp.route("/moderation/bulk", methods=["POST"])
+@require(MODERATOR)
+def bulk_moderation() -> ResponseReturnValue:
+    """Remove or promote one tag on the selected assets, or on every result of the search (at most
+    ``MAX_BULK``); each change is audited."""
+    query = request.form.get("query", "")
+    back = url_for("admin.search") + (f"?{query}" if query else "")
+    action = {"remove": REMOVE, "promote": PROMOTE}.get(request.form.get("action", ""))
+    tag = request.form.get("bulk_tag", "").strip()
+    if action is None or not tag or len(tag) > MAX_TAG_CHARS:
+        abort(400)
+    if action == PROMOTE and tag not in ctx().services.taxonomy.load():
+        flash(f"{tag} is not in the taxonomy; import it first.", "error")
+        return redirect(back)
+    if request.form.get("scope") == "all":
+        ids = _all_results(MultiDict(parse_qsl(query)))
+    else:
+        ids = [i for i in request.form.getlist("asset") if re.fullmatch(r"[0-9a-f]{1,64}", i)]
+    if not ids:
+        flash("Select at least one asset, or choose all results.", "error")
+        return redirect(back)
+    done = ctx().services.moderation.bulk(ids, action, tag, user=_user_name())
+    verb = "removed from" if action == REMOVE else "promoted on"
+    flash(
+        f"{tag}: {verb} {done.changed} asset{'s' if done.changed != 1 else ''}"
+        f" ({done.unchanged} already so, {done.missing} gone).",
+        "ok",
+    )
+    return redirect(back)
+
+
+def _all_results(args: MultiDict[str, str]) -> list[str]:
+    """The ids of every result of a search, refused above ``MAX_BULK`` (a bulk change needs a narrow query)."""
+    searcher = ctx().services.searcher
+    first = searcher.search(_search_request(args, page=0, size=100))
+    if first.total > MAX_BULK:
+        raise RequestError(f"the search has {first.total} results; a bulk change takes at most {MAX_BULK}")
+    ids = [hit.asset_id for hit in first.hits]
+    page = 1
+    while len(ids) < first.total:
+        more = searcher.search(_search_request(args, page=page, size=100)).hits
+        if not more:
+            break
+        ids.extend(hit.asset_id for hit in more)
+        page += 1
+    return ids
 
 
 def _asset(asset_id: str) -> Asset:
@@ -394,7 +453,8 @@ def runs() -> ResponseReturnValue:
 @require(ADMIN)
 def runs_tag() -> ResponseReturnValue:
     text = request.form.get("keys", "")
-    keys = list(dict.fromkeys([*request.form.getlist("key"), *(line.strip() for line in text.splitlines())]))
+    selected = [_asset(i).key for i in request.form.getlist("asset")[: ctx().settings.tagging.max_assets_on_demand + 1]]
+    keys = list(dict.fromkeys([*request.form.getlist("key"), *selected, *(line.strip() for line in text.splitlines())]))
     keys = [k for k in keys if k]
     try:
         run = ctx().services.tag_now(keys, user=_user_name())
