@@ -13,6 +13,7 @@ from smarttags.errors import ConfigError
 from smarttags.settings import AdminSettings
 
 from tests.admin_seed import PASSWORD, XSS, seed
+from tests.event_files import s3_event
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +65,7 @@ GET_PAGES = {  # path -> the least role that may see it
     "/assets/{cat}": "viewer",
     "/status": "admin",
     "/users": "admin",
+    "/dead-letters": "admin",
 }
 POSTS = {
     "/folders/enable": "admin",
@@ -76,6 +78,7 @@ POSTS = {
     "/users/viewer": "admin",
     "/assets/{cat}/tags": "moderator",
     "/moderation/bulk": "moderator",
+    "/dead-letters/redrive": "admin",
 }
 RANK = {"viewer": 1, "moderator": 2, "admin": 3}
 
@@ -466,6 +469,41 @@ def test_runs_page_and_the_fifteen_asset_limit(as_role, seeded):
     # The search grid's checkboxes send asset ids: each stands for its key.
     response = client.post("/runs/tag", data={"asset": [seeded.cat_id] * 2, "keys": keys}, follow_redirects=True)
     assert "17 assets asked for" in response.get_data(as_text=True)
+
+
+def test_dead_letters_list_with_reasons_and_redrive(as_role, services, seeded):
+    from smarttags.core.asset import TaggingStatus
+
+    bucket = services.settings.aws.bucket
+    broken = services.assets.get(seeded.broken_id)
+    failed = broken.asset.with_status(TaggingStatus.FAILED, reason="cannot identify image file")
+    services.assets.put(failed, expected=broken, refresh="true")
+    client = as_role("admin")
+    assert "dead-letter queue is empty" in client.get("/dead-letters").get_data(as_text=True)
+    for key in ("photos/broken.jpg", "photos/cat.jpg"):
+        body = s3_event("s3_object_created.json", bucket=bucket, key=key, sequencer="0A")
+        services.dead_letter_queue.send([body])
+    services.dead_letter_queue.send_raw(["{not json"])
+    page = client.get("/dead-letters").get_data(as_text=True)
+    rows = dict(re.findall(r'<tr data-message="([^"]+)">(.*?)</tr>', page, re.S))
+    assert len(rows) == 3
+    by_key = {next(iter(re.findall(r"<code>(.*?)</code>", row)), "-"): (mid, row) for mid, row in rows.items()}
+    assert "cannot identify image file" in by_key[f"s3://{bucket}/photos/broken.jpg"][1]
+    assert "no failure recorded" in by_key[f"s3://{bucket}/photos/cat.jpg"][1]
+    assert "unreadable message" in by_key["-"][1]
+    assert client.get("/dead-letters").get_data(as_text=True).count("<tr data-message=") == 3  # listing took none
+
+    before = services.queue.depth()["visible"]
+    one = by_key[f"s3://{bucket}/photos/broken.jpg"][0]
+    page = client.post("/dead-letters/redrive", data={"message_id": one}, follow_redirects=True).get_data(as_text=True)
+    assert "1 message sent back" in page and page.count("<tr data-message=") == 2
+    assert services.queue.depth()["visible"] == before + 1
+    gone = client.post("/dead-letters/redrive", data={"message_id": one}, follow_redirects=True)
+    assert "no longer in the dead-letter queue" in gone.get_data(as_text=True)
+    page = client.post("/dead-letters/redrive", data={"all": "1"}, follow_redirects=True).get_data(as_text=True)
+    assert "2 messages sent back" in page and "dead-letter queue is empty" in page
+    assert services.queue.depth()["visible"] == before + 3
+    assert client.post("/dead-letters/redrive", data={}).status_code == 400
 
 
 def test_admin_creates_users(as_role, services):

@@ -13,6 +13,7 @@ from smarttags.settings import AdminSettings
 from werkzeug.serving import make_server
 
 from tests.admin_seed import PASSWORD, seed
+from tests.event_files import s3_event
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -38,7 +39,7 @@ def server(settings, services):
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}", seeded
+    yield f"http://127.0.0.1:{httpd.server_port}", seeded, services
     httpd.shutdown()
     thread.join(timeout=10)
     httpd.server_close()
@@ -60,7 +61,7 @@ def page():
 
 
 def test_search_moderate_and_report(server, page):
-    base, seeded = server
+    base, seeded, services = server
     page.goto(f"{base}/search?q=cat")
     assert "/login" in page.url  # not logged in: sent to the login page
     page.fill("input[name=username]", "admin")
@@ -121,10 +122,23 @@ def test_search_moderate_and_report(server, page):
     assert page.locator(".pill.trained").count() >= 1
     page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
 
-    for name in ("folders", "models", "status", "runs"):
+    for name in ("folders", "models", "status", "runs", "dead-letters"):
         page.goto(f"{base}/{name}")
         assert page.locator("h1").count() == 1
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    # The dead-letter queue: one message, redriven from its row.
+    bucket = services.settings.aws.bucket
+    body = s3_event("s3_object_created.json", bucket=bucket, key="photos/broken.jpg", sequencer="0B")
+    services.dead_letter_queue.send([body])
+    page.goto(f"{base}/dead-letters")
+    row = page.locator("tr[data-message]", has_text="photos/broken.jpg")
+    assert row.count() == 1
+    page.screenshot(path=str(ARTIFACTS / "dead-letters.png"), full_page=True)
+    row.locator("button", has_text="Redrive").click()
+    page.wait_for_url("**/dead-letters")
+    assert "1 message sent back" in page.locator(".flash.ok").inner_text()
+    assert page.locator("tr[data-message]").count() == 0
 
     page.goto(f"{base}/users")
     row = page.locator("tr[data-user=viewer]")

@@ -48,6 +48,10 @@ class WorkQueue:
 
     def send(self, bodies: Iterable[Mapping[str, Any]]) -> int:
         """Send JSON bodies in batches of ten; raise if SQS refuses any of them."""
+        return self.send_raw(json.dumps(body) for body in bodies)
+
+    def send_raw(self, bodies: Iterable[str]) -> int:
+        """Send message bodies as they are (a redriven message keeps its exact body)."""
         sent = 0
         batch: list[dict[str, str]] = []
 
@@ -69,7 +73,7 @@ class WorkQueue:
             batch = []
 
         for body in bodies:
-            batch.append({"Id": str(len(batch)), "MessageBody": json.dumps(body)})
+            batch.append({"Id": str(len(batch)), "MessageBody": body})
             if len(batch) == SEND_BATCH:
                 flush()
         flush()
@@ -103,6 +107,11 @@ class WorkQueue:
     def backoff(self, receipt_handle: str, seconds: int) -> None:
         """Make a failed message visible again after ``seconds`` instead of the full visibility timeout."""
         self._call("change_message_visibility", ReceiptHandle=receipt_handle, VisibilityTimeout=seconds)
+
+    def release(self, receipt_handles: Iterable[str]) -> None:
+        """Make received messages visible again now (after looking at them without handling them)."""
+        for handle in receipt_handles:
+            self.backoff(handle, 0)
 
     def depth(self) -> dict[str, int]:
         attributes = self._call(

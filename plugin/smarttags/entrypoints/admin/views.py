@@ -25,8 +25,8 @@ from smarttags.core.moderation import MAX_BULK, PROMOTE, REMOVE
 from smarttags.core.runs import ON_DEMAND, TRAIN
 from smarttags.core.search import SearchRequest
 from smarttags.core.users import ADMIN, MODERATOR, ROLES, VIEWER
+from smarttags.entrypoints import dead_letters, overview
 from smarttags.entrypoints import health as status
-from smarttags.entrypoints import overview
 from smarttags.entrypoints.admin.auth import ctx, current_user, require
 from smarttags.errors import NotFound, RequestError
 
@@ -466,6 +466,32 @@ def runs_tag() -> ResponseReturnValue:
         "ok" if not run.errors else "error",
     )
     return redirect(url_for("admin.runs"))
+
+
+# --- dead letters ---------------------------------------------------------------------------------------
+
+
+@bp.route("/dead-letters")
+@require(ADMIN)
+def dead_letters_page() -> ResponseReturnValue:
+    letters = dead_letters.list_dead_letters(ctx().services)
+    depth = ctx().services.dead_letter_queue.depth()
+    return render_template("dead_letters.html", letters=letters, depth=depth, limit=dead_letters.MAX_LISTED)
+
+
+@bp.route("/dead-letters/redrive", methods=["POST"])
+@require(ADMIN)
+def dead_letters_redrive() -> ResponseReturnValue:
+    message_id = request.form.get("message_id") or None
+    if message_id is None and request.form.get("all") != "1":
+        abort(400)
+    moved = dead_letters.redrive(ctx().services, message_id)
+    log.info("%d dead letter(s) redriven by %s", moved, _user_name())
+    if message_id and not moved:
+        flash("That message is no longer in the dead-letter queue.", "error")
+    else:
+        flash(f"{moved} message{'s' if moved != 1 else ''} sent back to the tagging queue.", "ok")
+    return redirect(url_for("admin.dead_letters_page"))
 
 
 # --- users ---------------------------------------------------------------------------------------------
