@@ -427,6 +427,23 @@ def test_moderation_remove_promote_and_audit(as_role, services, seeded):
     assert client.get("/assets/ffff").status_code == 404
 
 
+def test_asset_page_facts_and_a_presigned_original(as_role, app, services, seeded):
+    import urllib.request
+
+    page = as_role("viewer").get(f"/assets/{seeded.cat_id}").get_data(as_text=True)
+    size = services.assets.get(seeded.cat_id).asset.size
+    assert "image/jpeg" in page and f"{size} Bytes" in page and "modified" in page
+    assert f"/assets/{seeded.cat_id}/original" in page
+    assert app.test_client().get(f"/assets/{seeded.cat_id}/original").headers["Location"].startswith("/login")
+    response = as_role("viewer").get(f"/assets/{seeded.cat_id}/original")
+    assert response.status_code == 303
+    link = response.headers["Location"]
+    assert "photos/cat.jpg" in link and "Signature" in link and "Expires" in link
+    with urllib.request.urlopen(link, timeout=10) as fetched:  # the browser's request: no credentials
+        assert fetched.read() == services.store.get_bytes("photos/cat.jpg")[0]
+    assert as_role("viewer").get("/assets/ffff/original").status_code == 404
+
+
 def test_thumbnails_once_per_version_and_placeholder(as_role, services, seeded):
     client = as_role("viewer")
     first = client.get(f"/assets/{seeded.cat_id}/thumbnail")

@@ -42,6 +42,17 @@ class ObjectStore:
         except BotoCoreError as exc:
             raise translate_aws_error(exc, "s3") from exc
 
+    def presigned_url(self, key: str, *, expires_seconds: int = 300, version_id: str | None = None) -> str:
+        """A short-lived GET link to the object, for a browser that has no AWS credentials."""
+        params: dict[str, str] = {"Bucket": self.bucket, "Key": key}
+        if version_id:
+            params["VersionId"] = version_id
+        try:
+            url: str = self._s3.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_seconds)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_aws_error(exc, "s3") from exc
+        return url
+
     def head(self, key: str) -> ObjectInfo:
         meta = self._call("head_object", Key=key)
         return ObjectInfo(

@@ -358,6 +358,15 @@ def asset(asset_id: str) -> ResponseReturnValue:
     return render_template("asset.html", doc=doc, titles=titles, audit=audit)
 
 
+@bp.route("/assets/<asset_id>/original")
+@require(VIEWER)
+def original(asset_id: str) -> ResponseReturnValue:
+    """Open the original: a redirect to a presigned S3 link, made per click and valid for five minutes."""
+    doc = _asset(asset_id)
+    store = ctx().services.store_for(doc.bucket)
+    return redirect(store.presigned_url(doc.key, version_id=doc.version_id), code=303)
+
+
 @bp.route("/assets/<asset_id>/tags", methods=["POST"])
 @require(MODERATOR)
 def asset_tags(asset_id: str) -> ResponseReturnValue:
