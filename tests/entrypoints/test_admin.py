@@ -66,6 +66,7 @@ GET_PAGES = {  # path -> the least role that may see it
     "/status": "admin",
     "/users": "admin",
     "/dead-letters": "admin",
+    "/review": "moderator",
 }
 POSTS = {
     "/folders/enable": "admin",
@@ -79,6 +80,7 @@ POSTS = {
     "/assets/{cat}/tags": "moderator",
     "/moderation/bulk": "moderator",
     "/dead-letters/redrive": "admin",
+    "/review/decide": "moderator",
 }
 RANK = {"viewer": 1, "moderator": 2, "admin": 3}
 
@@ -528,6 +530,34 @@ def test_dead_letters_list_with_reasons_and_redrive(as_role, services, seeded):
     assert "2 messages sent back" in page and "dead-letter queue is empty" in page
     assert services.queue.depth()["visible"] == before + 3
     assert client.post("/dead-letters/redrive", data={}).status_code == 400
+
+
+def test_review_queue_least_certain_first_accept_and_reject(as_role, services, seeded):
+    from tests.admin_seed import _asset as seed_asset
+    from tests.admin_seed import jpeg
+
+    unsure_dog = seed_asset(services, "photos/dog.jpg", jpeg((1, 2, 3)), title="Dog?", smart=[("animals:dog", 0.55)])
+    unsure_cat = seed_asset(services, "photos/cat2.jpg", jpeg((3, 2, 1)), title="Cat?", smart=[("animals:cat", 0.6)])
+    services.index.refresh("assets")
+    queue = services.review.next()
+    assert [(d.asset.id, d.tag) for d in queue] == [
+        (unsure_dog, "animals:dog"),
+        (unsure_cat, "animals:cat"),
+        (seeded.cat_id, "animals:cat"),
+    ]  # nearest the 0.5 thresholds first; scenes:beach is not the active model's tag
+    assert queue[0].threshold == 0.5 and round(queue[0].margin, 2) == 0.05
+    client = as_role("moderator")
+    page = client.get("/review").get_data(as_text=True)
+    assert page.index("photos/dog.jpg") < page.index("photos/cat2.jpg") < page.index("photos/cat.jpg")
+    assert "review.js" in page
+    assert client.post("/review/decide", data={"verdict": "accept", "asset_id": unsure_dog, "tag": "animals:dog"})
+    assert services.assets.get(unsure_dog).asset.is_promoted("animals:dog")
+    client.post("/review/decide", data={"verdict": "reject", "asset_id": unsure_cat, "tag": "animals:cat"})
+    assert "animals:cat" in services.assets.get(unsure_cat).asset.rejected
+    assert [d.asset.id for d in services.review.next()] == [seeded.cat_id]  # reviewed ones leave the queue
+    assert {a["action"] for a in services.moderation.audit()} == {"promote_tag", "remove_tag"}
+    maybe = {"verdict": "maybe", "asset_id": unsure_cat, "tag": "x"}
+    assert client.post("/review/decide", data=maybe).status_code == 400
 
 
 def test_admin_creates_users(as_role, services):

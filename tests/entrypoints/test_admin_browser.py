@@ -62,6 +62,9 @@ def page():
 
 def test_search_moderate_and_report(server, page):
     base, seeded, services = server
+    errors: list[str] = []  # console errors (a CSP refusal, a missing file) on any page fail the test
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(f"{base}/search?q=cat")
     assert "/login" in page.url  # not logged in: sent to the login page
     page.fill("input[name=username]", "admin")
@@ -122,10 +125,29 @@ def test_search_moderate_and_report(server, page):
     assert page.locator(".pill.trained").count() >= 1
     page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
 
-    for name in ("folders", "models", "status", "runs", "dead-letters"):
+    for name in ("folders", "models", "status", "runs", "dead-letters", "review"):
         page.goto(f"{base}/{name}")
         assert page.locator("h1").count() == 1
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    # The review queue with the keyboard: R rejects the least certain decision, A accepts the next.
+    from tests.admin_seed import _asset as seed_asset
+    from tests.admin_seed import jpeg
+
+    dog = seed_asset(services, "photos/dog.jpg", jpeg((9, 9, 9)), title="Dog?", smart=[("animals:dog", 0.52)])
+    services.index.refresh("assets")
+    page.goto(f"{base}/review")
+    assert "photos/dog.jpg" in page.locator("li.decision.current").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "review.png"), full_page=True)
+    page.keyboard.press("r")
+    page.wait_for_selector(".flash.ok")
+    assert "animals:dog: rejected" in page.locator(".flash.ok").inner_text()
+    assert "animals:dog" in services.assets.get(dog).asset.rejected
+    assert "photos/cat.jpg" in page.locator("li.decision.current").inner_text()
+    page.keyboard.press("a")
+    page.wait_for_selector("p.empty")
+    assert "animals:cat: accepted" in page.locator(".flash.ok").inner_text()
+    assert services.assets.get(seeded.cat_id).asset.is_promoted("animals:cat")
 
     # The dead-letter queue: one message, redriven from its row.
     bucket = services.settings.aws.bucket
@@ -151,3 +173,4 @@ def test_search_moderate_and_report(server, page):
 
     page.click("header .who button")
     page.wait_for_url("**/login")
+    assert errors == []

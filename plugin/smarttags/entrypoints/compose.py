@@ -21,6 +21,7 @@ from smarttags.core import windows
 from smarttags.core.folders import Folder, FolderRegistry
 from smarttags.core.model_registry import ModelStore
 from smarttags.core.moderation import Moderation
+from smarttags.core.review import ReviewQueue
 from smarttags.core.runs import Run, RunLog
 from smarttags.core.search import Searcher
 from smarttags.core.tagging import Tagger
@@ -105,6 +106,10 @@ class Services:
     @cached_property
     def moderation(self) -> Moderation:
         return Moderation(self.assets, self.index)
+
+    @cached_property
+    def review(self) -> ReviewQueue:
+        return ReviewQueue(self.index, self.assets, self.models, self.settings.aws.bucket)
 
     @cached_property
     def searcher(self) -> Searcher:

@@ -386,6 +386,35 @@ def asset_tags(asset_id: str) -> ResponseReturnValue:
     return redirect(url_for("admin.asset", asset_id=asset_id))
 
 
+# --- review queue ----------------------------------------------------------------------------------------
+
+REVIEW_SIZE = 20
+
+
+@bp.route("/review")
+@require(MODERATOR)
+def review() -> ResponseReturnValue:
+    decisions = ctx().services.review.next(REVIEW_SIZE)
+    titles = {tag.id: tag.title() for tag in ctx().services.taxonomy.load().tags.values()}
+    active = ctx().services.models.active_version()
+    return render_template("review.html", decisions=decisions, titles=titles, active=active)
+
+
+@bp.route("/review/decide", methods=["POST"])
+@require(MODERATOR)
+def review_decide() -> ResponseReturnValue:
+    """Accept (promote: a positive for the next training) or reject (remove: a negative) one decision."""
+    verdict = request.form.get("verdict", "")
+    tag = request.form.get("tag", "").strip()
+    if verdict not in ("accept", "reject") or not tag or len(tag) > MAX_TAG_CHARS:
+        abort(400)
+    asset_id = _asset(request.form.get("asset_id", "")).id
+    moderation = ctx().services.moderation
+    (moderation.promote if verdict == "accept" else moderation.remove)(asset_id, tag, user=_user_name())
+    flash(f"{tag}: {'accepted' if verdict == 'accept' else 'rejected'}.", "ok")
+    return redirect(url_for("admin.review"))
+
+
 @functools.cache
 def _placeholder() -> bytes:
     return (Path(__file__).parent / "static" / "placeholder.svg").read_bytes()
