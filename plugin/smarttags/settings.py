@@ -120,12 +120,14 @@ class TrainingSettings(BaseModel):
 class TaggingSettings(BaseModel):
     # The seed's workflow options.
     ignore_smart_tag_flag: bool = False
-    ignore_errors: bool = False
     max_tags_per_asset: int = Field(default=20, ge=1)
     on_demand_gap_hours: float = Field(default=24, ge=0)
     periodic_gap_days: float = Field(default=182, ge=0)
     max_assets_on_demand: int = Field(default=15, ge=1)
     worker_concurrency: int = Field(default=2, ge=1, le=64)
+    # The first delay before a message that failed on a transient error (a service down) is received
+    # again; each further receive waits 4x longer, at most 5 minutes (see README: outages absorbed).
+    retry_backoff_seconds: int = Field(default=30, ge=1, le=300)
 
 
 class SchedulerSettings(BaseModel):

@@ -72,6 +72,8 @@ def to_document(asset: Asset) -> dict[str, Any]:
             "model_version": asset.tagging.model_version,
             "etag": asset.tagging.etag,
             "tagged_at": asset.tagging.tagged_at,
+            "claim": asset.tagging.claim,
+            "claim_until": asset.tagging.claim_until,
         },
         "updated_at": asset.updated_at or now_iso(),
     }
@@ -119,6 +121,8 @@ def from_document(source: Mapping[str, Any]) -> Asset:
             model_version=tagging.get("model_version"),
             etag=tagging.get("etag"),
             tagged_at=tagging.get("tagged_at"),
+            claim=tagging.get("claim"),
+            claim_until=tagging.get("claim_until"),
         ),
         updated_at=source.get("updated_at"),
     )
@@ -144,11 +148,14 @@ class AssetIndex:
             return None
         return StoredAsset(from_document(found.source), found.seq_no, found.primary_term)
 
-    def put(self, asset: Asset, *, expected: StoredAsset | None = None, refresh: bool | str = False) -> None:
+    def put(self, asset: Asset, *, expected: StoredAsset | None = None, refresh: bool | str = False) -> StoredAsset:
         """Write the asset: over ``expected`` (a ConflictError if it changed since), or as a new document
-        (a ConflictError if one exists)."""
+        (a ConflictError if one exists). Returns it as stored, for the next conditional write."""
         version = Versioned(asset.id, {}, expected.seq_no, expected.primary_term) if expected else None
-        self._index.put(KIND, asset.id, to_document(asset), expected=version, create=expected is None, refresh=refresh)
+        seq_no, primary_term = self._index.put(
+            KIND, asset.id, to_document(asset), expected=version, create=expected is None, refresh=refresh
+        )
+        return StoredAsset(asset, seq_no, primary_term)
 
     def delete(self, expected: StoredAsset) -> bool:
         version = Versioned(expected.asset.id, {}, expected.seq_no, expected.primary_term)

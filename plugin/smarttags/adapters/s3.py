@@ -42,6 +42,11 @@ class ObjectStore:
         except BotoCoreError as exc:
             raise translate_aws_error(exc, "s3") from exc
 
+    def reachable(self) -> bool:
+        """The bucket answers (raises a ServiceError when S3 does not)."""
+        self._call("head_bucket")
+        return True
+
     def head(self, key: str) -> ObjectInfo:
         meta = self._call("head_object", Key=key)
         return ObjectInfo(

@@ -80,6 +80,9 @@ class Tagging:
     model_version: str | None = None
     etag: str | None = None  # the bytes this state is about
     tagged_at: str | None = None
+    # Who is handling which event now (so a concurrent copy of the event finds it taken), and until when.
+    claim: str | None = None
+    claim_until: str | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,9 @@ class Asset:
             tagged_at=now_iso(),
         )
         return replace(self, tagging=tagging)
+
+    def claimed(self, claim: str, until: str) -> Asset:
+        return replace(self, tagging=replace(self.tagging, claim=claim, claim_until=until))
 
     def touched(self) -> Asset:
         return replace(self, updated_at=now_iso())
