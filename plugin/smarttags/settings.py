@@ -100,6 +100,8 @@ class BackboneSettings(BaseModel):
     batch_size: int = Field(default=32, ge=1, le=512)
     decode_workers: int = Field(default=2, ge=1, le=64)
     max_pixels: int = Field(default=100_000_000, ge=1)
+    # Objects larger than this are not downloaded: their asset records the refusal (status failed).
+    max_object_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
 
     @model_validator(mode="after")
     def _custom_needs_file(self) -> BackboneSettings:

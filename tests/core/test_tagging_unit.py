@@ -344,3 +344,12 @@ def test_a_redelivery_of_the_same_message_takes_over_its_own_claim(world: Any) -
     assets.put(stale)
     assert tagger.handle(event, owner="message-2").status == "duplicate"  # another copy: message-1 is pending
     assert tagger.handle(event, owner="message-1").status == "tagged"  # message-1 redelivered: done now
+
+
+def test_without_a_sequencer_the_same_bytes_done_are_a_duplicate() -> None:
+    done = Asset(BUCKET, "up/a.png", etag="e1").with_status(TaggingStatus.TAGGED, model_version="m1", etag="e1")
+    again = events.ObjectEvent(events.CREATED, BUCKET, "up/a.png", etag="e1")
+    assert decide(again, done, active_model="m1").result.status == Handled.DUPLICATE
+    assert decide(again, done, active_model="m2").action == Action.TAG  # a new model: tag again
+    changed = events.ObjectEvent(events.CREATED, BUCKET, "up/a.png", etag="e2")
+    assert decide(changed, done, active_model="m1").action == Action.TAG

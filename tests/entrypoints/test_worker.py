@@ -98,8 +98,9 @@ def test_an_outage_loses_no_event(services, settings, shape_model):
         settings.model_copy(update={"opensearch": settings.opensearch.model_copy(update={"url": "http://127.0.0.1:9"})})
     )
     down.embedder = services.embedder
-    broken = Worker(down.tagger, down.runs, services.queue, wait_seconds=2)
+    broken = Worker(down.tagger, down.runs, services.queue, wait_seconds=2, backoff_first=1)
     assert broken.run_once() >= 1  # received, failed, left on the queue
+    assert broken.circuit_open  # an outage: it stops receiving until the services answer
 
     def tagged() -> bool:
         hits = services.index.search("assets", {"query": {"term": {"key": "o/red.jpg"}}})["hits"]["hits"]
@@ -179,7 +180,7 @@ def test_pdf_svg_raw_and_psb_are_tagged_end_to_end_by_their_bytes(services, shap
 
     services.taxonomy.import_tags([Tag("shapes:red", {"en": "Red"}), Tag("shapes:any", {"en": "Shape"})])
     bucket = services.settings.aws.bucket
-    services.folders.set_enabled(bucket, "docs/", True)
+    services.folders.set_enabled(Folder(bucket, "docs/"), True)
     reference = Image.open(io.BytesIO(picture("red", fmt="PNG")))
     circle_svg = (
         b'<svg xmlns="http://www.w3.org/2000/svg" width="640" height="480"><title>Brand mark</title>'
@@ -203,3 +204,12 @@ def test_pdf_svg_raw_and_psb_are_tagged_end_to_end_by_their_bytes(services, shap
     assert doc["title"] == "Spring catalogue" and (doc["width"], doc["height"]) == (640, 480)
     assert services.searcher.search(SearchRequest(text="spring catalogue")).hits[0].key == "docs/catalogue.png"
     assert services.index.get("assets", asset_id(bucket, "docs/logo.txt")).source["title"] == "Brand mark"
+    # The asset records the format detected from the bytes and the library that read it.
+    formats = {key: services.assets.get(asset_id(bucket, key)).asset for key in bodies}
+    assert {key: a.format for key, a in formats.items()} == {
+        "docs/catalogue.png": "PDF",
+        "docs/logo.txt": "SVG",
+        "docs/shoot.jpg": "RAW",
+        "docs/poster.psd": "PSB",
+    }
+    assert formats["docs/catalogue.png"].decoder == "pypdfium2" and formats["docs/logo.txt"].decoder == "resvg"

@@ -10,7 +10,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from smarttags.adapters.clients import translate_aws_error
 from smarttags.core.ports import ObjectInfo
-from smarttags.errors import NotFound, RequestError
+from smarttags.errors import ImageTooLarge, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class ObjectStore:
         size = int(response.get("ContentLength", 0))
         if size > max_bytes:
             response["Body"].close()
-            raise RequestError(f"s3://{self.bucket}/{key} has {size} bytes, over the limit of {max_bytes}")
+            raise ImageTooLarge(f"{size} bytes is over the limit of {max_bytes} (backbone.max_object_bytes)")
         data: bytes = response["Body"].read()
         info = ObjectInfo(
             bucket=self.bucket,

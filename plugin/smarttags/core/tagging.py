@@ -113,6 +113,10 @@ def decide(event: events.ObjectEvent, held: Asset | None, *, active_model: str |
         return Decision(Action.DONE, Result(event.key, Handled.STALE, reason))
     if event.action == events.REMOVED:
         return Decision(Action.REMOVE)
+    # No sequencer (some S3-compatible stores send none): the same bytes, done, are a redelivery.
+    unordered = event.action == events.CREATED and not event.sequencer and event.etag
+    if held and unordered and held.tagging.etag == event.etag and already_done(held, active_model):
+        return Decision(Action.DONE, Result(event.key, Handled.DUPLICATE))
     if held and event.sequencer and held.sequencer:
         if events.same_sequencer(event.sequencer, held.sequencer):
             # A redelivery: nothing to do once done; a failure or a model change since is done again.
@@ -316,7 +320,7 @@ class Tagger:
 
     def _active_for(self, stored: StoredAsset | None, event: events.ObjectEvent) -> str | None:
         """The active model's version, read only when a duplicate check needs it."""
-        if stored and stored.asset.status == TaggingStatus.TAGGED and event.sequencer:
+        if stored and stored.asset.status == TaggingStatus.TAGGED and (event.sequencer or event.etag):
             model = self.active_model()
             return model.version if model else None
         return None
@@ -360,7 +364,7 @@ class Tagger:
         store = self._stores(event.bucket)
         enabled = self._settings.tagging.ignore_smart_tag_flag or self._folders.is_enabled(event.bucket, event.key)
         try:
-            data, info = store.get_bytes(event.key)
+            data, info = store.get_bytes(event.key, max_bytes=self._settings.backbone.max_object_bytes)
         except ImageTooLarge as exc:  # refused before download, recorded like any other refusal
             return Reading(info=store.head(event.key), sequencer=event.sequencer, enabled=enabled, failure=exc)
         reading = Reading(info=info, sequencer=event.sequencer, enabled=enabled)
