@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
@@ -310,6 +314,97 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
+# --- The local S3 + SQS keeps its state -------------------------------------------------------------------
+
+
+def _moto_of(settings: Settings) -> stack.ManagedProcess:
+    [moto] = [p for p in stack.managed_processes(settings) if p.name == "moto"]
+    return moto
+
+
+def _wait_saved(state_file: Path, after_ns: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if state_file.is_file() and state_file.stat().st_mtime_ns > after_ns:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{state_file} was not written within {timeout} s")
+
+
+@pytest.mark.slow
+def test_local_s3_and_sqs_keep_objects_and_wiring_across_restarts(tmp_path: Path) -> None:
+    settings = make_settings("http://127.0.0.1:9", f"http://127.0.0.1:{free_port()}", tmp_path / "var")
+    moto = _moto_of(settings)
+    state_file = settings.data_dir / "aws" / "moto-state.pickle"
+    bucket = settings.aws.bucket
+    first = stack.start_process(moto)
+    try:
+        wiring = clients.ensure_bucket_and_queue(settings)
+        s3, sqs = clients.s3_client(settings), clients.sqs_client(settings)
+        bodies = {key: f"bytes of {key}".encode() * 100 for key in TRICKY_KEYS}
+        for key, body in bodies.items():
+            s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"owner": "ana"})
+        etags = {key: s3.head_object(Bucket=bucket, Key=key)["ETag"] for key in bodies}
+        assert stack.stop_process(moto)
+        assert state_file.is_file()
+
+        second = stack.start_process(moto)
+        assert second.pid != first.pid and not second.reused
+        # The queues, their redrive policy and the bucket's notification are the same objects as before
+        # (and `stack up` wiring them again keeps the bucket's objects).
+        assert clients.ensure_bucket_and_queue(settings) == wiring
+        for key, body in bodies.items():
+            got = s3.get_object(Bucket=bucket, Key=key)
+            assert got["Body"].read() == body and got["ETag"] == etags[key] and got["Metadata"] == {"owner": "ana"}
+        attributes = sqs.get_queue_attributes(QueueUrl=wiring.queue_url, AttributeNames=["All"])["Attributes"]
+        assert json.loads(attributes["RedrivePolicy"])["deadLetterTargetArn"] == wiring.dead_letter_queue_arn
+        [queue_config] = s3.get_bucket_notification_configuration(Bucket=bucket)["QueueConfigurations"]
+        assert queue_config["QueueArn"] == wiring.queue_arn
+        # The notifications queued before the restart are still there, and uploads after it still notify.
+        s3.put_object(Bucket=bucket, Key="after/restart.jpg", Body=b"new")
+        records = _receive_records(sqs, wiring.queue_url, want=len(TRICKY_KEYS) + 1)
+        assert {unquote_plus(r["s3"]["object"]["key"]) for r in records} == {*TRICKY_KEYS, "after/restart.jpg"}
+
+        # A crash (SIGKILL, no clean save) loses at most the last second: what was saved comes back.
+        before = state_file.stat().st_mtime_ns
+        s3.put_object(Bucket=bucket, Key="before/crash.jpg", Body=b"kept")
+        _wait_saved(state_file, before)
+        os.kill(second.pid, signal.SIGKILL)
+        while _alive(second.pid):
+            time.sleep(0.05)
+        stack.start_process(moto)  # the stale pid file names a dead process: started afresh
+        assert s3.get_object(Bucket=bucket, Key="before/crash.jpg")["Body"].read() == b"kept"
+        assert len(s3.list_objects_v2(Bucket=bucket)["Contents"]) == len(TRICKY_KEYS) + 2
+    finally:
+        stack.stop_process(moto)
+    assert not moto.pid_file.exists()
+
+
+def test_a_state_file_of_another_moto_version_is_refused_and_kept(tmp_path: Path) -> None:
+    import pickle
+
+    from smarttags.devtools import aws_server
+
+    state_file = tmp_path / "moto-state.pickle"
+    state_file.write_bytes(pickle.dumps({"moto": "0.0.1", "backends": {}}))
+    with pytest.raises(SystemExit, match=r"written by moto 0\.0\.1, this is moto .*move the file away"):
+        aws_server.restore(state_file.read_bytes(), state_file)
+    with pytest.raises(SystemExit, match="cannot read"):
+        aws_server.restore(b"not a pickle", state_file)
+    assert state_file.is_file()
+
+
+def test_only_requests_that_change_state_trigger_a_save() -> None:
+    from smarttags.devtools.aws_server import changes_state
+
+    assert not changes_state({"REQUEST_METHOD": "GET"})
+    assert not changes_state({"REQUEST_METHOD": "HEAD"})
+    assert not changes_state({"REQUEST_METHOD": "POST", "HTTP_X_AMZ_TARGET": "AmazonSQS.ReceiveMessage"})
+    assert changes_state({"REQUEST_METHOD": "POST", "HTTP_X_AMZ_TARGET": "AmazonSQS.DeleteMessage"})
+    assert changes_state({"REQUEST_METHOD": "PUT"})  # an S3 upload
+    assert changes_state({"REQUEST_METHOD": "DELETE"})
+
+
 # --- Error translation and secrets (no services) -----------------------------------------------------------
 
 
@@ -438,12 +533,81 @@ def test_external_services_are_never_managed(tmp_path: Path) -> None:
     assert list(processes) == ["opensearch", "moto"]
     assert processes["opensearch"].pid_file.parent == processes["moto"].pid_file.parent == tmp_path / "stack"
     assert "--http-port" in processes["opensearch"].argv and "9200" in processes["opensearch"].argv
-    assert processes["moto"].argv[-1] == "9400"
+    moto_argv = list(processes["moto"].argv)
+    assert moto_argv[moto_argv.index("--port") + 1] == "9400"
+    assert moto_argv[moto_argv.index("--state") + 1] == str((tmp_path / "aws" / "moto-state.pickle").resolve())
 
 
-def test_start_refuses_a_port_taken_by_a_stranger(tmp_path: Path) -> None:
-    with socket.create_server(("127.0.0.1", 0)) as stranger:
+@pytest.mark.parametrize("listening", [True, False], ids=["listener", "bound-without-listener"])
+def test_start_refuses_a_port_taken_by_a_stranger(tmp_path: Path, listening: bool) -> None:
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        if listening:
+            stranger.listen()
         port = stranger.getsockname()[1]
-        with pytest.raises(errors.ServiceUnavailable, match="taken by a process"):
+        with pytest.raises(errors.ConfigError, match=f"127.0.0.1:{port} .* in use by another process"):
             stack.start_moto(port, tmp_path)
     assert not (tmp_path / "moto.pid").exists()
+
+
+def _stranger(listening: bool) -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    if listening:
+        sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize("listening", [True, False], ids=["listener", "bound-without-listener"])
+def test_stack_up_checks_every_port_before_starting_anything(tmp_path: Path, listening: bool) -> None:
+    with _stranger(listening) as aws, _stranger(listening) as admin:
+        aws_port, admin_port = aws.getsockname()[1], admin.getsockname()[1]
+        settings = make_settings(f"http://127.0.0.1:{_port_pair()}", f"http://127.0.0.1:{aws_port}", tmp_path / "var")
+        settings = settings.model_copy(update={"admin": settings.admin.model_copy(update={"port": admin_port})})
+        with pytest.raises(errors.ConfigError) as caught:
+            stack.stack_up(settings, also_ports=[stack.admin_port(settings)])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"setting SMARTTAGS_AWS__ENDPOINT_URL: 127.0.0.1:{aws_port} (S3 + SQS (moto)) is in use")
+    assert f"also 127.0.0.1:{admin_port} (admin panel, SMARTTAGS_ADMIN__PORT)" in message
+    assert not (settings.data_dir / "stack").exists()  # nothing was started, not even a pid file written
+
+
+def test_the_demo_with_its_admin_port_taken_stops_at_once_with_one_line(tmp_path: Path) -> None:
+    with _stranger(True) as admin:
+        port = admin.getsockname()[1]
+        env = {
+            **os.environ,
+            "SMARTTAGS_DATA_DIR": str(tmp_path / "var"),
+            "SMARTTAGS_OPENSEARCH__URL": f"http://127.0.0.1:{_port_pair()}",
+            "SMARTTAGS_AWS__ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+            "SMARTTAGS_ADMIN__PORT": str(port),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "smarttags", "demo"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"smarttags: setting SMARTTAGS_ADMIN__PORT: 127.0.0.1:{port} (admin panel) is in use by another process; "
+        "stop it or choose another port"
+    ]
+    assert not (tmp_path / "var" / "stack").exists()
+
+
+@pytest.mark.slow
+def test_a_failed_opensearch_start_shows_the_cause_from_the_nodes_own_log(tmp_path: Path) -> None:
+    with _stranger(True) as taken:
+        port = taken.getsockname()[1]
+        node = stack.opensearch_process(
+            tmp_path / "opensearch", port, transport_port=free_port(), run_dir=tmp_path / "run", heap_max="512m"
+        )
+        # Skip the port check, as when another process takes the port between the check and the bind.
+        with pytest.raises(errors.ServiceUnavailable) as caught:
+            stack.start_process(replace(node, ports=(), port_needs=()))
+    message = str(caught.value)
+    assert message.startswith("opensearch: exited during start; last log lines:")
+    assert str(tmp_path / "opensearch" / "logs" / "smarttags.log") in message
+    assert f"BindHttpException[Failed to bind to 127.0.0.1:{port}]" in message
+    assert "Address already in use" in message
+    assert "\tat " not in message  # the exception lines, not the Java stack frames
+    assert not node.pid_file.exists()

@@ -89,11 +89,22 @@ def _wait_tagged(services: Services, keys: list[str], timeout: float) -> dict[st
     return tagged
 
 
-def run(settings: Settings, *, out: Callable[[str], None] = print, wait_seconds: float = 180.0) -> DemoResult:
+def _say(text: str) -> None:
+    print(text, flush=True)  # piped output (`make demo | tee log`) shows each line as it happens
+
+
+def run(
+    settings: Settings,
+    *,
+    out: Callable[[str], None] = _say,
+    wait_seconds: float = 180.0,
+    serve_admin: bool = False,
+) -> DemoResult:
     """Run the demo; the returned result lists the processes it started (the caller stops them). If it
-    fails, or is interrupted, it stops them itself before the error goes on."""
+    fails, or is interrupted, it stops them itself before the error goes on. Every port it needs (the
+    admin panel's too, with ``serve_admin``) is checked free before anything starts."""
     out("Starting the embedded stack (OpenSearch, S3 + SQS, upload worker)...")
-    up = stack.stack_up(settings)
+    up = stack.stack_up(settings, also_ports=[stack.admin_port(settings)] if serve_admin else [])
     started = [h for h in up.handles if not h.reused]
     for handle in up.handles:
         out(f"  {handle.name}: {'running' if handle.reused else 'started'} at {handle.url} (pid {handle.pid})")
@@ -140,7 +151,8 @@ def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) ->
     new_keys = sorted(expected)
     out(f"Uploading {len(new_keys)} untagged pictures to s3://{bucket}/{NEW_PREFIX}; the upload tagger tags them...")
     started = time.monotonic()
-    _upload_folder(services, sample_dir / "new", NEW_PREFIX)
+    uploaded = _upload_folder(services, sample_dir / "new", NEW_PREFIX)
+    out(f"  {uploaded} uploaded, {len(new_keys) - uploaded} already there with the same bytes")
     tagged = _wait_tagged(services, new_keys, wait_seconds)
     out(f"  {len(tagged)} pictures tagged in {time.monotonic() - started:.1f} s")
     for key in new_keys[:6]:

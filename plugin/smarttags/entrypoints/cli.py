@@ -43,15 +43,32 @@ def _stack_build(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _stack_up(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+
     from smarttags.devtools import stack
 
-    result = stack.stack_up(settings, heap_max=args.heap)
-    for handle in result.handles:
-        verb = "already running" if handle.reused else "started"
-        print(f"{handle.name}: {verb}, pid {handle.pid}, {handle.url}")
-    wiring = result.wiring
-    print(f"bucket {wiring.bucket} -> queue {wiring.queue_url} (DLQ {wiring.dead_letter_queue_url})")
-    return 0
+    ours: list[Any] = []
+
+    def up() -> None:
+        result = stack.stack_up(settings, heap_max=args.heap)
+        ours.extend(h for h in result.handles if not h.reused)
+        for handle in result.handles:
+            verb = "already running" if handle.reused else "started"
+            print(f"{handle.name}: {verb}, pid {handle.pid}, {handle.url}", flush=True)
+        wiring = result.wiring
+        print(f"bucket {wiring.bucket} -> queue {wiring.queue_url} (DLQ {wiring.dead_letter_queue_url})", flush=True)
+        if args.foreground:
+            print("running in the foreground: SIGTERM, SIGINT or SIGHUP stops what this started", flush=True)
+            while True:
+                time.sleep(3600)
+
+    def clean_up() -> None:
+        if args.foreground:
+            for handle in reversed(ours):
+                handle.stop()
+
+    # A signal while starting stops what was started (stack_up does); with --foreground, also later.
+    return 130 if stack.run_until_stopped(up, clean_up) else 0
 
 
 def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -85,6 +102,7 @@ def _add_stack_commands(sub: Any) -> None:
     build.set_defaults(handler=_stack_build)
     up = stack_sub.add_parser("up", help="start local services, wire bucket -> queue (harmless if running)")
     up.add_argument("--heap", default="1g", help="OpenSearch max heap, e.g. 1g or 768m (default 1g)")
+    up.add_argument("--foreground", action="store_true", help="stay until a signal, then stop what it started")
     up.set_defaults(handler=_stack_up)
     status = stack_sub.add_parser("status", help="each service with pid, URL, version and health")
     status.add_argument("--json", action="store_true")
@@ -360,20 +378,32 @@ def _cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from smarttags.devtools import demo
+    from smarttags.devtools import demo, stack
 
-    result: Any = None
-    try:
-        result = demo.run(settings)
+    started: list[Any] = []
+
+    def work() -> None:
+        result = demo.run(settings, serve_admin=not args.no_serve)
+        started.extend(result.started)
         if not args.no_serve:
             _serve_demo_admin(settings, result.started)
-    except KeyboardInterrupt:
-        print("\nstopping")
-    finally:
-        # Ctrl-C (or the end of a --no-serve run) stops what this demo started, nothing else.
-        for handle in reversed(result.started if result else []):
+
+    def clean_up() -> None:
+        # Ctrl-C, SIGTERM, SIGHUP (or the end of a --no-serve run) stop what this demo started, nothing else.
+        if started:
+            _say("\nstopping what the demo started")
+        for handle in reversed(started):
             handle.stop()
-    return 0
+
+    return 130 if stack.run_until_stopped(work, clean_up) else 0
+
+
+def _say(text: str) -> None:
+    """Print now, even into a pipe; a terminal that went away (SIGHUP) must not stop the clean-up."""
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        print(text, flush=True)
 
 
 def _serve_demo_admin(settings: Settings, started: list[Any]) -> None:
@@ -406,8 +436,8 @@ def _serve_demo_admin(settings: Settings, started: list[Any]) -> None:
     if users.get("demo") is None:
         users.create("demo", password, "admin")
     app = create_app(demo_settings, services)
-    print(f"\nAdmin panel: http://{admin.host}:{admin.port}/  (login: demo / {password})")
-    print("Ctrl-C stops the admin panel and everything the demo started.")
+    _say(f"\nAdmin panel: http://{admin.host}:{admin.port}/  (login: demo / {password})")
+    _say("Ctrl-C stops the admin panel and everything the demo started.")
     waitress.serve(app, host=admin.host, port=admin.port, threads=8, ident="smarttags")
 
 
