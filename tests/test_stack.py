@@ -24,6 +24,7 @@ from smarttags.adapters import clients
 from smarttags.devtools import stack
 from smarttags.settings import Settings
 
+from tests import stopping
 from tests.conftest import free_port, make_settings, pinned_versions
 
 EVENTS = Path(__file__).parent / "events"
@@ -403,6 +404,60 @@ def test_only_requests_that_change_state_trigger_a_save() -> None:
     assert changes_state({"REQUEST_METHOD": "POST", "HTTP_X_AMZ_TARGET": "AmazonSQS.DeleteMessage"})
     assert changes_state({"REQUEST_METHOD": "PUT"})  # an S3 upload
     assert changes_state({"REQUEST_METHOD": "DELETE"})
+
+
+# --- Stopping on a signal -----------------------------------------------------------------------------------
+
+
+def _stack_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SMARTTAGS_DATA_DIR": str(tmp_path / "var"),
+        "SMARTTAGS_OPENSEARCH__URL": f"http://127.0.0.1:{_port_pair()}",
+        "SMARTTAGS_AWS__ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "SMARTTAGS_AWS__BUCKET": "signals-assets",
+    }
+
+
+@pytest.mark.slow
+def test_stack_up_foreground_stops_everything_once_on_sigterm_and_a_second_signal_does_not_cut_it(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "var" / "stack"
+    up = stopping.Running(["stack", "up", "--heap", "512m", "--foreground"], _stack_env(tmp_path))
+    try:
+        up.wait_for("running in the foreground", timeout=240)  # read through a pipe while it runs: flushed
+        started = stopping.pids(run_dir)
+        assert set(started) == {"opensearch", "moto", "worker"}
+        up.process.send_signal(signal.SIGTERM)
+        up.wait_for("stopping what stack up started", timeout=30)
+        up.process.send_signal(signal.SIGINT)  # a second signal, during the clean-up
+        code = up.finish(timeout=120)
+    finally:
+        up.kill()
+    assert code == 130, up.stderr
+    assert up.lines.count("stopping what stack up started") == 1
+    assert "SIGINT: already stopping, the clean-up goes on" in up.stderr
+    assert not any(stopping.alive(pid) for pid in started.values())
+    assert not list(run_dir.glob("*.pid"))
+    # What S3/SQS held was saved on the way down.
+    assert (tmp_path / "var" / "aws" / "moto-state.pickle").is_file()
+
+
+@pytest.mark.slow
+def test_a_signal_while_stack_up_starts_stops_what_it_started(tmp_path: Path) -> None:
+    run_dir = tmp_path / "var" / "stack"
+    up = stopping.Running(["stack", "up", "--heap", "512m"], _stack_env(tmp_path))
+    try:
+        stopping.wait_for_file(run_dir / "opensearch.pid", timeout=120)  # OpenSearch is starting
+        node = int((run_dir / "opensearch.pid").read_text())
+        up.process.send_signal(signal.SIGHUP)
+        code = up.finish(timeout=120)
+    finally:
+        up.kill()
+    assert code == 130, up.stderr
+    assert not stopping.alive(node)
+    assert not list(run_dir.glob("*.pid"))
 
 
 # --- Error translation and secrets (no services) -----------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from smarttags.core import windows as scheduling
@@ -158,12 +158,59 @@ def test_a_window_missed_while_stopped_runs_once_on_restart(services):
     now = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
     calls: list[tuple[str, datetime]] = []
 
-    def run(kind: str, fire: datetime) -> None:
+    def run(kind: str, fire: datetime) -> list[str] | None:
         calls.append((kind, fire))
-        scheduling.run_window(services, kind, fire, owner="restarted")
+        return scheduling.run_window(services, kind, fire, owner="restarted")
 
     assert service.catch_up(services, now, run) == ["tagging"]
     assert calls == [("tagging", datetime(2026, 12, 1, tzinfo=UTC))]
     # A second restart finds the window done and does not run it again.
     assert service.catch_up(services, now, run) == []
     assert len(services.runs.list(kind="tag")) == 1
+
+
+def test_a_window_left_running_by_a_dead_scheduler_runs_once_after_its_lease_expires(services):
+    services.folders.set_enabled(services.settings.aws.bucket, "crash/", True)
+    fire = datetime(2026, 12, 1, tzinfo=UTC)  # the daily tagging window
+    window = scheduling.window_id(scheduling.TAGGING_WINDOW, fire)
+    leases = scheduling.Leases(services.index)
+    lease_seconds = services.settings.scheduler.lease_seconds
+    # A scheduler took the window and was killed in it: its lease says "running", nobody will finish it.
+    assert leases.acquire(window, "replica-killed", seconds=lease_seconds)
+    later = fire + timedelta(hours=3)  # inside the misfire grace
+
+    def run(kind: str, fire: datetime) -> list[str] | None:
+        return scheduling.run_window(services, kind, fire, owner="replica-live")
+
+    # While the lease is young it may be a live, busy replica: nobody else runs the window.
+    assert scheduler.catch_up(services, later, run) == []
+    assert services.runs.list(kind="tag") == []
+    assert not leases.renew(window, "replica-live", seconds=lease_seconds)  # not its lease to renew
+
+    # Nobody renews it, and it expires: the next catch-up (every minute, on every replica) takes it over.
+    held = services.index.get("leases", window)
+    expired = {**held.source, "expires_at": (datetime.now(UTC) - timedelta(seconds=1)).isoformat()}
+    services.index.put("leases", window, expired, expected=held, refresh=True)
+    assert scheduler.catch_up(services, later, run) == ["tagging"]
+    assert len(services.runs.list(kind="tag")) == 1
+    lease = services.index.get("leases", window).source
+    assert lease["owner"] == "replica-live" and lease["state"] == "done"
+    # Once done, it never runs again: not by the catch-up, not by the dead replica coming back.
+    assert scheduler.catch_up(services, later, run) == []
+    assert scheduling.run_window(services, scheduling.TAGGING_WINDOW, fire, owner="replica-killed") is None
+    assert len(services.runs.list(kind="tag")) == 1
+
+
+def test_an_interrupted_window_is_taken_over_at_once_and_a_running_one_is_renewed(services):
+    leases = scheduling.Leases(services.index)
+    window = scheduling.window_id(scheduling.TRAINING_WINDOW, datetime(2026, 12, 5, 0, 30, tzinfo=UTC))
+    assert leases.acquire(window, "replica-a", seconds=60)
+    before = services.index.get("leases", window).source["expires_at"]
+    assert leases.renew(window, "replica-a", seconds=600)
+    assert services.index.get("leases", window).source["expires_at"] > before
+    assert not leases.acquire(window, "replica-b", seconds=60)  # running, renewed: not expired
+    leases.finish(window, "replica-a", "interrupted")  # stopped by SIGTERM mid-window, and said so
+    assert leases.acquire(window, "replica-b", seconds=60)
+    assert not leases.renew(window, "replica-a", seconds=600)  # replica-a lost it
+    leases.finish(window, "replica-b")
+    assert leases.state(window) == "done" and not leases.acquire(window, "replica-c", seconds=60)

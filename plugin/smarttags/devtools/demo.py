@@ -45,7 +45,6 @@ class DemoResult:
     tagged: dict[str, list[str]]  # key -> smart tags
     expected: dict[str, str]  # key -> the tag its clip-art folder says
     searches: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # query -> [(tier, key)]
-    started: list[stack.ProcessHandle] = field(default_factory=list)  # what this run started
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,27 +94,21 @@ def _say(text: str) -> None:
 
 def run(
     settings: Settings,
+    started: list[stack.ProcessHandle],
     *,
     out: Callable[[str], None] = _say,
     wait_seconds: float = 180.0,
     serve_admin: bool = False,
 ) -> DemoResult:
-    """Run the demo; the returned result lists the processes it started (the caller stops them). If it
-    fails, or is interrupted, it stops them itself before the error goes on. Every port it needs (the
-    admin panel's too, with ``serve_admin``) is checked free before anything starts."""
+    """Run the demo. What it starts is added to ``started`` as soon as it runs: the caller stops those,
+    whether the demo succeeded, failed or was stopped by a signal (one clean-up, in one place). Every port
+    it needs (the admin panel's too, with ``serve_admin``) is checked free before anything starts."""
     out("Starting the embedded stack (OpenSearch, S3 + SQS, upload worker)...")
     up = stack.stack_up(settings, also_ports=[stack.admin_port(settings)] if serve_admin else [])
-    started = [h for h in up.handles if not h.reused]
+    started.extend(h for h in up.handles if not h.reused)
     for handle in up.handles:
         out(f"  {handle.name}: {'running' if handle.reused else 'started'} at {handle.url} (pid {handle.pid})")
-    try:
-        demo = _run(settings, out, wait_seconds)
-    except BaseException:
-        for handle in reversed(started):
-            handle.stop()
-        raise
-    demo.started = started
-    return demo
+    return _run(settings, out, wait_seconds)
 
 
 def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) -> DemoResult:

@@ -64,6 +64,7 @@ def _stack_up(settings: Settings, args: argparse.Namespace) -> int:
 
     def clean_up() -> None:
         if args.foreground:
+            _say("stopping what stack up started")
             for handle in reversed(ours):
                 handle.stop()
 
@@ -383,10 +384,9 @@ def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     started: list[Any] = []
 
     def work() -> None:
-        result = demo.run(settings, serve_admin=not args.no_serve)
-        started.extend(result.started)
+        demo.run(settings, started, serve_admin=not args.no_serve)
         if not args.no_serve:
-            _serve_demo_admin(settings, result.started)
+            _serve_demo_admin(settings)
 
     def clean_up() -> None:
         # Ctrl-C, SIGTERM, SIGHUP (or the end of a --no-serve run) stop what this demo started, nothing else.
@@ -406,7 +406,7 @@ def _say(text: str) -> None:
         print(text, flush=True)
 
 
-def _serve_demo_admin(settings: Settings, started: list[Any]) -> None:
+def _serve_demo_admin(settings: Settings) -> None:
     """Serve the admin panel on loopback with a demo login kept in data_dir/demo (mode 0600)."""
     import secrets as secrets_mod
 
