@@ -4,9 +4,15 @@ scheduler's once-only windows."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from smarttags.core import windows as scheduling
@@ -21,6 +27,7 @@ from smarttags.entrypoints.worker import Worker
 from tests.images import picture
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -214,3 +221,67 @@ def test_an_interrupted_window_is_taken_over_at_once_and_a_running_one_is_renewe
     assert not leases.renew(window, "replica-a", seconds=600)  # replica-a lost it
     leases.finish(window, "replica-b")
     assert leases.state(window) == "done" and not leases.acquire(window, "replica-c", seconds=60)
+
+
+def test_a_scheduler_killed_mid_window_leaves_it_to_the_next_one_which_runs_it_once(services, embedder):
+    from smarttags import settings as settings_mod
+    from smarttags.core.taxonomy import parse as parse_taxonomy
+    from smarttags.devtools import sample
+
+    sample_dir = ROOT / "var" / "sample"
+    sample.build(sample_dir)
+    services.taxonomy.import_tags(parse_taxonomy((sample_dir / "taxonomy.json").read_text(encoding="utf-8")))
+    bucket = services.settings.aws.bucket
+    for tag in ("flags", "vehicles"):
+        for path in sorted((sample_dir / "train" / tag).glob("*.jpg"))[:30]:
+            services.store.put_bytes(f"killed/{tag}/{path.name}", path.read_bytes(), content_type="image/jpeg")
+    services.folders.set_enabled(bucket, "killed/", True)
+
+    # The training window fired a minute ago; the tagging window is far from its time.
+    fire = (datetime.now(UTC) - timedelta(minutes=1)).replace(second=0, microsecond=0)
+    later = fire + timedelta(hours=2)
+    env = {
+        **os.environ,
+        **settings_mod.to_env(services.settings),
+        "SMARTTAGS_SCHEDULER__TRAINING_CRON": f"{fire.minute} {fire.hour} * * *",
+        "SMARTTAGS_SCHEDULER__TAGGING_CRON": f"{later.minute} {later.hour} * * *",
+        "SMARTTAGS_SCHEDULER__MISFIRE_GRACE_SECONDS": "900",
+        "SMARTTAGS_SCHEDULER__LEASE_SECONDS": "10",
+        "SMARTTAGS_BACKBONE__ONNX_FILE": str(embedder.model_path),
+    }
+    window = scheduling.window_id(scheduling.TRAINING_WINDOW, fire)
+
+    def lease() -> dict[str, Any] | None:
+        found = services.index.get("leases", window)
+        return found.source if found else None
+
+    first = subprocess.Popen([sys.executable, "-m", "smarttags", "scheduler", "--once"], env=env)
+    try:
+        _wait(lambda: (lease() or {}).get("state") == "running", 120)
+        first.send_signal(signal.SIGKILL)  # mid-window: no clean-up, no "interrupted"
+        assert first.wait(30) == -signal.SIGKILL
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    killed = lease()
+    assert killed is not None and killed["state"] == "running"
+    assert services.models.active_version() is None  # it died before making a model
+
+    # Its lease is no longer renewed; once it expires the next scheduler takes the window over.
+    _wait(lambda: datetime.fromisoformat(lease()["expires_at"]) <= datetime.now(UTC), 30)
+    second = subprocess.run(
+        [sys.executable, "-m", "smarttags", "scheduler", "--once"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "took over the running lease of" in second.stderr
+    done = lease()
+    assert done is not None and done["state"] == "done" and done["owner"] != killed["owner"]
+    finished = [r for r in services.runs.list(kind="train") if r.status != "running"]
+    assert len(finished) == 1 and services.models.active_version() is not None
+    # And never again.
+    third = subprocess.run(
+        [sys.executable, "-m", "smarttags", "scheduler", "--once"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert third.returncode == 0 and lease() == done
+    assert len([r for r in services.runs.list(kind="train") if r.status != "running"]) == 1
