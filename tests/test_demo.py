@@ -88,17 +88,29 @@ def test_the_demo_trains_tags_uploads_and_searches_in_tier_order_and_a_second_ru
     assert "  32 uploaded, 0 already there with the same bytes" in out
 
     # The second run finds the pictures in the restarted local S3 (its state is kept under the data dir)
-    # and the model they trained: nothing is uploaded, embedded or trained again.
+    # and the model they trained: nothing is uploaded, embedded or trained again. It serves the admin panel,
+    # and what it printed reaches a pipe while it serves (flushed, not held until exit); SIGTERM stops it.
     assert (data_dir / "aws" / "moto-state.pickle").is_file()
-    again = _demo(env)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "training folder s3://smarttags-assets/demo/train/: 0 pictures uploaded" in again.stdout
-    assert "Training: the training folder is unchanged; reusing the active model and its report." in again.stdout
-    assert "Training on the training folder" not in again.stdout
-    assert "  0 uploaded, 32 already there with the same bytes" in again.stdout
+    again = stopping.Running(["demo"], env)
+    try:
+        again.wait_for("Admin panel: http://127.0.0.1:", timeout=300)
+        started = stopping.pids(data_dir / "stack")
+        again.process.send_signal(signal.SIGTERM)
+        code = again.finish(timeout=120)
+    finally:
+        again.kill()
+        left = _stack_down(env)
+    out = "\n".join(again.lines)
+    assert code == 130, out[-3000:] + again.stderr[-3000:]
+    assert "training folder s3://smarttags-assets/demo/train/: 0 pictures uploaded" in out
+    assert "Training: the training folder is unchanged; reusing the active model and its report." in out
+    assert "Training on the training folder" not in out
+    assert "  0 uploaded, 32 already there with the same bytes" in out
     second = json.loads((data_dir / "demo" / "result.json").read_text())
     assert second["report"] == result["report"] and second["tagged"] == result["tagged"]
     assert second["searches"] == result["searches"]
+    assert left == [] and not any(stopping.alive(pid) for pid in started.values())
+    assert not list((data_dir / "stack").glob("*.pid"))
 
 
 def test_sigterm_stops_the_demo_once_and_a_second_signal_does_not_cut_the_clean_up(tmp_path, embedder):

@@ -384,9 +384,18 @@ def stop_process(process: ManagedProcess) -> bool:
     if pid is not None:
         logger.info("stopping %s (pid %d)", process.name, pid)
         _terminate(pid, process.stop_timeout)
+        _wait_ports_released(process)
         stopped = True
     process.pid_file.unlink(missing_ok=True)
     return stopped
+
+
+def _wait_ports_released(process: ManagedProcess, timeout: float = 10.0) -> None:
+    """A process whose main thread is gone may still hold its sockets while its other threads exit: a
+    start right after a stop must not find its own service's port taken."""
+    deadline = time.monotonic() + timeout
+    while any(port_taken(port) for port in process.ports) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _terminate(pid: int, timeout: float) -> None:
