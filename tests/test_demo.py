@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,6 +82,15 @@ def test_the_demo_trains_tags_uploads_and_searches_in_tier_order_and_a_second_ru
         assert tiers == sorted(tiers), query
     assert {tier for tier, _ in result["searches"]["food fruit"]} == {1, 2, 3}
     assert "tier 1 (metadata matches all terms)" in out and "tier 3 (smart tags match some terms)" in out
+    # Tags are shown as people read them, in the query's language, with confidences: one upload per folder.
+    lines = out.splitlines()
+    sample_lines = [line for line in lines if " folder): " in line]
+    folders = len(set(expected.values()))  # the 8 clip-art folders the new pictures come from
+    assert len(sample_lines) == folders and len({line.split(" (from the ")[1] for line in sample_lines}) == folders
+    assert not any("clipart:" in line for line in lines if line.lstrip().startswith("demo/"))
+    assert any(re.search(r"\(from the Fruit folder\): .*Fruit 0\.\d\d", line) for line in sample_lines)
+    obst = lines[lines.index(next(line for line in lines if line.startswith("Search 'Obst' (de)"))) :]
+    assert any("[smart tags: Obst" in line for line in obst)
 
     # Nothing the demo started was left running.
     assert not list((data_dir / "stack").glob("*.pid"))

@@ -69,17 +69,19 @@ def _upload_folder(services: Services, local: Path, prefix: str) -> int:
     return uploaded
 
 
-def _wait_tagged(services: Services, keys: list[str], timeout: float) -> dict[str, list[str]]:
+def _wait_tagged(services: Services, keys: list[str], timeout: float) -> dict[str, list[dict[str, Any]]]:
+    """key -> its smart tags (``{"tag", "confidence", ...}``, best first) once the upload tagger is done."""
     bucket = services.settings.aws.bucket
     deadline = time.monotonic() + timeout
     pending = set(keys)
-    tagged: dict[str, list[str]] = {}
+    tagged: dict[str, list[dict[str, Any]]] = {}
     while pending and time.monotonic() < deadline:
         for key in list(pending):
             found = services.index.get("assets", asset_id(bucket, key))
             state = (found.source.get("tagging") or {}) if found else {}
             if state.get("status") in ("tagged", "failed", "skipped"):
-                tagged[key] = list(found.source.get("smart_ids") or []) if found else []
+                entries = list(found.source.get("smart_tags") or []) if found else []
+                tagged[key] = sorted(entries, key=lambda e: -float(e.get("confidence", 0)))
                 pending.discard(key)
         if pending:
             time.sleep(0.5)
@@ -90,6 +92,20 @@ def _wait_tagged(services: Services, keys: list[str], timeout: float) -> dict[st
 
 def _say(text: str) -> None:
     print(text, flush=True)  # piped output (`make demo | tee log`) shows each line as it happens
+
+
+def _title(titles: dict[str, Any], tag_id: str, locale: str) -> str:
+    """A tag as people read it, in the query's language ("Obst", not clipart:food/fruit)."""
+    tag = titles.get(tag_id)
+    return str(tag.title(locale)) if tag is not None else tag_id
+
+
+def _one_per_folder(expected: dict[str, str]) -> list[str]:
+    """The first upload of each clip-art folder: every tag shows, right or wrong, not the first few keys."""
+    first: dict[str, str] = {}
+    for key in sorted(expected):
+        first.setdefault(expected[key], key)
+    return [first[tag] for tag in sorted(first)]
 
 
 def run(
@@ -146,10 +162,13 @@ def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) ->
     started = time.monotonic()
     uploaded = _upload_folder(services, sample_dir / "new", NEW_PREFIX)
     out(f"  {uploaded} uploaded, {len(new_keys) - uploaded} already there with the same bytes")
-    tagged = _wait_tagged(services, new_keys, wait_seconds)
-    out(f"  {len(tagged)} pictures tagged in {time.monotonic() - started:.1f} s")
-    for key in new_keys[:6]:
-        out(f"  {key}: {', '.join(tagged[key]) or '(no tag)'}")
+    smart = _wait_tagged(services, new_keys, wait_seconds)
+    tagged = {key: [str(e["tag"]) for e in entries] for key, entries in smart.items()}
+    out(f"  {len(tagged)} pictures tagged in {time.monotonic() - started:.1f} s; one of each clip-art folder:")
+    titles = {tag.id: tag for tag in tags}
+    for key in _one_per_folder(expected):
+        shown = ", ".join(f"{_title(titles, str(e['tag']), 'en')} {float(e['confidence']):.2f}" for e in smart[key])
+        out(f"  {key} (from the {_title(titles, expected[key], 'en')} folder): {shown or '(no tag)'}")
 
     demo = DemoResult(report=result, tagged=tagged, expected=expected)
     services.index.refresh()
@@ -161,7 +180,8 @@ def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) ->
             hits = [hit for hit in found.hits if hit.tier == tier]
             out(f"  tier {tier} ({TIER_NAMES[tier]}): {len(hits)}")
             for hit in hits[:3]:
-                out(f"    {hit.key}  [{hit.why}]")
+                matched = ", ".join(_title(titles, tag, locale) for tag in hit.matched_tags)
+                out(f"    {hit.key}" + (f"  [smart tags: {matched}]" if matched else ""))
     correct = sum(expected[key] in tags for key, tags in tagged.items())
     out(f"{correct} of {len(tagged)} new pictures got the tag of the clip-art folder they came from")
     result_file = settings.data_dir / "demo" / "result.json"
