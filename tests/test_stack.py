@@ -446,6 +446,23 @@ def test_stack_up_foreground_stops_everything_once_on_sigterm_and_a_second_signa
 
 
 @pytest.mark.slow
+def test_stack_up_foreground_fails_and_stops_the_rest_when_one_of_its_services_dies(tmp_path: Path) -> None:
+    run_dir = tmp_path / "var" / "stack"
+    up = stopping.Running(["stack", "up", "--heap", "512m", "--foreground"], _stack_env(tmp_path))
+    try:
+        up.wait_for("running in the foreground", timeout=240)
+        started = stopping.pids(run_dir)
+        os.kill(started["worker"], signal.SIGKILL)
+        code = up.finish(timeout=120)
+    finally:
+        up.kill()
+    assert code == 1, up.stderr
+    assert "a service this started is gone: worker" in up.lines
+    assert not any(stopping.alive(pid) for pid in started.values())
+    assert not list(run_dir.glob("*.pid"))
+
+
+@pytest.mark.slow
 def test_a_signal_while_stack_up_starts_stops_what_it_started(tmp_path: Path) -> None:
     run_dir = tmp_path / "var" / "stack"
     up = stopping.Running(["stack", "up", "--heap", "512m"], _stack_env(tmp_path))

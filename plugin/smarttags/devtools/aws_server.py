@@ -171,8 +171,8 @@ def serve(host: str, port: int, state_file: Path | None) -> None:
                     changed.clear()
                     try:
                         save(target)
-                    except (OSError, RuntimeError):  # a full disk must not stop the server; try again
-                        logger.exception("could not save S3/SQS state to %s", target)
+                    except Exception:  # a full disk (or a model moto cannot pickle) must not stop the server
+                        logger.exception("could not save S3/SQS state to %s; trying again", target)
                         changed.set()
 
         saver = threading.Thread(target=keep_saving, name="moto-state", daemon=True)

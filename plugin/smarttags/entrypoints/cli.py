@@ -59,8 +59,11 @@ def _stack_up(settings: Settings, args: argparse.Namespace) -> int:
         print(f"bucket {wiring.bucket} -> queue {wiring.queue_url} (DLQ {wiring.dead_letter_queue_url})", flush=True)
         if args.foreground:
             print("running in the foreground: SIGTERM, SIGINT or SIGHUP stops what this started", flush=True)
-            while True:
-                time.sleep(3600)
+            while not ours or all(handle.alive() for handle in ours):
+                time.sleep(1)
+            # One died (a crash, or `stack down` elsewhere): stop the rest and fail, so a supervisor sees it.
+            died.append(True)
+            _say("a service this started is gone: " + ", ".join(h.name for h in ours if not h.alive()))
 
     def clean_up() -> None:
         if args.foreground:
@@ -69,7 +72,8 @@ def _stack_up(settings: Settings, args: argparse.Namespace) -> int:
                 handle.stop()
 
     # A signal while starting stops what was started (stack_up does); with --foreground, also later.
-    return 130 if stack.run_until_stopped(up, clean_up) else 0
+    died: list[bool] = []
+    return 130 if stack.run_until_stopped(up, clean_up) else 1 if died else 0
 
 
 def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
