@@ -92,6 +92,16 @@ def test_the_demo_trains_tags_uploads_and_searches_in_tier_order_and_a_second_ru
     obst = lines[lines.index(next(line for line in lines if line.startswith("Search 'Obst' (de)"))) :]
     assert any("[smart tags: Obst" in line for line in obst)
 
+    # Moderation: one wrong smart tag removed (the asset leaves that tag's results), one missed right tag
+    # promoted (the asset ranks first among the pictures of its tier for that tag).
+    moderation = result["moderation"]
+    removed_key, removed_tag = moderation["choice"]["remove"]
+    promoted_key, promoted_tag = moderation["choice"]["promote"]
+    assert removed_tag in tagged[removed_key] and removed_tag not in result["tagged_after"][removed_key]
+    assert promoted_tag not in tagged[promoted_key] and promoted_tag in result["tagged_after"][promoted_key]
+    assert moderation["removed_still_found"] is False and moderation["promoted_rank_in_tier"] == 1
+    assert "Moderation, as on the admin panel's Manage Tags page:" in out
+
     # Nothing the demo started was left running.
     assert not list((data_dir / "stack").glob("*.pid"))
     assert "training folder s3://smarttags-assets/demo/train/: 288 pictures uploaded" in out
@@ -117,8 +127,9 @@ def test_the_demo_trains_tags_uploads_and_searches_in_tier_order_and_a_second_ru
     assert "Training on the training folder" not in out
     assert "  0 uploaded, 32 already there with the same bytes" in out
     second = json.loads((data_dir / "demo" / "result.json").read_text())
-    assert second["report"] == result["report"] and second["tagged"] == result["tagged"]
-    assert second["searches"] == result["searches"]
+    # The same model, and the pictures as the first run's moderation left them; its edits are not redone.
+    assert second["report"] == result["report"] and second["tagged"] == result["tagged_after"]
+    assert second["moderation"] == result["moderation"] and second["tagged_after"] == second["tagged"]
     assert left == [] and not any(stopping.alive(pid) for pid in started.values())
     assert not list((data_dir / "stack").glob("*.pid"))
 

@@ -3,9 +3,10 @@
 Brings the stack up (OpenSearch, S3/SQS, the upload worker), creates the index and templates, uploads
 the sample (a taxonomy, a training folder whose pictures carry their tags as embedded XMP keywords, and
 a folder of untagged pictures), trains, prints the report, uploads the new pictures and waits until the
-upload tagger has tagged them, and runs searches that show the three ranking tiers. Running it again
-reuses what exists: unchanged objects are not uploaded again and an unchanged training set is not
-trained again.
+upload tagger has tagged them, runs searches that show the three ranking tiers, and moderates: removes
+one wrong smart tag, promotes one missed right tag, and searches again. Running it again reuses what
+exists: unchanged objects are not uploaded again, an unchanged training set is not trained again, and
+the same moderation edits are shown (already made).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class DemoResult:
     tagged: dict[str, list[str]]  # key -> smart tags
     expected: dict[str, str]  # key -> the tag its clip-art folder says
     searches: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # query -> [(tier, key)]
+    moderation: dict[str, Any] = field(default_factory=dict)  # what the moderation step did and showed
+    tagged_after: dict[str, list[str]] = field(default_factory=dict)  # key -> smart tags after moderation
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +55,8 @@ class DemoResult:
             "tagged": self.tagged,
             "expected": self.expected,
             "searches": self.searches,
+            "moderation": self.moderation,
+            "tagged_after": self.tagged_after,
         }
 
 
@@ -106,6 +111,71 @@ def _one_per_folder(expected: dict[str, str]) -> list[str]:
     for key in sorted(expected):
         first.setdefault(expected[key], key)
     return [first[tag] for tag in sorted(first)]
+
+
+def _smart_ids(services: Services, key: str) -> list[str]:
+    found = services.index.get("assets", asset_id(services.settings.aws.bucket, key))
+    return list(found.source.get("smart_ids") or []) if found else []
+
+
+def _right(titles: dict[str, Any], tag: str, folder_tag: str) -> bool:
+    """Whether ``tag`` is right for a picture of ``folder_tag``'s folder: that tag or one of its parents."""
+    current: str | None = folder_tag
+    while current is not None:
+        if tag == current:
+            return True
+        found = titles.get(current)
+        current = found.parent if found is not None else None
+    return False
+
+
+def _moderate(
+    services: Services,
+    titles: dict[str, Any],
+    expected: dict[str, str],
+    tagged: dict[str, list[str]],
+    out: Callable[[str], None],
+) -> dict[str, Any]:
+    """Remove one wrong smart tag, promote one right tag the model missed, and search again to show the
+    effect. The choice is kept in data_dir/demo/moderation.json, so a second run shows the same edits
+    (already made: a removed tag never comes back, a promoted one stays)."""
+    path = services.settings.data_dir / "demo" / "moderation.json"
+    if path.is_file():
+        choice = json.loads(path.read_text())
+    else:
+        wrong = next(((k, t) for k in sorted(tagged) for t in tagged[k] if not _right(titles, t, expected[k])), None)
+        missed = next((k for k in sorted(tagged) if expected[k] not in tagged[k]), None)
+        choice = {"remove": list(wrong) if wrong else None, "promote": [missed, expected[missed]] if missed else None}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(choice))
+    bucket = services.settings.aws.bucket
+    shown: dict[str, Any] = {"choice": choice}
+    out("Moderation, as on the admin panel's Manage Tags page:")
+    if choice["remove"]:
+        key, tag = choice["remove"]
+        services.moderation.remove(asset_id(bucket, key), tag, user="demo")
+        services.index.refresh()
+        found = services.searcher.search(SearchRequest(text=_title(titles, tag, "en"), size=100))
+        shown["removed_still_found"] = key in {hit.key for hit in found.hits}
+        out(f"  removed {_title(titles, tag, 'en')!r} from {key} (it never comes back);")
+        still = "still" if shown["removed_still_found"] else "no longer"
+        out(f"  search {_title(titles, tag, 'en')!r} again: {key} is {still} listed")
+    if choice["promote"]:
+        key, tag = choice["promote"]
+        services.moderation.promote(asset_id(bucket, key), tag, user="demo")
+        services.index.refresh()
+        found = services.searcher.search(SearchRequest(text=_title(titles, tag, "en"), size=100))
+        hit = next((h for h in found.hits if h.key == key), None)
+        tier = [h.key for h in found.hits if hit is not None and h.tier == hit.tier]
+        shown["promoted_rank_in_tier"] = tier.index(key) + 1 if hit is not None else None
+        out(f"  promoted {_title(titles, tag, 'en')!r} on {key}, which the model had missed;")
+        where = (
+            f"number {shown['promoted_rank_in_tier']} of {len(tier)} in tier {hit.tier} ({TIER_NAMES[hit.tier]})"
+            if hit is not None
+            else "not found"
+        )
+        out(f"  search {_title(titles, tag, 'en')!r} again: {key} is {where}")
+    return shown
 
 
 def run(
@@ -184,6 +254,8 @@ def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) ->
                 out(f"    {hit.key}" + (f"  [smart tags: {matched}]" if matched else ""))
     correct = sum(expected[key] in tags for key, tags in tagged.items())
     out(f"{correct} of {len(tagged)} new pictures got the tag of the clip-art folder they came from")
+    demo.moderation = _moderate(services, titles, expected, tagged, out)
+    demo.tagged_after = {key: _smart_ids(services, key) for key in new_keys}
     result_file = settings.data_dir / "demo" / "result.json"
     result_file.parent.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(demo.to_json(), indent=2))
