@@ -290,6 +290,8 @@ def test_a_batch_tally_counts_by_the_one_rule_and_skips_our_own_files() -> None:
     ((counts, errors),) = tally.runs.values()
     assert dict(counts) == {"processed": 4, "tagged": 1, "embedded": 1, "failed": 1}
     assert errors == [{"key": "up/a.png", "reason": "truncated"}]
+    # An upload run lists every folder its objects were in, so each folder's page finds its last tagging.
+    assert tally.folders[next(iter(tally.runs))] == {"s3://assets/", "s3://assets/up/"}
 
 
 def test_unsupported_types_are_recorded_not_retried_and_broken_pictures_are_failures() -> None:

@@ -63,6 +63,11 @@ def test_an_upload_is_searchable_by_its_smart_tag_within_seconds(services, shape
 
     took = _wait(found, 10)
     print(f"upload to searchable: {took:.1f} s")
+    # The hourly upload run counts it, says it succeeded, and is found by the upload's folder.
+    bucket = services.settings.aws.bucket
+    _wait(lambda: services.runs.latest("tag", f"s3://{bucket}/uploads/") is not None, 10)
+    run = services.runs.latest("tag", f"s3://{bucket}/uploads/")
+    assert run.status == "succeeded" and run.counts["tagged"] == 1 and run.trigger == "upload"
 
 
 def test_every_still_format_is_tagged_end_to_end_by_its_bytes(services, shape_model, running_worker):

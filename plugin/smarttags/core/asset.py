@@ -13,9 +13,13 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from smarttags.core.clock import now_iso
 from smarttags.core.folders import Folder
+
+if TYPE_CHECKING:
+    from smarttags.core.ports import ImageFacts
 
 
 class TaggingStatus(StrEnum):
@@ -171,6 +175,19 @@ class Asset:
     def unpromote(self, tag: str) -> Asset:
         unpromoted = replace(self, promoted=self.promoted - {tag})
         return replace(unpromoted, smart_tags=unpromoted._ranked(self.smart_tags))
+
+    def with_facts(self, facts: ImageFacts) -> Asset:
+        """What the picture says about itself: its size, embedded text, detected format and decoder."""
+        return replace(
+            self,
+            width=facts.width,
+            height=facts.height,
+            title=facts.title,
+            description=facts.description,
+            keywords=tuple(facts.keywords),
+            format=facts.format or None,
+            decoder=facts.decoder or None,
+        )
 
     def with_tags(self, tags: Iterable[str]) -> Asset:
         return replace(self, tags=tuple(sorted(set(tags))))

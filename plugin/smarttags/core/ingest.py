@@ -168,15 +168,10 @@ def sync_folder(
                 content_type=info.content_type or meta.content_type,
                 modified=modified,
                 created=modified,
-                width=meta.width,
-                height=meta.height,
-                title=meta.title,
-                description=meta.description,
-                keywords=tuple(meta.keywords),
-                format=meta.format or None,
-                decoder=meta.decoder or None,
                 tags=tuple(tags),
-            ).touched()
+            )
+            .with_facts(meta)
+            .touched()
         )
         if held:
             result.changed += 1

@@ -37,7 +37,7 @@ from smarttags.core.asset import (
     run_counter,
 )
 from smarttags.core.clock import now_iso, parse_iso
-from smarttags.core.folders import FolderRegistry
+from smarttags.core.folders import Folder, FolderRegistry
 from smarttags.core.ingest import TagResolver, is_internal
 from smarttags.core.model_registry import Model, ModelStore, score_embedding
 from smarttags.core.ports import Assets, Embedder, ImageFacts, ObjectInfo, OpenPicture, StoredAsset, StoreFor
@@ -177,16 +177,7 @@ def apply_reading(asset: Asset, reading: Reading, model: Model | None, *, max_ta
         tags=tuple(sorted({*asset.tags, *reading.own_tags})),
     )
     if facts is not None:
-        asset = replace(
-            asset,
-            width=facts.width,
-            height=facts.height,
-            title=facts.title,
-            description=facts.description,
-            keywords=tuple(facts.keywords),
-            format=facts.format or None,
-            decoder=facts.decoder or None,
-        )
+        asset = asset.with_facts(facts)
     if reading.embedding is not None:
         asset = replace(asset, embedding=reading.embedding)
     etag = info.etag
@@ -427,12 +418,15 @@ class RunTally:
 
     def __init__(self) -> None:
         self.runs: dict[tuple[str, str], tuple[Counter[str], list[dict[str, str]]]] = {}
+        self.folders: dict[tuple[str, str], set[str]] = {}
 
     def add(self, event: events.ObjectEvent, status: Outcome, reason: str | None) -> None:
         if status in (Handled.IGNORED, Handled.DUPLICATE):
             return  # our own files and repeated deliveries are no new work: the run counts each object once
         run_id = event.run_id or f"tag-upload-{datetime.now(UTC).strftime('%Y%m%d%H')}"
         counts, errors = self.runs.setdefault((run_id, event.trigger), (Counter(), []))
+        if event.run_id is None:  # an upload run: every folder above the object finds it
+            self.folders.setdefault((run_id, event.trigger), set()).update(_ancestors(event.bucket, event.key))
         counts["processed"] += 1
         counter = run_counter(status)
         if counter:
@@ -443,10 +437,18 @@ class RunTally:
     def flush(self, runs: RunLog) -> None:
         for (run_id, trigger), (counts, errors) in self.runs.items():
             try:
-                runs.add_counts(run_id, dict(counts), errors, create_as=(events.TAG, trigger))
+                folders = sorted(self.folders.get((run_id, trigger), ()))
+                runs.add_counts(run_id, dict(counts), errors, create_as=(events.TAG, trigger), folders=folders)
             except ServiceError as exc:  # the assets are written; a lost count must not redo them
                 log.warning("could not count %d objects in run %s: %s", counts["processed"], run_id, exc)
         self.runs.clear()
+        self.folders.clear()
+
+
+def _ancestors(bucket: str, key: str) -> list[str]:
+    """The URIs of every folder an object is in: s3://b/, s3://b/a/, s3://b/a/b/ for a/b/c.jpg."""
+    parts = key.split("/")[:-1]
+    return [Folder(bucket, "".join(f"{p}/" for p in parts[:depth])).uri for depth in range(len(parts) + 1)]
 
 
 def handle_logged(
