@@ -48,6 +48,9 @@ class Manifest:
     created_at: str
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256
     folders: list[str] = field(default_factory=list)
+    # Tags whose heads were not retrained but kept from the model active before -> the model they were
+    # trained in (one active model serves the whole taxonomy).
+    carried_over: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,7 +178,11 @@ class ModelStore:
         training_fingerprint: str,
         folders: list[str],
         version: str | None = None,
+        carried_over: Mapping[str, str] | None = None,
+        carried_metrics: Mapping[str, dict[str, float]] | None = None,
     ) -> Manifest:
+        """Write a model; ``carried_over`` names the tags whose heads come from an earlier model (their
+        ``carried_metrics`` are that model's)."""
         version = version or new_version()
         if not _VERSION.match(version):
             raise ModelError(f"invalid model version {version!r}")
@@ -196,11 +203,13 @@ class ModelStore:
                     "c": f.c,
                 }
                 for f in fits
-            },
+            }
+            | dict(carried_metrics or {}),
             training_fingerprint=training_fingerprint,
             created_at=datetime.now(UTC).isoformat(),
             files={HEADS_FILE: _sha256(payload)},
             folders=folders,
+            carried_over=dict(carried_over or {}),
         )
         self._store.put_bytes(self._key(version, HEADS_FILE), payload)
         self._store.put_bytes(
