@@ -289,3 +289,20 @@ def test_the_weekly_window_trains_once_over_every_enabled_folder(world: World) -
         "vehicles:car",
     )
     assert run_window(services, TRAINING_WINDOW, fire, owner="other") is None  # once per window
+
+
+def test_a_removal_outside_the_training_folders_is_a_negative_for_that_tag_only(world: World) -> None:
+    _folder_a(world)
+    # A cat picture in an upload folder that a moderator said is not a dog: a negative for Dog only.
+    world.store.put_bytes("up/x.jpg", b"cat 77")
+    taxonomy = TaxonomyStore(world.index).load()
+    ingest.sync_folder(world.assets, world.store, Folder(BUCKET, "up/"), taxonomy, read_facts=read_facts)
+    stored = world.assets.get(Asset(BUCKET, "up/x.jpg").id)
+    assert stored is not None
+    world.assets.put(stored.asset.reject("animals:pet/dog"), expected=stored)
+    report = world.trainer().train([Folder(BUCKET, "a/")], trigger="on_demand")
+    rows = {row.tag: row for row in report.rows}
+    assert rows["animals:pet/dog"].negatives["removed"] == 1
+    assert rows["animals:pet/cat"].negative_total == 12 and rows["animals:pet"].negative_total == 4  # unknown there
+    assert report.images_used == 21 and report.untagged_negatives == 4
+    assert any("1 picture(s) outside these folders" in note for note in report.notes)

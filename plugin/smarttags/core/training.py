@@ -51,6 +51,12 @@ class Example:
     key: str
     positives: frozenset[str]
     negatives: frozenset[str]
+    # A picture of the training folders: every tag it does not carry is a negative. A picture from
+    # elsewhere is only known not to carry the tags a moderator removed from it.
+    closed: bool = True
+
+    def knows(self, tag: str) -> bool:
+        return self.closed or tag in self.negatives
 
 
 def labels_for(asset: Asset, taxonomy: Taxonomy) -> tuple[frozenset[str], frozenset[str]]:
@@ -161,13 +167,25 @@ class Trainer:
                     continue
             # Every picture of a training folder counts: an untagged one is a negative for every tag.
             examples.append((asset, Example(asset.id, asset.key, positives, negatives)))
+        # A moderator's removal anywhere in the buckets is a negative for the removed tag.
+        inside = {a.id for a in held}
+        elsewhere = 0
+        for bucket in sorted({f.bucket for f in folders}):
+            for asset in self._assets.scan_rejected(bucket, attributes=ATTRIBUTES, batch_size=200):
+                removed = frozenset(t for t in asset.rejected if t in taxonomy) - set(asset.tags)
+                if asset.id in inside or not removed:
+                    continue
+                if settings.strict_resolution and max(asset.width or 0, asset.height or 0) < settings.min_resolution:
+                    continue
+                examples.append((asset, Example(asset.id, asset.key, frozenset(), removed, closed=False)))
+                elsewhere += 1
         embedder = self._embedder_factory()
         vectors, embedded, failed = self._embeddings(examples, embedder, progress)
         counts["embedded"] = embedded
         notes.extend(f"unreadable: {key} ({reason})" for key, reason in failed)
         # In an order of what the pictures are (their bytes), not of how the index returned them.
         usable = sorted(((s, e) for s, e in examples if e.asset_id in vectors), key=lambda p: (p[0].etag, p[1].key))
-        untagged = sum(1 for _, e in usable if not e.positives)
+        untagged = sum(1 for _, e in usable if not e.positives and e.closed)
         tags = sorted({t for _, e in usable for t in e.positives})
         x = np.stack([vectors[e.asset_id] for _, e in usable]) if usable else np.zeros((0, 1), np.float32)
         y = np.array([[1.0 if t in e.positives else 0.0 for t in tags] for _, e in usable]).reshape(
@@ -203,6 +221,7 @@ class Trainer:
         if learnable:
             columns = [tags.index(t) for t in learnable]
             y_fit = y[:, columns]
+            known = np.array([[1.0 if e.knows(t) else 0.0 for t in learnable] for _, e in usable])
             # Imported here: the Lambda tagger imports this module but never trains (nor ships threadpoolctl).
             from threadpoolctl import threadpool_limits
 
@@ -216,6 +235,7 @@ class Trainer:
                     target_precision=settings.target_precision,
                     folds=settings.cv_folds,
                     seed=settings.seed,
+                    known=known,
                     groups=duplicate_groups([a.etag or a.id for a, _ in usable], findings.duplicates),
                 )
             duplicates = [[usable[i][1].key, usable[j][1].key] for i, j in findings.duplicates[:100]]
@@ -294,6 +314,10 @@ class Trainer:
                     f"{n} picture(s) under the {settings.min_resolution} px guideline (training.min_resolution) "
                     "were used: set training.strict_resolution=true to leave them out"
                 )
+        if elsewhere:
+            notes.append(
+                f"{elsewhere} picture(s) outside these folders used as negatives for the tags removed from them"
+            )
         if untagged:
             notes.append(f"{untagged} untagged picture(s) of the training folders used as negatives for every tag")
         if below:
@@ -407,7 +431,7 @@ def negative_kinds(examples: Sequence[Example], tags: Sequence[str], taxonomy: T
         family = siblings.get(parent, set()) - {tag} if parent else set()
         counts = dict.fromkeys(NEGATIVE_KINDS, 0)
         for e in examples:
-            if tag in e.positives:
+            if tag in e.positives or not e.knows(tag):
                 continue
             if tag in e.negatives:
                 counts["removed"] += 1
