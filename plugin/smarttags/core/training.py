@@ -152,6 +152,7 @@ class Trainer:
             )
             for tag, keys in synced.unknown_tags.items():
                 unknown_tags.setdefault(tag, []).extend(keys)
+            notes.extend(synced.problems)
             notes.extend(f"unreadable: {key} ({reason})" for key, reason in synced.failed)
             held.extend(self._assets.scan(folder, attributes=ATTRIBUTES, batch_size=200))
         examples: list[tuple[Asset, Example]] = []
