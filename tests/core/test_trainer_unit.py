@@ -306,3 +306,10 @@ def test_a_removal_outside_the_training_folders_is_a_negative_for_that_tag_only(
     assert rows["animals:pet/cat"].negative_total == 12 and rows["animals:pet"].negative_total == 4  # unknown there
     assert report.images_used == 21 and report.untagged_negatives == 4
     assert any("1 picture(s) outside these folders" in note for note in report.notes)
+
+
+def test_nested_folders_count_each_picture_once(world: World) -> None:
+    _folder_a(world)
+    world.put("a/more/", "cat", 2, "kw:Cat")
+    report = world.trainer().train([Folder(BUCKET, "a/"), Folder(BUCKET, "a/more/")], trigger="on_demand")
+    assert report.images_used == 22

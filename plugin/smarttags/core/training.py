@@ -155,6 +155,7 @@ class Trainer:
             notes.extend(synced.problems)
             notes.extend(f"unreadable: {key} ({reason})" for key, reason in synced.failed)
             held.extend(self._assets.scan(folder, attributes=ATTRIBUTES, batch_size=200))
+        held = list({a.id: a for a in held}.values())  # nested folders hold some assets twice
         examples: list[tuple[Asset, Example]] = []
         below: list[str] = []
         below_by_tag: dict[str, int] = {}
@@ -193,7 +194,8 @@ class Trainer:
             len(usable), len(tags)
         )
         positives_per_tag = {t: int(y[:, j].sum()) for j, t in enumerate(tags)}
-        learnable = [t for t in tags if positives_per_tag[t] >= MIN_TO_LEARN and positives_per_tag[t] < len(usable)]
+        negatives_per_tag = {t: sum(1 for _, e in usable if t not in e.positives and e.knows(t)) for t in tags}
+        learnable = [t for t in tags if positives_per_tag[t] >= MIN_TO_LEARN and negatives_per_tag[t] > 0]
         active = self._active(embedder.backbone_id)
         carried = [t for t in active.heads.tags if t in taxonomy and t not in learnable] if active else []
         rows: dict[str, TagRow] = {}
