@@ -165,7 +165,7 @@ def test_manifest_mistakes_are_reported_with_their_line_and_nothing_is_dropped(w
     result = sync_folder(assets, store, Folder(BUCKET, "photos/"), TREE, read_facts=read_facts, manifest=manifest)
     assert held(world, "photos/a.jpg").tags == ("nature:animals/cats",)  # type: ignore[union-attr]
     assert held(world, "photos/b.jpg").tags == ()  # type: ignore[union-attr]
-    assert result.problems == [
+    assert result.messages() == [
         "manifest line 4: no object under s3://assets/photos/ matches (tried 'c.jpg' and 'photos/c.jpg')",
         "manifest line 3: tag 'nature:animals/cat' is not in the taxonomy (closest: nature:animals/cats, "
         "nature:animals, nature:animals/birds)",

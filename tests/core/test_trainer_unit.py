@@ -313,3 +313,18 @@ def test_nested_folders_count_each_picture_once(world: World) -> None:
     world.put("a/more/", "cat", 2, "kw:Cat")
     report = world.trainer().train([Folder(BUCKET, "a/"), Folder(BUCKET, "a/more/")], trigger="on_demand")
     assert report.images_used == 22
+
+
+def test_a_manifest_over_several_folders_reports_only_keys_matching_none(world: World) -> None:
+    world.put("a/", "cat", 6)
+    world.put("b/", "dog", 6)
+    manifest = ingest.read_manifest(
+        "key,tags\n" + "".join(f"a/cat-{i}.jpg,Cat\n" for i in range(6)) + "dog-0.jpg,Dog\nnowhere.jpg,Dog\n"
+    )
+    report = world.trainer().train([Folder(BUCKET, "a/"), Folder(BUCKET, "b/")], trigger="on_demand", manifest=manifest)
+    problems = [n for n in report.notes if n.startswith("manifest")]
+    assert problems == [
+        f"manifest line 9: no object under s3://{BUCKET}/b/ matches (tried 'nowhere.jpg' and 'b/nowhere.jpg')"
+    ]
+    rows = {row.tag: row for row in report.rows}
+    assert rows["animals:pet/cat"].images == 6 and rows["animals:pet/dog"].images == 1

@@ -60,7 +60,12 @@ class IngestResult:
     removed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     unknown_tags: dict[str, list[str]] = field(default_factory=dict)  # tag -> keys
-    problems: list[str] = field(default_factory=list)  # the manifest's mistakes, one line each
+    problems: list[str] = field(default_factory=list)  # the manifest's refused tags, one line each
+    unmatched: dict[str, str] = field(default_factory=dict)  # manifest key matching no object -> its line
+
+    def messages(self) -> list[str]:
+        """Every manifest mistake, one line each."""
+        return [*self.unmatched.values(), *self.problems]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,7 +75,7 @@ class IngestResult:
             "removed": self.removed,
             "failed": [{"key": k, "reason": r} for k, r in self.failed],
             "unknown_tags": self.unknown_tags,
-            "problems": self.problems,
+            "problems": self.messages(),
         }
 
 
@@ -174,7 +179,7 @@ def _match_manifest(
         found = key if key in keys else relative if relative in keys else None
         if found is None:
             tried = f"{key!r}" + (f" and {relative!r}" if relative != key else "")
-            result.problems.append(f"{_where(manifest, key)}: no object under {folder.uri} matches (tried {tried})")
+            result.unmatched[key] = f"{_where(manifest, key)}: no object under {folder.uri} matches (tried {tried})"
         else:
             matched[found] = key
     return matched

@@ -139,6 +139,7 @@ class Trainer:
         unknown_tags: dict[str, list[str]] = {}
         notes: list[str] = []
         held: list[Asset] = []
+        unmatched: dict[str, str] | None = None  # manifest keys that match no object in any folder
         for folder in folders:
             synced = ingest.sync_folder(
                 self._assets,
@@ -152,10 +153,12 @@ class Trainer:
             )
             for tag, keys in synced.unknown_tags.items():
                 unknown_tags.setdefault(tag, []).extend(keys)
-            notes.extend(synced.problems)
+            notes.extend(p for p in synced.problems if p not in notes)
+            unmatched = {k: m for k, m in synced.unmatched.items() if unmatched is None or k in unmatched}
             notes.extend(f"unreadable: {key} ({reason})" for key, reason in synced.failed)
             held.extend(self._assets.scan(folder, attributes=ATTRIBUTES, batch_size=200))
         held = list({a.id: a for a in held}.values())  # nested folders hold some assets twice
+        notes.extend((unmatched or {}).values())
         examples: list[tuple[Asset, Example]] = []
         below: list[str] = []
         below_by_tag: dict[str, int] = {}
