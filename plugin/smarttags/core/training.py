@@ -109,7 +109,8 @@ class Trainer:
         activate: bool = True,
         progress: Callable[[str, int, int | None], None] | None = None,
     ) -> TrainingReport:
-        """Train one model on the given folders; record the run and its report."""
+        """Train the tags the folders' pictures carry into a new model that keeps the active model's other
+        heads (one model for the whole taxonomy); record the run and its report."""
         label = ", ".join(f.uri for f in folders)
         run = self._runs.start(TRAIN, label, trigger, folders=[f.uri for f in folders])
         try:
