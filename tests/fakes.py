@@ -1,7 +1,7 @@
 """In-memory fakes of the core's ports (``smarttags.core.ports``), for unit tests of the core without
 OpenSearch or S3. They keep the semantics the core relies on — sequence numbers and conflicts for
 optimistic concurrency, create-only writes, NotFound for missing objects — and nothing else: queries
-are matched on ``match_all`` and ``term`` filters only. Integration tests use the real services."""
+are matched on ``match_all``, ``term`` and ``exists`` filters only. Integration tests use the real services."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from smarttags.errors import ConflictError, NotFound
 def _matches(source: Mapping[str, Any], query: Mapping[str, Any]) -> bool:
     if not query or "match_all" in query:
         return True
+    if "exists" in query:
+        return bool(source.get(query["exists"]["field"]))
     if "term" in query:
         ((field, value),) = query["term"].items()
         return source.get(field.removesuffix(".tree")) == value

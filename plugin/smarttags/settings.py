@@ -113,10 +113,15 @@ class BackboneSettings(BaseModel):
 class TrainingSettings(BaseModel):
     min_images_per_tag: int = Field(default=30, ge=1)
     min_resolution: int = Field(default=500, ge=1)
+    # Pictures under min_resolution are counted and named in the advice; only a strict setting drops them.
+    strict_resolution: bool = False
     threshold_policy: Literal["f1", "precision"] = "f1"
     target_precision: float = Field(default=0.9, gt=0, le=1)
     cv_folds: int = Field(default=5, ge=2, le=20)
     seed: int = 0
+    # The matrix products of training are small: extra BLAS threads mostly fight the backbone and the
+    # worker for the cores (a loaded 2-core machine ran 10x slower with the library's default).
+    blas_threads: int = Field(default=1, ge=1, le=256)
 
 
 class TaggingSettings(BaseModel):

@@ -169,6 +169,15 @@ class AssetIndex:
         for hit in self._index.scan(KIND, folder.query(), source=source, batch_size=batch_size):
             yield from_document(hit["_source"])
 
+    def scan_rejected(
+        self, bucket: str, *, attributes: Collection[str] | None = None, batch_size: int = 500
+    ) -> Iterator[Asset]:
+        """Every asset of the bucket with a smart tag a moderator removed (training's explicit negatives)."""
+        source: Sequence[str] | bool = document_fields(attributes) if attributes is not None else True
+        query = {"bool": {"filter": [{"term": {"bucket": bucket}}, {"exists": {"field": "rejected_tags"}}]}}
+        for hit in self._index.scan(KIND, query, source=source, batch_size=batch_size):
+            yield from_document(hit["_source"])
+
     def merge(self, assets: Sequence[Asset], attributes: Collection[str], *, create: bool = True) -> None:
         """Write only these attributes of each asset, in one bulk request, leaving the document's other
         fields as they are (a concurrent tagger's smart tags survive a sync); with ``create`` a missing

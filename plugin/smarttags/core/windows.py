@@ -264,22 +264,25 @@ def run_window(services: Services, kind: str, fire_time: datetime, *, owner: str
     state = "done"
     renewal = _Renewal(leases, window, owner, services.settings.scheduler.lease_seconds)
     try:
-        for folder in services.folders.enabled():
+        enabled = services.folders.enabled()
+        if kind == TRAINING_WINDOW and enabled:
+            # One model for the whole taxonomy: one training over every enabled folder, not one per folder.
             try:
-                if kind == TRAINING_WINDOW:
-                    report = services.trainer.train([folder.folder], trigger=SCHEDULE)
-                    run_ids.append(report.run_id)
-                else:
-                    dispatch = dispatch_tagging(
-                        services.assets,
-                        services.queue,
-                        services.runs,
-                        services.models,
-                        folder.folder,
-                        tagging=services.settings.tagging,
-                        trigger=SCHEDULE,
-                    )
-                    run_ids.append(dispatch.run.run_id)
+                run_ids.append(services.trainer.train([f.folder for f in enabled], trigger=SCHEDULE).run_id)
+            except Exception:  # recorded on its run
+                log.exception("training window failed")
+        for folder in enabled if kind != TRAINING_WINDOW else []:
+            try:
+                dispatch = dispatch_tagging(
+                    services.assets,
+                    services.queue,
+                    services.runs,
+                    services.models,
+                    folder.folder,
+                    tagging=services.settings.tagging,
+                    trigger=SCHEDULE,
+                )
+                run_ids.append(dispatch.run.run_id)
             except Exception:  # one folder's failure is recorded on its run; the others go on
                 log.exception("%s window: folder %s failed", kind, folder.uri)
     except BaseException:
