@@ -79,7 +79,12 @@ def _upload_folder(services: Services, local: Path, prefix: str) -> int:
     return uploaded
 
 
-def _wait_tagged(services: Services, keys: list[str], timeout: float) -> dict[str, list[dict[str, Any]]]:
+DONE = (TaggingStatus.TAGGED, TaggingStatus.FAILED, TaggingStatus.UNSUPPORTED)
+
+
+def _wait_tagged(
+    services: Services, keys: list[str], timeout: float, *, done: tuple[TaggingStatus, ...] = DONE
+) -> dict[str, list[dict[str, Any]]]:
     """key -> its smart tags (``{"tag", "confidence", ...}``, best first) once the upload tagger is done."""
     bucket = services.settings.aws.bucket
     deadline = time.monotonic() + timeout
@@ -88,7 +93,7 @@ def _wait_tagged(services: Services, keys: list[str], timeout: float) -> dict[st
     while pending and time.monotonic() < deadline:
         for key in list(pending):
             found = services.assets.get(asset_id(bucket, key))
-            if found and found.asset.status in (TaggingStatus.TAGGED, TaggingStatus.FAILED, TaggingStatus.UNSUPPORTED):
+            if found and found.asset.status in done:
                 ranked = sorted(found.asset.smart_tags, key=lambda t: -t.confidence)
                 tagged[key] = [{"tag": t.tag, "confidence": t.confidence} for t in ranked]
                 pending.discard(key)
@@ -211,10 +216,14 @@ def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) ->
     services.taxonomy.import_tags(tags)
     out(f"  taxonomy: {len(tags)} tags with English, German and French titles")
     bucket = settings.aws.bucket
-    uploaded = _upload_folder(services, sample_dir / "train", TRAIN_PREFIX)
-    out(f"  training folder s3://{bucket}/{TRAIN_PREFIX}: {uploaded} pictures uploaded")
     for prefix in (TRAIN_PREFIX, NEW_PREFIX):
         services.folders.set_enabled(Folder(bucket, prefix), True, user="demo")
+    uploaded = _upload_folder(services, sample_dir / "train", TRAIN_PREFIX)
+    out(f"  training folder s3://{bucket}/{TRAIN_PREFIX}: {uploaded} pictures uploaded")
+    # The upload tagger embeds them as they arrive (no model yet); training reuses those embeddings, so
+    # every picture is embedded one way and two runs give the same model and the same rankings.
+    train_keys = sorted(info.key for info in services.store.list(TRAIN_PREFIX))
+    _wait_tagged(services, train_keys, wait_seconds, done=(TaggingStatus.EMBEDDED, *DONE))
 
     previous = services.runs.latest("train", f"s3://{bucket}/{TRAIN_PREFIX}")
     if previous and previous.report and uploaded == 0 and services.models.active_version():
@@ -228,6 +237,11 @@ def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) ->
         finally:
             bar.close()
     out(report.as_table(result))
+    # The training pictures arrived before there was a model: tag them with it now (what the daily window
+    # would do tonight), so every picture is tagged by the same model and two runs show the same results.
+    dispatch = services.dispatch_tagging(Folder(bucket, TRAIN_PREFIX), trigger=ON_DEMAND)
+    _wait_tagged(services, train_keys, wait_seconds)
+    out(f"  tagged the training folder with the new model: {dispatch.run.counts.get('selected', 0)} pictures")
 
     images: list[dict[str, Any]] = list(built["images"])  # type: ignore[call-overload]
     expected = {NEW_PREFIX + Path(str(e["file"])).name: str(e["tag"]) for e in images if not e["train"]}
