@@ -18,12 +18,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 
 
-def folder_of(key: str) -> str:
-    """The folder (prefix ending in '/') an object key sits in; '' for the bucket root."""
-    head, sep, _ = key.rpartition("/")
-    return head + sep
-
-
 class ObjectStore:
     """Read and write objects of one bucket. Errors come out as SmartTags errors."""
 
