@@ -42,11 +42,11 @@ def corpus(services):
     services.taxonomy.import_tags(TAXONOMY)
     ids = {
         "meta_both": _asset(services, "a/meta_both.jpg", title="Woman running in the park"),
-        "meta_woman_only": _asset(services, "a/meta_woman.jpg", title="A woman"),
+        "meta_w_only": _asset(services, "a/meta_w.jpg", title="A woman"),
         "smart_both": _asset(services, "a/smart_both.jpg", smart=[("people:woman", 0.9), ("activities:running", 0.8)]),
-        "smart_woman": _asset(services, "a/smart_woman.jpg", smart=[("people:woman", 0.7)]),
-        "smart_running": _asset(services, "b/smart_running.jpg", smart=[("activities:running", 0.95)]),
-        "meta_woman_smart_running": _asset(
+        "smart_w": _asset(services, "a/smart_w.jpg", smart=[("people:woman", 0.7)]),
+        "smart_r": _asset(services, "b/smart_r.jpg", smart=[("activities:running", 0.95)]),
+        "meta_w_smart_r": _asset(
             services, "b/mixed.jpg", title="Portrait of a woman", smart=[("activities:running", 0.5)]
         ),
         "dog": _asset(services, "b/dog.jpg", title="Dog", smart=[("animals:dog", 0.9)]),
@@ -68,12 +68,12 @@ def test_woman_running_comes_in_tier_order(services, corpus):
     assert _keys(result) == [
         ("meta_both", 1),
         ("smart_both", 2),
-        ("smart_running", 3),  # higher confidence first inside a tier
-        ("smart_woman", 3),
+        ("smart_r", 3),  # higher confidence first inside a tier
+        ("smart_w", 3),
         ("mixed", 3),
     ]
     # Metadata matching only "woman" is not a hit: terms are ANDed over metadata.
-    assert "meta_woman" not in [k for k, _ in _keys(result)]
+    assert "meta_w" not in [k for k, _ in _keys(result)]
     first = result.hits[0]
     assert list(first.highlights) == ["title"] and "<mark>" in first.highlights["title"][0]
     assert _search(services, "woman running", highlight=False).hits[0].highlights == {}
@@ -84,14 +84,14 @@ def test_woman_running_comes_in_tier_order(services, corpus):
 @pytest.mark.parametrize("text", ["the woman is running", "WOMAN Running", "woman runs", "lady jogging"])
 def test_stop_words_case_stemming_and_synonyms(services, corpus, text):
     tiers = dict(_keys(_search(services, text)))
-    assert tiers["smart_both"] == 2 and tiers["smart_woman"] == 3
+    assert tiers["smart_both"] == 2 and tiers["smart_w"] == 3
     if "lady" not in text:
         assert tiers["meta_both"] == 1
 
 
 def test_locale_titles(services, corpus):
     # One term, matched by a German title: every term is covered by smart tags, so tier 2.
-    assert dict(_keys(_search(services, "Frau", locale="de"))) == {"smart_both": 2, "smart_woman": 2}
+    assert dict(_keys(_search(services, "Frau", locale="de"))) == {"smart_both": 2, "smart_w": 2}
     assert dict(_keys(_search(services, "Hunde", locale="de"))) == {"dog": 2}
 
 
@@ -110,7 +110,7 @@ def test_quoted_phrase_and_query_syntax_are_plain_text(services, corpus):
 def test_template_escapes_every_parameter(services, corpus):
     nasty = '"}}]}, "size": 1000, "query": {"match_all": {}}, "x": [{{"'
     params = services.searcher.params(SearchRequest(text=nasty))
-    rendered = services.index.render_template("smarttags-search-v2", params)["template_output"]
+    rendered = services.index.render_template("smarttags-search-v3", params)["template_output"]
     assert rendered["size"] == 20
     tier1 = rendered["query"]["bool"]["must"][0]["dis_max"]["queries"][0]["bool"]
     assert tier1["must"][0]["multi_match"]["query"] == nasty
@@ -125,16 +125,16 @@ def test_empty_and_very_long_queries(services, corpus):
 
 
 def test_filters_by_folder(services, corpus):
-    assert {k for k, _ in _keys(_search(services, "woman running", folder="b"))} == {"smart_running", "mixed"}
+    assert {k for k, _ in _keys(_search(services, "woman running", folder="b"))} == {"smart_r", "mixed"}
 
 
 def test_moderation_is_reflected_in_the_next_search(services, corpus):
-    services.moderation.remove(corpus["smart_running"], "activities:running", user="mod")
-    assert "smart_running" not in [k for k, _ in _keys(_search(services, "running"))]
-    services.moderation.promote(corpus["smart_woman"], "people:woman", user="mod")
+    services.moderation.remove(corpus["smart_r"], "activities:running", user="mod")
+    assert "smart_r" not in [k for k, _ in _keys(_search(services, "running"))]
+    services.moderation.promote(corpus["smart_w"], "people:woman", user="mod")
     tier3 = [k for k, t in _keys(_search(services, "woman running")) if t == 3]
-    assert tier3[0] == "smart_woman"
-    audit = services.moderation.audit(asset_id=corpus["smart_woman"])
+    assert tier3[0] == "smart_w"
+    audit = services.moderation.audit(asset_id=corpus["smart_w"])
     assert audit[0]["action"] == "promote_tag" and audit[0]["user"] == "mod"
 
 
@@ -208,7 +208,7 @@ def test_property_tier1_is_in_bm25_order(services, os_client):
                         "query": text,
                         "type": "cross_fields",
                         "operator": "and",
-                        "fields": ["title^3", "keywords^2", "description"],
+                        "fields": ["title^3", "keywords^2", "description", "file_name"],
                         "analyzer": "metadata_text",
                     }
                 },
@@ -268,7 +268,7 @@ def test_a_word_matching_thousands_of_tags(services):
 
 def test_folder_as_s3_url(services, corpus):
     bucket = services.settings.aws.bucket
-    expected = {"smart_running", "mixed"}
+    expected = {"smart_r", "mixed"}
     assert {k for k, _ in _keys(_search(services, "woman running", folder=f"s3://{bucket}/b/"))} == expected
     from smarttags.errors import RequestError
 
@@ -278,12 +278,12 @@ def test_folder_as_s3_url(services, corpus):
 
 def test_minimal_http_call_uses_template_defaults(services, os_client, corpus):
     body = {
-        "id": "smarttags-search-v2",
+        "id": "smarttags-search-v3",
         "params": {"query": "woman", "has_query": True, "bucket": services.settings.aws.bucket},
     }
     response = os_client.search_template(index=services.index.name("assets"), body=body)
     assert {h["_source"]["key"] for h in response["hits"]["hits"]} == {
-        "a/meta_woman.jpg",
+        "a/meta_w.jpg",
         "a/meta_both.jpg",
         "b/mixed.jpg",
     }
@@ -291,12 +291,12 @@ def test_minimal_http_call_uses_template_defaults(services, os_client, corpus):
 
 @pytest.mark.parametrize("locale", ["fr", "pl", "it", "ja", "ru"])
 def test_english_titles_are_the_fallback_in_every_locale(services, corpus, locale):
-    assert {"smart_both", "smart_running"} <= {k for k, _ in _keys(_search(services, "running", locale=locale))}
+    assert {"smart_both", "smart_r"} <= {k for k, _ in _keys(_search(services, "running", locale=locale))}
 
 
 def test_english_titles_and_synonyms_still_match_a_tag_with_a_german_title(services, corpus):
-    assert dict(_keys(_search(services, "lady", locale="de"))) == {"smart_both": 2, "smart_woman": 2}
-    assert dict(_keys(_search(services, "woman", locale="de")))["smart_woman"] == 2
+    assert dict(_keys(_search(services, "lady", locale="de"))) == {"smart_both": 2, "smart_w": 2}
+    assert dict(_keys(_search(services, "woman", locale="de")))["smart_w"] == 2
 
 
 def test_accents_fold_in_tag_titles_as_in_metadata(services):
