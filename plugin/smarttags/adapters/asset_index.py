@@ -2,10 +2,11 @@
 core makes of them (``core.ports.Assets``). The only place that knows the document's shape; the mapping
 ``search_templates/assets.index.json`` is its contract.
 
-Search reads three fields derived here from the asset: ``smart_ids`` (the smart tags' ids),
+Search reads four fields derived here from the asset: ``smart_ids`` (the smart tags' ids),
 ``smart_scores`` (one rank feature per smart tag: its confidence, +1 when promoted; the search template
-also lifts an asset with a promoted matching tag above any number of unpromoted ones) and ``folder`` (the key's folder path, for the ``folder.tree``
-filter) and ``file_name`` (the key's last segment, searched with the metadata). Promotion itself is stored once, in ``promoted_tags``.
+also lifts an asset with a promoted matching tag above any number of unpromoted ones), ``folder`` (the
+key's folder path, for the ``folder.tree`` filter) and ``file_name`` (the key's last segment, searched
+with the metadata). Promotion itself is stored once, in ``promoted_tags``.
 """
 
 from __future__ import annotations

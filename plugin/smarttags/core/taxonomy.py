@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from smarttags.core.clock import now_iso
 from smarttags import resources
+from smarttags.core.clock import now_iso
 from smarttags.core.ports import Index
 from smarttags.errors import TaxonomyError
 

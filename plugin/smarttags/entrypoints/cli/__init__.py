@@ -50,10 +50,10 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) ->
     search -woman"), in their place, and needs at least one word."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_args(argv)
-    field = getattr(args, "free_text", None)
+    field: str | None = getattr(args, "free_text", None)
     if unknown and field is None:
         parser.error("unrecognized arguments: " + " ".join(unknown))
-    if unknown and "--" not in argv:
+    if unknown and field is not None and "--" not in argv:
         # Every argument that is no option of the command, nor an option's value, goes after "--".
         command = argv.index(args.command)
         words = Counter([*getattr(args, field), *unknown])
@@ -66,7 +66,7 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) ->
                 head.append(arg)
         args = parser.parse_args([*head, "--", *tail])
     if field is not None and not getattr(args, field):
-        parser.error(f"{args.command}: give at least one word (an empty string \"\" for everything)")
+        parser.error(f'{args.command}: give at least one word (an empty string "" for everything)')
     return args
 
 
