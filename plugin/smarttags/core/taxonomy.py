@@ -127,6 +127,8 @@ class Taxonomy:
 
     def __init__(self, tags: Iterable[Tag]) -> None:
         self.tags: dict[str, Tag] = {t.id: t for t in tags}
+        self._order = {tag_id: i for i, tag_id in enumerate(self.tags)}
+        self._lookups: dict[str, tuple[dict[str, list[str]], dict[str, list[tuple[str, list[str]]]]]] = {}
 
     def __contains__(self, tag_id: object) -> bool:
         return tag_id in self.tags
@@ -164,35 +166,39 @@ class Taxonomy:
         (``fallback_tokens``, position by position; the token itself when not given). A multi-word
         synonym covers the tokens of each place where the query holds its words in order, and no
         token alone."""
-        base = locale.split("-")[0]
         fallback = list(fallback_tokens) if fallback_tokens is not None else list(tokens)
         if len(fallback) != len(tokens):
             fallback = list(tokens)
+        own, english = self._lookup(locale), self._lookup(DEFAULT_LOCALE)
+        covered: dict[int, set[str]] = {i: set() for i in range(len(tokens))}
+        for sequence, lookup in ((tokens, own), (fallback, english)):
+            words, phrases = lookup
+            for i, token in enumerate(sequence):
+                covered[i].update(words.get(token, ()))
+                for tag_id, phrase in phrases.get(token, ()):
+                    if list(sequence[i : i + len(phrase)]) == phrase:
+                        for position in range(i, i + len(phrase)):
+                            covered[position].add(tag_id)
+        order = self._order
         found: dict[str, list[str]] = {token: [] for token in tokens}
-        for tag in self.tags.values():
-            own = tag.tokens.get(locale) or tag.tokens.get(base) or []
-            english = tag.tokens.get(DEFAULT_LOCALE) or []
-            covered = {i for i, token in enumerate(tokens) if token in own}
-            covered |= {i for i, token in enumerate(fallback) if token in english}
-            for sequence, phrases in (
-                (tokens, tag.phrases.get(locale) or tag.phrases.get(base) or []),
-                (fallback, tag.phrases.get(DEFAULT_LOCALE) or []),
-            ):
-                for phrase in phrases:
-                    covered |= _occurrences(sequence, phrase)
-            for token in dict.fromkeys(tokens[i] for i in sorted(covered)):
-                found[token].append(tag.id)
+        for i, token in enumerate(tokens):
+            found[token] = sorted(set(found[token]) | covered[i], key=order.__getitem__)
         return found
 
-
-def _occurrences(sequence: Sequence[str], phrase: Sequence[str]) -> set[int]:
-    """The positions of ``sequence`` covered by each contiguous occurrence of ``phrase``."""
-    n = len(phrase)
-    covered: set[int] = set()
-    for start in range(len(sequence) - n + 1):
-        if list(sequence[start : start + n]) == list(phrase):
-            covered.update(range(start, start + n))
-    return covered
+    def _lookup(self, locale: str) -> tuple[dict[str, list[str]], dict[str, list[tuple[str, list[str]]]]]:
+        """Per locale, built once: token -> the tags holding it, and a phrase's first token -> (tag,
+        phrase); a tag without that locale's titles is looked up under the base language's."""
+        if locale not in self._lookups:
+            base = locale.split("-")[0]
+            words: dict[str, list[str]] = {}
+            phrases: dict[str, list[tuple[str, list[str]]]] = {}
+            for tag in self.tags.values():
+                for token in tag.tokens.get(locale) or tag.tokens.get(base) or []:
+                    words.setdefault(token, []).append(tag.id)
+                for phrase in tag.phrases.get(locale) or tag.phrases.get(base) or []:
+                    phrases.setdefault(phrase[0], []).append((tag.id, phrase))
+            self._lookups[locale] = (words, phrases)
+        return self._lookups[locale]
 
 
 class TaxonomyStore:
