@@ -17,7 +17,7 @@ from smarttags.errors import ConfigError
 
 # Stored search templates: file in search_templates/ -> stored script id. The id carries a version so a
 # changed template never silently replaces the one a running deployment uses.
-TEMPLATES = {"search.mustache": "smarttags-search-v2", "similar.mustache": "smarttags-similar-v1"}
+TEMPLATES = {"search.mustache": "smarttags-search-v3", "similar.mustache": "smarttags-similar-v1"}
 
 
 def _file(name: str) -> Traversable:

@@ -2,10 +2,11 @@
 core makes of them (``core.ports.Assets``). The only place that knows the document's shape; the mapping
 ``search_templates/assets.index.json`` is its contract.
 
-Search reads three fields derived here from the asset: ``smart_ids`` (the smart tags' ids),
-``smart_scores`` (one rank feature per smart tag: its confidence, +1 when promoted, so a promoted tag
-outranks any unpromoted confidence) and ``folder`` (the key's folder path, for the ``folder.tree``
-filter). Promotion itself is stored once, in ``promoted_tags``.
+Search reads four fields derived here from the asset: ``smart_ids`` (the smart tags' ids),
+``smart_scores`` (one rank feature per smart tag: its confidence, +1 when promoted; the search template
+also lifts an asset with a promoted matching tag above any number of unpromoted ones), ``folder`` (the
+key's folder path, for the ``folder.tree`` filter) and ``file_name`` (the key's last segment, searched
+with the metadata). Promotion itself is stored once, in ``promoted_tags``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ KIND = "assets"
 # An asset attribute -> the document fields it is written to (the rest are written under their own name).
 _FIELDS: dict[str, tuple[str, ...]] = {
     "folder": ("folder",),
+    "key": ("key", "file_name"),
     "smart_tags": ("smart_tags", "smart_ids", "smart_scores"),
     "promoted": ("promoted_tags", "smart_scores"),
     "rejected": ("rejected_tags",),
@@ -36,6 +38,7 @@ def to_document(asset: Asset) -> dict[str, Any]:
         "asset_id": asset.id,
         "bucket": asset.bucket,
         "key": asset.key,
+        "file_name": asset.key.rsplit("/", 1)[-1],
         "folder": asset.folder.path,
         "etag": asset.etag,
         "version_id": asset.version_id,

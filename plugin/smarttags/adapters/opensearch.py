@@ -279,11 +279,13 @@ class SearchIndex:
         result: dict[str, Any] = self._call("render_search_template", id=template_id, body={"params": dict(params)})
         return result
 
-    def analyze(self, text: str, analyzer: str, *, kind: str | None = None) -> list[str]:
-        """Tokens of ``text`` under a named analyzer (an index's custom one when ``kind`` is given)."""
+    def analyze(self, text: str, analyzer: str | Mapping[str, Any], *, kind: str | None = None) -> list[str]:
+        """Tokens of ``text`` under a named analyzer (an index's custom one when ``kind`` is given) or an
+        analyzer defined inline (``{"tokenizer": ..., "filter": [...]}``)."""
         if not text.strip():
             return []
-        kwargs: dict[str, Any] = {"body": {"analyzer": analyzer, "text": text}}
+        spec = {"analyzer": analyzer} if isinstance(analyzer, str) else dict(analyzer)
+        kwargs: dict[str, Any] = {"body": {**spec, "text": text}}
         if kind is not None:
             kwargs["index"] = self.name(kind)
         result = self._call("indices.analyze", **kwargs)

@@ -16,7 +16,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,12 +65,13 @@ class DemoResult:
         }
 
 
-def _upload_folder(services: Services, local: Path, prefix: str) -> int:
-    """Upload the files under ``local`` to ``prefix``; skip those already there with the same bytes."""
+def _upload_folder(services: Services, local: Path, prefix: str, names: Mapping[str, str] | None = None) -> int:
+    """Upload the files under ``local`` to ``prefix`` (under ``names[file name]`` when given); skip those
+    already there with the same bytes."""
     existing = {info.key: info.etag for info in services.store.list(prefix)}
     uploaded = 0
     for path in sorted(local.rglob("*.jpg")):
-        key = prefix + path.relative_to(local).as_posix()
+        key = prefix + (names[path.name] if names else path.relative_to(local).as_posix())
         data = path.read_bytes()
         if existing.get(key) == hashlib.md5(data, usedforsecurity=False).hexdigest():
             continue
@@ -244,11 +245,15 @@ def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) ->
     out(f"  tagged the training folder with the new model: {dispatch.run.counts.get('selected', 0)} pictures")
 
     images: list[dict[str, Any]] = list(built["images"])  # type: ignore[call-overload]
-    expected = {NEW_PREFIX + Path(str(e["file"])).name: str(e["tag"]) for e in images if not e["train"]}
+    # Neutral names for the uploads: "food-fruit-38.jpg" would match "food fruit" by its file name
+    # (tier 1) and hide what the smart tags find.
+    new = sorted((Path(str(e["file"])).name, str(e["tag"])) for e in images if not e["train"])
+    names = {name: f"upload-{n:03d}.jpg" for n, (name, _) in enumerate(new)}
+    expected = {NEW_PREFIX + names[name]: tag for name, tag in new}
     new_keys = sorted(expected)
     out(f"Uploading {len(new_keys)} untagged pictures to s3://{bucket}/{NEW_PREFIX}; the upload tagger tags them...")
     started = time.monotonic()
-    uploaded = _upload_folder(services, sample_dir / "new", NEW_PREFIX)
+    uploaded = _upload_folder(services, sample_dir / "new", NEW_PREFIX, names)
     out(f"  {uploaded} uploaded, {len(new_keys) - uploaded} already there with the same bytes")
     smart = _wait_tagged(services, new_keys, wait_seconds)
     tagged = {key: [str(e["tag"]) for e in entries] for key, entries in smart.items()}
