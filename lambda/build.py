@@ -58,6 +58,9 @@ PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")
 NEVER = ("torch", "torchvision")
 # The runtime's boto3 is older than ours and changes with the runtime; --with-boto3 ships the tested one.
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath")
+# opensearch-py 3 requires its gRPC transport (opensearch-protobufs: grpcio + protobuf, ~20 MB), which its
+# HTTP client never imports (tests/entrypoints/test_deploy.py checks the handler loads neither).
+UNUSED = ("grpc", "grpcio", "protobuf", "opensearch_protobufs", "google/protobuf", "google/_upb")
 FORBIDDEN = (*NEVER, *RUNTIME_PROVIDED)
 STRIP_DIRS = frozenset({"tests", "test", "__pycache__"})
 # Parts of plugin/smarttags outside the handler's import graph (tests/entrypoints/test_deploy.py checks that none
@@ -107,12 +110,22 @@ def pip_install(target: Path, python_version: str, requirements: Sequence[str] =
 
 
 def strip(root: Path) -> int:
-    """Remove test suites, bytecode caches and console scripts; return the bytes saved."""
+    """Remove test suites, bytecode caches, console scripts and the unused gRPC transport; return the
+    bytes saved."""
     saved = 0
     for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if path.is_dir() and path.name in STRIP_DIRS:
             saved += tree_size(path)
             shutil.rmtree(path)
+    for path in sorted(root.iterdir()):
+        name = path.name.split("-")[0] if path.name.endswith(".dist-info") else path.name
+        if name in UNUSED:
+            saved += tree_size(path)
+            shutil.rmtree(path)
+    for nested in (u for u in UNUSED if "/" in u):
+        if (root / nested).is_dir():
+            saved += tree_size(root / nested)
+            shutil.rmtree(root / nested)
     bin_dir = root / "bin"  # console scripts of the deps: nothing runs them in Lambda
     if bin_dir.is_dir():
         saved += tree_size(bin_dir)

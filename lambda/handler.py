@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from smarttags import settings as settings_mod
+from smarttags.adapters.sqs import WorkQueue
 from smarttags.entrypoints.batch import handle_lambda_event
 from smarttags.entrypoints.compose import Services
 
@@ -40,4 +42,17 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if _services is None:
         _configure_logging()
         _services = Services(settings_mod.load())
-    return handle_lambda_event(_services.tagger, _services.runs, event)
+    return handle_lambda_event(
+        _services.tagger,
+        _services.runs,
+        event,
+        delay=_delay,
+        backoff_first=_services.settings.tagging.retry_backoff_seconds,
+    )
+
+
+def _delay(record: Mapping[str, Any], seconds: int) -> None:
+    """Push a transiently failed record's next receive back (its queue is named by its event source)."""
+    assert _services is not None
+    queue_name = str(record.get("eventSourceARN", "")).rpartition(":")[2]
+    WorkQueue.by_name(_services.sqs, queue_name).backoff(str(record["receiptHandle"]), seconds)

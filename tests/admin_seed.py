@@ -86,7 +86,17 @@ def seed(services) -> Seeded:
     services.index.refresh("assets")
     run = Run("train-0123456789ab", TRAIN, f"s3://{services.settings.aws.bucket}/photos/", ON_DEMAND, now_iso())
     rows = [
-        TagRow("animals:cat", "Cat", TRAINED, 40, precision=0.91, recall=0.84, average_precision=0.9, threshold=0.42),
+        TagRow(
+            "animals:cat",
+            "Cat",
+            TRAINED,
+            40,
+            precision=0.91,
+            recall=0.84,
+            average_precision=0.9,
+            threshold=0.42,
+            negatives={"untagged": 3, "removed": 1, "siblings": 10, "other": 0},
+        ),
         TagRow(
             "animals:dog",
             "Dog",
@@ -108,6 +118,8 @@ def seed(services) -> Seeded:
         images_used=54,
         images_embedded=54,
         rows=rows,
+        retrained=["animals:cat"],
+        carried_over=["animals:dog"],
     ).to_json()
     run.status, run.ended_at = RunStatus.SUCCEEDED, now_iso()
     services.runs.save(run, refresh=False)

@@ -1,12 +1,13 @@
 """In-memory fakes of the core's ports (``smarttags.core.ports``), for unit tests of the core without
 OpenSearch or S3. They keep the semantics the core relies on — sequence numbers and conflicts for
 optimistic concurrency, create-only writes, NotFound for missing objects — and nothing else: queries
-are matched on ``match_all`` and ``term`` filters only. Integration tests use the real services."""
+are matched on ``match_all``, ``term`` and ``exists`` filters only. Integration tests use the real services."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,8 @@ from smarttags.errors import ConflictError, NotFound
 def _matches(source: Mapping[str, Any], query: Mapping[str, Any]) -> bool:
     if not query or "match_all" in query:
         return True
+    if "exists" in query:
+        return bool(source.get(query["exists"]["field"]))
     if "term" in query:
         ((field, value),) = query["term"].items()
         return source.get(field.removesuffix(".tree")) == value
@@ -32,6 +35,7 @@ class FakeIndex:
         self.docs: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
         self._seq = 0
         self.writes = 0
+        self._lock = threading.Lock()  # a conditional write is atomic, as in OpenSearch
 
     def name(self, kind: str) -> str:
         return f"{self.prefix}-{kind}"
@@ -52,15 +56,17 @@ class FakeIndex:
         expected: Versioned | None = None,
         create: bool = False,
         refresh: bool | str = False,
-    ) -> None:
-        held = self.docs.get((kind, doc_id))
-        if create and held is not None:
-            raise ConflictError("opensearch", f"{doc_id} exists")
-        if expected is not None and (held is None or held[1] != expected.seq_no):
-            raise ConflictError("opensearch", f"{doc_id} changed")
-        self._seq += 1
-        self.writes += 1
-        self.docs[(kind, doc_id)] = (copy.deepcopy(dict(source)), self._seq)
+    ) -> tuple[int, int]:
+        with self._lock:
+            held = self.docs.get((kind, doc_id))
+            if create and held is not None:
+                raise ConflictError("opensearch", f"{doc_id} exists")
+            if expected is not None and (held is None or held[1] != expected.seq_no):
+                raise ConflictError("opensearch", f"{doc_id} changed")
+            self._seq += 1
+            self.writes += 1
+            self.docs[(kind, doc_id)] = (copy.deepcopy(dict(source)), self._seq)
+            return self._seq, 1
 
     def delete(self, kind: str, doc_id: str, *, expected: Versioned | None = None, refresh: bool = False) -> bool:
         held = self.docs.get((kind, doc_id))

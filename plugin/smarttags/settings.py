@@ -117,6 +117,8 @@ class BackboneSettings(BaseModel):
     batch_size: int = Field(default=32, ge=1, le=512)
     decode_workers: int = Field(default=2, ge=1, le=64)
     max_pixels: int = Field(default=100_000_000, ge=1)
+    # Objects larger than this are not downloaded: their asset records the refusal (status failed).
+    max_object_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
 
     @model_validator(mode="after")
     def _custom_needs_file(self) -> BackboneSettings:
@@ -128,21 +130,28 @@ class BackboneSettings(BaseModel):
 class TrainingSettings(BaseModel):
     min_images_per_tag: int = Field(default=30, ge=1)
     min_resolution: int = Field(default=500, ge=1)
+    # Pictures under min_resolution are counted and named in the advice; only a strict setting drops them.
+    strict_resolution: bool = False
     threshold_policy: Literal["f1", "precision"] = "f1"
     target_precision: float = Field(default=0.9, gt=0, le=1)
     cv_folds: int = Field(default=5, ge=2, le=20)
     seed: int = 0
+    # The matrix products of training are small: extra BLAS threads mostly fight the backbone and the
+    # worker for the cores (a loaded 2-core machine ran 10x slower with the library's default).
+    blas_threads: int = Field(default=1, ge=1, le=256)
 
 
 class TaggingSettings(BaseModel):
     # The seed's workflow options.
     ignore_smart_tag_flag: bool = False
-    ignore_errors: bool = False
     max_tags_per_asset: int = Field(default=20, ge=1)
     on_demand_gap_hours: float = Field(default=24, ge=0)
     periodic_gap_days: float = Field(default=182, ge=0)
     max_assets_on_demand: int = Field(default=15, ge=1)
     worker_concurrency: int = Field(default=2, ge=1, le=64)
+    # The first delay before a message that failed on a transient error (a service down) is received
+    # again; each further receive waits 4x longer, at most 5 minutes (see README: outages absorbed).
+    retry_backoff_seconds: int = Field(default=30, ge=1, le=300)
 
 
 class SchedulerSettings(BaseModel):

@@ -1,6 +1,7 @@
 """The asset's one document form: ``Asset`` <-> OpenSearch document (the mapping is the contract), and the
 reads and writes of ``AssetIndex`` on the in-memory fake of the index."""
 
+import pytest
 from smarttags.adapters.asset_index import AssetIndex, from_document, to_document
 from smarttags.core.asset import Asset, SmartTag, StoredEmbedding, TaggingStatus
 from smarttags.core.folders import Folder
@@ -64,3 +65,16 @@ def test_merge_writes_only_the_named_attributes_and_scan_reads_a_folder() -> Non
     assert list(assets.scan(Folder("b", "boats/"))) == []
     assets.delete_many([tagged.id])
     assert assets.get(tagged.id) is None
+
+
+@pytest.mark.slow
+def test_scan_rejected_on_opensearch(services) -> None:
+    """The real index answers the ``exists`` filter the fake imitates: only assets with a removal."""
+    assets = services.assets
+    bucket = services.settings.aws.bucket
+    plain = Asset(bucket, "up/plain.jpg", etag="e1")
+    removed = Asset(bucket, "up/removed.jpg", etag="e2").reject("cars:suv")
+    assets.merge([plain, removed, Asset("other-bucket", "x.jpg").reject("cars:suv")], ["etag"], create=True)
+    assets.refresh()
+    found = list(assets.scan_rejected(bucket, attributes=["rejected"]))
+    assert [(a.key, a.rejected) for a in found] == [("up/removed.jpg", frozenset({"cars:suv"}))]

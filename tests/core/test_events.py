@@ -44,3 +44,65 @@ def test_sequencer_comparison_right_pads_then_compares():
     assert events.same_sequencer("0A1B", "0A1B0000")
     assert not events.sequencer_newer("00A1", "00A1")
     assert events.sequencer_newer("00A1", None)
+
+
+def _sqs(*bodies: str) -> dict:
+    return {"Records": [{"messageId": f"m{i}", "body": b, "eventSource": "aws:sqs"} for i, b in enumerate(bodies)]}
+
+
+def test_every_hostile_body_is_one_failed_message_and_the_rest_go_on():
+    import json
+
+    good = json.dumps(events.work_item("b", "k.jpg", run_id=None, trigger="on-demand"))
+    hostile = [
+        "[]",
+        "null",
+        '"text"',
+        '{"Records": ["x"]}',
+        '{"Records": [{"eventName": "ObjectCreated:Put"}]}',
+        "{",
+        "7",
+    ]
+    messages = list(events.parse_invocation(_sqs(*hostile, good)))
+    assert [bool(m.error) for m in messages] == [True] * len(hostile) + [False]
+    assert all("unreadable message" in (m.error or "") for m in messages[:-1])
+    assert messages[-1].events[0].key == "k.jpg"
+    # Not even a batch: a direct invocation that is not an S3 event is one unreadable message.
+    for event in ([], None, "x", {"Records": "x"}):
+        (message,) = events.parse_invocation(event)  # type: ignore[arg-type]
+        assert message.error
+
+
+def test_sns_and_eventbridge_envelopes_and_restores():
+    import json
+
+    s3 = load_event("s3_put_direct.json")
+    via_sns = {"Type": "Notification", "MessageId": "n1", "Message": json.dumps(s3)}
+    assert [e.key for e in events.parse_body(via_sns)] == ["deep/a/b/c/d/日本 photo.png"]
+    bridge = {
+        "version": "0",
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "time": "2026-12-01T00:00:00Z",
+        "detail": {
+            "bucket": {"name": "brand-assets"},
+            "object": {"key": "a/b+c.jpg", "size": 5, "etag": "e1", "version-id": "v1", "sequencer": "00AB"},
+        },
+    }
+    (created,) = events.parse_body(bridge)
+    assert (created.action, created.key, created.etag, created.version_id, created.sequencer) == (
+        events.CREATED,
+        "a/b c.jpg",
+        "e1",
+        "v1",
+        "00AB",
+    )
+    (deleted,) = events.parse_body({**bridge, "detail-type": "Object Deleted"})
+    assert deleted.action == events.REMOVED
+    assert events.parse_body({**bridge, "detail-type": "Object Tags Added"}) == []
+    restored = {
+        "Records": [
+            {"eventName": "ObjectRestore:Completed", "s3": {"bucket": {"name": "b"}, "object": {"key": "x.jpg"}}}
+        ]
+    }
+    assert [e.action for e in events.parse_body(restored)] == [events.CREATED]

@@ -79,7 +79,8 @@ def test_a_rerun_touches_only_what_changed_and_removes_what_is_gone(world: Any) 
     store.delete("f/b.jpg")
     result = sync(world)
     assert (result.new, result.changed, result.unchanged, result.removed) == (0, 1, 0, 1)
-    assert held(world, "f/a.jpg").tags == ("animals:dog",)  # type: ignore[union-attr]
+    # New bytes add their keywords' tags; the tags the asset held stay (only a manifest row changes them).
+    assert held(world, "f/a.jpg").tags == ("animals:cat", "animals:dog")  # type: ignore[union-attr]
     assert held(world, "f/b.jpg") is None and held(world, "g/c.jpg") is None  # g/ was never synced
 
 
@@ -118,3 +119,140 @@ def test_manifest_rows() -> None:
     }
     with pytest.raises(RequestError, match="line 2"):
         read_manifest("key,tags\nonly-a-key\n")
+
+
+def test_a_resync_after_new_bytes_keeps_the_manifest_tags(world: Any) -> None:
+    """Issue 13, item 4: ingest with a manifest, a retouched file, ingest again without it."""
+    _, store = world
+    store.put_bytes("f/a.jpg", b"plain")
+    sync(world, manifest={"f/a.jpg": ["Cat"]})
+    store.put_bytes("f/a.jpg", b"plain, retouched")
+    result = sync(world)
+    assert result.changed == 1 and held(world, "f/a.jpg").tags == ("animals:cat",)  # type: ignore[union-attr]
+    assert held(world, "f/a.jpg").etag == store.head("f/a.jpg").etag  # type: ignore[union-attr]
+
+
+def test_a_manifest_row_with_no_tags_clears_them_but_keywords_stay(world: Any) -> None:
+    _, store = world
+    store.put_bytes("f/a.jpg", b"kw:Dog")
+    sync(world, manifest={"f/a.jpg": ["Cat"]})
+    assert held(world, "f/a.jpg").tags == ("animals:cat", "animals:dog")  # type: ignore[union-attr]
+    sync(world, manifest={"f/a.jpg": []})
+    assert held(world, "f/a.jpg").tags == ("animals:dog",)  # type: ignore[union-attr]
+
+
+TREE = Taxonomy(
+    [
+        Tag("nature:animals", {"en": "Animals"}),
+        Tag("nature:animals/birds", {"en": "Birds"}),
+        Tag("nature:animals/cats", {"en": "Cats"}),
+        Tag("food:animals/birds", {"en": "Poultry"}),
+        Tag("food:fruit", {"en": "Fruit"}),
+    ]
+)
+
+
+def test_manifest_mistakes_are_reported_with_their_line_and_nothing_is_dropped(world: Any) -> None:
+    assets, store = world
+    store.put_bytes("photos/a.jpg", b"plain")
+    store.put_bytes("photos/b.jpg", b"plain")
+    manifest = read_manifest(
+        "key,tags\n"
+        "a.jpg,animals/cats\n"  # relative to the folder; a tag without its namespace, unique
+        "photos/b.jpg,nature:animals/cat;animals/birds\n"  # a typo; a path two namespaces share
+        "c.jpg,fruit\n"  # no such object
+    )
+    result = sync_folder(assets, store, Folder(BUCKET, "photos/"), TREE, read_facts=read_facts, manifest=manifest)
+    assert held(world, "photos/a.jpg").tags == ("nature:animals/cats",)  # type: ignore[union-attr]
+    assert held(world, "photos/b.jpg").tags == ()  # type: ignore[union-attr]
+    assert result.messages() == [
+        "manifest line 4: no object under s3://assets/photos/ matches (tried 'c.jpg' and 'photos/c.jpg')",
+        "manifest line 3: tag 'nature:animals/cat' is not in the taxonomy (closest: nature:animals/cats, "
+        "nature:animals, nature:animals/birds)",
+        "manifest line 3: tag 'animals/birds' matches several taxonomy ids (food:animals/birds, nature:animals/birds): "
+        "write the full id",
+    ]
+    assert result.unknown_tags == {"nature:animals/cat": ["photos/b.jpg"], "animals/birds": ["photos/b.jpg"]}
+
+
+class Interleaved:
+    """The assets index, but ``meanwhile`` runs once just before the first write through this view: the
+    other writer's work lands between this one's read and its write."""
+
+    def __init__(self, inner: AssetIndex, meanwhile: Any) -> None:
+        self._inner, self._meanwhile = inner, meanwhile
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _first(self) -> None:
+        meanwhile, self._meanwhile = self._meanwhile, None
+        if meanwhile:
+            meanwhile()
+
+    def put(self, *args: Any, **kwargs: Any) -> Any:
+        self._first()
+        return self._inner.put(*args, **kwargs)
+
+    def merge(self, *args: Any, **kwargs: Any) -> None:
+        self._first()
+        self._inner.merge(*args, **kwargs)
+
+
+def _tagger(assets: Any, store: FakeStore, index: FakeIndex) -> Any:
+    from smarttags import settings as settings_mod
+    from smarttags.core.folders import FolderRegistry
+    from smarttags.core.heads import TagFit
+    from smarttags.core.model_registry import ModelStore
+    from smarttags.core.tagging import Tagger
+    from smarttags.core.taxonomy import TaxonomyStore
+
+    from tests.core.test_tagging_unit import HEADS, PixelEmbedder, open_picture
+
+    settings = settings_mod.load(aws={"bucket": BUCKET})
+    models = ModelStore(store, settings.aws.models_prefix)
+    fit = TagFit("shapes:red", 30, 1, 0.5, 1, 1, 1, 1)
+    manifest = models.save(
+        HEADS, [fit], backbone_id="fake:1", backbone_sha256="0" * 64, training_fingerprint="t", folders=[]
+    )
+    models.activate(manifest.version)
+    folders = FolderRegistry(index)
+    folders.set_enabled(Folder(BUCKET, "f/"), True)
+    return Tagger(
+        settings,
+        assets,
+        lambda bucket: store,
+        embedder=PixelEmbedder,
+        open_picture=open_picture,
+        models=models,
+        taxonomy=TaxonomyStore(index),
+        folders=folders,
+    )
+
+
+@pytest.mark.parametrize("first", ["sync", "tagger"])
+def test_a_resync_racing_the_upload_event_loses_nothing(first: str) -> None:
+    """The retouched file's upload event and a sync without the manifest run at once, each read before
+    the other writes: the manifest's tag, the new facts and the smart tags all survive."""
+    from smarttags.core import events
+
+    index, store = FakeIndex(), FakeStore(BUCKET)
+    assets = AssetIndex(index)
+    store.put_bytes("f/a.jpg", b"red picture")
+    sync_folder(assets, store, Folder(BUCKET, "f/"), TAXONOMY, read_facts=read_facts, manifest={"f/a.jpg": ["Cat"]})
+    store.put_bytes("f/a.jpg", b"red picture, retouched")
+    event = events.ObjectEvent(events.TAG, BUCKET, "f/a.jpg")
+
+    def resync(view: Any) -> None:
+        sync_folder(view, store, Folder(BUCKET, "f/"), TAXONOMY, read_facts=read_facts)
+
+    if first == "sync":  # the sync has read the folder; the tagger writes before it does
+        tagger = _tagger(assets, store, index)
+        resync(Interleaved(assets, lambda: tagger.handle(event)))
+    else:  # the tagger has read the asset; the sync writes before it does (its write then conflicts)
+        tagger = _tagger(Interleaved(assets, lambda: resync(assets)), store, index)
+        tagger.handle(event)
+    after = held((assets, store), "f/a.jpg")
+    assert after is not None and after.tags == ("animals:cat",)
+    assert after.smart_ids == ("shapes:red",) and after.status == TaggingStatus.TAGGED
+    assert after.etag == store.head("f/a.jpg").etag and after.tagging.etag == after.etag

@@ -53,3 +53,25 @@ def test_predict_scores_as_the_tagger_does_and_keeps_bad_images_in_place() -> No
     assert [t.tag for t in first.tags] == ["left"] and [t.tag for t in third.tags] == ["right"]
     tags, scores = score_embedding(model, np.array([1.0, 0.0], dtype=np.float32), max_tags=5)
     assert (first.tags, first.scores) == (tags, scores)
+
+
+def test_a_child_tag_implies_its_parent_at_the_childs_confidence_or_higher() -> None:
+    from smarttags.core.model_registry import apply_thresholds
+
+    tags = ["plants:trees", "plants:trees/oak", "plants:trees/oak/old", "plants:flowers", "animals:cats"]
+    scores = np.array([0.2, 0.3, 0.9, 0.4, 0.1])
+    thresholds = np.array([0.5, 0.5, 0.5, 0.5, 0.5])
+    chosen = {t.tag: t.confidence for t in apply_thresholds(tags, scores, thresholds, model_version="m")}
+    # The grandchild carries both ancestors; a parent scored higher keeps its own score.
+    assert chosen == {"plants:trees/oak/old": 0.9, "plants:trees/oak": 0.9, "plants:trees": 0.9}
+    scores = np.array([0.95, 0.3, 0.9, 0.4, 0.1])
+    chosen = {t.tag: t.confidence for t in apply_thresholds(tags, scores, thresholds, model_version="m")}
+    assert chosen["plants:trees"] == 0.95 and chosen["plants:trees/oak"] == 0.9
+    # A removed parent is skipped (never re-added); the next ancestor up still follows the child.
+    ranked = apply_thresholds(
+        tags, scores * 0 + [0.1, 0.1, 0.8, 0.1, 0.1], thresholds, model_version="m", rejected=["plants:trees/oak"]
+    )
+    assert [t.tag for t in ranked] == ["plants:trees", "plants:trees/oak/old"]
+    # At equal confidence the parent ranks first, so a cut at max_tags never keeps a child without it.
+    first = np.array([0.2, 0.3, 0.9, 0.4, 0.1])
+    assert [t.tag for t in apply_thresholds(tags, first, thresholds, model_version="m", max_tags=1)] == ["plants:trees"]

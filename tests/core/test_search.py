@@ -43,11 +43,11 @@ def corpus(services):
     services.taxonomy.import_tags(TAXONOMY)
     ids = {
         "meta_both": _asset(services, "a/meta_both.jpg", title="Woman running in the park"),
-        "meta_woman_only": _asset(services, "a/meta_woman.jpg", title="A woman"),
+        "meta_w_only": _asset(services, "a/meta_w.jpg", title="A woman"),
         "smart_both": _asset(services, "a/smart_both.jpg", smart=[("people:woman", 0.9), ("activities:running", 0.8)]),
-        "smart_woman": _asset(services, "a/smart_woman.jpg", smart=[("people:woman", 0.7)]),
-        "smart_running": _asset(services, "b/smart_running.jpg", smart=[("activities:running", 0.95)]),
-        "meta_woman_smart_running": _asset(
+        "smart_w": _asset(services, "a/smart_w.jpg", smart=[("people:woman", 0.7)]),
+        "smart_r": _asset(services, "b/smart_r.jpg", smart=[("activities:running", 0.95)]),
+        "meta_w_smart_r": _asset(
             services, "b/mixed.jpg", title="Portrait of a woman", smart=[("activities:running", 0.5)]
         ),
         "dog": _asset(services, "b/dog.jpg", title="Dog", smart=[("animals:dog", 0.9)]),
@@ -69,12 +69,12 @@ def test_woman_running_comes_in_tier_order(services, corpus):
     assert _keys(result) == [
         ("meta_both", 1),
         ("smart_both", 2),
-        ("smart_running", 3),  # higher confidence first inside a tier
-        ("smart_woman", 3),
+        ("smart_r", 3),  # higher confidence first inside a tier
+        ("smart_w", 3),
         ("mixed", 3),
     ]
     # Metadata matching only "woman" is not a hit: terms are ANDed over metadata.
-    assert "meta_woman" not in [k for k, _ in _keys(result)]
+    assert "meta_w" not in [k for k, _ in _keys(result)]
     first = result.hits[0]
     assert list(first.highlights) == ["title"] and "<mark>" in first.highlights["title"][0]
     assert _search(services, "woman running", highlight=False).hits[0].highlights == {}
@@ -85,14 +85,14 @@ def test_woman_running_comes_in_tier_order(services, corpus):
 @pytest.mark.parametrize("text", ["the woman is running", "WOMAN Running", "woman runs", "lady jogging"])
 def test_stop_words_case_stemming_and_synonyms(services, corpus, text):
     tiers = dict(_keys(_search(services, text)))
-    assert tiers["smart_both"] == 2 and tiers["smart_woman"] == 3
+    assert tiers["smart_both"] == 2 and tiers["smart_w"] == 3
     if "lady" not in text:
         assert tiers["meta_both"] == 1
 
 
 def test_locale_titles(services, corpus):
     # One term, matched by a German title: every term is covered by smart tags, so tier 2.
-    assert dict(_keys(_search(services, "Frau", locale="de"))) == {"smart_both": 2, "smart_woman": 2}
+    assert dict(_keys(_search(services, "Frau", locale="de"))) == {"smart_both": 2, "smart_w": 2}
     assert dict(_keys(_search(services, "Hunde", locale="de"))) == {"dog": 2}
 
 
@@ -126,16 +126,16 @@ def test_empty_and_very_long_queries(services, corpus):
 
 
 def test_filters_by_folder(services, corpus):
-    assert {k for k, _ in _keys(_search(services, "woman running", folder="b"))} == {"smart_running", "mixed"}
+    assert {k for k, _ in _keys(_search(services, "woman running", folder="b"))} == {"smart_r", "mixed"}
 
 
 def test_moderation_is_reflected_in_the_next_search(services, corpus):
-    services.moderation.remove(corpus["smart_running"], "activities:running", user="mod")
-    assert "smart_running" not in [k for k, _ in _keys(_search(services, "running"))]
-    services.moderation.promote(corpus["smart_woman"], "people:woman", user="mod")
+    services.moderation.remove(corpus["smart_r"], "activities:running", user="mod")
+    assert "smart_r" not in [k for k, _ in _keys(_search(services, "running"))]
+    services.moderation.promote(corpus["smart_w"], "people:woman", user="mod")
     tier3 = [k for k, t in _keys(_search(services, "woman running")) if t == 3]
-    assert tier3[0] == "smart_woman"
-    audit = services.moderation.audit(asset_id=corpus["smart_woman"])
+    assert tier3[0] == "smart_w"
+    audit = services.moderation.audit(asset_id=corpus["smart_w"])
     assert audit[0]["action"] == "promote_tag" and audit[0]["user"] == "mod"
 
 
@@ -209,7 +209,7 @@ def test_property_tier1_is_in_bm25_order(services, os_client):
                         "query": text,
                         "type": "cross_fields",
                         "operator": "and",
-                        "fields": ["title^3", "keywords^2", "description"],
+                        "fields": ["title^3", "keywords^2", "description", "file_name"],
                         "analyzer": "metadata_text",
                     }
                 },
@@ -269,7 +269,7 @@ def test_a_word_matching_thousands_of_tags(services):
 
 def test_folder_as_s3_url(services, corpus):
     bucket = services.settings.aws.bucket
-    expected = {"smart_running", "mixed"}
+    expected = {"smart_r", "mixed"}
     assert {k for k, _ in _keys(_search(services, "woman running", folder=f"s3://{bucket}/b/"))} == expected
     from smarttags.errors import RequestError
 
@@ -284,7 +284,7 @@ def test_minimal_http_call_uses_template_defaults(services, os_client, corpus):
     }
     response = os_client.search_template(index=services.index.name("assets"), body=body)
     assert {h["_source"]["key"] for h in response["hits"]["hits"]} == {
-        "a/meta_woman.jpg",
+        "a/meta_w.jpg",
         "a/meta_both.jpg",
         "b/mixed.jpg",
     }
@@ -292,12 +292,12 @@ def test_minimal_http_call_uses_template_defaults(services, os_client, corpus):
 
 @pytest.mark.parametrize("locale", ["fr", "pl", "it", "ja", "ru"])
 def test_english_titles_are_the_fallback_in_every_locale(services, corpus, locale):
-    assert {"smart_both", "smart_running"} <= {k for k, _ in _keys(_search(services, "running", locale=locale))}
+    assert {"smart_both", "smart_r"} <= {k for k, _ in _keys(_search(services, "running", locale=locale))}
 
 
 def test_english_titles_and_synonyms_still_match_a_tag_with_a_german_title(services, corpus):
-    assert dict(_keys(_search(services, "lady", locale="de"))) == {"smart_both": 2, "smart_woman": 2}
-    assert dict(_keys(_search(services, "woman", locale="de")))["smart_woman"] == 2
+    assert dict(_keys(_search(services, "lady", locale="de"))) == {"smart_both": 2, "smart_w": 2}
+    assert dict(_keys(_search(services, "woman", locale="de")))["smart_w"] == 2
 
 
 def test_accents_fold_in_tag_titles_as_in_metadata(services):
@@ -331,3 +331,124 @@ def test_facets_count_by_aggregations_and_filter_the_results(services, corpus):
     assert services.searcher.search(SearchRequest(text="woman", statuses=["failed"])).total == 0
     with pytest.raises(RequestError, match="facet values"):
         services.searcher.search(SearchRequest(tags=["x"] * 21))
+
+
+def test_a_promoted_match_outranks_any_number_of_unpromoted_ones(services):
+    services.taxonomy.import_tags(
+        [Tag(f"people:woman/{i}", {"en": f"Woman {i}"}) for i in range(4)] + [Tag("animals:dog", {"en": "Dog"})]
+    )
+    promoted = _asset(services, "p/promoted.jpg", smart=[("people:woman/0", 0.3)])
+    services.moderation.promote(promoted, "people:woman/0", user="mod")
+    _asset(services, "p/many.jpg", smart=[(f"people:woman/{i}", 0.99) for i in range(4)])
+    _asset(services, "p/one.jpg", smart=[("people:woman/1", 0.99)])
+    services.index.refresh()
+    # Tier 2 (every term covered) and tier 3 ("dog" covered by no tag of theirs).
+    assert _keys(_search(services, "woman")) == [("promoted", 2), ("many", 2), ("one", 2)]
+    assert _keys(_search(services, "woman dog")) == [("promoted", 3), ("many", 3), ("one", 3)]
+
+
+def test_multi_word_synonyms_match_as_a_whole(services):
+    services.taxonomy.import_tags(
+        [Tag("sport:marathon", {"en": "Marathon", "de": "Marathon"}, {"en": ["road running", "long-distance race"]})]
+    )
+    _asset(services, "s/a.jpg", smart=[("sport:marathon", 0.9)])
+    services.index.refresh()
+    for text in ["road running", "the road running", "Long-distance race", "marathon"]:
+        assert _keys(_search(services, text)) == [("a", 2)], text
+    assert _keys(_search(services, "road running", locale="de")) == [("a", 2)]  # the English fallback
+    for text in ["road", "running", "running road", "long race"]:
+        assert _search(services, text).total == 0, text
+    # "road running" covers two terms, "city" none: some terms match.
+    assert _keys(_search(services, "city road running")) == [("a", 3)]
+
+
+def test_own_taxonomy_tags_rank_in_tier_1(services):
+    services.taxonomy.import_tags(TAXONOMY)
+    bucket = services.settings.aws.bucket
+    own = Asset(bucket, "o/own.jpg", etag="e", size=1, tags=("people:woman", "activities:running"))
+    services.assets.put(own)
+    _asset(services, "o/meta.jpg", title="Woman running")
+    _asset(services, "o/smart.jpg", smart=[("people:woman", 0.9), ("activities:running", 0.9)])
+    services.index.refresh()
+    # Metadata text first by BM25, then the own tags (no BM25), then smart tags.
+    assert _keys(_search(services, "woman running")) == [("meta", 1), ("own", 1), ("smart", 2)]
+    assert _keys(_search(services, "lady jogging")) == [("own", 1), ("smart", 2)]  # the tags' synonyms
+    # An own tag covering only some terms is no tier-1 match (tier 3 is for smart tags only).
+    assert "own" not in dict(_keys(_search(services, "woman dog")))
+
+
+def test_assets_are_found_by_file_name(services):
+    _asset(services, "shoot/2024/IMG_2041_beach-sunset.jpg")
+    _asset(services, "shoot/2024/other.jpg", title="Studio")
+    services.index.refresh()
+    for text in ["beach sunset", "IMG_2041", "img_2041_beach-sunset.jpg", "sunsets"]:
+        assert _keys(_search(services, text)) == [("IMG_2041_beach-sunset", 1)], text
+    assert _search(services, "2024").total == 0  # the folder is not the name: use --folder
+    first = _search(services, "beach").hits[0]
+    assert first.highlights == {"file_name": ["IMG_2041_<mark>beach</mark>-sunset.jpg"]}
+    assert first.why == "metadata matches all terms; metadata: file_name"
+
+
+@pytest.mark.parametrize("text", ["women", "runner", "ran", "Runners", "woman's"])
+def test_irregular_and_agent_forms_find_the_tags(services, corpus, text):
+    woman = text.startswith("wom")
+    expected = {"smart_both", "smart_w"} if woman else {"smart_both", "smart_r", "mixed"}
+    tier2 = {k for k, tier in _keys(_search(services, text)) if tier == 2}
+    assert tier2 == expected - ({"mixed"} if woman else set()), text
+
+
+def test_cli_searches_a_word_that_looks_like_an_option(services, corpus, tmp_path, capsys):
+    from smarttags.entrypoints import cli
+
+    aws = services.settings.aws
+    config = tmp_path / "smarttags.toml"
+    config.write_text(
+        f'[opensearch]\nurl = "{services.settings.opensearch.url}"\n'
+        f'index_prefix = "{services.settings.opensearch.index_prefix}"\n'
+        f'[aws]\nendpoint_url = "{aws.endpoint_url}"\nbucket = "{aws.bucket}"\n'
+        'access_key_id = "testing"\nsecret_access_key = "testing"\n'
+    )
+    assert cli.main(["--config", str(config), "search", "-woman", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert {h["key"] for h in hits} >= {"a/meta_w.jpg", "a/smart_w.jpg"}
+    assert cli.main(["--config", str(config), "search", "--size", "1", "-woman", "running"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "5 result(s) for '-woman running'" and out[2].split()[1] == "a/meta_both.jpg"
+
+
+def test_sixty_four_tagged_words_on_a_5000_tag_taxonomy(services):
+    """The largest accepted query against a large taxonomy: every word a tag title, every tier built."""
+    words = [f"word{i}" for i in range(64)]
+    tags = [Tag(f"w:{w}", {"en": w}, {"en": [f"{w} alias"]}) for w in words]
+    tags += [Tag(f"misc:item/{i}", {"en": f"Item {i} word{i % 64}"}) for i in range(5000 - len(tags))]
+    services.taxonomy.import_tags(tags)
+    _asset(services, "big/all.jpg", title=" ".join(words))
+    _asset(services, "big/smart.jpg", smart=[(f"w:{w}", 0.5) for w in words])
+    services.index.refresh()
+    result = _search(services, " ".join(words))
+    assert _keys(result)[:2] == [("all", 1), ("smart", 2)]
+
+
+def test_property_paging_through_ties_returns_each_hit_once(services):
+    """Random corpora full of equal scores, random page sizes: every page by number and every page by
+    cursor together hold each hit exactly once, in the order of one request for the whole list."""
+    rng = random.Random(5)
+    services.taxonomy.import_tags([Tag(f"c:{w}", {"en": w.title()}) for w in WORDS])
+    for i in range(120):
+        smart = [(f"c:{w}", rng.choice([0.3, 0.616, 0.617, 0.9])) for w in rng.sample(WORDS, rng.randint(0, 2))]
+        title = rng.choice(["", "red car", "red", "car", "blue boat"])
+        _asset(services, f"pg/{i}.jpg", title=title or None, smart=smart)
+    services.index.refresh()
+    for _ in range(8):
+        text = " ".join(rng.sample(WORDS, rng.randint(1, 2)))
+        whole = [h.asset_id for h in _search(services, text, size=100).hits]
+        assert len(whole) == len(set(whole)) > 20, text
+        size = rng.randint(3, 17)
+        by_page = []
+        for page in range(len(whole) // size + 1):
+            by_page += [h.asset_id for h in _search(services, text, size=size, page=page).hits]
+        by_cursor, after = [], None
+        while hits := _search(services, text, size=size, search_after=after).hits:
+            by_cursor += [h.asset_id for h in hits]
+            after = hits[-1].sort
+        assert by_page == whole and by_cursor == whole, (text, size)

@@ -162,26 +162,20 @@ def test_bad_input_is_recorded_and_retried_only_by_choice(services, model, enabl
     result = invoke(services, via_sqs(_created(services, key, etag, "0400")))
     doc = _doc(services, key)
     assert doc["tagging"]["status"] == status and reason in doc["tagging"]["reason"]
-    # Failures fail the record (retried, then the dead-letter queue); unsupported files do not.
-    assert result["batchItemFailures"] == ([{"itemIdentifier": "m0"}] if status == "failed" else [])
-
-
-def test_ignore_errors_lets_the_record_succeed(services, model, enabled, settings):
-    ignoring = Services(
-        settings.model_copy(update={"tagging": settings.tagging.model_copy(update={"ignore_errors": True})})
-    )
-    key = "up/bad.jpg"
-    etag = _upload(services, key, truncated_jpeg())
-    assert invoke(ignoring, via_sqs(_created(services, key, etag, "0500"))) == {"batchItemFailures": []}
-    assert _doc(services, key)["tagging"]["status"] == "failed"
+    # A bad file is a permanent failure: recorded once, its message deleted (never retried, never DLQ).
+    assert result["batchItemFailures"] == []
+    # A redelivery of the same event changes and counts nothing.
+    again = invoke(services, via_sqs(_created(services, key, etag, "0400")))
+    assert again == {"batchItemFailures": []} and _doc(services, key)["tagging"] == doc["tagging"]
 
 
 def test_one_bad_record_never_redoes_the_others(services, model, enabled):
     good = _created(services, "up/good.jpg", _upload(services, "up/good.jpg", RED), "0600")
     bad = _created(services, "up/bad.jpg", _upload(services, "up/bad.jpg", b""), "0601")
     result = invoke(services, via_sqs(good, bad))
-    assert result == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+    assert result == {"batchItemFailures": []}
     assert _doc(services, "up/good.jpg")["tagging"]["status"] == "tagged"
+    assert _doc(services, "up/bad.jpg")["tagging"]["status"] == "failed"
 
 
 def test_folder_flag_and_the_ignore_flag_setting(services, model, settings):

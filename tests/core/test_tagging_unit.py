@@ -21,7 +21,6 @@ from smarttags.core.ports import ObjectInfo
 from smarttags.core.tagging import (
     Action,
     Reading,
-    RecordFailed,
     RunTally,
     Stale,
     Tagger,
@@ -143,8 +142,11 @@ def test_decide_from_plain_values() -> None:
     assert decide(created("up/a.png", "01"), tagged, active_model="m1").result.status == Handled.STALE
     assert decide(created("up/a.png", "03"), tagged, active_model="m1").action == Action.TAG
     assert decide(created("up/a.png", None), tagged, active_model="m1").action == Action.TAG  # a work item
-    failed = Asset(BUCKET, "up/b.png", sequencer="02").with_status(TaggingStatus.FAILED)
-    assert decide(created("up/b.png", "02"), failed, active_model="m1").action == Action.TAG  # failures retry
+    # A file that could not be read failed for good on those bytes; new bytes are tried again.
+    failed = Asset(BUCKET, "up/b.png", etag="e1", sequencer="02").with_status(TaggingStatus.FAILED, etag="e1")
+    assert decide(created("up/b.png", "02"), failed, active_model="m1").result.status == Handled.DUPLICATE
+    assert decide(created("up/b.png", "03"), failed, active_model="m1").action == Action.TAG
+    assert decide(created("up/dir/", "01"), None, active_model=None).result.status == Handled.IGNORED
 
 
 def _reading(**kwargs: Any) -> Reading:
@@ -245,9 +247,10 @@ def test_folders_not_enabled_and_broken_files_are_recorded(world: Any) -> None:
     store.put_bytes("other/a.png", b"red circle")
     assert tagger.handle(created("other/a.png", "01")).status == "not_enabled"
     store.put_bytes("up/bad.png", b"broken bytes", content_type="image/png")
-    with pytest.raises(RecordFailed, match="truncated file"):
-        tagger.handle(created("up/bad.png", "01"))
-    assert held(assets, "up/bad.png").status == TaggingStatus.FAILED
+    result = tagger.handle(created("up/bad.png", "01"))  # permanent: recorded, not raised (not retried)
+    assert (result.status, held(assets, "up/bad.png").status) == ("failed", TaggingStatus.FAILED)
+    assert "truncated file" in (result.reason or "")
+    assert tagger.handle(created("up/bad.png", "01")).status == "duplicate"  # recorded once
 
 
 def test_a_deleted_object_removes_its_asset_unless_a_later_event_holds_it(world: Any) -> None:
@@ -256,7 +259,11 @@ def test_a_deleted_object_removes_its_asset_unless_a_later_event_holds_it(world:
     tagger.handle(created("up/a.png", "05"))
     removed = events.ObjectEvent(events.REMOVED, BUCKET, "up/a.png", sequencer="04")
     assert tagger.handle(removed).status == "stale"
-    assert tagger.handle(events.ObjectEvent(events.REMOVED, BUCKET, "up/a.png", sequencer="06")).status == "deleted"
+    # A delete while the key still has a current object (a non-current version deleted in a versioned
+    # bucket): the asset stays and follows the current object.
+    assert tagger.handle(events.ObjectEvent(events.REMOVED, BUCKET, "up/a.png", sequencer="06")).status == "tagged"
+    store.delete("up/a.png")
+    assert tagger.handle(events.ObjectEvent(events.REMOVED, BUCKET, "up/a.png", sequencer="07")).status == "deleted"
     assert assets.get(Asset(BUCKET, "up/a.png").id) is None
     assert tagger.handle(created("up/gone.png", "01")).status == "gone"
 
@@ -281,8 +288,10 @@ def test_a_batch_tally_counts_by_the_one_rule_and_skips_our_own_files() -> None:
     tally.add(upload, TaggingStatus.FAILED, "truncated")
     tally.add(created("_smarttags/thumbnails/a.jpg", "02"), Handled.IGNORED, "a SmartTags file")
     ((counts, errors),) = tally.runs.values()
-    assert dict(counts) == {"processed": 5, "tagged": 1, "embedded": 1, "skipped": 1, "failed": 1}
+    assert dict(counts) == {"processed": 4, "tagged": 1, "embedded": 1, "failed": 1}
     assert errors == [{"key": "up/a.png", "reason": "truncated"}]
+    # An upload run lists every folder its objects were in, so each folder's page finds its last tagging.
+    assert tally.folders[next(iter(tally.runs))] == {"s3://assets/", "s3://assets/up/"}
 
 
 def test_unsupported_types_are_recorded_not_retried_and_broken_pictures_are_failures() -> None:
@@ -295,3 +304,54 @@ def test_unsupported_types_are_recorded_not_retried_and_broken_pictures_are_fail
         TaggingStatus.FAILED
     )
     assert classify_failure(CorruptImage("no signature"), "image/jpeg")[0] == TaggingStatus.FAILED
+
+
+def test_concurrent_deliveries_of_one_event_do_the_work_once(world: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    tagger, assets, store, _ = world
+    store.put_bytes("up/a.png", b"red circle")
+    slow_embed = PixelEmbedder.embed_arrays
+
+    def embed_slowly(self: Any, pixels: Any) -> Any:
+        time.sleep(0.05)  # every copy is in flight at once
+        return slow_embed(self, pixels)
+
+    monkeypatch.setattr(PixelEmbedder, "embed_arrays", embed_slowly)
+    PixelEmbedder.calls = 0
+    results: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def deliver(owner: str) -> None:
+        barrier.wait()
+        results.append(tagger.handle(created("up/a.png", "09"), owner=owner).status)
+
+    threads = [threading.Thread(target=deliver, args=(f"message-{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == ["duplicate", "duplicate", "duplicate", "tagged"]
+    assert PixelEmbedder.calls == 1
+    assert held(assets, "up/a.png").tagging.claim is None  # the winner's write released it
+
+
+def test_a_redelivery_of_the_same_message_takes_over_its_own_claim(world: Any) -> None:
+    tagger, assets, store, _ = world
+    store.put_bytes("up/a.png", b"red circle")
+    event = created("up/a.png", "09")
+    # A handler claimed the event and crashed before writing: its claim is still fresh.
+    stale = Asset(BUCKET, "up/a.png").claimed("09|||@message-1", "2999-01-01T00:00:00+00:00")
+    assets.put(stale)
+    assert tagger.handle(event, owner="message-2").status == "duplicate"  # another copy: message-1 is pending
+    assert tagger.handle(event, owner="message-1").status == "tagged"  # message-1 redelivered: done now
+
+
+def test_without_a_sequencer_the_same_bytes_done_are_a_duplicate() -> None:
+    done = Asset(BUCKET, "up/a.png", etag="e1").with_status(TaggingStatus.TAGGED, model_version="m1", etag="e1")
+    again = events.ObjectEvent(events.CREATED, BUCKET, "up/a.png", etag="e1")
+    assert decide(again, done, active_model="m1").result.status == Handled.DUPLICATE
+    assert decide(again, done, active_model="m2").action == Action.TAG  # a new model: tag again
+    changed = events.ObjectEvent(events.CREATED, BUCKET, "up/a.png", etag="e2")
+    assert decide(changed, done, active_model="m1").action == Action.TAG

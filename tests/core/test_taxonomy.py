@@ -63,3 +63,19 @@ def test_tokens_map_query_terms_to_tags_per_locale():
     # A locale the tag has no title in falls back to English.
     assert tax.tags_for_tokens(["run"], "de") == {"run": ["people:runner"]}
     assert tax.tags_for_tokens(["limousin"], "de-CH") == {"limousin": ["vehicles:cars/sedan"]}
+
+
+def test_multi_word_synonyms_cover_their_words_only_together():
+    tag = taxonomy.Tag(
+        "sport:marathon",
+        {"en": "Marathon"},
+        tokens={"en": ["marathon"]},
+        phrases={"en": [["road", "run"]]},
+    )
+    tax = taxonomy.Taxonomy([tag])
+    assert tax.tags_for_tokens(["road", "run"], "en") == {"road": ["sport:marathon"], "run": ["sport:marathon"]}
+    assert tax.tags_for_tokens(["citi", "road", "run"], "en")["citi"] == []
+    assert tax.tags_for_tokens(["run", "road"], "en") == {"run": [], "road": []}
+    assert tax.tags_for_tokens(["road"], "en") == {"road": []}
+    # Another locale's query reaches the English phrase through its English tokens.
+    assert tax.tags_for_tokens(["strass", "lauf"], "de", ["road", "run"])["lauf"] == ["sport:marathon"]

@@ -76,3 +76,29 @@ def test_folds_spread_rare_positives():
     folds = training._folds(labels, 5, seed=0)
     assert sorted(np.concatenate(folds).tolist()) == list(range(50))
     assert [int(labels[f, 0].sum()) for f in folds] == [1, 1, 1, 1, 1]
+
+
+def test_folds_keep_a_group_together_and_follow_the_keys_not_the_order():
+    rng = np.random.default_rng(3)
+    labels = (rng.random((60, 3)) > 0.6).astype(float)
+    keys = [f"picture-{i // 3}" for i in range(60)]  # 20 shoots of 3 near-duplicates
+    folds = training._folds(labels, 4, seed=0, groups=keys)
+    fold_of = {i: f for f, rows in enumerate(folds) for i in rows.tolist()}
+    assert all(len({fold_of[i] for i in range(60) if keys[i] == key}) == 1 for key in set(keys))
+    order = rng.permutation(60)
+    shuffled = training._folds(labels[order], 4, seed=0, groups=[keys[i] for i in order])
+    again = {int(order[i]): f for f, rows in enumerate(shuffled) for i in rows.tolist()}
+    assert again == fold_of
+
+
+def test_unknown_labels_weigh_nothing():
+    x, y = _data(seed=2, n=300)
+    known = np.ones_like(y)
+    known[:100, 0] = 0  # tag 0 unknown on a third of the rows
+    scrambled = y.copy()
+    scrambled[:100, 0] = 1 - scrambled[:100, 0]  # so their label must not matter
+    _, fits = training.train_heads(x, y, ["a:x", "a:y", "a:z"], folds=3, known=known)
+    _, fits_scrambled = training.train_heads(x, scrambled, ["a:x", "a:y", "a:z"], folds=3, known=known)
+    assert fits[0].positives == int(y[100:, 0].sum())
+    assert fits[0].average_precision == pytest.approx(fits_scrambled[0].average_precision)
+    assert training.balanced_weights(y, known)[:100, 0].tolist() == [0.0] * 100

@@ -230,3 +230,45 @@ def test_the_operator_commands_on_a_trained_model(services, sample_dir, config, 
 
     code, out = _run(capsys, *cfg, "moderate", "remove", "new/flag.jpg", "clipart:flags")
     assert code == 0 and out.startswith("new/flag.jpg: smart tags now ") and "clipart:flags" not in out
+
+
+def test_a_resync_after_new_bytes_keeps_the_manifest_tags(services, sample_dir, config, capsys, tmp_path):
+    """Issue 13, item 4, on the real services: ingest with a manifest (keys relative to the folder), a
+    retouched file, ingest again without the manifest: the manifest's tags stay."""
+    cli.main(["--config", str(config), "taxonomy", "import", str(sample_dir / "taxonomy.json")])
+    fruit = sorted((sample_dir / "train" / "food" / "fruit").glob("*.jpg"))[0]
+    services.store.put_bytes("m/one.jpg", fruit.read_bytes(), content_type="image/jpeg")
+    manifest = tmp_path / "tags.csv"
+    manifest.write_text("key,tags\none.jpg,clipart:music\ntwo.jpg,clipart:music\n")
+    bucket = services.settings.aws.bucket
+    code, out = _run(capsys, "--config", str(config), "ingest", f"s3://{bucket}/m/", "--manifest", str(manifest))
+    assert code == 0 and "1 new" in out
+    assert f"manifest line 3: no object under s3://{bucket}/m/ matches (tried 'two.jpg' and 'm/two.jpg')" in out
+
+    def own_tags() -> list[str]:
+        hits = services.index.search("assets", {"query": {"term": {"key": "m/one.jpg"}}})["hits"]["hits"]
+        return sorted(hits[0]["_source"]["tags"])
+
+    first = own_tags()
+    assert "clipart:music" in first
+    services.store.put_bytes("m/one.jpg", fruit.read_bytes() + b"\x00", content_type="image/jpeg")  # retouched
+    code, out = _run(capsys, "--config", str(config), "ingest", f"s3://{bucket}/m/")
+    assert code == 0 and "1 changed" in out
+    assert own_tags() == first
+
+
+def test_nothing_trainable_exits_1_with_one_line_and_a_row_per_tag(services, sample_dir, config, capsys):
+    cli.main(["--config", str(config), "taxonomy", "import", str(sample_dir / "taxonomy.json")])
+    for path in sorted((sample_dir / "train" / "music").glob("*.jpg"))[:3]:
+        services.store.put_bytes(f"few/{path.name}", path.read_bytes(), content_type="image/jpeg")
+    bucket = services.settings.aws.bucket
+    capsys.readouterr()
+    code = cli.main(["--config", str(config), "train", "--folder", f"s3://{bucket}/few/", "--json"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.strip().splitlines() == [
+        "smarttags train: no tag had enough pictures to train; no model was made"
+    ]
+    rows = {row["tag"]: row for row in json.loads(captured.out)["rows"]}
+    assert len(rows) == 9 and all(row["status"] == report.NOT_TRAINED for row in rows.values())
+    assert rows["clipart:music"]["images"] == 3

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
@@ -20,6 +24,7 @@ from smarttags.adapters import clients
 from smarttags.devtools import stack
 from smarttags.settings import Settings
 
+from tests import stopping
 from tests.conftest import free_port, make_settings, pinned_versions
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -310,6 +315,169 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
+# --- The local S3 + SQS keeps its state -------------------------------------------------------------------
+
+
+def _moto_of(settings: Settings) -> stack.ManagedProcess:
+    [moto] = [p for p in stack.managed_processes(settings) if p.name == "moto"]
+    return moto
+
+
+def _wait_saved(state_file: Path, after_ns: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if state_file.is_file() and state_file.stat().st_mtime_ns > after_ns:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{state_file} was not written within {timeout} s")
+
+
+@pytest.mark.slow
+def test_local_s3_and_sqs_keep_objects_and_wiring_across_restarts(tmp_path: Path) -> None:
+    settings = make_settings("http://127.0.0.1:9", f"http://127.0.0.1:{free_port()}", tmp_path / "var")
+    moto = _moto_of(settings)
+    state_file = settings.data_dir / "aws" / "moto-state.pickle"
+    bucket = settings.aws.bucket
+    first = stack.start_process(moto)
+    try:
+        wiring = clients.ensure_bucket_and_queue(settings)
+        s3, sqs = clients.s3_client(settings), clients.sqs_client(settings)
+        bodies = {key: f"bytes of {key}".encode() * 100 for key in TRICKY_KEYS}
+        for key, body in bodies.items():
+            s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"owner": "ana"})
+        etags = {key: s3.head_object(Bucket=bucket, Key=key)["ETag"] for key in bodies}
+        assert stack.stop_process(moto)
+        assert state_file.is_file()
+
+        second = stack.start_process(moto)
+        assert second.pid != first.pid and not second.reused
+        # The queues, their redrive policy and the bucket's notification are the same objects as before
+        # (and `stack up` wiring them again keeps the bucket's objects).
+        assert clients.ensure_bucket_and_queue(settings) == wiring
+        for key, body in bodies.items():
+            got = s3.get_object(Bucket=bucket, Key=key)
+            assert got["Body"].read() == body and got["ETag"] == etags[key] and got["Metadata"] == {"owner": "ana"}
+        attributes = sqs.get_queue_attributes(QueueUrl=wiring.queue_url, AttributeNames=["All"])["Attributes"]
+        assert json.loads(attributes["RedrivePolicy"])["deadLetterTargetArn"] == wiring.dead_letter_queue_arn
+        [queue_config] = s3.get_bucket_notification_configuration(Bucket=bucket)["QueueConfigurations"]
+        assert queue_config["QueueArn"] == wiring.queue_arn
+        # The notifications queued before the restart are still there, and uploads after it still notify.
+        s3.put_object(Bucket=bucket, Key="after/restart.jpg", Body=b"new")
+        records = _receive_records(sqs, wiring.queue_url, want=len(TRICKY_KEYS) + 1)
+        assert {unquote_plus(r["s3"]["object"]["key"]) for r in records} == {*TRICKY_KEYS, "after/restart.jpg"}
+
+        # A crash (SIGKILL, no clean save) loses at most the last second: what was saved comes back.
+        before = state_file.stat().st_mtime_ns
+        s3.put_object(Bucket=bucket, Key="before/crash.jpg", Body=b"kept")
+        _wait_saved(state_file, before)
+        os.kill(second.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (_alive(second.pid) or stack.port_taken(moto.ports[0])) and time.monotonic() < deadline:
+            time.sleep(0.05)  # its threads may hold the socket a moment after the main one died
+        stack.start_process(moto)  # the stale pid file names a dead process: started afresh
+        assert s3.get_object(Bucket=bucket, Key="before/crash.jpg")["Body"].read() == b"kept"
+        assert len(s3.list_objects_v2(Bucket=bucket)["Contents"]) == len(TRICKY_KEYS) + 2
+    finally:
+        stack.stop_process(moto)
+    assert not moto.pid_file.exists()
+
+
+def test_a_state_file_of_another_moto_version_is_refused_and_kept(tmp_path: Path) -> None:
+    import pickle
+
+    from smarttags.devtools import aws_server
+
+    state_file = tmp_path / "moto-state.pickle"
+    state_file.write_bytes(pickle.dumps({"moto": "0.0.1", "backends": {}}))
+    with pytest.raises(SystemExit, match=r"written by moto 0\.0\.1, this is moto .*move the file away"):
+        aws_server.restore(state_file.read_bytes(), state_file)
+    with pytest.raises(SystemExit, match="cannot read"):
+        aws_server.restore(b"not a pickle", state_file)
+    assert state_file.is_file()
+
+
+def test_only_requests_that_change_state_trigger_a_save() -> None:
+    from smarttags.devtools.aws_server import changes_state
+
+    assert not changes_state({"REQUEST_METHOD": "GET"})
+    assert not changes_state({"REQUEST_METHOD": "HEAD"})
+    assert not changes_state({"REQUEST_METHOD": "POST", "HTTP_X_AMZ_TARGET": "AmazonSQS.ReceiveMessage"})
+    assert changes_state({"REQUEST_METHOD": "POST", "HTTP_X_AMZ_TARGET": "AmazonSQS.DeleteMessage"})
+    assert changes_state({"REQUEST_METHOD": "PUT"})  # an S3 upload
+    assert changes_state({"REQUEST_METHOD": "DELETE"})
+
+
+# --- Stopping on a signal -----------------------------------------------------------------------------------
+
+
+def _stack_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SMARTTAGS_DATA_DIR": str(tmp_path / "var"),
+        "SMARTTAGS_OPENSEARCH__URL": f"http://127.0.0.1:{_port_pair()}",
+        "SMARTTAGS_AWS__ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "SMARTTAGS_AWS__BUCKET": "signals-assets",
+    }
+
+
+@pytest.mark.slow
+def test_stack_up_foreground_stops_everything_once_on_sigterm_and_a_second_signal_does_not_cut_it(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "var" / "stack"
+    up = stopping.Running(["stack", "up", "--heap", "512m", "--foreground"], _stack_env(tmp_path))
+    try:
+        up.wait_for("running in the foreground", timeout=240)  # read through a pipe while it runs: flushed
+        started = stopping.pids(run_dir)
+        assert set(started) == {"opensearch", "moto", "worker"}
+        up.process.send_signal(signal.SIGTERM)
+        up.wait_for("stopping what stack up started", timeout=30)
+        up.process.send_signal(signal.SIGINT)  # a second signal, during the clean-up
+        code = up.finish(timeout=120)
+    finally:
+        up.kill()
+    assert code == 130, up.stderr
+    assert up.lines.count("stopping what stack up started") == 1
+    assert "SIGINT: already stopping, the clean-up goes on" in up.stderr
+    assert not any(stopping.alive(pid) for pid in started.values())
+    assert not list(run_dir.glob("*.pid"))
+    # What S3/SQS held was saved on the way down.
+    assert (tmp_path / "var" / "aws" / "moto-state.pickle").is_file()
+
+
+@pytest.mark.slow
+def test_stack_up_foreground_fails_and_stops_the_rest_when_one_of_its_services_dies(tmp_path: Path) -> None:
+    run_dir = tmp_path / "var" / "stack"
+    up = stopping.Running(["stack", "up", "--heap", "512m", "--foreground"], _stack_env(tmp_path))
+    try:
+        up.wait_for("running in the foreground", timeout=240)
+        started = stopping.pids(run_dir)
+        os.kill(started["worker"], signal.SIGKILL)
+        code = up.finish(timeout=120)
+    finally:
+        up.kill()
+    assert code == 1, up.stderr
+    assert "a service this started is gone: worker" in up.lines
+    assert not any(stopping.alive(pid) for pid in started.values())
+    assert not list(run_dir.glob("*.pid"))
+
+
+@pytest.mark.slow
+def test_a_signal_while_stack_up_starts_stops_what_it_started(tmp_path: Path) -> None:
+    run_dir = tmp_path / "var" / "stack"
+    up = stopping.Running(["stack", "up", "--heap", "512m"], _stack_env(tmp_path))
+    try:
+        stopping.wait_for_file(run_dir / "opensearch.pid", timeout=120)  # OpenSearch is starting
+        node = int((run_dir / "opensearch.pid").read_text())
+        up.process.send_signal(signal.SIGHUP)
+        code = up.finish(timeout=120)
+    finally:
+        up.kill()
+    assert code == 130, up.stderr
+    assert not stopping.alive(node)
+    assert not list(run_dir.glob("*.pid"))
+
+
 # --- Error translation and secrets (no services) -----------------------------------------------------------
 
 
@@ -438,12 +606,81 @@ def test_external_services_are_never_managed(tmp_path: Path) -> None:
     assert list(processes) == ["opensearch", "moto"]
     assert processes["opensearch"].pid_file.parent == processes["moto"].pid_file.parent == tmp_path / "stack"
     assert "--http-port" in processes["opensearch"].argv and "9200" in processes["opensearch"].argv
-    assert processes["moto"].argv[-1] == "9400"
+    moto_argv = list(processes["moto"].argv)
+    assert moto_argv[moto_argv.index("--port") + 1] == "9400"
+    assert moto_argv[moto_argv.index("--state") + 1] == str((tmp_path / "aws" / "moto-state.pickle").resolve())
 
 
-def test_start_refuses_a_port_taken_by_a_stranger(tmp_path: Path) -> None:
-    with socket.create_server(("127.0.0.1", 0)) as stranger:
+@pytest.mark.parametrize("listening", [True, False], ids=["listener", "bound-without-listener"])
+def test_start_refuses_a_port_taken_by_a_stranger(tmp_path: Path, listening: bool) -> None:
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        if listening:
+            stranger.listen()
         port = stranger.getsockname()[1]
-        with pytest.raises(errors.ServiceUnavailable, match="taken by a process"):
+        with pytest.raises(errors.ConfigError, match=f"127.0.0.1:{port} .* in use by another process"):
             stack.start_moto(port, tmp_path)
     assert not (tmp_path / "moto.pid").exists()
+
+
+def _stranger(listening: bool) -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    if listening:
+        sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize("listening", [True, False], ids=["listener", "bound-without-listener"])
+def test_stack_up_checks_every_port_before_starting_anything(tmp_path: Path, listening: bool) -> None:
+    with _stranger(listening) as aws, _stranger(listening) as admin:
+        aws_port, admin_port = aws.getsockname()[1], admin.getsockname()[1]
+        settings = make_settings(f"http://127.0.0.1:{_port_pair()}", f"http://127.0.0.1:{aws_port}", tmp_path / "var")
+        settings = settings.model_copy(update={"admin": settings.admin.model_copy(update={"port": admin_port})})
+        with pytest.raises(errors.ConfigError) as caught:
+            stack.stack_up(settings, also_ports=[stack.admin_port(settings)])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"setting SMARTTAGS_AWS__ENDPOINT_URL: 127.0.0.1:{aws_port} (S3 + SQS (moto)) is in use")
+    assert f"also 127.0.0.1:{admin_port} (admin panel, SMARTTAGS_ADMIN__PORT)" in message
+    assert not (settings.data_dir / "stack").exists()  # nothing was started, not even a pid file written
+
+
+def test_the_demo_with_its_admin_port_taken_stops_at_once_with_one_line(tmp_path: Path) -> None:
+    with _stranger(True) as admin:
+        port = admin.getsockname()[1]
+        env = {
+            **os.environ,
+            "SMARTTAGS_DATA_DIR": str(tmp_path / "var"),
+            "SMARTTAGS_OPENSEARCH__URL": f"http://127.0.0.1:{_port_pair()}",
+            "SMARTTAGS_AWS__ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+            "SMARTTAGS_ADMIN__PORT": str(port),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "smarttags", "demo"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"smarttags: setting SMARTTAGS_ADMIN__PORT: 127.0.0.1:{port} (admin panel) is in use by another process; "
+        "stop it or choose another port"
+    ]
+    assert not (tmp_path / "var" / "stack").exists()
+
+
+@pytest.mark.slow
+def test_a_failed_opensearch_start_shows_the_cause_from_the_nodes_own_log(tmp_path: Path) -> None:
+    with _stranger(True) as taken:
+        port = taken.getsockname()[1]
+        node = stack.opensearch_process(
+            tmp_path / "opensearch", port, transport_port=free_port(), run_dir=tmp_path / "run", heap_max="512m"
+        )
+        # Skip the port check, as when another process takes the port between the check and the bind.
+        with pytest.raises(errors.ServiceUnavailable) as caught:
+            stack.start_process(replace(node, ports=(), port_needs=()))
+    message = str(caught.value)
+    assert message.startswith("opensearch: exited during start; last log lines:")
+    assert str(tmp_path / "opensearch" / "logs" / "smarttags.log") in message
+    assert f"BindHttpException[Failed to bind to 127.0.0.1:{port}]" in message
+    assert "Address already in use" in message
+    assert "\tat " not in message  # the exception lines, not the Java stack frames
+    assert not node.pid_file.exists()

@@ -341,6 +341,8 @@ def test_report_page_table_chart_and_xlsx(as_role, seeded):
     assert 'class="pill trained"' in page and 'class="pill partial"' in page and 'class="pill not-trained"' in page
     assert "<svg" in page and page.count('class="bar precision"') == 2
     assert "add more visually similar images" in page
+    assert "carried over from the active model: animals:dog" in page
+    assert 'title="untagged 3, removed 1, siblings 10, other 0">14</td>' in page
     response = client.get(f"/reports/{seeded.run_id}/report.xlsx")
     assert response.status_code == 200
     assert response.mimetype == "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from smarttags.entrypoints import cli
 
 COMMANDS = [
@@ -57,3 +58,18 @@ def test_building_the_parser_loads_no_service_library() -> None:
     loaded = json.loads(run.stdout)
     heavy = ("flask", "apscheduler", "waitress", "boto3", "opensearchpy", "onnxruntime", "smarttags.devtools")
     assert [m for m in loaded if m.startswith(heavy)] == []
+
+
+def test_search_takes_words_that_look_like_options() -> None:
+    parser = cli.build_parser()
+    assert cli.parse(parser, ["search", "-woman"]).text == ["-woman"]
+    args = cli.parse(parser, ["search", "--locale", "de", "-road", "running", "--size", "5", "-x"])
+    assert (args.text, args.locale, args.size) == (["-road", "running", "-x"], "de", 5)
+    assert cli.parse(parser, ["search", "--", "--json"]).text == ["--json"]
+
+
+def test_other_commands_still_refuse_unknown_options(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["init", "-woman"], ["search"]):
+        with pytest.raises(SystemExit):
+            cli.parse(cli.build_parser(), argv)
+    assert "unrecognized arguments: -woman" in capsys.readouterr().err

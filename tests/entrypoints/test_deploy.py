@@ -235,6 +235,8 @@ def test_handler_loads_by_path() -> None:
 
 # The handler's import graph must not pull in what the package leaves out.
 _LEFT_OUT = ("torch", "onnx", "openpyxl", "tqdm", "flask", "apscheduler", "sklearn", "skimage", "moto", "av")
+# Installed with opensearch-py, stripped from the package (lambda/build.py: UNUSED): never imported.
+_STRIPPED = ("grpc", "google", "opensearch_protobufs")
 
 
 def test_handler_imports_only_what_the_package_ships() -> None:
@@ -248,6 +250,7 @@ def test_handler_imports_only_what_the_package_ships() -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     loaded = set(json.loads(run.stdout))
     assert not loaded & set(_LEFT_OUT)
+    assert not loaded & set(_STRIPPED)
 
 
 def test_the_lambda_package_leaves_out_only_what_the_handler_never_imports() -> None:
@@ -284,13 +287,18 @@ def test_build_refuses_torch(tmp_path: Path) -> None:
 
 def test_build_strips_tests_and_caches(tmp_path: Path) -> None:
     build = _build_module()
-    for d in ("numpy/tests", "numpy/core/__pycache__", "PIL", "bin"):
+    kept = ("PIL", "google/auth")
+    stripped = ("numpy/tests", "numpy/core/__pycache__", "bin", "grpc", "grpcio-1.0.dist-info", "google/protobuf")
+    for d in (*kept, *stripped):
         (tmp_path / d).mkdir(parents=True)
         (tmp_path / d / "f").write_bytes(b"x" * 10)
-    assert build.strip(tmp_path) == 30
+    assert build.strip(tmp_path) == 10 * len(stripped)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "PIL",
         "PIL/f",
+        "google",
+        "google/auth",
+        "google/auth/f",
         "numpy",
         "numpy/core",
     ]

@@ -2,10 +2,11 @@
 core makes of them (``core.ports.Assets``). The only place that knows the document's shape; the mapping
 ``search_templates/assets.index.json`` is its contract.
 
-Search reads three fields derived here from the asset: ``smart_ids`` (the smart tags' ids),
-``smart_scores`` (one rank feature per smart tag: its confidence, +1 when promoted, so a promoted tag
-outranks any unpromoted confidence) and ``folder`` (the key's folder path, for the ``folder.tree``
-filter). Promotion itself is stored once, in ``promoted_tags``.
+Search reads four fields derived here from the asset: ``smart_ids`` (the smart tags' ids),
+``smart_scores`` (one rank feature per smart tag: its confidence, +1 when promoted; the search template
+also lifts an asset with a promoted matching tag above any number of unpromoted ones), ``folder`` (the
+key's folder path, for the ``folder.tree`` filter) and ``file_name`` (the key's last segment, searched
+with the metadata). Promotion itself is stored once, in ``promoted_tags``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ KIND = "assets"
 # An asset attribute -> the document fields it is written to (the rest are written under their own name).
 _FIELDS: dict[str, tuple[str, ...]] = {
     "folder": ("folder",),
+    "key": ("key", "file_name"),
     "smart_tags": ("smart_tags", "smart_ids", "smart_scores"),
     "promoted": ("promoted_tags", "smart_scores"),
     "rejected": ("rejected_tags",),
@@ -36,6 +38,7 @@ def to_document(asset: Asset) -> dict[str, Any]:
         "asset_id": asset.id,
         "bucket": asset.bucket,
         "key": asset.key,
+        "file_name": asset.key.rsplit("/", 1)[-1],
         "folder": asset.folder.path,
         "etag": asset.etag,
         "version_id": asset.version_id,
@@ -72,6 +75,8 @@ def to_document(asset: Asset) -> dict[str, Any]:
             "model_version": asset.tagging.model_version,
             "etag": asset.tagging.etag,
             "tagged_at": asset.tagging.tagged_at,
+            "claim": asset.tagging.claim,
+            "claim_until": asset.tagging.claim_until,
         },
         "updated_at": asset.updated_at or now_iso(),
     }
@@ -119,6 +124,8 @@ def from_document(source: Mapping[str, Any]) -> Asset:
             model_version=tagging.get("model_version"),
             etag=tagging.get("etag"),
             tagged_at=tagging.get("tagged_at"),
+            claim=tagging.get("claim"),
+            claim_until=tagging.get("claim_until"),
         ),
         updated_at=source.get("updated_at"),
     )
@@ -144,11 +151,14 @@ class AssetIndex:
             return None
         return StoredAsset(from_document(found.source), found.seq_no, found.primary_term)
 
-    def put(self, asset: Asset, *, expected: StoredAsset | None = None, refresh: bool | str = False) -> None:
+    def put(self, asset: Asset, *, expected: StoredAsset | None = None, refresh: bool | str = False) -> StoredAsset:
         """Write the asset: over ``expected`` (a ConflictError if it changed since), or as a new document
-        (a ConflictError if one exists)."""
+        (a ConflictError if one exists). Returns it as stored, for the next conditional write."""
         version = Versioned(asset.id, {}, expected.seq_no, expected.primary_term) if expected else None
-        self._index.put(KIND, asset.id, to_document(asset), expected=version, create=expected is None, refresh=refresh)
+        seq_no, primary_term = self._index.put(
+            KIND, asset.id, to_document(asset), expected=version, create=expected is None, refresh=refresh
+        )
+        return StoredAsset(asset, seq_no, primary_term)
 
     def delete(self, expected: StoredAsset) -> bool:
         version = Versioned(expected.asset.id, {}, expected.seq_no, expected.primary_term)
@@ -160,6 +170,15 @@ class AssetIndex:
         """Every asset of the folder and its subfolders (with only ``attributes`` filled in, if given)."""
         source: Sequence[str] | bool = document_fields(attributes) if attributes is not None else True
         for hit in self._index.scan(KIND, folder.query(), source=source, batch_size=batch_size):
+            yield from_document(hit["_source"])
+
+    def scan_rejected(
+        self, bucket: str, *, attributes: Collection[str] | None = None, batch_size: int = 500
+    ) -> Iterator[Asset]:
+        """Every asset of the bucket with a smart tag a moderator removed (training's explicit negatives)."""
+        source: Sequence[str] | bool = document_fields(attributes) if attributes is not None else True
+        query = {"bool": {"filter": [{"term": {"bucket": bucket}}, {"exists": {"field": "rejected_tags"}}]}}
+        for hit in self._index.scan(KIND, query, source=source, batch_size=batch_size):
             yield from_document(hit["_source"])
 
     def merge(self, assets: Sequence[Asset], attributes: Collection[str], *, create: bool = True) -> None:

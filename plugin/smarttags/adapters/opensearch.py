@@ -173,9 +173,10 @@ class SearchIndex:
         expected: Versioned | None = None,
         create: bool = False,
         refresh: bool | str = False,
-    ) -> None:
+    ) -> tuple[int, int]:
         """Write a whole document. With ``expected`` the write succeeds only if nobody wrote in between
-        (raises ConflictError); with ``create`` only if the document does not exist yet."""
+        (raises ConflictError); with ``create`` only if the document does not exist yet. Returns the
+        written version (seq_no, primary_term), for the next conditional write."""
         kwargs: dict[str, Any] = {"index": self.name(kind), "id": doc_id, "body": dict(source)}
         if expected is not None:
             kwargs.update(if_seq_no=expected.seq_no, if_primary_term=expected.primary_term)
@@ -183,7 +184,8 @@ class SearchIndex:
             kwargs["op_type"] = "create"
         if refresh:
             kwargs["refresh"] = "wait_for" if refresh is True else refresh
-        self._call("index", **kwargs)
+        response = self._call("index", **kwargs)
+        return int(response["_seq_no"]), int(response["_primary_term"])
 
     def delete(self, kind: str, doc_id: str, *, expected: Versioned | None = None, refresh: bool = False) -> bool:
         kwargs: dict[str, Any] = {
@@ -277,11 +279,13 @@ class SearchIndex:
         result: dict[str, Any] = self._call("render_search_template", id=template_id, body={"params": dict(params)})
         return result
 
-    def analyze(self, text: str, analyzer: str, *, kind: str | None = None) -> list[str]:
-        """Tokens of ``text`` under a named analyzer (an index's custom one when ``kind`` is given)."""
+    def analyze(self, text: str, analyzer: str | Mapping[str, Any], *, kind: str | None = None) -> list[str]:
+        """Tokens of ``text`` under a named analyzer (an index's custom one when ``kind`` is given) or an
+        analyzer defined inline (``{"tokenizer": ..., "filter": [...]}``)."""
         if not text.strip():
             return []
-        kwargs: dict[str, Any] = {"body": {"analyzer": analyzer, "text": text}}
+        spec = {"analyzer": analyzer} if isinstance(analyzer, str) else dict(analyzer)
+        kwargs: dict[str, Any] = {"body": {**spec, "text": text}}
         if kind is not None:
             kwargs["index"] = self.name(kind)
         result = self._call("indices.analyze", **kwargs)

@@ -10,18 +10,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from smarttags.adapters.clients import translate_aws_error
 from smarttags.core.ports import ObjectInfo
-from smarttags.errors import NotFound, RequestError
+from smarttags.errors import ImageTooLarge, NotFound
 
 log = logging.getLogger(__name__)
 
 # Image decoding refuses bombs by pixel count; this refuses absurd downloads by byte count first.
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
-
-
-def folder_of(key: str) -> str:
-    """The folder (prefix ending in '/') an object key sits in; '' for the bucket root."""
-    head, sep, _ = key.rpartition("/")
-    return head + sep
 
 
 class ObjectStore:
@@ -53,6 +47,11 @@ class ObjectStore:
             raise translate_aws_error(exc, "s3") from exc
         return url
 
+    def reachable(self) -> bool:
+        """The bucket answers (raises a ServiceError when S3 does not)."""
+        self._call("head_bucket")
+        return True
+
     def head(self, key: str) -> ObjectInfo:
         meta = self._call("head_object", Key=key)
         return ObjectInfo(
@@ -70,7 +69,7 @@ class ObjectStore:
         size = int(response.get("ContentLength", 0))
         if size > max_bytes:
             response["Body"].close()
-            raise RequestError(f"s3://{self.bucket}/{key} has {size} bytes, over the limit of {max_bytes}")
+            raise ImageTooLarge(f"{size} bytes is over the limit of {max_bytes} (backbone.max_object_bytes)")
         data: bytes = response["Body"].read()
         info = ObjectInfo(
             bucket=self.bucket,

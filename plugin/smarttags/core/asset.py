@@ -13,9 +13,13 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from smarttags.core.clock import now_iso
 from smarttags.core.folders import Folder
+
+if TYPE_CHECKING:
+    from smarttags.core.ports import ImageFacts
 
 
 class TaggingStatus(StrEnum):
@@ -80,6 +84,9 @@ class Tagging:
     model_version: str | None = None
     etag: str | None = None  # the bytes this state is about
     tagged_at: str | None = None
+    # Who is handling which event now (so a concurrent copy of the event finds it taken), and until when.
+    claim: str | None = None
+    claim_until: str | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,19 @@ class Asset:
         unpromoted = replace(self, promoted=self.promoted - {tag})
         return replace(unpromoted, smart_tags=unpromoted._ranked(self.smart_tags))
 
+    def with_facts(self, facts: ImageFacts) -> Asset:
+        """What the picture says about itself: its size, embedded text, detected format and decoder."""
+        return replace(
+            self,
+            width=facts.width,
+            height=facts.height,
+            title=facts.title,
+            description=facts.description,
+            keywords=tuple(facts.keywords),
+            format=facts.format or None,
+            decoder=facts.decoder or None,
+        )
+
     def with_tags(self, tags: Iterable[str]) -> Asset:
         return replace(self, tags=tuple(sorted(set(tags))))
 
@@ -188,6 +208,9 @@ class Asset:
             tagged_at=now_iso(),
         )
         return replace(self, tagging=tagging)
+
+    def claimed(self, claim: str, until: str) -> Asset:
+        return replace(self, tagging=replace(self.tagging, claim=claim, claim_until=until))
 
     def touched(self) -> Asset:
         return replace(self, updated_at=now_iso())

@@ -62,16 +62,18 @@ def same_sequencer(a: str | None, b: str | None) -> bool:
     return a.upper().ljust(width, "0") == b.upper().ljust(width, "0")
 
 
-def _s3_record(record: Mapping[str, Any]) -> ObjectEvent | None:
+def _s3_record(record: Any) -> ObjectEvent | None:
+    if not isinstance(record, Mapping):
+        raise ValueError(f"an S3 record must be an object, not {type(record).__name__}")
     name = str(record.get("eventName", ""))
     s3 = record.get("s3") or {}
     obj = s3.get("object") or {}
-    if name.startswith("ObjectCreated"):
-        action = CREATED
+    if name.startswith("ObjectCreated") or name == "ObjectRestore:Completed":
+        action = CREATED  # a restored archive is readable again: (re)tag it
     elif name.startswith("ObjectRemoved"):
         action = REMOVED
     else:
-        return None  # replication, lifecycle, restore...: nothing for the tagger
+        return None  # replication, lifecycle, tagging, ACL...: nothing for the tagger
     return ObjectEvent(
         action=action,
         bucket=str((s3.get("bucket") or {})["name"]),
@@ -84,6 +86,30 @@ def _s3_record(record: Mapping[str, Any]) -> ObjectEvent | None:
     )
 
 
+# S3 -> EventBridge -> SQS: one event per message, in EventBridge's own shape.
+_EVENTBRIDGE_ACTIONS = {"Object Created": CREATED, "Object Restore Completed": CREATED, "Object Deleted": REMOVED}
+
+
+def _eventbridge(body: Mapping[str, Any]) -> list[ObjectEvent]:
+    action = _EVENTBRIDGE_ACTIONS.get(str(body.get("detail-type")))
+    if action is None:
+        return []
+    detail = body["detail"]
+    obj = detail["object"]
+    return [
+        ObjectEvent(
+            action=action,
+            bucket=str(detail["bucket"]["name"]),
+            key=unquote_plus(str(obj["key"])),
+            etag=str(obj["etag"]).strip('"') if obj.get("etag") else None,
+            size=int(obj["size"]) if obj.get("size") is not None else None,
+            version_id=obj.get("version-id") or None,
+            sequencer=obj.get("sequencer"),
+            event_time=body.get("time"),
+        )
+    ]
+
+
 def _work_item(body: Mapping[str, Any]) -> ObjectEvent:
     return ObjectEvent(
         action=TAG,
@@ -94,10 +120,17 @@ def _work_item(body: Mapping[str, Any]) -> ObjectEvent:
     )
 
 
-def parse_body(body: Mapping[str, Any]) -> list[ObjectEvent]:
-    """The events in one S3 notification or one work item."""
+def parse_body(body: Any) -> list[ObjectEvent]:
+    """The events in one S3 notification (direct, or wrapped by SNS or EventBridge) or one work item.
+    Raises ValueError (or KeyError/TypeError) for anything else."""
+    if not isinstance(body, Mapping):
+        raise ValueError(f"a message body must be a JSON object, not {type(body).__name__}")
     if body.get("smarttags") == "tag":
         return [_work_item(body)]
+    if body.get("Type") == "Notification" and isinstance(body.get("Message"), str):
+        return parse_body(json.loads(body["Message"]))  # S3 -> SNS -> SQS (raw delivery off)
+    if body.get("source") == "aws.s3" and "detail-type" in body:
+        return _eventbridge(body)
     if body.get("Event") == "s3:TestEvent":
         return []
     records = body.get("Records")
@@ -120,19 +153,27 @@ def parse_message(message_id: str | None, body: str, receive_count: int = 1) -> 
     error so its message is retried and then dead-lettered, not lost."""
     try:
         return Message(message_id, parse_body(json.loads(body or "")), receive_count)
-    except (ValueError, KeyError, TypeError) as exc:
-        return Message(message_id, [], receive_count, error=f"unreadable message: {exc}")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        return Message(message_id, [], receive_count, error=f"unreadable message: {type(exc).__name__}: {exc}")
 
 
 def parse_invocation(event: Mapping[str, Any]) -> Iterator[Message]:
     """Messages of a Lambda invocation: an SQS batch, or an S3 notification delivered directly."""
-    records = event.get("Records")
-    if isinstance(records, list) and records and records[0].get("eventSource") == "aws:sqs":
+    records = event.get("Records") if isinstance(event, Mapping) else None
+    if isinstance(records, list) and records and all(_is_sqs(r) for r in records):
         for record in records:
-            receive_count = int((record.get("attributes") or {}).get("ApproximateReceiveCount", 1))
-            yield parse_message(record.get("messageId"), record.get("body") or "", receive_count)
+            try:
+                receive_count = int((record.get("attributes") or {}).get("ApproximateReceiveCount", 1))
+            except (TypeError, ValueError):
+                receive_count = 1
+            body = record.get("body")
+            yield parse_message(record.get("messageId"), body if isinstance(body, str) else "", receive_count)
         return
     try:
         yield Message(None, parse_body(event))
-    except (ValueError, KeyError, TypeError) as exc:
-        yield Message(None, [], error=f"unreadable event: {exc}")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        yield Message(None, [], error=f"unreadable event: {type(exc).__name__}: {exc}")
+
+
+def _is_sqs(record: Any) -> bool:
+    return isinstance(record, Mapping) and record.get("eventSource") == "aws:sqs"

@@ -7,7 +7,9 @@ preconditioned gradient method with Barzilai-Borwein steps converges in a few do
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,14 +55,17 @@ def _sigmoid(x: NDArray[np.floating]) -> NDArray[np.floating]:
     return out
 
 
-def balanced_weights(labels: FloatArray) -> FloatArray:
-    """Per-sample, per-tag weights n / (2 * class count), as scikit-learn's class_weight="balanced"."""
-    n = labels.shape[0]
-    pos = labels.sum(axis=0)
+def balanced_weights(labels: FloatArray, known: FloatArray | None = None) -> FloatArray:
+    """Per-sample, per-tag weights n / (2 * class count), as scikit-learn's class_weight="balanced";
+    counted over the rows whose label is ``known`` for the tag (the others weigh 0)."""
+    known = np.ones_like(labels) if known is None else known
+    n = known.sum(axis=0)
+    pos = (labels * known).sum(axis=0)
     neg = n - pos
     w_pos = np.where(pos > 0, n / (2.0 * np.maximum(pos, 1)), 0.0)
     w_neg = np.where(neg > 0, n / (2.0 * np.maximum(neg, 1)), 0.0)
-    return np.where(labels > 0.5, w_pos, w_neg)
+    out: FloatArray = np.where(labels > 0.5, w_pos, w_neg) * known
+    return out
 
 
 @dataclass(frozen=True)
@@ -185,25 +190,42 @@ def choose_threshold(
     return threshold, float(precision[best]), float(recall[best]), float(f1[best])
 
 
-def _folds(labels: FloatArray, k: int, seed: int) -> list[NDArray[np.intp]]:
-    """Fold index lists that spread each tag's positives evenly (greedy multi-label stratification)."""
-    rng = np.random.default_rng(seed)
+def _rank(key: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}\x00{key}".encode()).hexdigest()
+
+
+def _folds(labels: FloatArray, k: int, seed: int, groups: Sequence[str] | None = None) -> list[NDArray[np.intp]]:
+    """Fold index lists that spread each tag's positives evenly (greedy multi-label stratification).
+
+    Rows with the same group key (one picture's near-duplicates) go to the same fold, and the order in
+    which groups are placed comes from a hash of the key, so the folds depend on what the pictures are,
+    not on the order the index returned them in."""
     n = labels.shape[0]
-    order = rng.permutation(n)
+    keys = list(groups) if groups is not None else [str(i) for i in range(n)]
+    if len(keys) != n:
+        raise ValueError("one group key per row")
+    members: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    names = sorted(members, key=lambda g: _rank(g, seed))
+    group_labels = np.array([labels[members[g]].max(axis=0) for g in names]).reshape(len(names), labels.shape[1])
     # Rarest tags first, so their few positives land in different folds.
-    rarity = labels.sum(axis=0)
-    key = np.where(labels[order] > 0.5, rarity[None, :], np.inf).min(axis=1)
-    order = order[np.argsort(key, kind="stable")]
+    rarity = group_labels.sum(axis=0)
+    rare = (
+        np.where(group_labels > 0.5, rarity[None, :], np.inf).min(axis=1) if labels.shape[1] else np.zeros(len(names))
+    )
+    order = np.argsort(rare, kind="stable")
     assignment = np.empty(n, dtype=np.intp)
     counts = np.zeros((k, labels.shape[1]))
     sizes = np.zeros(k)
-    for i in order:
-        row = labels[i]
+    for g in order:
+        rows = members[names[g]]
+        row = group_labels[g]
         load = counts @ row if row.any() else sizes
         fold = int(np.lexsort((sizes, load))[0])
-        assignment[i] = fold
-        counts[fold] += row
-        sizes[fold] += 1
+        assignment[rows] = fold
+        counts[fold] += labels[rows].sum(axis=0)
+        sizes[fold] += len(rows)
     return [np.flatnonzero(assignment == f) for f in range(k)]
 
 
@@ -217,22 +239,29 @@ def train_heads(
     folds: int = 5,
     seed: int = 0,
     c_grid: tuple[float, ...] = DEFAULT_C_GRID,
+    known: NDArray[np.floating] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> tuple[Heads, list[TagFit]]:
     """Fit one head per tag. One regularisation strength C for all tags, the one whose out-of-fold
     predictions reach the best mean average precision (per-tag choices overfit the few positives of
     small tags: on the clip-art benchmark a shared C gave higher macro AP with 30 positives per tag and
-    no loss with all of them); each tag's threshold comes from its own out-of-fold predictions."""
+    no loss with all of them); each tag's threshold comes from its own out-of-fold predictions.
+
+    ``known`` (rows x tags, 1 or 0) says which labels are known: a picture outside the training folders
+    whose smart tag a moderator removed is a negative for that tag only. ``groups`` gives each row a key
+    (near-duplicates share one) that decides its cross-validation fold."""
     x = np.asarray(embeddings, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     n, t = y.shape
-    if n != x.shape[0] or t != len(tags):
+    mask = np.ones_like(y) if known is None else np.asarray(known, dtype=np.float64)
+    if n != x.shape[0] or t != len(tags) or mask.shape != y.shape:
         raise ValueError("embeddings, labels and tags disagree in size")
-    k = max(2, min(folds, int(y.sum(axis=0).min()) if t else folds, n))
+    k = max(2, min(folds, int((y * mask).sum(axis=0).min()) if t else folds, n))
     oof = np.zeros((len(c_grid), n, t))
-    for held_out in _folds(y, k, seed):
+    for held_out in _folds(y * mask, k, seed, groups):
         train = np.setdiff1d(np.arange(n), held_out)
         white = _Whitened.of(x[train])
-        weights = balanced_weights(y[train])
+        weights = balanced_weights(y[train], mask[train])
         z_test = white.project(x[held_out])
         previous: tuple[FloatArray, FloatArray] | None = None
         for ci, c in enumerate(sorted(c_grid)):
@@ -243,15 +272,20 @@ def train_heads(
     grid = sorted(c_grid)
     fits: list[TagFit] = []
     thresholds = np.empty(t)
-    aps = np.array([[average_precision(y[:, j], oof[ci, :, j]) for ci in range(len(grid))] for j in range(t)])
+    rows = [np.flatnonzero(mask[:, j] > 0.5) for j in range(t)]
+    aps = np.array(
+        [[average_precision(y[rows[j], j], oof[ci, rows[j], j]) for ci in range(len(grid))] for j in range(t)]
+    )
     best = int(np.nanargmax(np.nanmean(aps, axis=0))) if t and not np.all(np.isnan(aps)) else 0
     for j, tag in enumerate(tags):
-        threshold_logit, precision, recall, f1 = choose_threshold(y[:, j], oof[best, :, j], policy, target_precision)
+        threshold_logit, precision, recall, f1 = choose_threshold(
+            y[rows[j], j], oof[best, rows[j], j], policy, target_precision
+        )
         thresholds[j] = float(_sigmoid(np.array([threshold_logit]))[0])
         fits.append(
             TagFit(
                 tag=tag,
-                positives=int(y[:, j].sum()),
+                positives=int(y[rows[j], j].sum()),
                 c=grid[best],
                 threshold=float(thresholds[j]),
                 precision=precision,
@@ -262,7 +296,7 @@ def train_heads(
         )
     white = _Whitened.of(x)
     penalty = np.broadcast_to((1.0 / (grid[best] * white.sigma**2))[:, None], (white.sigma.size, t))
-    a, b = fit_logistic(white.z, y, balanced_weights(y), penalty)
+    a, b = fit_logistic(white.z, y, balanced_weights(y, mask), penalty)
     w, bias = white.to_weights(a, b)
     heads = Heads(
         tags=tuple(tags),
@@ -271,3 +305,30 @@ def train_heads(
         thresholds=thresholds.astype(np.float32),
     )
     return heads, fits
+
+
+def combine(first: Heads, second: Heads) -> Heads:
+    """One set of heads with the tags of both (``first`` wins where both have a tag), sorted by tag."""
+    columns = {tag: (first, j) for j, tag in enumerate(first.tags)}
+    for j, tag in enumerate(second.tags):
+        columns.setdefault(tag, (second, j))
+    if first.weights.shape[0] != second.weights.shape[0]:
+        raise ValueError("heads of different embedding sizes cannot be combined")
+    tags = sorted(columns)
+    return Heads(
+        tags=tuple(tags),
+        weights=np.stack([columns[t][0].weights[:, columns[t][1]] for t in tags], axis=1).astype(np.float32),
+        bias=np.array([columns[t][0].bias[columns[t][1]] for t in tags], np.float32),
+        thresholds=np.array([columns[t][0].thresholds[columns[t][1]] for t in tags], np.float32),
+    )
+
+
+def select(heads: Heads, tags: Sequence[str]) -> Heads:
+    """The heads of these tags only."""
+    columns = [heads.tags.index(t) for t in tags]
+    return Heads(
+        tags=tuple(tags),
+        weights=heads.weights[:, columns],
+        bias=heads.bias[columns],
+        thresholds=heads.thresholds[columns],
+    )

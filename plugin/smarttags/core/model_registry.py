@@ -48,6 +48,9 @@ class Manifest:
     created_at: str
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256
     folders: list[str] = field(default_factory=list)
+    # Tags whose heads were not retrained but kept from the model active before -> the model they were
+    # trained in (one active model serves the whole taxonomy).
+    carried_over: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,7 +91,8 @@ def apply_thresholds(
     max_tags: int = 20,
 ) -> list[SmartTag]:
     """The smart tags one asset gets: scores at or over their tag's threshold, minus what a moderator
-    rejected, plus what a moderator promoted (kept whatever its score), promoted first, then best first."""
+    rejected, plus what a moderator promoted (kept whatever its score), plus the parents of those (a child
+    tag implies its parent), promoted first, then best first."""
     rejected_set = set(rejected)
     promoted_set = set(promoted) - rejected_set
     chosen: dict[str, SmartTag] = {}
@@ -97,8 +101,27 @@ def apply_thresholds(
             chosen[tag] = SmartTag(tag, round(float(score), SCORE_DECIMALS), model_version)
     for tag in promoted_set - chosen.keys():
         chosen[tag] = SmartTag(tag, 1.0, model_version)
+    # A child implies its parent (the nearest ancestor the model knows and no moderator removed), at the
+    # parent's own score or the child's confidence, whichever is higher; deepest first, so it carries up.
+    score_of = dict(zip(tags, scores.tolist(), strict=True))
+    for tag in sorted(score_of, key=lambda t: -t.count("/")):
+        if tag not in chosen:
+            continue
+        up = _parent(tag)
+        while up and (up not in score_of or up in rejected_set):
+            up = _parent(up)
+        if up:
+            held = chosen[up].confidence if up in chosen else round(float(score_of[up]), SCORE_DECIMALS)
+            chosen[up] = SmartTag(up, max(held, chosen[tag].confidence), model_version)
     ranked = sorted(chosen.values(), key=lambda s: (s.tag not in promoted_set, -s.confidence, s.tag))
     return ranked[:max_tags]
+
+
+def _parent(tag: str) -> str | None:
+    """``ns:a/b`` -> ``ns:a``; a top-level tag has none (the taxonomy's rule, from the id alone)."""
+    namespace, _, path = tag.partition(":")
+    head, sep, _ = path.rpartition("/")
+    return f"{namespace}:{head}" if sep else None
 
 
 def score_embedding(
@@ -175,7 +198,11 @@ class ModelStore:
         training_fingerprint: str,
         folders: list[str],
         version: str | None = None,
+        carried_over: Mapping[str, str] | None = None,
+        carried_metrics: Mapping[str, dict[str, float]] | None = None,
     ) -> Manifest:
+        """Write a model; ``carried_over`` names the tags whose heads come from an earlier model (their
+        ``carried_metrics`` are that model's)."""
         version = version or new_version()
         if not _VERSION.match(version):
             raise ModelError(f"invalid model version {version!r}")
@@ -196,11 +223,13 @@ class ModelStore:
                     "c": f.c,
                 }
                 for f in fits
-            },
+            }
+            | dict(carried_metrics or {}),
             training_fingerprint=training_fingerprint,
             created_at=datetime.now(UTC).isoformat(),
             files={HEADS_FILE: _sha256(payload)},
             folders=folders,
+            carried_over=dict(carried_over or {}),
         )
         self._store.put_bytes(self._key(version, HEADS_FILE), payload)
         self._store.put_bytes(

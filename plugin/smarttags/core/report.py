@@ -6,6 +6,10 @@ Status rule (the seed's green / yellow):
     partially trained   (yellow)  at least 5 usable images, but fewer than ``min_images`` or a lower
                                   average precision: add more visually similar images and train again
     not trained         (grey)    fewer than 5 usable images, or not in the taxonomy: no model for it
+
+Every taxonomy tag has a row. A tag the run did not retrain but the active model had keeps that model's
+head ("carried over", with the model it was trained in); ``retrained`` and ``carried_over`` list both.
+Per tag, ``negatives`` counts the pictures it learned "not this tag" from, by kind (NEGATIVE_KINDS).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ NOT_TRAINED = "not trained"
 MIN_TO_LEARN = 5
 MIN_AVERAGE_PRECISION = 0.5
 COLOURS = {TRAINED: "C6EFCE", PARTIAL: "FFEB9C", NOT_TRAINED: "D9D9D9"}
+# Kinds of negatives: pictures with no tag at all, a moderator's removal of the tag, pictures of a
+# sibling tag (same parent), and pictures with other tags.
+NEGATIVE_KINDS = ("untagged", "removed", "siblings", "other")
 
 
 def status_for(images: int, average_precision: float | None, min_images: int) -> str:
@@ -37,13 +44,20 @@ class TagRow:
     title: str
     status: str
     images: int
-    excluded_low_resolution: int = 0
+    excluded_low_resolution: int = 0  # pictures under training.min_resolution left out (strict_resolution)
     precision: float | None = None
     recall: float | None = None
     f1: float | None = None
     average_precision: float | None = None
     threshold: float | None = None
     advice: list[str] = field(default_factory=list)
+    below_resolution: int = 0  # pictures under training.min_resolution (used unless strict_resolution)
+    negatives: dict[str, int] = field(default_factory=dict)  # kind -> count
+    carried_from: str | None = None  # the model whose head this tag keeps, when not retrained
+
+    @property
+    def negative_total(self) -> int:
+        return sum(self.negatives.values())
 
 
 @dataclass
@@ -58,6 +72,9 @@ class TrainingReport:
     excluded_low_resolution: list[str] = field(default_factory=list)
     duplicates: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    retrained: list[str] = field(default_factory=list)
+    carried_over: list[str] = field(default_factory=list)
+    untagged_negatives: int = 0  # untagged pictures of the training folders, used as negatives
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,11 +96,11 @@ def _fmt(value: float | None) -> str:
 
 
 def as_table(report: TrainingReport) -> str:
-    header = f"{'tag':32} {'status':18} {'images':>6} {'prec':>5} {'rec':>5} {'AP':>5} {'thr':>5}  advice"
+    header = f"{'tag':32} {'status':18} {'images':>6} {'neg':>6} {'prec':>5} {'rec':>5} {'AP':>5} {'thr':>5}  advice"
     lines = [header, "-" * len(header)]
     for row in report.rows:
         lines.append(
-            f"{row.tag[:32]:32} {row.status:18} {row.images:>6} {_fmt(row.precision):>5} "
+            f"{row.tag[:32]:32} {row.status:18} {row.images:>6} {row.negative_total:>6} {_fmt(row.precision):>5} "
             f"{_fmt(row.recall):>5} {_fmt(row.average_precision):>5} {_fmt(row.threshold):>5}  "
             f"{'; '.join(row.advice)}"
         )
@@ -93,6 +110,11 @@ def as_table(report: TrainingReport) -> str:
         f"{report.images_used} images used, {report.images_embedded} embedded in this run; "
         f"model {report.model_version or '(none)'}"
     )
+    if report.model_version:
+        lines.append(
+            f"retrained {len(report.retrained)} tag(s); carried over {len(report.carried_over)} from the active model"
+            + (f": {', '.join(report.carried_over[:10])}" if report.carried_over else "")
+        )
     lines.extend(report.notes)
     return "\n".join(lines)
 
@@ -131,6 +153,9 @@ def as_xlsx(report: TrainingReport) -> bytes:
         "Average precision",
         "Threshold",
         "Advice",
+        "Below resolution guideline",
+        *(f"Negatives ({kind})" for kind in NEGATIVE_KINDS),
+        "Carried over from",
     ]
     sheet.append(columns)
     for cell in sheet[1]:
@@ -149,11 +174,15 @@ def as_xlsx(report: TrainingReport) -> bytes:
                 row.average_precision,
                 row.threshold,
                 "; ".join(row.advice),
+                row.below_resolution,
+                *(row.negatives.get(kind, 0) for kind in NEGATIVE_KINDS),
+                row.carried_from,
             ]
         )
         status_cell = sheet.cell(row=sheet.max_row, column=3)
         status_cell.fill = PatternFill("solid", start_color=COLOURS[row.status], end_color=COLOURS[row.status])
-    for letter, width in zip("ABCDEFGHIJK", (32, 24, 18, 8, 12, 10, 10, 10, 12, 10, 60), strict=True):
+    widths = (32, 24, 18, 8, 12, 10, 10, 10, 12, 10, 60, 12, 12, 12, 12, 12, 24)
+    for letter, width in zip("ABCDEFGHIJKLMNOPQ", widths, strict=True):
         sheet.column_dimensions[letter].width = width
     info = book.create_sheet("Run")
     for name, value in [
@@ -163,6 +192,9 @@ def as_xlsx(report: TrainingReport) -> bytes:
         ("Created", report.created_at),
         ("Images used", report.images_used),
         ("Images embedded", report.images_embedded),
+        ("Untagged pictures used as negatives", report.untagged_negatives),
+        ("Retrained tags", ", ".join(report.retrained)),
+        ("Carried over tags", ", ".join(report.carried_over)),
     ]:
         info.append([name, value])
     for note in report.notes:

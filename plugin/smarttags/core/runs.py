@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -32,6 +33,7 @@ class RunStatus(StrEnum):
 
 
 MAX_ERRORS_KEPT = 50
+MAX_FOLDERS_KEPT = 500
 
 
 @dataclass
@@ -89,7 +91,11 @@ class Run:
 
 
 # The statuses the painless scripts set, as parameters: the enum is their one spelling.
-_STATUSES = {"dispatched": RunStatus.DISPATCHED.value, "succeeded": RunStatus.SUCCEEDED.value}
+_STATUSES = {
+    "dispatched": RunStatus.DISPATCHED.value,
+    "succeeded": RunStatus.SUCCEEDED.value,
+    "with_errors": RunStatus.COMPLETED_WITH_ERRORS.value,
+}
 
 
 class RunLog:
@@ -133,23 +139,38 @@ class RunLog:
         errors: list[dict[str, str]] | None = None,
         *,
         create_as: tuple[str, str] | None = None,
+        folders: Sequence[str] = (),
     ) -> None:
         """Add to a run's counts from any worker at once (a scripted update, retried on conflict).
-        With ``create_as=(kind, trigger)`` a missing run is created first (hourly upload runs)."""
+        With ``create_as=(kind, trigger)`` a missing run is created first: an hourly upload run, which
+        counts as it goes (status succeeded, or completed_with_errors once a file failed) and lists the
+        ``folders`` its objects were in, so each folder finds its last tagging."""
         body: dict[str, Any] = {}
         if create_as is not None:
-            body["upsert"] = Run(run_id, create_as[0], None, create_as[1], now_iso()).to_json()
+            created = Run(run_id, create_as[0], None, create_as[1], now_iso(), status=RunStatus.SUCCEEDED)
+            body["upsert"] = created.to_json()
         script = (
             "for (e in params.counts.entrySet()) {"
             " ctx._source.counts[e.getKey()] = (ctx._source.counts[e.getKey()] ?: 0) + e.getValue(); }"
             " for (e in params.errors) { if (ctx._source.errors.size() < params.max_errors) {"
             " ctx._source.errors.add(e); } }"
+            " for (f in params.folders) { if (!ctx._source.folders.contains(f)"
+            " && ctx._source.folders.size() < params.max_folders) { ctx._source.folders.add(f); } }"
+            " if (ctx._source.status == params.succeeded && params.errors.size() > 0) {"
+            " ctx._source.status = params.with_errors; }"
             # A fanned-out run is done when its workers processed all it dispatched.
             " if (ctx._source.status == params.dispatched"
             " && ctx._source.counts.processed >= ctx._source.counts.selected) {"
             " ctx._source.status = params.succeeded; ctx._source.ended_at = params.now; }"
         )
-        params = {"counts": counts, "errors": errors or [], "max_errors": MAX_ERRORS_KEPT, **_STATUSES}
+        params = {
+            "counts": counts,
+            "errors": errors or [],
+            "max_errors": MAX_ERRORS_KEPT,
+            "folders": list(folders),
+            "max_folders": MAX_FOLDERS_KEPT,
+            **_STATUSES,
+        }
         self._scripted_update(run_id, script, params, **body)
 
     def mark_dispatched(self, run_id: str, selected: int) -> None:

@@ -1,19 +1,22 @@
 """Omnisearch over assets through the stored search template.
 
 Ranking, guaranteed by score bands in the template (``search_templates/search.mustache``):
-    tier 1  metadata (title, keywords, description) match all terms       score in [3, 4)
-    tier 2  the asset's smart tags together match all terms               score in [2, 3)
-    tier 3  its smart tags match any term                                 score in [1, 2)
+    tier 1  metadata (title, keywords, description, file name) match all terms, or the asset's own
+            taxonomy tags (manifest, keywords) do                                score in [3, 4)
+    tier 2  the asset's smart tags together match all terms                      score in [2, 3)
+    tier 3  its smart tags match any term                                        score in [1, 2)
 Tier 1 is ordered by BM25 alone (metadata relevance decides; ties fall to the asset id); tiers 2 and 3
-by the matched tags' confidences via ``rank_feature`` (promoted tags carry +1); each band's share is
-bounded below 1, so a band never overlaps the next. A unique sort tiebreaker (asset id) keeps paging stable.
+put an asset with a promoted matching tag first (+0.5), then order by the matched tags' confidences via
+``rank_feature`` (their sum bounded by 0.45, so no number of unpromoted tags reaches a promoted one).
+Each band's share is bounded below 1, so a band never overlaps the next; a hit's tier is read from the
+named query it matched, not from its score. A unique sort tiebreaker (asset id) keeps paging stable.
 BM25 is bounded without a script: each query token scores at most boost(3) * (k1 + 1) * ln(2N + 2)
 per field with N < 2^32 documents, so scaling the metadata match by 0.6 / (that bound * the number of
 tokens) keeps it under 0.6 while preserving its order exactly.
 
-Smart tags match through the taxonomy: the query is analyzed in its locale and each token is mapped to
-the tags whose titles or synonyms contain it. That mapping is the only thing Python adds to the
-template's parameters; any HTTP client can call the same template with the same parameters.
+Tags match through the taxonomy: the query is analyzed in its locale and each token is mapped to the
+tags whose titles or synonyms contain it. That mapping is the only thing Python adds to the template's
+parameters; any HTTP client can call the same template with the same parameters.
 """
 
 from __future__ import annotations
@@ -39,11 +42,19 @@ MAX_QUERY_CHARS = 2000
 MAX_PAGE_SIZE = 100
 MAX_WINDOW = 10_000
 # Lucene refuses a query of more than 1024 clauses (maxClauseCount). The metadata match expands to
-# tokens x 3 fields, tier 2 has one terms clause per token, tiers 2 and 3 one rank_feature per ranked
-# tag: 64 * 3 + 64 + 2 * 300 = 856 clauses at most. Tags beyond the ranked ones still match (the
-# terms filters take any number); they only add no confidence to the score.
+# tokens x 4 fields, the own tags and tier 2 have one terms clause per token each, tiers 2 and 3 one
+# rank_feature per ranked tag: 64 * 4 + 2 * 64 + 2 * 250 = 884 clauses at most (and a few fixed ones).
+# Tags beyond the ranked ones still match (the terms filters take any number); they only add no
+# confidence to the score.
 MAX_QUERY_TOKENS = 64
-MAX_RANKED_TAGS = 300
+MAX_RANKED_TAGS = 250
+# The named queries of the template, by the tier they stand for.
+TIER_OF_QUERY = {
+    "tier1_metadata_all_terms": 1,
+    "tier1_own_tags_all_terms": 1,
+    "tier2_smart_tags_all_terms": 2,
+    "tier3_smart_tags_any_term": 3,
+}
 # An upper bound of one query token's BM25 score in the metadata match (see the module docstring).
 MAX_TOKEN_BM25 = 3 * 2.2 * math.log(2 * 2**32 + 2)
 TIER_NAMES = {
@@ -176,7 +187,8 @@ class Searcher:
         union = sorted({tag for tags in by_token.values() for tag in tags})
         every_token_tagged = bool(by_token) and all(by_token.values())
         ranked = union[:MAX_RANKED_TAGS]
-        share = 0.9 / max(len(ranked), 1)
+        # Below the promoted bonus (0.5): saturated rank features are each < 1.
+        share = 0.45 / max(len(ranked), 1)
         return {
             "query": text,
             "has_query": bool(text),
@@ -194,8 +206,10 @@ class Searcher:
             "size": request.size,
             "search_after": list(request.search_after or []),
             "has_search_after": request.search_after is not None,
-            "smart_all": [{"tags": tags} for tags in by_token.values()] if every_token_tagged else [],
-            "has_smart_all": every_token_tagged,
+            # For each term, the tags it matches: the asset's own tags (tier 1) or its smart tags (tier 2)
+            # must hold one of them for every term.
+            "tags_per_term": [{"tags": tags} for tags in by_token.values()] if every_token_tagged else [],
+            "every_term_tagged": every_token_tagged,
             "smart_any": union,
             "has_smart_any": bool(union),
             "features": [{"feature": feature_name(tag), "boost": round(share, 6)} for tag in ranked],
@@ -211,8 +225,9 @@ class Searcher:
         for raw in response["hits"]["hits"]:
             asset = self._assets.from_source(raw["_source"])
             score = float(raw.get("_score") or 0.0)
-            # Score bands: [3, 4) is tier 1, [2, 3) tier 2, [1, 2) tier 3; no query means no tiers.
-            tier = 4 - min(3, int(score)) if params["has_query"] and score >= 1 else 0
+            # The best tier whose named query matched; no query means no tiers.
+            names = raw.get("matched_queries") or ()
+            tier = min((TIER_OF_QUERY[name] for name in names if name in TIER_OF_QUERY), default=0)
             hits.append(
                 Hit(
                     asset=asset,

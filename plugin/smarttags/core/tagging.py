@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 import numpy as np
@@ -35,8 +36,8 @@ from smarttags.core.asset import (
     TaggingStatus,
     run_counter,
 )
-from smarttags.core.clock import now_iso
-from smarttags.core.folders import FolderRegistry
+from smarttags.core.clock import now_iso, parse_iso
+from smarttags.core.folders import Folder, FolderRegistry
 from smarttags.core.ingest import TagResolver, is_internal
 from smarttags.core.model_registry import Model, ModelStore, score_embedding
 from smarttags.core.ports import Assets, Embedder, ImageFacts, ObjectInfo, OpenPicture, StoredAsset, StoreFor
@@ -46,6 +47,7 @@ from smarttags.errors import (
     ConflictError,
     CorruptImage,
     ImageError,
+    ImageTooLarge,
     NotFound,
     ServiceError,
     SmartTagsError,
@@ -59,6 +61,9 @@ log = logging.getLogger(__name__)
 # "no model yet" is never cached, so the first model is used as soon as it is activated.
 MODEL_CHECK_SECONDS = 10.0
 WRITE_ATTEMPTS = 8
+# How long a claim keeps concurrent copies of an event away: longer than one object takes, shorter than
+# the queue's visibility timeout (a crashed handler's event comes back after that and takes it over).
+CLAIM_SECONDS = 90
 
 
 @dataclass(frozen=True)
@@ -95,8 +100,23 @@ def decide(event: events.ObjectEvent, held: Asset | None, *, active_model: str |
     if is_internal(event.key):
         # S3 notifications cannot exclude a prefix everywhere: our own models and thumbnails may arrive.
         return Decision(Action.DONE, Result(event.key, Handled.IGNORED, "a SmartTags file, not an asset"))
+    if event.key.endswith("/"):
+        return Decision(Action.DONE, Result(event.key, Handled.IGNORED, "a folder marker, not an asset"))
+    if (
+        held
+        and event.sequencer
+        and held.sequencer
+        and not events.sequencer_newer(event.sequencer, held.sequencer)
+        and not events.same_sequencer(event.sequencer, held.sequencer)
+    ):
+        reason = f"index holds a later event ({held.sequencer})"
+        return Decision(Action.DONE, Result(event.key, Handled.STALE, reason))
     if event.action == events.REMOVED:
         return Decision(Action.REMOVE)
+    # No sequencer (some S3-compatible stores send none): the same bytes, done, are a redelivery.
+    unordered = event.action == events.CREATED and not event.sequencer and event.etag
+    if held and unordered and held.tagging.etag == event.etag and already_done(held, active_model):
+        return Decision(Action.DONE, Result(event.key, Handled.DUPLICATE))
     if held and event.sequencer and held.sequencer:
         if events.same_sequencer(event.sequencer, held.sequencer):
             # A redelivery: nothing to do once done; a failure or a model change since is done again.
@@ -109,10 +129,12 @@ def decide(event: events.ObjectEvent, held: Asset | None, *, active_model: str |
 
 
 def already_done(held: Asset, active_model: str | None) -> bool:
-    """A redelivered event needs no work unless it failed (failures are retried) or the active model
-    changed since the asset was tagged."""
+    """A redelivered event needs no work unless the active model changed since the asset was tagged. A
+    file that could not be read is a permanent failure of those bytes: recorded once, not redone."""
     if held.status == TaggingStatus.TAGGED:
         return active_model is None or held.tagging.model_version == active_model
+    if held.status == TaggingStatus.FAILED:
+        return held.tagging.etag == held.etag
     return held.status in SETTLED
 
 
@@ -155,16 +177,7 @@ def apply_reading(asset: Asset, reading: Reading, model: Model | None, *, max_ta
         tags=tuple(sorted({*asset.tags, *reading.own_tags})),
     )
     if facts is not None:
-        asset = replace(
-            asset,
-            width=facts.width,
-            height=facts.height,
-            title=facts.title,
-            description=facts.description,
-            keywords=tuple(facts.keywords),
-            format=facts.format or None,
-            decoder=facts.decoder or None,
-        )
+        asset = asset.with_facts(facts)
     if reading.embedding is not None:
         asset = replace(asset, embedding=reading.embedding)
     etag = info.etag
@@ -261,42 +274,90 @@ class Tagger:
 
     # --- one event ---
 
-    def handle(self, event: events.ObjectEvent) -> Result:
-        """Handle one event; raises ``RecordFailed`` (or a ServiceError) when it must be retried."""
+    def handle(self, event: events.ObjectEvent, *, owner: str | None = None) -> Result:
+        """Handle one event; raises a ServiceError when a dependency fails (the event is retried).
+        ``owner`` names this delivery (the queue message): a concurrent copy of the same event from
+        another delivery finds it claimed and does nothing; a redelivery of this one takes it over."""
+        owner = owner or uuid.uuid4().hex
         stored = self._assets.get(_id(event)) if not is_internal(event.key) else None
-        held = stored.asset if stored else None
-        active = None
-        if held and held.status == TaggingStatus.TAGGED and event.sequencer:
-            model = self.active_model()
-            active = model.version if model else None
-        decision = decide(event, held, active_model=active)
+        decision = decide(event, stored.asset if stored else None, active_model=self._active_for(stored, event))
         if decision.action == Action.DONE:
             assert decision.result is not None
             return decision.result
         if decision.action == Action.REMOVE:
-            return self._remove(event, stored)
+            try:
+                self._stores(event.bucket).head(event.key)
+            except NotFound:
+                return self._remove(event, stored)
+            # The key still has a current object (a non-current version or a delete marker's undo
+            # was removed, or it was re-uploaded since): the asset follows what is there now.
+        claimed = self._claim(event, stored, owner)
+        if isinstance(claimed, Result):
+            return claimed
         try:
-            reading = self._read(event, held)
+            reading = self._read(event, claimed.asset)
         except NotFound:
+            self._release(claimed)
             return Result(event.key, Handled.GONE, "the object no longer exists")
+        except BaseException:
+            self._release(claimed)  # a retry of this event must not find it claimed by no one
+            raise
         model = self.active_model() if reading.enabled and reading.failure is None else None
         try:
-            asset = self._write(event, stored, reading, model)
+            asset = self._write(event, claimed, reading, model)
         except Stale as stale:
             return Result(event.key, Handled.STALE, f"index holds a later event ({stale})")
-        if (
-            reading.failure is not None
-            and asset.status == TaggingStatus.FAILED
-            and not self._settings.tagging.ignore_errors
-        ):
-            raise RecordFailed(f"s3://{event.bucket}/{event.key}: {reading.failure.reason}")
         return Result(event.key, asset.status, asset.tagging.reason, asset.smart_ids)
+
+    def _active_for(self, stored: StoredAsset | None, event: events.ObjectEvent) -> str | None:
+        """The active model's version, read only when a duplicate check needs it."""
+        if stored and stored.asset.status == TaggingStatus.TAGGED and (event.sequencer or event.etag):
+            model = self.active_model()
+            return model.version if model else None
+        return None
+
+    def _claim(self, event: events.ObjectEvent, stored: StoredAsset | None, owner: str) -> StoredAsset | Result:
+        """Mark the asset as being handled for this event (one conditional write), so that concurrent
+        deliveries of the same event do the work once. Returns the claimed asset, or the result for a
+        copy that lost: another delivery holds the claim, or finished the work meanwhile."""
+        event_id = "|".join(str(part or "") for part in (event.sequencer, event.version_id, event.run_id, event.etag))
+        for attempt in range(WRITE_ATTEMPTS):
+            held = stored.asset if stored else None
+            if attempt:  # someone wrote in between: what does the event mean now?
+                decision = decide(event, held, active_model=self._active_for(stored, event))
+                if decision.action == Action.DONE and decision.result is not None:
+                    return decision.result
+            now = datetime.now(UTC)
+            if held and held.tagging.claim:
+                claim_event, _, claim_owner = held.tagging.claim.rpartition("@")
+                until = parse_iso(held.tagging.claim_until)
+                if claim_event == event_id and claim_owner != owner and until is not None and until > now:
+                    return Result(event.key, Handled.DUPLICATE, "another delivery of this event is handling it")
+            base = held or Asset(event.bucket, event.key, created=now_iso())
+            claim = base.claimed(f"{event_id}@{owner}", (now + timedelta(seconds=CLAIM_SECONDS)).isoformat())
+            try:
+                return self._assets.put(claim, expected=stored)
+            except ConflictError:
+                stored = self._assets.get(_id(event))
+        raise ConflictError("opensearch", f"asset {event.key} kept changing; gave up after {WRITE_ATTEMPTS} attempts")
+
+    def _release(self, claimed: StoredAsset) -> None:
+        """Best effort: drop our claim after a failure (else it expires by itself)."""
+        released = replace(claimed.asset, tagging=replace(claimed.asset.tagging, claim=None, claim_until=None))
+        try:
+            self._assets.put(released, expected=claimed)
+        except SmartTagsError as exc:
+            log.debug("claim on %s left to expire: %s", claimed.asset.key, exc)
 
     def _read(self, event: events.ObjectEvent, held: Asset | None) -> Reading:
         """Everything the decision needs from outside: the bytes (opened once), the folder flag, the
         embedding (the stored one while bytes and backbone are unchanged)."""
-        data, info = self._stores(event.bucket).get_bytes(event.key)
+        store = self._stores(event.bucket)
         enabled = self._settings.tagging.ignore_smart_tag_flag or self._folders.is_enabled(event.bucket, event.key)
+        try:
+            data, info = store.get_bytes(event.key, max_bytes=self._settings.backbone.max_object_bytes)
+        except ImageTooLarge as exc:  # refused before download, recorded like any other refusal
+            return Reading(info=store.head(event.key), sequencer=event.sequencer, enabled=enabled, failure=exc)
         reading = Reading(info=info, sequencer=event.sequencer, enabled=enabled)
         try:
             embedder = self.embedder if enabled else None
@@ -328,7 +389,7 @@ class Tagger:
                 self._assets.put(asset, expected=stored)
                 return asset
             except ConflictError:
-                stored = self._assets.get(_id(event))
+                stored = self._assets.get(_id(event))  # a moderator's edit: re-apply on top of it
         raise ConflictError("opensearch", f"asset {event.key} kept changing; gave up after {WRITE_ATTEMPTS} attempts")
 
     def _remove(self, event: events.ObjectEvent, stored: StoredAsset | None) -> Result:
@@ -357,12 +418,15 @@ class RunTally:
 
     def __init__(self) -> None:
         self.runs: dict[tuple[str, str], tuple[Counter[str], list[dict[str, str]]]] = {}
+        self.folders: dict[tuple[str, str], set[str]] = {}
 
     def add(self, event: events.ObjectEvent, status: Outcome, reason: str | None) -> None:
-        if status == Handled.IGNORED:
-            return  # SmartTags' own files are no one's work: they count in no run
+        if status in (Handled.IGNORED, Handled.DUPLICATE):
+            return  # our own files and repeated deliveries are no new work: the run counts each object once
         run_id = event.run_id or f"tag-upload-{datetime.now(UTC).strftime('%Y%m%d%H')}"
         counts, errors = self.runs.setdefault((run_id, event.trigger), (Counter(), []))
+        if event.run_id is None:  # an upload run: every folder above the object finds it
+            self.folders.setdefault((run_id, event.trigger), set()).update(_ancestors(event.bucket, event.key))
         counts["processed"] += 1
         counter = run_counter(status)
         if counter:
@@ -373,20 +437,30 @@ class RunTally:
     def flush(self, runs: RunLog) -> None:
         for (run_id, trigger), (counts, errors) in self.runs.items():
             try:
-                runs.add_counts(run_id, dict(counts), errors, create_as=(events.TAG, trigger))
+                folders = sorted(self.folders.get((run_id, trigger), ()))
+                runs.add_counts(run_id, dict(counts), errors, create_as=(events.TAG, trigger), folders=folders)
             except ServiceError as exc:  # the assets are written; a lost count must not redo them
                 log.warning("could not count %d objects in run %s: %s", counts["processed"], run_id, exc)
         self.runs.clear()
+        self.folders.clear()
 
 
-def handle_logged(tagger: Tagger, event: events.ObjectEvent, tally: RunTally, receive_count: int = 1) -> str | None:
-    """Handle one event, log and count its result; returns why it failed (to be retried), or None."""
+def _ancestors(bucket: str, key: str) -> list[str]:
+    """The URIs of every folder an object is in: s3://b/, s3://b/a/, s3://b/a/b/ for a/b/c.jpg."""
+    parts = key.split("/")[:-1]
+    return [Folder(bucket, "".join(f"{p}/" for p in parts[:depth])).uri for depth in range(len(parts) + 1)]
+
+
+def handle_logged(
+    tagger: Tagger, event: events.ObjectEvent, tally: RunTally, receive_count: int = 1, *, owner: str | None = None
+) -> Result:
+    """Handle one event, log and count its result. A failure of a service is logged and raised (the
+    event is retried), and counted in no run: only its final outcome counts, once."""
     try:
-        result = tagger.handle(event)
+        result = tagger.handle(event, owner=owner)
     except SmartTagsError as exc:
-        log.warning("s3://%s/%s failed (receive %d): %s", event.bucket, event.key, receive_count, exc)
-        tally.add(event, TaggingStatus.FAILED, str(exc))
-        return str(exc)
+        log.warning("s3://%s/%s will be retried (receive %d): %s", event.bucket, event.key, receive_count, exc)
+        raise
     log.info("s3://%s/%s: %s%s", event.bucket, event.key, result.status, f" ({result.reason})" if result.reason else "")
     tally.add(event, result.status, result.reason)
-    return None
+    return result

@@ -1,8 +1,10 @@
 """The customer's business taxonomy: tag ids ``namespace:path/leaf`` with localized titles and synonyms.
 
 A file (JSON or YAML) is imported into OpenSearch. Each tag keeps the analyzed tokens of its titles and
-synonyms per locale, made by the same analyzer that later reads the query, so "Running shoes" and the
-query "run" meet on the token "run". Tag ids never reach free-text matching.
+single-word synonyms per locale, made by the same analyzer that later reads the query, so "Running shoes"
+and the query "run" meet on the token "run"; a multi-word synonym ("road running") is kept whole, as a
+phrase that matches only where the query holds its words in that order. The analyzers per language are
+data (``search_templates/tag_analyzers.json``). Tag ids never reach free-text matching.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from smarttags import resources
 from smarttags.core.clock import now_iso
 from smarttags.core.ports import Index
 from smarttags.errors import TaxonomyError
@@ -27,22 +30,10 @@ log = logging.getLogger(__name__)
 DEFAULT_LOCALE = "en"
 TAG_ID = re.compile(r"^[a-z0-9][a-z0-9_\-]*:[^/\s][^/]*(/[^/]+)*$")
 LOCALE = re.compile(r"^[a-z]{2}(-[A-Z]{2})?$")
-# OpenSearch's built-in language analyzers; other locales fall back to the standard analyzer.
-ANALYZERS = {
-    "en": "english",
-    "de": "german",
-    "fr": "french",
-    "es": "spanish",
-    "it": "italian",
-    "nl": "dutch",
-    "pt": "portuguese",
-    "sv": "swedish",
-    "da": "danish",
-    "fi": "finnish",
-    "no": "norwegian",
-    "ja": "cjk",
-    "zh": "cjk",
-    "ko": "cjk",
+# Per language: a built-in analyzer's name or an inline definition (English adds irregular forms such as
+# "women" and "ran" to its stemmer); other locales fall back to the standard analyzer.
+ANALYZERS: dict[str, str | dict[str, Any]] = {
+    locale: spec for locale, spec in resources.load_json("tag_analyzers.json").items() if not locale.startswith("_")
 }
 
 
@@ -52,7 +43,7 @@ def fold(token: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", token) if not unicodedata.combining(c))
 
 
-def analyzer_for(locale: str) -> str:
+def analyzer_for(locale: str) -> str | dict[str, Any]:
     return ANALYZERS.get(locale.split("-")[0], "standard")
 
 
@@ -62,6 +53,8 @@ class Tag:
     titles: dict[str, str]
     synonyms: dict[str, list[str]] = field(default_factory=dict)
     tokens: dict[str, list[str]] = field(default_factory=dict)
+    # Multi-word synonyms per locale, each as its analysed tokens in order.
+    phrases: dict[str, list[list[str]]] = field(default_factory=dict)
 
     @property
     def namespace(self) -> str:
@@ -89,6 +82,7 @@ class Tag:
             "titles": self.titles,
             "synonyms": self.synonyms,
             "tokens": self.tokens,
+            "phrases": self.phrases,
             "updated_at": now_iso(),
         }
 
@@ -133,6 +127,8 @@ class Taxonomy:
 
     def __init__(self, tags: Iterable[Tag]) -> None:
         self.tags: dict[str, Tag] = {t.id: t for t in tags}
+        self._order = {tag_id: i for i, tag_id in enumerate(self.tags)}
+        self._lookups: dict[str, tuple[dict[str, list[str]], dict[str, list[tuple[str, list[str]]]]]] = {}
 
     def __contains__(self, tag_id: object) -> bool:
         return tag_id in self.tags
@@ -165,24 +161,44 @@ class Taxonomy:
     def tags_for_tokens(
         self, tokens: Sequence[str], locale: str, fallback_tokens: Sequence[str] | None = None
     ) -> dict[str, list[str]]:
-        """For each query token, the tags whose title or synonyms in that locale contain it, or whose
-        English titles and synonyms contain the same word analysed in English (``fallback_tokens``,
-        position by position; the token itself when not given)."""
-        base = locale.split("-")[0]
+        """For each query token (in query order), the tags whose title words or single-word synonyms in
+        that locale contain it, or whose English ones contain the same word analysed in English
+        (``fallback_tokens``, position by position; the token itself when not given). A multi-word
+        synonym covers the tokens of each place where the query holds its words in order, and no
+        token alone."""
         fallback = list(fallback_tokens) if fallback_tokens is not None else list(tokens)
         if len(fallback) != len(tokens):
             fallback = list(tokens)
+        own, english = self._lookup(locale), self._lookup(DEFAULT_LOCALE)
+        covered: dict[int, set[str]] = {i: set() for i in range(len(tokens))}
+        for sequence, lookup in ((tokens, own), (fallback, english)):
+            words, phrases = lookup
+            for i, token in enumerate(sequence):
+                covered[i].update(words.get(token, ()))
+                for tag_id, phrase in phrases.get(token, ()):
+                    if list(sequence[i : i + len(phrase)]) == phrase:
+                        for position in range(i, i + len(phrase)):
+                            covered[position].add(tag_id)
+        order = self._order
         found: dict[str, list[str]] = {token: [] for token in tokens}
-        alternatives: dict[str, set[str]] = {token: set() for token in tokens}
-        for token, english in zip(tokens, fallback, strict=True):
-            alternatives[token].add(english)
-        for tag in self.tags.values():
-            own = set(tag.tokens.get(locale) or tag.tokens.get(base) or [])
-            english_tokens = set(tag.tokens.get(DEFAULT_LOCALE) or [])
-            for token in found:
-                if token in own or alternatives[token] & english_tokens:
-                    found[token].append(tag.id)
+        for i, token in enumerate(tokens):
+            found[token] = sorted(set(found[token]) | covered[i], key=order.__getitem__)
         return found
+
+    def _lookup(self, locale: str) -> tuple[dict[str, list[str]], dict[str, list[tuple[str, list[str]]]]]:
+        """Per locale, built once: token -> the tags holding it, and a phrase's first token -> (tag,
+        phrase); a tag without that locale's titles is looked up under the base language's."""
+        if locale not in self._lookups:
+            base = locale.split("-")[0]
+            words: dict[str, list[str]] = {}
+            phrases: dict[str, list[tuple[str, list[str]]]] = {}
+            for tag in self.tags.values():
+                for token in tag.tokens.get(locale) or tag.tokens.get(base) or []:
+                    words.setdefault(token, []).append(tag.id)
+                for phrase in tag.phrases.get(locale) or tag.phrases.get(base) or []:
+                    phrases.setdefault(phrase[0], []).append((tag.id, phrase))
+            self._lookups[locale] = (words, phrases)
+        return self._lookups[locale]
 
 
 class TaxonomyStore:
@@ -191,18 +207,27 @@ class TaxonomyStore:
         self._cache: tuple[float, Taxonomy] | None = None
         self._cache_seconds = cache_seconds
 
-    def tokens_for(self, tag: Tag) -> dict[str, list[str]]:
-        locales = set(tag.titles) | set(tag.synonyms)
+    def tokens_for(self, tag: Tag) -> tuple[dict[str, list[str]], dict[str, list[list[str]]]]:
+        """Per locale: the tokens of the titles and single-word synonyms, and each multi-word synonym's
+        tokens in order (accents folded first: the language analyzers stem before any folding)."""
         tokens: dict[str, list[str]] = {}
-        for locale in sorted(locales):
-            text = " \n ".join([tag.titles.get(locale, ""), *tag.synonyms.get(locale, [])])
-            tokens[locale] = sorted(set(self._index.analyze(fold(text), analyzer_for(locale))))
-        return tokens
+        phrases: dict[str, list[list[str]]] = {}
+        for locale in sorted(set(tag.titles) | set(tag.synonyms)):
+            analyzer = analyzer_for(locale)
+            words = set(self._index.analyze(fold(tag.titles.get(locale, "")), analyzer))
+            for synonym in tag.synonyms.get(locale, []):
+                analysed = self._index.analyze(fold(synonym), analyzer)
+                if len(analysed) == 1:
+                    words.update(analysed)
+                elif analysed and analysed not in phrases.setdefault(locale, []):
+                    phrases[locale].append(analysed)
+            tokens[locale] = sorted(words)
+        return tokens, phrases
 
     def import_tags(self, tags: Iterable[Tag]) -> int:
         actions: list[tuple[Mapping[str, Any], Mapping[str, Any] | None]] = []
         for tag in tags:
-            analyzed = Tag(tag.id, tag.titles, tag.synonyms, self.tokens_for(tag))
+            analyzed = Tag(tag.id, tag.titles, tag.synonyms, *self.tokens_for(tag))
             actions.append(({"index": {"_index": self._index.name("taxonomy"), "_id": tag.id}}, analyzed.to_json()))
         self._index.bulk(actions)
         self._index.refresh("taxonomy")
@@ -219,6 +244,7 @@ class TaxonomyStore:
                 titles=hit["_source"].get("titles") or {},
                 synonyms=hit["_source"].get("synonyms") or {},
                 tokens=hit["_source"].get("tokens") or {},
+                phrases=hit["_source"].get("phrases") or {},
             )
             for hit in self._index.scan("taxonomy", {"match_all": {}})
         ]

@@ -2,6 +2,11 @@
 
 Embeddings are kept on the asset documents with the ETag and backbone they were made from, so a retrain
 embeds only new or modified assets; assets whose objects are gone leave the training set.
+
+One active model serves the whole taxonomy: a run retrains the tags its folders' pictures carry (enough
+of them to learn) and carries every other tag's head over from the active model (same backbone). Every
+picture of the folders is an example: its own and promoted tags (with their ancestors) are positives,
+everything else a negative, untagged pictures and a moderator's removals included.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from smarttags.core import guidelines, ingest
 from smarttags.core.asset import Asset, StoredEmbedding
 from smarttags.core.clock import now_iso
 from smarttags.core.folders import Folder
-from smarttags.core.heads import train_heads
-from smarttags.core.model_registry import ModelStore
+from smarttags.core.heads import combine, select, train_heads
+from smarttags.core.model_registry import Model, ModelStore
 from smarttags.core.ports import Assets, Embedder, ReadFacts, StoreFor
 from smarttags.core.report import (
     MIN_TO_LEARN,
+    NEGATIVE_KINDS,
     NOT_TRAINED,
     TagRow,
     TrainingReport,
@@ -30,7 +36,7 @@ from smarttags.core.report import (
 )
 from smarttags.core.runs import TRAIN, RunLog, RunStatus
 from smarttags.core.taxonomy import Taxonomy, TaxonomyStore
-from smarttags.errors import ImageError, TaxonomyError
+from smarttags.errors import ImageError, ModelError, NotFound, TaxonomyError
 from smarttags.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,12 @@ class Example:
     key: str
     positives: frozenset[str]
     negatives: frozenset[str]
+    # A picture of the training folders: every tag it does not carry is a negative. A picture from
+    # elsewhere is only known not to carry the tags a moderator removed from it.
+    closed: bool = True
+
+    def knows(self, tag: str) -> bool:
+        return self.closed or tag in self.negatives
 
 
 def labels_for(asset: Asset, taxonomy: Taxonomy) -> tuple[frozenset[str], frozenset[str]]:
@@ -97,7 +109,8 @@ class Trainer:
         activate: bool = True,
         progress: Callable[[str, int, int | None], None] | None = None,
     ) -> TrainingReport:
-        """Train one model on the given folders; record the run and its report."""
+        """Train the tags the folders' pictures carry into a new model that keeps the active model's other
+        heads (one model for the whole taxonomy); record the run and its report."""
         label = ", ".join(f.uri for f in folders)
         run = self._runs.start(TRAIN, label, trigger, folders=[f.uri for f in folders])
         try:
@@ -127,6 +140,7 @@ class Trainer:
         unknown_tags: dict[str, list[str]] = {}
         notes: list[str] = []
         held: list[Asset] = []
+        unmatched: dict[str, str] | None = None  # manifest keys that match no object in any folder
         for folder in folders:
             synced = ingest.sync_folder(
                 self._assets,
@@ -140,50 +154,67 @@ class Trainer:
             )
             for tag, keys in synced.unknown_tags.items():
                 unknown_tags.setdefault(tag, []).extend(keys)
+            notes.extend(p for p in synced.problems if p not in notes)
+            unmatched = {k: m for k, m in synced.unmatched.items() if unmatched is None or k in unmatched}
             notes.extend(f"unreadable: {key} ({reason})" for key, reason in synced.failed)
             held.extend(self._assets.scan(folder, attributes=ATTRIBUTES, batch_size=200))
-        # Training set: assets carrying at least one known tag, at the minimum resolution.
+        held = list({a.id: a for a in held}.values())  # nested folders hold some assets twice
+        notes.extend((unmatched or {}).values())
         examples: list[tuple[Asset, Example]] = []
-        low_res: list[str] = []
-        low_res_by_tag: dict[str, int] = {}
+        below: list[str] = []
+        below_by_tag: dict[str, int] = {}
         for asset in held:
             positives, negatives = labels_for(asset, taxonomy)
-            if not positives:
-                continue
             if max(asset.width or 0, asset.height or 0) < settings.min_resolution:
-                low_res.append(asset.key)
+                below.append(asset.key)
                 for tag in positives:
-                    low_res_by_tag[tag] = low_res_by_tag.get(tag, 0) + 1
-                continue
+                    below_by_tag[tag] = below_by_tag.get(tag, 0) + 1
+                if settings.strict_resolution:
+                    continue
+            # Every picture of a training folder counts: an untagged one is a negative for every tag.
             examples.append((asset, Example(asset.id, asset.key, positives, negatives)))
+        # A moderator's removal anywhere in the buckets is a negative for the removed tag.
+        inside = {a.id for a in held}
+        elsewhere = 0
+        for bucket in sorted({f.bucket for f in folders}):
+            for asset in self._assets.scan_rejected(bucket, attributes=ATTRIBUTES, batch_size=200):
+                removed = frozenset(t for t in asset.rejected if t in taxonomy) - set(asset.tags)
+                if asset.id in inside or not removed:
+                    continue
+                if settings.strict_resolution and max(asset.width or 0, asset.height or 0) < settings.min_resolution:
+                    continue
+                examples.append((asset, Example(asset.id, asset.key, frozenset(), removed, closed=False)))
+                elsewhere += 1
         embedder = self._embedder_factory()
         vectors, embedded, failed = self._embeddings(examples, embedder, progress)
         counts["embedded"] = embedded
         notes.extend(f"unreadable: {key} ({reason})" for key, reason in failed)
-        usable = [(s, e) for s, e in examples if e.asset_id in vectors]
+        # In an order of what the pictures are (their bytes), not of how the index returned them.
+        usable = sorted(((s, e) for s, e in examples if e.asset_id in vectors), key=lambda p: (p[0].etag, p[1].key))
+        untagged = sum(1 for _, e in usable if not e.positives and e.closed)
         tags = sorted({t for _, e in usable for t in e.positives})
         x = np.stack([vectors[e.asset_id] for _, e in usable]) if usable else np.zeros((0, 1), np.float32)
         y = np.array([[1.0 if t in e.positives else 0.0 for t in tags] for _, e in usable]).reshape(
             len(usable), len(tags)
         )
         positives_per_tag = {t: int(y[:, j].sum()) for j, t in enumerate(tags)}
-        learnable = [t for t in tags if positives_per_tag[t] >= MIN_TO_LEARN and positives_per_tag[t] < len(usable)]
+        negatives_per_tag = {t: sum(1 for _, e in usable if t not in e.positives and e.knows(t)) for t in tags}
+        learnable = [t for t in tags if positives_per_tag[t] >= MIN_TO_LEARN and negatives_per_tag[t] > 0]
+        active = self._active(embedder.backbone_id)
+        carried = [t for t in active.heads.tags if t in taxonomy and t not in learnable] if active else []
         rows: dict[str, TagRow] = {}
         for tag in tags:
             if tag not in learnable:
+                n = positives_per_tag[tag]
                 advice = (
-                    [f"add {MIN_TO_LEARN - positives_per_tag[tag]} or more images with this tag"]
-                    if positives_per_tag[tag] < MIN_TO_LEARN
+                    [
+                        f"add {settings.min_images_per_tag - n} or more images with this tag "
+                        f"(training needs at least {MIN_TO_LEARN})"
+                    ]
+                    if n < MIN_TO_LEARN
                     else ["every training image carries this tag: add images without it"]
                 )
-                rows[tag] = TagRow(
-                    tag,
-                    taxonomy.tags[tag].title(),
-                    NOT_TRAINED,
-                    positives_per_tag[tag],
-                    low_res_by_tag.get(tag, 0),
-                    advice=advice,
-                )
+                rows[tag] = TagRow(tag, taxonomy.tags[tag].title(), NOT_TRAINED, n, advice=advice)
         for tag, keys in sorted(unknown_tags.items()):
             rows[tag] = TagRow(
                 tag,
@@ -197,17 +228,28 @@ class Trainer:
         if learnable:
             columns = [tags.index(t) for t in learnable]
             y_fit = y[:, columns]
-            findings = guidelines.check(x, y_fit, learnable)
+            known = np.array([[1.0 if e.knows(t) else 0.0 for t in learnable] for _, e in usable])
+            # Imported here: the Lambda tagger imports this module but never trains (nor ships threadpoolctl).
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=settings.blas_threads):
+                findings = guidelines.check(x, y_fit, learnable)
+                heads, fits = train_heads(
+                    x,
+                    y_fit,
+                    learnable,
+                    policy=settings.threshold_policy,
+                    target_precision=settings.target_precision,
+                    folds=settings.cv_folds,
+                    seed=settings.seed,
+                    known=known,
+                    groups=duplicate_groups([a.etag or a.id for a, _ in usable], findings.duplicates),
+                )
             duplicates = [[usable[i][1].key, usable[j][1].key] for i, j in findings.duplicates[:100]]
-            heads, fits = train_heads(
-                x,
-                y_fit,
-                learnable,
-                policy=settings.threshold_policy,
-                target_precision=settings.target_precision,
-                folds=settings.cv_folds,
-                seed=settings.seed,
-            )
+            carried_from: dict[str, str] = {}
+            if active and carried:
+                heads = combine(heads, select(active.heads, carried))
+                carried_from = {t: active.manifest.carried_over.get(t, active.version) for t in carried}
             manifest_ = self.models.save(
                 heads,
                 fits,
@@ -215,10 +257,15 @@ class Trainer:
                 backbone_sha256=embedder.sha256,
                 training_fingerprint=fingerprint([(e.asset_id, a.etag, sorted(e.positives)) for a, e in usable]),
                 folders=[f.uri for f in folders],
+                carried_over=carried_from,
+                carried_metrics={
+                    t: active.manifest.metrics[t] for t in carried if active and t in active.manifest.metrics
+                },
             )
             model_version = manifest_.version
             if activate:
                 self.models.activate(model_version)
+            kinds = negative_kinds([e for _, e in usable], learnable, taxonomy)
             for fit in fits:
                 status = status_for(fit.positives, fit.average_precision, settings.min_images_per_tag)
                 advice = _advice(fit.positives, settings.min_images_per_tag, fit.average_precision)
@@ -237,18 +284,55 @@ class Trainer:
                     taxonomy.tags[fit.tag].title(),
                     status,
                     fit.positives,
-                    low_res_by_tag.get(fit.tag, 0),
+                    0,
                     round(fit.precision, 4),
                     round(fit.recall, 4),
                     round(fit.f1, 4),
                     round(fit.average_precision, 4),
                     round(fit.threshold, 4),
                     advice,
+                    negatives=kinds[fit.tag],
+                )
+            for tag in carried:
+                rows[tag] = _carried_row(
+                    tag, taxonomy, active, carried_from[tag], rows.get(tag), settings.min_images_per_tag
                 )
             if findings.duplicates:
                 notes.append(f"{len(findings.duplicates)} near-duplicate image pair(s) in the training set")
-        if low_res:
-            notes.append(f"{len(low_res)} image(s) under {settings.min_resolution} px were excluded")
+        for tag in taxonomy.tags:
+            if tag not in rows:
+                rows[tag] = TagRow(
+                    tag,
+                    taxonomy.tags[tag].title(),
+                    NOT_TRAINED,
+                    0,
+                    advice=[f"no picture in these folders carries this tag: add {settings.min_images_per_tag} or more"],
+                )
+        for tag, n in below_by_tag.items():
+            rows[tag].below_resolution = n
+            if settings.strict_resolution:
+                rows[tag].excluded_low_resolution = n
+                rows[tag].advice.append(
+                    f"{n} picture(s) under {settings.min_resolution} px left out (training.strict_resolution): "
+                    "lower training.min_resolution or turn strict_resolution off to use them"
+                )
+            else:
+                rows[tag].advice.append(
+                    f"{n} picture(s) under the {settings.min_resolution} px guideline (training.min_resolution) "
+                    "were used: set training.strict_resolution=true to leave them out"
+                )
+        if elsewhere:
+            notes.append(
+                f"{elsewhere} picture(s) outside these folders used as negatives for the tags removed from them"
+            )
+        if untagged:
+            notes.append(f"{untagged} untagged picture(s) of the training folders used as negatives for every tag")
+        if below:
+            verb = "left out" if settings.strict_resolution else "used"
+            notes.append(
+                f"{len(below)} image(s) under the {settings.min_resolution} px guideline were {verb} "
+                "(SMARTTAGS_TRAINING__MIN_RESOLUTION, SMARTTAGS_TRAINING__STRICT_RESOLUTION)"
+            )
         return TrainingReport(
             run_id=run_id,
             model_version=model_version,
@@ -257,10 +341,25 @@ class Trainer:
             images_used=len(usable),
             images_embedded=embedded,
             rows=sorted(rows.values(), key=lambda r: r.tag),
-            excluded_low_resolution=low_res[:1000],
+            excluded_low_resolution=below[:1000] if settings.strict_resolution else [],
             duplicates=duplicates,
             notes=notes,
+            retrained=learnable if model_version else [],
+            carried_over=carried if model_version else [],
+            untagged_negatives=untagged,
         )
+
+    def _active(self, backbone_id: str) -> Model | None:
+        """The active model, if its heads can be carried over (same backbone, loadable)."""
+        try:
+            model = self.models.load_active()
+        except (NotFound, ModelError) as exc:
+            log.info("no heads to carry over: %s", exc)
+            return None
+        if model.manifest.backbone_id != backbone_id:
+            log.info("the active model %s has another backbone: nothing carried over", model.version)
+            return None
+        return model
 
     def _embeddings(
         self,
@@ -302,6 +401,82 @@ class Trainer:
                 progress("embed", 1, len(todo))
         self._assets.merge(embedded, ["embedding"], create=False)
         return vectors, len(todo) - len(failed), failed
+
+
+def duplicate_groups(keys: Sequence[str], pairs: Sequence[tuple[int, int]]) -> list[str]:
+    """One group key per row: near-duplicate rows (connected by ``pairs``) share the smallest key of
+    their group, so cross-validation puts them in one fold and no shoot is seen on both sides."""
+    parent = list(range(len(keys)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in pairs:
+        a, b = root(i), root(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    smallest: dict[int, str] = {}
+    for i, key in enumerate(keys):
+        r = root(i)
+        smallest[r] = min(smallest.get(r, key), key)
+    return [smallest[root(i)] for i in range(len(keys))]
+
+
+def negative_kinds(examples: Sequence[Example], tags: Sequence[str], taxonomy: Taxonomy) -> dict[str, dict[str, int]]:
+    """Per tag, how many of the pictures not carrying it are untagged, a moderator's removal of it,
+    pictures of a sibling tag (same parent), or pictures with other tags."""
+    siblings: dict[str, set[str]] = {}
+    for entry in taxonomy.tags.values():
+        if entry.parent:
+            siblings.setdefault(entry.parent, set()).add(entry.id)
+    out: dict[str, dict[str, int]] = {}
+    for tag in tags:
+        parent = taxonomy.tags[tag].parent
+        family = siblings.get(parent, set()) - {tag} if parent else set()
+        counts = dict.fromkeys(NEGATIVE_KINDS, 0)
+        for e in examples:
+            if tag in e.positives or not e.knows(tag):
+                continue
+            if tag in e.negatives:
+                counts["removed"] += 1
+            elif not e.positives:
+                counts["untagged"] += 1
+            elif e.positives & family:
+                counts["siblings"] += 1
+            else:
+                counts["other"] += 1
+        out[tag] = counts
+    return out
+
+
+def _carried_row(
+    tag: str, taxonomy: Taxonomy, active: Model | None, source: str, seen: TagRow | None, min_images: int
+) -> TagRow:
+    """The row of a tag whose head is kept from the active model, with that model's numbers."""
+    metrics = active.manifest.metrics.get(tag, {}) if active else {}
+    images = int(metrics.get("positives", 0))
+    ap = metrics.get("average_precision")
+    why = f"{seen.images} picture(s) here, too few to retrain" if seen and seen.images else "no pictures here"
+    return TagRow(
+        tag,
+        taxonomy.tags[tag].title(),
+        status_for(images, ap, min_images),
+        images,
+        precision=_round(metrics.get("precision")),
+        recall=_round(metrics.get("recall")),
+        f1=_round(metrics.get("f1")),
+        average_precision=_round(ap),
+        threshold=_round(active.manifest.thresholds.get(tag)) if active else None,
+        advice=[f"not retrained ({why}): head carried over from model {source}"],
+        carried_from=source,
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
 
 
 def _advice(images: int, min_images: int, average_precision: float) -> list[str]:

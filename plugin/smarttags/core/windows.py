@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -167,7 +168,9 @@ def default_owner() -> str:
 
 class Leases:
     """One document per window occurrence (``training@2026-12-05T00:30:00+00:00``). Whoever creates it,
-    or takes over an expired unfinished one, runs the window; a finished one is never run again."""
+    or takes over an unfinished one, runs the window; a finished one is never run again. "Unfinished" is
+    a lease whose holder stopped it ("interrupted") or one still "running" past its expiry: its holder
+    died (a crash, SIGKILL, a lost machine) without saying so, since a live holder keeps renewing it."""
 
     def __init__(self, index: Index) -> None:
         self._index = index
@@ -188,12 +191,27 @@ class Leases:
                 return True
             held = current.source
             expired = (parse_iso(held.get("expires_at")) or now) <= now
-            if held.get("state") == "done" or not expired:
+            if held.get("state") == "done" or (held.get("state") == "running" and not expired):
                 return False
+            # expected=current: of two replicas taking over at once, one wins.
             self._index.put("leases", window, doc, expected=current, refresh=True)
+            log.warning("window %s: took over the %s lease of %s", window, held.get("state"), held.get("owner"))
             return True
         except ConflictError:
             return False
+
+    def renew(self, window: str, owner: str, *, seconds: int, now: datetime | None = None) -> bool:
+        """Push a running lease's expiry on, if it is still ours; False if someone took it over."""
+        now = now or datetime.now(UTC)
+        current = self._index.get("leases", window)
+        if current is None or current.source.get("owner") != owner or current.source.get("state") != "running":
+            return False
+        renewed = {**current.source, "expires_at": (now + timedelta(seconds=seconds)).isoformat()}
+        try:
+            self._index.put("leases", window, renewed, expected=current, refresh=True)
+        except ConflictError:
+            return False
+        return True
 
     def finish(self, window: str, owner: str, state: str = "done") -> None:
         current = self._index.get("leases", window)
@@ -204,6 +222,29 @@ class Leases:
     def state(self, window: str) -> str | None:
         current = self._index.get("leases", window)
         return None if current is None else str(current.source.get("state"))
+
+
+class _Renewal:
+    """Renews a lease every third of its length while the window runs, so only a dead holder's expires."""
+
+    def __init__(self, leases: Leases, window: str, owner: str, seconds: int) -> None:
+        self._stop = threading.Event()
+
+        def renew() -> None:
+            while not self._stop.wait(seconds / 3):
+                try:
+                    if not leases.renew(window, owner, seconds=seconds):
+                        log.warning("window %s: the lease is no longer ours", window)
+                        return
+                except Exception:  # the index may be briefly away; the next renewal tries again
+                    log.exception("window %s: could not renew the lease", window)
+
+        self._thread = threading.Thread(target=renew, name=f"lease {window}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def window_id(kind: str, fire_time: datetime) -> str:
@@ -221,28 +262,33 @@ def run_window(services: Services, kind: str, fire_time: datetime, *, owner: str
         return None
     run_ids: list[str] = []
     state = "done"
+    renewal = _Renewal(leases, window, owner, services.settings.scheduler.lease_seconds)
     try:
-        for folder in services.folders.enabled():
+        enabled = services.folders.enabled()
+        if kind == TRAINING_WINDOW and enabled:
+            # One model for the whole taxonomy: one training over every enabled folder, not one per folder.
             try:
-                if kind == TRAINING_WINDOW:
-                    report = services.trainer.train([folder.folder], trigger=SCHEDULE)
-                    run_ids.append(report.run_id)
-                else:
-                    dispatch = dispatch_tagging(
-                        services.assets,
-                        services.queue,
-                        services.runs,
-                        services.models,
-                        folder.folder,
-                        tagging=services.settings.tagging,
-                        trigger=SCHEDULE,
-                    )
-                    run_ids.append(dispatch.run.run_id)
+                run_ids.append(services.trainer.train([f.folder for f in enabled], trigger=SCHEDULE).run_id)
+            except Exception:  # recorded on its run
+                log.exception("training window failed")
+        for folder in enabled if kind != TRAINING_WINDOW else []:
+            try:
+                dispatch = dispatch_tagging(
+                    services.assets,
+                    services.queue,
+                    services.runs,
+                    services.models,
+                    folder.folder,
+                    tagging=services.settings.tagging,
+                    trigger=SCHEDULE,
+                )
+                run_ids.append(dispatch.run.run_id)
             except Exception:  # one folder's failure is recorded on its run; the others go on
                 log.exception("%s window: folder %s failed", kind, folder.uri)
     except BaseException:
         state = "interrupted"
         raise
     finally:
+        renewal.stop()
         leases.finish(window, owner, state)
     return run_ids

@@ -14,6 +14,7 @@ Library API (the CLI and the pytest fixtures both use it)::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.client
@@ -29,14 +30,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from smarttags import settings as settings_mod
 from smarttags.adapters import clients
-from smarttags.errors import PrerequisiteError, ServiceUnavailable, SmartTagsError
+from smarttags.errors import ConfigError, PrerequisiteError, ServiceUnavailable, SmartTagsError
 from smarttags.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,16 @@ def build_launcher(launcher: Path = LAUNCHER_DIR, *, force: bool = False) -> boo
 
 
 @dataclass(frozen=True)
+class PortNeed:
+    """A port a run binds, what binds it and the setting that moves it."""
+
+    port: int
+    what: str
+    setting: str
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
 class ManagedProcess:
     """A background service we start and stop: what to run, where its pid and log go, when it is ready."""
 
@@ -138,8 +149,12 @@ class ManagedProcess:
     # A string that must appear in /proc/PID/cmdline for a pid file to count as ours (pids get reused).
     marker: str
     cwd: Path | None = None
-    # The 127.0.0.1 ports it binds: checked free before a start, so a stranger on them is not "ready".
+    # The 127.0.0.1 ports it binds: checked free before a start, so a stranger on them is not "ready";
+    # port_needs says, for each, what binds it and the setting that moves it (managed_processes fills it).
     ports: tuple[int, ...] = ()
+    port_needs: tuple[PortNeed, ...] = ()
+    # Logs the service writes itself (besides its output in log_file): where a failed start says why.
+    logs: tuple[Path, ...] = ()
     ready_timeout: float = 120.0
     stop_timeout: float = 30.0
     env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
@@ -212,7 +227,9 @@ def start_processes(processes: Sequence[ManagedProcess]) -> list[ProcessHandle]:
 
     If one fails to come up, the ones started here are stopped again (the ones found running stay).
     """
+    _reap_children()
     started: list[tuple[ManagedProcess, subprocess.Popen[bytes] | None, int]] = []
+    offsets: dict[str, dict[Path, int]] = {}
     try:
         for process in processes:
             pid = running_pid(process)
@@ -220,11 +237,12 @@ def start_processes(processes: Sequence[ManagedProcess]) -> list[ProcessHandle]:
                 logger.info("%s already running (pid %d)", process.name, pid)
                 started.append((process, None, pid))
             else:
-                _check_ports_free(process)
+                check_ports(_port_needs(process))
+                offsets[process.name] = _log_offsets(process)
                 spawned = _spawn(process)
                 started.append((process, spawned, spawned.pid))
         for process, child, pid in started:
-            _wait_ready(process, pid, child)
+            _wait_ready(process, pid, child, offsets.get(process.name, {}))
     except BaseException:
         for process, child, _ in started:
             if child is not None:
@@ -240,15 +258,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _check_ports_free(process: ManagedProcess) -> None:
-    for port in process.ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                raise ServiceUnavailable(
-                    process.name,
-                    f"127.0.0.1:{port} is taken by a process `stack up` did not start; stop it or pick "
-                    "another port in the settings",
-                )
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether binding ``host:port`` fails: a listener, or a socket bound without one. SO_REUSEADDR as the
+    servers themselves set it, so our own connections still in TIME_WAIT after a stop do not count."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports(needs: Sequence[PortNeed]) -> None:
+    """ConfigError, one line naming the first taken port and its setting, if any of ``needs`` is taken."""
+    taken = [need for need in needs if port_taken(need.port, need.host)]
+    if taken:
+        first = taken[0]
+        others = "".join(f"; also {n.host}:{n.port} ({n.what}, {n.setting})" for n in taken[1:])
+        raise ConfigError(
+            first.setting,
+            f"{first.host}:{first.port} ({first.what}) is in use by another process; stop it or choose "
+            f"another port{others}",
+        )
+
+
+def _port_needs(process: ManagedProcess) -> list[PortNeed]:
+    return list(process.port_needs) or [PortNeed(port, process.name, "the settings") for port in process.ports]
 
 
 # Popen objects of the services this process started. Kept so that a running service's Popen is never
@@ -256,10 +292,18 @@ def _check_ports_free(process: ManagedProcess) -> None:
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
+def _reap_children() -> None:
+    """Forget (and reap) the children that died without being stopped, e.g. killed by someone else."""
+    for pid, child in list(_CHILDREN.items()):
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+
+
 def _spawn(process: ManagedProcess) -> subprocess.Popen[bytes]:
     process.pid_file.parent.mkdir(parents=True, exist_ok=True)
     process.log_file.parent.mkdir(parents=True, exist_ok=True)
-    with process.log_file.open("ab") as log:
+    # A stop signal waits until the child is known and its pid file written: else nothing would stop it.
+    with _signals_deferred(), process.log_file.open("ab") as log:
         # A session of its own: Ctrl-C in the terminal that ran `stack up` does not reach the service.
         child = subprocess.Popen(
             list(process.argv),
@@ -270,29 +314,67 @@ def _spawn(process: ManagedProcess) -> subprocess.Popen[bytes]:
             env={**os.environ, **process.env},
             start_new_session=True,
         )
-    _CHILDREN[child.pid] = child
-    process.pid_file.write_text(f"{child.pid}\n")
+        _CHILDREN[child.pid] = child
+        process.pid_file.write_text(f"{child.pid}\n")
     logger.info("started %s (pid %d), log %s", process.name, child.pid, process.log_file)
     return child
 
 
-def _wait_ready(process: ManagedProcess, pid: int, child: subprocess.Popen[bytes] | None = None) -> None:
+def _log_offsets(process: ManagedProcess) -> dict[Path, int]:
+    """Where each log ends before a start: a failed start shows only what this start wrote."""
+    offsets = {}
+    for path in (process.log_file, *process.logs):
+        try:
+            offsets[path] = path.stat().st_size
+        except OSError:
+            offsets[path] = 0
+    return offsets
+
+
+def _wait_ready(
+    process: ManagedProcess,
+    pid: int,
+    child: subprocess.Popen[bytes] | None = None,
+    offsets: dict[Path, int] | None = None,
+) -> None:
     deadline = time.monotonic() + process.ready_timeout
     while time.monotonic() < deadline:
         exited = child.poll() is not None if child is not None else not _pid_alive(pid)
         if exited:
-            raise ServiceUnavailable(process.name, f"exited during start; last log lines:\n{_tail(process.log_file)}")
+            raise ServiceUnavailable(process.name, f"exited during start; {why_failed(process, offsets or {})}")
         if process.ready():
             return
         time.sleep(0.25)
-    raise ServiceUnavailable(process.name, f"not ready after {process.ready_timeout:.0f} s; see {process.log_file}")
+    raise ServiceUnavailable(
+        process.name, f"not ready after {process.ready_timeout:.0f} s; {why_failed(process, offsets or {})}"
+    )
 
 
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+# Java stack frames and "... 12 more": a failed start is told by the exception lines, not the frames.
+_FRAME = re.compile(r"^\s*(at |\.\.\. \d+ more)")
+_PROBLEM = re.compile(r"Exception|Error|ERROR|FATAL|Traceback|refused|denied|in use", re.IGNORECASE)
+
+
+def why_failed(process: ManagedProcess, offsets: dict[Path, int], lines: int = 6) -> str:
+    """What this start wrote to the service's logs: its exception lines first (the cause), then the last
+    lines, each log named."""
+    parts = []
+    for path in (process.log_file, *process.logs):
+        try:
+            with path.open("rb") as file:
+                file.seek(offsets.get(path, 0))
+                text = file.read().decode(errors="replace")
+        except OSError:
+            continue
+        # What the node printed to stderr reaches its log behind log4j's prefix: drop that first.
+        unprefixed = (re.sub(r"^\[[^]]*\]\[WARN \]\[stderr\] \[[^]]*\] ", "", line) for line in text.splitlines())
+        body = [line.rstrip() for line in unprefixed if line.strip() and not _FRAME.match(line)]
+        if not body:
+            continue
+        problems = [line for line in body if _PROBLEM.search(line)][:4]
+        shown = problems + [line for line in body[-lines:] if line not in problems]
+        parts.append(f"{path}:\n" + "\n".join(f"  {line}" for line in shown))
+    return "last log lines:\n" + "\n".join(parts) if parts else f"nothing in its logs ({process.log_file})"
 
 
 def stop_process(process: ManagedProcess) -> bool:
@@ -302,9 +384,18 @@ def stop_process(process: ManagedProcess) -> bool:
     if pid is not None:
         logger.info("stopping %s (pid %d)", process.name, pid)
         _terminate(pid, process.stop_timeout)
+        _wait_ports_released(process)
         stopped = True
     process.pid_file.unlink(missing_ok=True)
     return stopped
+
+
+def _wait_ports_released(process: ManagedProcess, timeout: float = 10.0) -> None:
+    """A process whose main thread is gone may still hold its sockets while its other threads exit: a
+    start right after a stop must not find its own service's port taken."""
+    deadline = time.monotonic() + timeout
+    while any(port_taken(port) for port in process.ports) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _terminate(pid: int, timeout: float) -> None:
@@ -414,22 +505,29 @@ def opensearch_process(
         marker=f"--home {home} ",
         cwd=launcher,
         ports=(http_port, transport_port),
+        logs=(home / "logs" / "smarttags.log",),  # the node's own log: a failed bind or start is told there
         ready_timeout=ready_timeout,
     )
 
 
-def moto_process(port: int, run_dir: Path, *, ready_timeout: float = 30.0) -> ManagedProcess:
-    """moto in server mode: S3 and SQS (and the rest of AWS) on 127.0.0.1:port, state in memory."""
+def moto_process(
+    port: int, run_dir: Path, *, state_file: Path | None = None, ready_timeout: float = 30.0
+) -> ManagedProcess:
+    """moto in server mode: S3 and SQS (and the rest of AWS) on 127.0.0.1:port. With ``state_file``, the
+    S3 and SQS state is kept there across restarts (``aws_server``); without, it lives in memory only."""
     run_dir = run_dir.resolve()
     url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "smarttags.devtools.aws_server", "--host", "127.0.0.1", "--port", str(port)]
+    if state_file is not None:
+        argv += ["--state", str(state_file.resolve())]
     return ManagedProcess(
         name="moto",
-        argv=[sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        argv=argv,
         url=url,
         pid_file=run_dir / "moto.pid",
         log_file=run_dir / "moto.log",
         ready=lambda: _answers_http(f"{url}/moto-api/"),
-        marker=f"moto.server -H 127.0.0.1 -p {port}",
+        marker=f"aws_server --host 127.0.0.1 --port {port}",
         ports=(port,),
         ready_timeout=ready_timeout,
         # moto and its dependencies warn freely; that noise belongs in no terminal.
@@ -462,8 +560,8 @@ def start_opensearch(
     return start_process(process)
 
 
-def start_moto(port: int, run_dir: Path) -> ProcessHandle:
-    return start_process(moto_process(port, run_dir))
+def start_moto(port: int, run_dir: Path, *, state_file: Path | None = None) -> ProcessHandle:
+    return start_process(moto_process(port, run_dir, state_file=state_file))
 
 
 # --- The stack as the CLI sees it --------------------------------------------------------------------
@@ -481,18 +579,33 @@ def managed_processes(settings: Settings, *, heap_max: str = "1g") -> list[Manag
     run_dir = settings.data_dir / "stack"
     processes: list[ManagedProcess] = []
     if clients.is_loopback_url(settings.opensearch.url):
-        processes.append(
-            opensearch_process(
-                settings.data_dir / "opensearch",
-                _port(settings.opensearch.url, 9200),
-                run_dir=run_dir,
-                heap_max=heap_max,
-            )
+        http_port = _port(settings.opensearch.url, 9200)
+        node = opensearch_process(settings.data_dir / "opensearch", http_port, run_dir=run_dir, heap_max=heap_max)
+        setting = f"{settings_mod.ENV_PREFIX}OPENSEARCH__URL"
+        needs = (
+            PortNeed(http_port, "OpenSearch HTTP", setting),
+            PortNeed(node.ports[1], "OpenSearch transport, the HTTP port + 100", setting),
         )
+        processes.append(replace(node, port_needs=needs))
     if clients.is_loopback_url(settings.aws.endpoint_url):
         assert settings.aws.endpoint_url is not None
-        processes.append(moto_process(_port(settings.aws.endpoint_url, 80), run_dir))
+        state_file = settings.data_dir / "aws" / "moto-state.pickle"
+        aws_port = _port(settings.aws.endpoint_url, 80)
+        moto = moto_process(aws_port, run_dir, state_file=state_file)
+        need = PortNeed(aws_port, "S3 + SQS (moto)", f"{settings_mod.ENV_PREFIX}AWS__ENDPOINT_URL")
+        processes.append(replace(moto, port_needs=(need,)))
     return processes
+
+
+def admin_port(settings: Settings) -> PortNeed:
+    """The admin panel's port, for a run that will serve it (the demo checks it before starting anything)."""
+    return PortNeed(settings.admin.port, "admin panel", f"{settings_mod.ENV_PREFIX}ADMIN__PORT", settings.admin.host)
+
+
+def preflight(processes: Sequence[ManagedProcess], also: Sequence[PortNeed] = ()) -> None:
+    """Before anything starts: every port the not-yet-running ``processes`` and ``also`` bind is free."""
+    needs = [need for p in processes if running_pid(p) is None for need in _port_needs(p)]
+    check_ports([*needs, *also])
 
 
 def worker_process(settings: Settings) -> ManagedProcess:
@@ -525,16 +638,25 @@ class UpResult:
     wiring: clients.QueueWiring
 
 
-def stack_up(settings: Settings, *, heap_max: str = "1g") -> UpResult:
-    """Start what the settings want local (harmless if already running), then wire bucket -> queue."""
+def stack_up(settings: Settings, *, heap_max: str = "1g", also_ports: Sequence[PortNeed] = ()) -> UpResult:
+    """Start what the settings want local (harmless if already running), then wire bucket -> queue.
+
+    Every port it needs (and ``also_ports``) is checked free before anything starts."""
     processes = managed_processes(settings, heap_max=heap_max)
+    preflight(processes, also_ports)
     if any(p.name == "opensearch" for p in processes):
         build_launcher()
         find_java()
     handles = start_processes(processes)
-    wiring = clients.ensure_bucket_and_queue(settings)
-    # The worker needs the queue, so it starts once the wiring exists.
-    handles += start_processes([worker_process(settings)])
+    try:
+        wiring = clients.ensure_bucket_and_queue(settings)
+        # The worker needs the queue, so it starts once the wiring exists.
+        handles += start_processes([worker_process(settings)])
+    except BaseException:  # a failure or a stop signal: what this call started goes again
+        for handle in reversed(handles):
+            if not handle.reused:
+                handle.stop()
+        raise
     return UpResult(handles, wiring)
 
 
@@ -596,4 +718,80 @@ def stack_down(settings: Settings) -> list[str]:
     for process in [worker_process(settings), *reversed(managed_processes(settings))]:
         if stop_process(process):
             stopped.append(process.name)
+    return stopped
+
+
+# --- Stopping on a signal ----------------------------------------------------------------------------
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, SIGINT or SIGHUP asked the run to stop. A KeyboardInterrupt, so every Ctrl-C path takes it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _StopState:
+    """Signals are per process, so this is too."""
+
+    working = False  # a run_until_stopped body runs: the first stop signal interrupts it
+    stopping = False  # that happened, or the clean-up began: further signals are only logged
+    deferred = 0  # inside a section no signal may cut (a child spawned but not yet recorded)
+    pending: int | None = None
+
+
+def _on_stop_signal(signum: int, frame: object) -> None:
+    name = signal.Signals(signum).name
+    if _StopState.stopping or not _StopState.working:
+        logger.warning("%s: already stopping, the clean-up goes on", name)
+        return
+    if _StopState.deferred:
+        _StopState.pending = signum
+        return
+    _StopState.stopping = True
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    _StopState.deferred += 1
+    try:
+        yield
+    finally:
+        _StopState.deferred -= 1
+    if not _StopState.deferred and _StopState.pending is not None and not _StopState.stopping:
+        signum, _StopState.pending = _StopState.pending, None
+        _StopState.stopping = True
+        raise Stopped(signum)
+
+
+def run_until_stopped(work: Callable[[], None], clean_up: Callable[[], None]) -> bool:
+    """Run ``work`` until it returns, fails or SIGTERM, SIGINT or SIGHUP stops it (raising :class:`Stopped`
+    in it), then ``clean_up`` once in every case; a signal during the clean-up does not cut it short. True
+    if a signal stopped the work; any other error goes on after the clean-up. Main thread only."""
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    stopped = False
+    try:
+        _StopState.working, _StopState.stopping, _StopState.pending = True, False, None
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _on_stop_signal)
+        work()
+        _StopState.working = False  # a signal from here on finds the clean-up under way
+    except Stopped:  # raised at most once (the handler set `stopping`), so none can land in this block
+        stopped = True
+    except BaseException:
+        _StopState.working = False  # so no Stopped lands in the `finally` before the clean-up starts
+        raise
+    finally:
+        _StopState.working = False
+        _StopState.stopping = True
+        try:
+            clean_up()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            _StopState.stopping = False
     return stopped

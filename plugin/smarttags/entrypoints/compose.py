@@ -147,6 +147,10 @@ class Services:
             runs=self.runs,
         )
 
+    def services_answer(self) -> bool:
+        """OpenSearch and the bucket both answer: the worker's probe before it receives again."""
+        return bool(self.opensearch.ping()) and self.store.reachable()
+
     # --- the windows' use cases, with the collaborators they take ---
 
     def dispatch_tagging(self, folder: Folder, *, trigger: str) -> windows.Dispatch:

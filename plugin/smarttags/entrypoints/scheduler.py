@@ -5,7 +5,9 @@ window runs once across replicas (a lease in OpenSearch). Run it as ONE process 
 never inside web workers, or every job would run once per worker.
 
 A window missed while the service was down runs once when it returns, if it is not older than the misfire
-grace time: at start, the most recent fire time of each window is checked against its lease document.
+grace time: at start, and every minute after, the most recent fire time of each window is checked against
+its lease document. A window whose scheduler died mid-way (its lease still "running", no longer renewed)
+is taken over once the lease expires (``scheduler.lease_seconds``), by whichever replica looks first.
 
 The admin panel and ``smarttags validate`` show the next fire times through ``smarttags.core.cron``, a
 pure evaluator of the same crontab dialect, so the web process never loads APScheduler.
@@ -31,6 +33,7 @@ from smarttags.entrypoints.compose import Services
 from smarttags.settings import Settings
 
 log = logging.getLogger("smarttags.scheduler")
+CATCH_UP_SECONDS = 60  # how often a running scheduler looks for windows left unfinished
 
 
 class WallClockCronTrigger(BaseTrigger):  # type: ignore[misc]  # APScheduler ships no type hints
@@ -84,15 +87,21 @@ def last_fire_time(trigger: WallClockCronTrigger, now: datetime, grace: timedelt
 
 
 def catch_up(services: Services, now: datetime, run: Callable[[str, datetime], Any]) -> list[str]:
-    """Run, once, each window whose latest fire time passed while no scheduler ran it."""
+    """Run, once, each window whose latest fire time passed and that did not finish: no scheduler ran it,
+    or the one that did was stopped or died mid-window (``run`` takes its lease over only once it expired,
+    and returns None when the window was not its to run). Returns the kinds it ran."""
     grace = timedelta(seconds=services.settings.scheduler.misfire_grace_seconds)
     leases = scheduling.Leases(services.index)
     caught = []
     for kind, trigger in triggers(services.settings).items():
         fire = last_fire_time(trigger, now, grace)
-        if fire is not None and leases.state(scheduling.window_id(kind, fire)) is None:
-            log.info("window %s at %s was missed; running it now", kind, fire.isoformat())
-            run(kind, fire)
+        if fire is None:
+            continue
+        state = leases.state(scheduling.window_id(kind, fire))
+        if state == "done":
+            continue
+        log.info("window %s at %s is %s; running it if it is ours", kind, fire.isoformat(), state or "missed")
+        if run(kind, fire) is not None:
             caught.append(kind)
     return caught
 
@@ -109,6 +118,19 @@ def build(services: Services, owner: str) -> BackgroundScheduler:
             scheduling.run_window(services, kind, fire, owner=owner)
 
     scheduler = BackgroundScheduler(timezone=settings.timezone)
+    # A window whose scheduler died mid-way is taken over by any live replica once its lease expires.
+    scheduler.add_job(
+        lambda: catch_up(
+            services, datetime.now(UTC), lambda kind, fire: scheduling.run_window(services, kind, fire, owner=owner)
+        ),
+        trigger="interval",
+        seconds=CATCH_UP_SECONDS,
+        id="smarttags-catch-up",
+        name="SmartTags catch-up of unfinished windows",
+        replace_existing=True,
+        max_instances=1,
+        coalesce=True,
+    )
     for kind, trigger in triggers(services.settings).items():
         scheduler.add_job(
             job,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 from collections.abc import Sequence
 
 from smarttags import settings as settings_mod
@@ -43,9 +44,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; a command taking free text (``set_defaults(free_text=FIELD)``, FIELD a
+    ``nargs="*"`` positional) also takes words argparse would read as unknown options ("smarttags
+    search -woman"), in their place, and needs at least one word."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, unknown = parser.parse_known_args(argv)
+    field: str | None = getattr(args, "free_text", None)
+    if unknown and field is None:
+        parser.error("unrecognized arguments: " + " ".join(unknown))
+    if unknown and field is not None and "--" not in argv:
+        # Every argument that is no option of the command, nor an option's value, goes after "--".
+        command = argv.index(args.command)
+        words = Counter([*getattr(args, field), *unknown])
+        head, tail = argv[: command + 1], []
+        for arg in argv[command + 1 :]:
+            if words[arg] > 0:
+                words[arg] -= 1
+                tail.append(arg)
+            else:
+                head.append(arg)
+        args = parser.parse_args([*head, "--", *tail])
+    if field is not None and not getattr(args, field):
+        parser.error(f'{args.command}: give at least one word (an empty string "" for everything)')
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

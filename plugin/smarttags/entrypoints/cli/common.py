@@ -32,3 +32,11 @@ def services(settings: Settings) -> Services:
     from smarttags.entrypoints.compose import Services
 
     return Services(settings)
+
+
+def say(text: str) -> None:
+    """Print now, even into a pipe; a terminal that went away (SIGHUP) must not stop the clean-up."""
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        print(text, flush=True)

@@ -5,24 +5,28 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from smarttags.entrypoints.cli.common import say
 from smarttags.settings import Settings
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from smarttags.devtools import demo
+    from smarttags.devtools import demo, stack
 
-    result: Any = None
-    try:
-        result = demo.run(settings)
+    started: list[Any] = []
+
+    def work() -> None:
+        demo.run(settings, started, serve_admin=not args.no_serve)
         if not args.no_serve:
-            demo.serve_admin(settings)
-    except KeyboardInterrupt:
-        print("\nstopping")
-    finally:
-        # Ctrl-C (or the end of a --no-serve run) stops what this demo started, nothing else.
-        for handle in reversed(result.started if result else []):
+            demo.serve_admin(settings, out=say)
+
+    def clean_up() -> None:
+        # Ctrl-C, SIGTERM, SIGHUP (or the end of a --no-serve run) stop what this demo started, nothing else.
+        if started:
+            say("\nstopping what the demo started")
+        for handle in reversed(started):
             handle.stop()
-    return 0
+
+    return 130 if stack.run_until_stopped(work, clean_up) else 0
 
 
 def add_commands(sub: Any) -> None:

@@ -12,7 +12,8 @@ from smarttags.settings import Settings
 def _search(settings: Settings, args: argparse.Namespace) -> int:
     from smarttags.core.search import TIER_NAMES, SearchRequest
 
-    request = SearchRequest(text=args.text, locale=args.locale, folder=args.folder, page=args.page, size=args.size)
+    text = " ".join(args.text)
+    request = SearchRequest(text=text, locale=args.locale, folder=args.folder, page=args.page, size=args.size)
     result = services(settings).searcher.search(request)
     if args.json:
         print_json(
@@ -41,7 +42,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
             }
         )
         return 0
-    print(f"{result.total} result(s) for {args.text!r}")
+    print(f"{result.total} result(s) for {text!r}")
     tier = None
     for hit in result.hits:
         if hit.tier != tier:
@@ -63,13 +64,14 @@ def _similar(settings: Settings, args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("search", help="omnisearch through the stored template")
-    p.add_argument("text")
+    # Free text: words that look like options ("-woman") are query words too (see cli.main).
+    p.add_argument("text", nargs="*", metavar="WORD")
     p.add_argument("--locale", default="en")
     p.add_argument("--folder")
     p.add_argument("--page", type=int, default=0)
     p.add_argument("--size", type=int, default=20)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=_search)
+    p.set_defaults(handler=_search, free_text="text")
 
     p = sub.add_parser("similar", help="assets that look like the given one")
     p.add_argument("key")

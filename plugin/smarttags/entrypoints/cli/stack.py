@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from smarttags.entrypoints.cli.common import print_json
+from smarttags.entrypoints.cli.common import print_json, say
 from smarttags.settings import Settings
 
 
@@ -18,15 +18,37 @@ def _build(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+
     from smarttags.devtools import stack
 
-    result = stack.stack_up(settings, heap_max=args.heap)
-    for handle in result.handles:
-        verb = "already running" if handle.reused else "started"
-        print(f"{handle.name}: {verb}, pid {handle.pid}, {handle.url}")
-    wiring = result.wiring
-    print(f"bucket {wiring.bucket} -> queue {wiring.queue_url} (DLQ {wiring.dead_letter_queue_url})")
-    return 0
+    ours: list[Any] = []
+    died: list[bool] = []
+
+    def up() -> None:
+        result = stack.stack_up(settings, heap_max=args.heap)
+        ours.extend(h for h in result.handles if not h.reused)
+        for handle in result.handles:
+            verb = "already running" if handle.reused else "started"
+            say(f"{handle.name}: {verb}, pid {handle.pid}, {handle.url}")
+        wiring = result.wiring
+        say(f"bucket {wiring.bucket} -> queue {wiring.queue_url} (DLQ {wiring.dead_letter_queue_url})")
+        if args.foreground:
+            say("running in the foreground: SIGTERM, SIGINT or SIGHUP stops what this started")
+            while not ours or all(handle.alive() for handle in ours):
+                time.sleep(1)
+            # One died (a crash, or `stack down` elsewhere): stop the rest and fail, so a supervisor sees it.
+            died.append(True)
+            say("a service this started is gone: " + ", ".join(h.name for h in ours if not h.alive()))
+
+    def clean_up() -> None:
+        if args.foreground:
+            say("stopping what stack up started")
+            for handle in reversed(ours):
+                handle.stop()
+
+    # A signal while starting stops what was started (stack_up does); with --foreground, also later.
+    return 130 if stack.run_until_stopped(up, clean_up) else 1 if died else 0
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
@@ -60,6 +82,7 @@ def add_commands(sub: Any) -> None:
     build.set_defaults(handler=_build)
     up = stack_sub.add_parser("up", help="start local services, wire bucket -> queue (harmless if running)")
     up.add_argument("--heap", default="1g", help="OpenSearch max heap, e.g. 1g or 768m (default 1g)")
+    up.add_argument("--foreground", action="store_true", help="stay until a signal, then stop what it started")
     up.set_defaults(handler=_up)
     status = stack_sub.add_parser("status", help="each service with pid, URL, version and health")
     status.add_argument("--json", action="store_true")

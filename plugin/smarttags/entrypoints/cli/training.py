@@ -44,6 +44,8 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
         )
         for tag, keys in sorted(result.unknown_tags.items()):
             print(f"refused tag {tag!r} (not in the taxonomy) on {len(keys)} asset(s), e.g. {keys[0]}")
+        for problem in result.messages():
+            print(problem)
     return 0
 
 

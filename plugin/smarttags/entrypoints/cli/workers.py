@@ -17,7 +17,12 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     built = services(settings)
     built.index.ensure()  # never let a first write auto-create an index without our mapping
     worker = Worker(
-        built.tagger, built.runs, built.queue, concurrency=args.concurrency or settings.tagging.worker_concurrency
+        built.tagger,
+        built.runs,
+        built.queue,
+        healthy=built.services_answer,
+        backoff_first=settings.tagging.retry_backoff_seconds,
+        concurrency=args.concurrency or settings.tagging.worker_concurrency,
     )
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     try:
