@@ -275,6 +275,21 @@ class SearchIndex:
         )
         return result
 
+    def msearch_template(
+        self, kind: str, template_id: str, params: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Several renderings of one stored template in one round trip; any failed search raises."""
+        if not params:
+            return []
+        body: list[dict[str, Any]] = []
+        for one in params:
+            body += [{}, {"id": template_id, "params": dict(one)}]
+        responses: list[dict[str, Any]] = self._call("msearch_template", index=self.name(kind), body=body)["responses"]
+        failed = [r["error"] for r in responses if "error" in r]
+        if failed:
+            raise ServiceError("opensearch", f"{len(failed)} of {len(responses)} searches failed: {failed[0]}")
+        return responses
+
     def render_template(self, template_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._call("render_search_template", id=template_id, body={"params": dict(params)})
         return result

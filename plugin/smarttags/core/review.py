@@ -50,10 +50,11 @@ class ReviewQueue:
         except NotFound:
             return []
         decisions: list[Decision] = []
-        for tag, threshold in list(zip(heads.tags, heads.thresholds.tolist(), strict=True))[:MAX_TAGS]:
-            params = {"size": size, "bucket": self._bucket, "tag": tag, "feature": feature_name(tag)}
-            hits = self._index.search_template("assets", REVIEW_TEMPLATE, params)["hits"]["hits"]
-            for hit in hits:
+        tags = list(zip(heads.tags, heads.thresholds.tolist(), strict=True))[:MAX_TAGS]
+        params = [{"size": size, "bucket": self._bucket, "tag": tag, "feature": feature_name(tag)} for tag, _ in tags]
+        responses = self._index.msearch_template("assets", REVIEW_TEMPLATE, params)  # one round trip
+        for (tag, threshold), response in zip(tags, responses, strict=True):
+            for hit in response["hits"]["hits"]:
                 asset = self._assets.from_source(hit["_source"])
                 confidence = next((t.confidence for t in asset.smart_tags if t.tag == tag), None)
                 if confidence is not None:

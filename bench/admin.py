@@ -1,0 +1,162 @@
+"""Admin page times at scale: the search grid with its facets (aggregations), a facet chosen, the review
+queue and an asset page, rendered by the Flask app over N synthetic assets.
+
+Each page's time is printed with its ratio to the same run's baseline, the bare search request the page
+is built on (the stored template without facets, straight to OpenSearch): what the page adds (facets,
+taxonomy titles, rendering) is the ratio. The issue's bar is < 500 ms per page at 100,000 assets.
+Point it at running services (``--opensearch-url``, ``--aws-url``: moto or S3 for the review queue's
+model) or let it start its own OpenSearch node (``--port``; then the review page is left out).
+Run: .venv/bin/python bench/admin.py [--assets 100000] [--rounds 30] [--opensearch-url URL --aws-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from smarttags import settings as settings_mod
+from smarttags.adapters import clients
+from smarttags.adapters.asset_index import to_document
+from smarttags.core.asset import Asset, SmartTag
+from smarttags.core.heads import Heads, TagFit
+from smarttags.core.search import SearchRequest
+from smarttags.core.taxonomy import Tag
+from smarttags.core.users import UserStore
+from smarttags.devtools import stack
+from smarttags.entrypoints.admin import create_app
+from smarttags.entrypoints.compose import Services
+
+VOCABULARY = 20_000
+TAGS = 5000
+MODEL_TAGS = 200  # tags of the benchmark's active model (the review queue looks at each)
+PASSWORD = "bench password"
+
+
+def words(rng: np.random.Generator, n: int) -> list[str]:
+    return [f"w{int(i)}" for i in np.minimum(rng.zipf(1.3, n), VOCABULARY)]
+
+
+def ms(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values) * 1000, q))
+
+
+def index_assets(services: Services, count: int, rng: np.random.Generator) -> str:
+    bucket = services.settings.aws.bucket
+    first = ""
+    batch: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for i in range(count):
+        asset = Asset(
+            bucket,
+            f"f{i % 50}/{i}.jpg",
+            etag="e",
+            size=1000 + i,
+            content_type="image/jpeg",
+            format="JPEG" if i % 3 else "PNG",
+            width=640,
+            height=480,
+            modified=f"2026-{1 + i % 12:02d}-15T00:00:00Z",
+            title=" ".join(words(rng, 4)),
+            keywords=tuple(words(rng, 2)),
+        )
+        chosen = {f"bench:{w}" for w in words(rng, int(rng.integers(0, 5))) if int(w[1:]) <= TAGS}
+        asset = asset.with_smart_tags(SmartTag(t, round(float(rng.uniform(0.3, 1.0)), 3), "m") for t in chosen)
+        first = first or asset.id
+        batch.append(({"index": {"_index": services.index.name("assets"), "_id": asset.id}}, to_document(asset)))
+        if len(batch) == 2000:
+            services.index.bulk(batch)
+            batch = []
+    services.index.bulk(batch)
+    services.index.refresh()
+    return first
+
+
+def save_model(services: Services) -> None:
+    tags = tuple(f"bench:w{i}" for i in range(1, MODEL_TAGS + 1))
+    heads = Heads(
+        tags=tags,
+        weights=np.zeros((4, len(tags)), dtype=np.float32),
+        bias=np.zeros(len(tags), dtype=np.float32),
+        thresholds=np.full(len(tags), 0.5, dtype=np.float32),
+    )
+    fits = [TagFit(t, 30, 1.0, 0.5, 0.8, 0.7, 0.75, 0.8) for t in tags]
+    manifest = services.models.save(
+        heads, fits, backbone_id="bench", backbone_sha256="0", training_fingerprint="f", folders=[]
+    )
+    services.models.activate(manifest.version)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--assets", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--opensearch-url")
+    parser.add_argument("--aws-url")
+    parser.add_argument("--port", type=int, default=7220, help="the own node's HTTP port (transport: port + 1)")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="smarttags-bench-admin-"))
+    node = None if args.opensearch_url else stack.start_opensearch(home, args.port, transport_port=args.port + 1)
+    prefix = "bench" + uuid.uuid4().hex[:8]
+    aws: dict[str, Any] = {"bucket": f"{prefix}-assets", "queue_name": prefix}
+    aws["dead_letter_queue_name"] = f"{prefix}-dlq"
+    if args.aws_url:
+        aws.update(endpoint_url=args.aws_url, access_key_id="bench", secret_access_key="bench")
+    settings = settings_mod.load(
+        opensearch={"url": args.opensearch_url or (node.url if node else ""), "index_prefix": prefix},
+        aws=aws,
+        data_dir=home,
+        admin={"secret_key": "b" * 32, "secure_cookies": False},
+    )
+    services = Services(settings)
+    try:
+        services.index.ensure()
+        rng = np.random.default_rng(0)
+        services.taxonomy.import_tags([Tag(f"bench:w{i}", {"en": f"w{i}"}) for i in range(1, TAGS + 1)])
+        started = time.perf_counter()
+        first = index_assets(services, args.assets, rng)
+        print(f"indexed {args.assets} assets in {time.perf_counter() - started:.0f} s")
+        if args.aws_url:
+            clients.ensure_bucket_and_queue(settings)
+            save_model(services)
+        UserStore(services.index).create("bench", PASSWORD, "admin")
+        app = create_app(settings, services)
+        app.config.update(WTF_CSRF_ENABLED=False)
+        client = app.test_client()
+        assert client.post("/login", data={"username": "bench", "password": PASSWORD}).status_code == 302
+        pages = {
+            "grid with facets": ("/search", SearchRequest(size=24)),
+            "text query with facets": ("/search?q=w1+w2", SearchRequest(text="w1 w2", size=24)),
+            "a facet chosen": ("/search?tag=bench:w1", SearchRequest(size=24)),
+            "asset page": (f"/assets/{first}", SearchRequest(size=24)),
+        }
+        if args.aws_url:
+            pages["review queue"] = ("/review", SearchRequest(size=24))
+        print(f"{'page':<24} {'p50 ms':>8} {'p95 ms':>8} {'p50 / bare search':>18}")
+        for name, (path, request) in pages.items():
+            page_times: list[float] = []
+            bare_times: list[float] = []
+            for round_ in range(args.rounds + 3):
+                t0 = time.perf_counter()
+                response = client.get(path)
+                t1 = time.perf_counter()
+                services.searcher.search(request)
+                t2 = time.perf_counter()
+                assert response.status_code == 200, (path, response.status_code)
+                if round_ >= 3:  # warm-up rounds left out
+                    page_times.append(t1 - t0)
+                    bare_times.append(t2 - t1)
+            ratio = ms(page_times, 50) / ms(bare_times, 50)
+            print(f"{name:<24} {ms(page_times, 50):8.1f} {ms(page_times, 95):8.1f} {ratio:18.2f}")
+    finally:
+        services.opensearch.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
+        if node is not None:
+            node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
