@@ -15,10 +15,12 @@ from typing import Any
 
 from smarttags import settings as settings_mod
 from smarttags.adapters.sqs import WorkQueue
+from smarttags.core.tagging import RunTally
 from smarttags.entrypoints.batch import handle_lambda_event
 from smarttags.entrypoints.compose import Services
 
 _services: Services | None = None
+_tally = RunTally()  # counts a failed write kept, written with the container's next invocation
 
 
 class _JsonFormatter(logging.Formatter):
@@ -48,6 +50,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         event,
         delay=_delay,
         backoff_first=_services.settings.tagging.retry_backoff_seconds,
+        tally=_tally,
     )
 
 

@@ -355,3 +355,26 @@ def test_without_a_sequencer_the_same_bytes_done_are_a_duplicate() -> None:
     assert decide(again, done, active_model="m2").action == Action.TAG  # a new model: tag again
     changed = events.ObjectEvent(events.CREATED, BUCKET, "up/a.png", etag="e2")
     assert decide(changed, done, active_model="m1").action == Action.TAG
+
+
+def test_counts_that_cannot_be_written_wait_for_the_next_flush() -> None:
+    from smarttags.errors import ServiceUnavailable
+
+    class FlakyRuns:
+        def __init__(self) -> None:
+            self.down = True
+            self.written: list[dict[str, int]] = []
+
+        def add_counts(self, run_id: str, counts: dict[str, int], errors: Any, **_: Any) -> None:
+            if self.down:
+                raise ServiceUnavailable("opensearch", "down")
+            self.written.append(counts)
+
+    runs, tally = FlakyRuns(), RunTally()
+    tally.add(created("up/a.png", "01"), TaggingStatus.TAGGED, None)
+    tally.flush(runs)  # type: ignore[arg-type]
+    assert runs.written == [] and tally.runs  # kept, not lost
+    tally.add(created("up/b.png", "02"), TaggingStatus.TAGGED, None)
+    runs.down = False
+    tally.flush(runs)  # type: ignore[arg-type]
+    assert runs.written == [{"processed": 2, "tagged": 2}] and not tally.runs  # each counted once

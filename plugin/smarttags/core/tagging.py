@@ -435,14 +435,18 @@ class RunTally:
             errors.append({"key": event.key, "reason": reason or ""})
 
     def flush(self, runs: RunLog) -> None:
-        for (run_id, trigger), (counts, errors) in self.runs.items():
+        """Write the counts; those that cannot be written now (OpenSearch down) stay here and go with the
+        next flush of this tally (the assets are written: a count must neither redo them nor be lost)."""
+        for run, (counts, errors) in list(self.runs.items()):
+            run_id, trigger = run
             try:
-                folders = sorted(self.folders.get((run_id, trigger), ()))
+                folders = sorted(self.folders.get(run, ()))
                 runs.add_counts(run_id, dict(counts), errors, create_as=(events.TAG, trigger), folders=folders)
-            except ServiceError as exc:  # the assets are written; a lost count must not redo them
-                log.warning("could not count %d objects in run %s: %s", counts["processed"], run_id, exc)
-        self.runs.clear()
-        self.folders.clear()
+            except ServiceError as exc:
+                log.warning("counting %d objects in run %s later: %s", counts["processed"], run_id, exc)
+                continue
+            del self.runs[run]
+            self.folders.pop(run, None)
 
 
 def _ancestors(bucket: str, key: str) -> list[str]:

@@ -45,10 +45,13 @@ def backoff_seconds(receive_count: int, first: int, *, rng: random.Random | None
     return int(base * (0.8 + 0.4 * (rng or random).random()))
 
 
-def handle_messages(tagger: Tagger, runs: RunLog, messages: Iterable[events.Message]) -> list[Failure]:
-    """Handle every message; returns those that failed (they stay on the queue)."""
+def handle_messages(
+    tagger: Tagger, runs: RunLog, messages: Iterable[events.Message], *, tally: RunTally | None = None
+) -> list[Failure]:
+    """Handle every message; returns those that failed (they stay on the queue). A long-lived ``tally``
+    (one per worker thread, one per Lambda container) carries counts a failed flush kept to the next."""
     failed: list[Failure] = []
-    tally = RunTally()
+    tally = tally if tally is not None else RunTally()
     try:
         for message in messages:
             failure = _handle_message(tagger, message, tally)
@@ -84,12 +87,13 @@ def handle_lambda_event(
     *,
     delay: Callable[[Mapping[str, Any], int], None] | None = None,
     backoff_first: int = 30,
+    tally: RunTally | None = None,
 ) -> dict[str, Any]:
     """A Lambda invocation: an SQS batch (answered with ``batchItemFailures``, the
     ``ReportBatchItemFailures`` response) or an S3 notification delivered directly (raises on failure).
     ``delay(record, seconds)`` pushes a transiently failed record's next receive back."""
     records = {r.get("messageId"): r for r in event.get("Records") or [] if isinstance(r, Mapping)}
-    failed = handle_messages(tagger, runs, events.parse_invocation(event))
+    failed = handle_messages(tagger, runs, events.parse_invocation(event), tally=tally)
     for failure in failed:
         if failure.transient and delay is not None and failure.message_id in records:
             try:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from smarttags.adapters.sqs import WorkQueue
 from smarttags.core import events
 from smarttags.core.runs import RunLog
-from smarttags.core.tagging import Tagger
+from smarttags.core.tagging import RunTally, Tagger
 from smarttags.entrypoints.batch import backoff_seconds, handle_messages
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,13 @@ class Worker:
     def circuit_open(self) -> bool:
         return not self._circuit_closed.is_set()
 
-    def run_once(self) -> int:
+    def run_once(self, tally: RunTally | None = None) -> int:
         """Receive and handle one batch; returns how many messages it received."""
         messages = self._queue.receive(wait_seconds=self._wait, visibility_seconds=self._visibility)
         if not messages:
             return 0
         parsed = [events.parse_message(m.message_id, m.body, m.receive_count) for m in messages]
-        failed = {f.message_id: f for f in handle_messages(self._tagger, self._runs, parsed)}
+        failed = {f.message_id: f for f in handle_messages(self._tagger, self._runs, parsed, tally=tally)}
         self._queue.delete(m.receipt_handle for m in messages if m.message_id not in failed)
         for message in messages:
             failure = failed.get(message.message_id)
@@ -109,14 +109,16 @@ class Worker:
             return False
 
     def _loop(self) -> None:
+        tally = RunTally()  # this thread's counts that could not be written yet
         while not self.stop.is_set():
             self._wait_for_services()
             try:
-                self.run_once()
+                self.run_once(tally)
             except Exception as exc:
                 # The queue itself is down (nothing was deleted, so nothing is lost), or a bug: wait, retry.
                 log.warning("worker: %s: %s; retrying in 5 s", type(exc).__name__, exc)
                 self.stop.wait(5)
+        tally.flush(self._runs)  # what is still owed, if OpenSearch answers now
 
     def run(self) -> None:
         """Run until ``stop`` is set (Ctrl-C in the CLI); a thread that dies is replaced."""
