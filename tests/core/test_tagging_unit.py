@@ -364,17 +364,20 @@ def test_counts_that_cannot_be_written_wait_for_the_next_flush() -> None:
         def __init__(self) -> None:
             self.down = True
             self.written: list[dict[str, int]] = []
+            self.batches: set[str] = set()
 
-        def add_counts(self, run_id: str, counts: dict[str, int], errors: Any, **_: Any) -> None:
+        def add_counts(self, run_id: str, counts: dict[str, int], errors: Any, **kwargs: Any) -> None:
             if self.down:
                 raise ServiceUnavailable("opensearch", "down")
+            assert kwargs["batch_id"] not in self.batches  # a new write gets a new id, a retry its old one
+            self.batches.add(kwargs["batch_id"])
             self.written.append(counts)
 
     runs, tally = FlakyRuns(), RunTally()
     tally.add(created("up/a.png", "01"), TaggingStatus.TAGGED, None)
     tally.flush(runs)  # type: ignore[arg-type]
-    assert runs.written == [] and tally.runs  # kept, not lost
+    assert runs.written == [] and tally.pending  # kept, not lost
     tally.add(created("up/b.png", "02"), TaggingStatus.TAGGED, None)
     runs.down = False
     tally.flush(runs)  # type: ignore[arg-type]
-    assert runs.written == [{"processed": 2, "tagged": 2}] and not tally.runs  # each counted once
+    assert runs.written == [{"processed": 1, "tagged": 1}] * 2 and not tally.pending  # each counted once

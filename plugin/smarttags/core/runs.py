@@ -34,6 +34,7 @@ class RunStatus(StrEnum):
 
 MAX_ERRORS_KEPT = 50
 MAX_FOLDERS_KEPT = 500
+MAX_BATCHES_REMEMBERED = 200
 
 
 @dataclass
@@ -140,6 +141,7 @@ class RunLog:
         *,
         create_as: tuple[str, str] | None = None,
         folders: Sequence[str] = (),
+        batch_id: str | None = None,
     ) -> None:
         """Add to a run's counts from any worker at once (a scripted update, retried on conflict).
         With ``create_as=(kind, trigger)`` a missing run is created first: an hourly upload run, which
@@ -149,8 +151,14 @@ class RunLog:
         if create_as is not None:
             created = Run(run_id, create_as[0], None, create_as[1], now_iso(), status=RunStatus.SUCCEEDED)
             body["upsert"] = created.to_json()
+        # ``batch_id`` makes a retried write count once: a write whose answer was lost (a cut connection)
+        # may have landed; the run remembers the last batches it applied and skips a repeat.
         script = (
-            "for (e in params.counts.entrySet()) {"
+            "if (params.batch != null) { if (ctx._source.applied == null) { ctx._source.applied = []; }"
+            " if (ctx._source.applied.contains(params.batch)) { ctx.op = 'none'; return; }"
+            " ctx._source.applied.add(params.batch);"
+            " if (ctx._source.applied.size() > params.max_applied) { ctx._source.applied.remove(0); } }"
+            " for (e in params.counts.entrySet()) {"
             " ctx._source.counts[e.getKey()] = (ctx._source.counts[e.getKey()] ?: 0) + e.getValue(); }"
             " for (e in params.errors) { if (ctx._source.errors.size() < params.max_errors) {"
             " ctx._source.errors.add(e); } }"
@@ -169,6 +177,8 @@ class RunLog:
             "max_errors": MAX_ERRORS_KEPT,
             "folders": list(folders),
             "max_folders": MAX_FOLDERS_KEPT,
+            "batch": batch_id,
+            "max_applied": MAX_BATCHES_REMEMBERED,
             **_STATUSES,
         }
         self._scripted_update(run_id, script, params, **body)

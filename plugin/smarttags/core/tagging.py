@@ -419,6 +419,8 @@ class RunTally:
     def __init__(self) -> None:
         self.runs: dict[tuple[str, str], tuple[Counter[str], list[dict[str, str]]]] = {}
         self.folders: dict[tuple[str, str], set[str]] = {}
+        # Writes that failed, each kept whole with its batch id until it lands.
+        self.pending: list[tuple[tuple[str, str], dict[str, int], list[dict[str, str]], list[str], str]] = []
 
     def add(self, event: events.ObjectEvent, status: Outcome, reason: str | None) -> None:
         if status in (Handled.IGNORED, Handled.DUPLICATE):
@@ -435,18 +437,25 @@ class RunTally:
             errors.append({"key": event.key, "reason": reason or ""})
 
     def flush(self, runs: RunLog) -> None:
-        """Write the counts; those that cannot be written now (OpenSearch down) stay here and go with the
-        next flush of this tally (the assets are written: a count must neither redo them nor be lost)."""
-        for run, (counts, errors) in list(self.runs.items()):
-            run_id, trigger = run
+        """Write the counts. A write that fails (OpenSearch down) is kept whole, with its batch id, and
+        tried again with the next flush of this tally: the run applies a batch id once, so a write whose
+        answer was lost is not counted twice, and nothing is lost (the assets are written already)."""
+        for run, (counts, errors) in self.runs.items():
+            folders = sorted(self.folders.get(run, ()))
+            self.pending.append((run, dict(counts), list(errors), folders, uuid.uuid4().hex))
+        self.runs.clear()
+        self.folders.clear()
+        kept = []
+        for item in self.pending:
+            (run_id, trigger), written, reasons, covered, batch_id = item
             try:
-                folders = sorted(self.folders.get(run, ()))
-                runs.add_counts(run_id, dict(counts), errors, create_as=(events.TAG, trigger), folders=folders)
+                runs.add_counts(
+                    run_id, written, reasons, create_as=(events.TAG, trigger), folders=covered, batch_id=batch_id
+                )
             except ServiceError as exc:
-                log.warning("counting %d objects in run %s later: %s", counts["processed"], run_id, exc)
-                continue
-            del self.runs[run]
-            self.folders.pop(run, None)
+                log.warning("counting %d objects in run %s later: %s", written.get("processed", 0), run_id, exc)
+                kept.append(item)
+        self.pending = kept
 
 
 def _ancestors(bucket: str, key: str) -> list[str]:

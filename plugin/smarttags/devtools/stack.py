@@ -244,8 +244,11 @@ def start_processes(processes: Sequence[ManagedProcess]) -> list[ProcessHandle]:
         for process, child, pid in started:
             _wait_ready(process, pid, child, offsets.get(process.name, {}))
     except BaseException:
-        for process, child, _ in started:
-            if child is not None:
+        # Every one not found running is ours to stop: also one whose spawn a deferred signal ended
+        # right after its pid file was written, before it was listed here.
+        reused = {process.name for process, child, _ in started if child is None}
+        for process in reversed(processes):
+            if process.name not in reused:
                 stop_process(process)
         raise
     return [ProcessHandle(p, pid, reused=child is None) for p, child, pid in started]
