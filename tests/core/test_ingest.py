@@ -200,34 +200,9 @@ class Interleaved:
 
 
 def _tagger(assets: Any, store: FakeStore, index: FakeIndex) -> Any:
-    from smarttags import settings as settings_mod
-    from smarttags.core.folders import FolderRegistry
-    from smarttags.core.heads import TagFit
-    from smarttags.core.model_registry import ModelStore
-    from smarttags.core.tagging import Tagger
-    from smarttags.core.taxonomy import TaxonomyStore
+    from tests.core.test_tagging_unit import make_tagger
 
-    from tests.core.test_tagging_unit import HEADS, PixelEmbedder, open_picture
-
-    settings = settings_mod.load(aws={"bucket": BUCKET})
-    models = ModelStore(store, settings.aws.models_prefix)
-    fit = TagFit("shapes:red", 30, 1, 0.5, 1, 1, 1, 1)
-    manifest = models.save(
-        HEADS, [fit], backbone_id="fake:1", backbone_sha256="0" * 64, training_fingerprint="t", folders=[]
-    )
-    models.activate(manifest.version)
-    folders = FolderRegistry(index)
-    folders.set_enabled(Folder(BUCKET, "f/"), True)
-    return Tagger(
-        settings,
-        assets,
-        lambda bucket: store,
-        embedder=PixelEmbedder,
-        open_picture=open_picture,
-        models=models,
-        taxonomy=TaxonomyStore(index),
-        folders=folders,
-    )
+    return make_tagger(assets, store, index, "f/")
 
 
 @pytest.mark.parametrize("first", ["sync", "tagger"])

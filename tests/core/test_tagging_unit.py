@@ -90,21 +90,22 @@ class PixelEmbedder:
 @pytest.fixture
 def world() -> Any:
     index, store = FakeIndex(), FakeStore(BUCKET)
+    assets = AssetIndex(index)
+    return make_tagger(assets, store, index, "up/"), assets, store, index
+
+
+def make_tagger(assets: Any, store: FakeStore, index: FakeIndex, enabled: str) -> Tagger:
+    """A tagger on the fakes with an active one-tag model ("shapes:red") and one enabled folder."""
     settings = settings_mod.load(aws={"bucket": BUCKET})
     models = ModelStore(store, settings.aws.models_prefix)
+    fit = TagFit("shapes:red", 30, 1, 0.5, 1, 1, 1, 1)
     manifest = models.save(
-        HEADS,
-        [TagFit("shapes:red", 30, 1, 0.5, 1, 1, 1, 1)],
-        backbone_id="fake:1",
-        backbone_sha256="0" * 64,
-        training_fingerprint="t",
-        folders=[],
+        HEADS, [fit], backbone_id="fake:1", backbone_sha256="0" * 64, training_fingerprint="t", folders=[]
     )
     models.activate(manifest.version)
     folders = FolderRegistry(index)
-    folders.set_enabled(Folder(BUCKET, "up/"), True)
-    assets = AssetIndex(index)
-    tagger = Tagger(
+    folders.set_enabled(Folder(BUCKET, enabled), True)
+    return Tagger(
         settings,
         assets,
         lambda bucket: store,
@@ -114,7 +115,6 @@ def world() -> Any:
         taxonomy=TaxonomyStore(index),
         folders=folders,
     )
-    return tagger, assets, store, index
 
 
 def created(key: str, sequencer: str | None) -> events.ObjectEvent:

@@ -189,9 +189,6 @@ class Asset:
             decoder=facts.decoder or None,
         )
 
-    def with_tags(self, tags: Iterable[str]) -> Asset:
-        return replace(self, tags=tuple(sorted(set(tags))))
-
     def with_status(
         self,
         status: TaggingStatus,
