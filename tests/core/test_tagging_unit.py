@@ -27,6 +27,7 @@ from smarttags.core.tagging import (
     apply_reading,
     classify_failure,
     decide,
+    handle_logged,
 )
 from smarttags.core.taxonomy import TaxonomyStore
 from smarttags.errors import CorruptImage, UnsupportedImage
@@ -381,3 +382,32 @@ def test_counts_that_cannot_be_written_wait_for_the_next_flush() -> None:
     runs.down = False
     tally.flush(runs)  # type: ignore[arg-type]
     assert runs.written == [{"processed": 1, "tagged": 1}] * 2 and not tally.pending  # each counted once
+
+
+def test_a_write_whose_answer_was_lost_counts_once_when_its_message_comes_back(world: Any) -> None:
+    from smarttags.errors import ServiceUnavailable
+
+    tagger, assets, store, _ = world
+    store.put_bytes("up/a.png", b"red circle")
+    event = created("up/a.png", "09")
+    put = assets.put
+
+    def put_then_cut(asset: Asset, **kwargs: Any) -> Any:
+        answer = put(asset, **kwargs)
+        if asset.status == TaggingStatus.TAGGED:
+            raise ServiceUnavailable("opensearch", "connection cut")  # the write landed, the answer did not
+        return answer
+
+    assets.put = put_then_cut
+    tally = RunTally()
+    with pytest.raises(ServiceUnavailable):
+        handle_logged(tagger, event, tally, owner="message-1")
+    assets.put = put
+    assert held(assets, "up/a.png").status == TaggingStatus.TAGGED and not tally.runs  # landed, uncounted
+    # The message comes back: its own state counts now, once, however often it comes back.
+    assert handle_logged(tagger, event, tally, 2, owner="message-1").status == TaggingStatus.TAGGED
+    assert handle_logged(tagger, event, tally, 3, owner="message-1").status == TaggingStatus.TAGGED
+    # Another message with the same event (S3 sends duplicates) is a duplicate, as before.
+    assert handle_logged(tagger, event, tally, owner="message-2").status == Handled.DUPLICATE
+    ((counts, _),) = tally.runs.values()
+    assert dict(counts) == {"processed": 1, "tagged": 1}

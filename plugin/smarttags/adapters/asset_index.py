@@ -77,6 +77,7 @@ def to_document(asset: Asset) -> dict[str, Any]:
             "tagged_at": asset.tagging.tagged_at,
             "claim": asset.tagging.claim,
             "claim_until": asset.tagging.claim_until,
+            "done_by": asset.tagging.done_by,
         },
         "updated_at": asset.updated_at or now_iso(),
     }
@@ -126,6 +127,7 @@ def from_document(source: Mapping[str, Any]) -> Asset:
             tagged_at=tagging.get("tagged_at"),
             claim=tagging.get("claim"),
             claim_until=tagging.get("claim_until"),
+            done_by=tagging.get("done_by"),
         ),
         updated_at=source.get("updated_at"),
     )

@@ -87,6 +87,9 @@ class Tagging:
     # Who is handling which event now (so a concurrent copy of the event finds it taken), and until when.
     claim: str | None = None
     claim_until: str | None = None
+    # The delivery (queue message) whose handling wrote this state: when its answer is lost and the
+    # message comes back, the state is its own and counts once.
+    done_by: str | None = None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -64,6 +64,8 @@ WRITE_ATTEMPTS = 8
 # How long a claim keeps concurrent copies of an event away: longer than one object takes, shorter than
 # the queue's visibility timeout (a crashed handler's event comes back after that and takes it over).
 CLAIM_SECONDS = 90
+# A tally remembers this many counted deliveries: far more than come back within a visibility timeout.
+DELIVERIES_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,11 @@ class Tagger:
         decision = decide(event, stored.asset if stored else None, active_model=self._active_for(stored, event))
         if decision.action == Action.DONE:
             assert decision.result is not None
+            if decision.result.status == Handled.DUPLICATE and stored and stored.asset.tagging.done_by == owner:
+                # This very message wrote the state and its answer was lost (a cut connection): the
+                # outcome is its own and was never counted. It counts now (the tally skips a repeat).
+                done = stored.asset
+                return Result(event.key, done.status, done.tagging.reason, done.smart_ids)
             return decision.result
         if decision.action == Action.REMOVE:
             try:
@@ -304,7 +311,7 @@ class Tagger:
             raise
         model = self.active_model() if reading.enabled and reading.failure is None else None
         try:
-            asset = self._write(event, claimed, reading, model)
+            asset = self._write(event, claimed, reading, model, owner)
         except Stale as stale:
             return Result(event.key, Handled.STALE, f"index holds a later event ({stale})")
         return Result(event.key, asset.status, asset.tagging.reason, asset.smart_ids)
@@ -379,12 +386,13 @@ class Tagger:
         return reading
 
     def _write(
-        self, event: events.ObjectEvent, stored: StoredAsset | None, reading: Reading, model: Model | None
+        self, event: events.ObjectEvent, stored: StoredAsset | None, reading: Reading, model: Model | None, owner: str
     ) -> Asset:
         max_tags = self._settings.tagging.max_tags_per_asset
         for _ in range(WRITE_ATTEMPTS):
             base = stored.asset if stored else Asset(event.bucket, event.key, created=now_iso())
             asset = apply_reading(base, reading, model, max_tags=max_tags).touched()
+            asset = replace(asset, tagging=replace(asset.tagging, done_by=owner))
             try:
                 self._assets.put(asset, expected=stored)
                 return asset
@@ -421,10 +429,22 @@ class RunTally:
         self.folders: dict[tuple[str, str], set[str]] = {}
         # Writes that failed, each kept whole with its batch id until it lands.
         self.pending: list[tuple[tuple[str, str], dict[str, int], list[dict[str, str]], list[str], str]] = []
+        # The deliveries counted lately: a message that comes back after its outcome was counted (its
+        # delete failed, or a later event of it did) finds its own state again and must not count twice.
+        self.counted: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
 
-    def add(self, event: events.ObjectEvent, status: Outcome, reason: str | None) -> None:
+    def add(
+        self, event: events.ObjectEvent, status: Outcome, reason: str | None, *, delivery: str | None = None
+    ) -> None:
         if status in (Handled.IGNORED, Handled.DUPLICATE):
             return  # our own files and repeated deliveries are no new work: the run counts each object once
+        if delivery is not None:
+            seen = (delivery, event.bucket, event.key, event.sequencer or event.etag or "")
+            if seen in self.counted:
+                return
+            self.counted[seen] = None
+            if len(self.counted) > DELIVERIES_REMEMBERED:
+                self.counted.popitem(last=False)
         run_id = event.run_id or f"tag-upload-{datetime.now(UTC).strftime('%Y%m%d%H')}"
         counts, errors = self.runs.setdefault((run_id, event.trigger), (Counter(), []))
         if event.run_id is None:  # an upload run: every folder above the object finds it
@@ -475,5 +495,5 @@ def handle_logged(
         log.warning("s3://%s/%s will be retried (receive %d): %s", event.bucket, event.key, receive_count, exc)
         raise
     log.info("s3://%s/%s: %s%s", event.bucket, event.key, result.status, f" ({result.reason})" if result.reason else "")
-    tally.add(event, result.status, result.reason)
+    tally.add(event, result.status, result.reason, delivery=owner)
     return result
