@@ -411,3 +411,17 @@ def test_a_write_whose_answer_was_lost_counts_once_when_its_message_comes_back(w
     assert handle_logged(tagger, event, tally, owner="message-2").status == Handled.DUPLICATE
     ((counts, _),) = tally.runs.values()
     assert dict(counts) == {"processed": 1, "tagged": 1}
+
+
+def test_a_re_tag_of_unchanged_bytes_runs_only_the_heads(world: Any) -> None:
+    tagger, assets, store, _ = world
+    store.put_bytes("up/a.png", b"red circle")
+    tagger.handle(created("up/a.png", "01"))
+    retag = events.ObjectEvent(events.TAG, BUCKET, "up/a.png", run_id="tag-1", trigger="on_demand")
+    FakePicture.opened, PixelEmbedder.calls = 0, 0
+    assert tagger.handle(retag).tags == ("shapes:red",)
+    assert (FakePicture.opened, PixelEmbedder.calls) == (0, 0)  # no image read, no inference
+    assert held(assets, "up/a.png").format == "PNG"  # the facts read before are kept
+    store.put_bytes("up/a.png", b"blue square")  # changed bytes (their event not seen yet) are read
+    tagger.handle(retag)
+    assert (FakePicture.opened, PixelEmbedder.calls) == (1, 1)

@@ -64,6 +64,8 @@ WRITE_ATTEMPTS = 8
 # How long a claim keeps concurrent copies of an event away: longer than one object takes, shorter than
 # the queue's visibility timeout (a crashed handler's event comes back after that and takes it over).
 CLAIM_SECONDS = 90
+# States whose facts and embedding were read from the bytes they name.
+_READ_BEFORE = frozenset({TaggingStatus.TAGGED, TaggingStatus.EMBEDDED})
 # A tally remembers this many counted deliveries: far more than come back within a visibility timeout.
 DELIVERIES_REMEMBERED = 10_000
 
@@ -361,6 +363,12 @@ class Tagger:
         embedding (the stored one while bytes and backbone are unchanged)."""
         store = self._stores(event.bucket)
         enabled = self._settings.tagging.ignore_smart_tag_flag or self._folders.is_enabled(event.bucket, event.key)
+        if event.action == events.TAG and enabled and held and held.embedding and held.status in _READ_BEFORE:
+            # A re-tag (a model change, a backfill) of bytes embedded before by this backbone: only the
+            # heads run again. One HEAD proves the bytes are the same; no image read, no inference.
+            info = store.head(event.key)
+            if held.embedding.fits(info.etag, self.embedder.backbone_id):
+                return Reading(info=info, sequencer=event.sequencer, enabled=enabled, embedding=held.embedding)
         try:
             data, info = store.get_bytes(event.key, max_bytes=self._settings.backbone.max_object_bytes)
         except ImageTooLarge as exc:  # refused before download, recorded like any other refusal
