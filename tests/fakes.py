@@ -12,8 +12,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from smarttags.core.ports import ObjectInfo, Versioned
-from smarttags.errors import ConflictError, NotFound
+from smarttags.core.ports import ObjectInfo, Versioned, Write
+from smarttags.errors import ConflictError, NotFound, ServiceError
 
 
 def _matches(source: Mapping[str, Any], query: Mapping[str, Any]) -> bool:
@@ -35,17 +35,38 @@ class FakeIndex:
         self.docs: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
         self._seq = 0
         self.writes = 0
+        self.round_trips = 0  # requests of the assets' tagging path: get, put, get_many, put_many
         self._lock = threading.Lock()  # a conditional write is atomic, as in OpenSearch
 
     def name(self, kind: str) -> str:
         return f"{self.prefix}-{kind}"
 
     def get(self, kind: str, doc_id: str) -> Versioned | None:
+        self.round_trips += 1
+        return self._get(kind, doc_id)
+
+    def _get(self, kind: str, doc_id: str) -> Versioned | None:
         held = self.docs.get((kind, doc_id))
         return Versioned(doc_id, copy.deepcopy(held[0]), held[1], 1) if held else None
 
     def mget(self, kind: str, doc_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         return [(copy.deepcopy(self.docs[(kind, i)][0]) if (kind, i) in self.docs else None) for i in doc_ids]
+
+    def get_many(self, kind: str, doc_ids: Sequence[str]) -> list[Versioned | None]:
+        self.round_trips += bool(doc_ids)
+        return [self._get(kind, i) for i in doc_ids]
+
+    def put_many(self, kind: str, writes: Sequence[Write]) -> list[tuple[int, int] | ServiceError]:
+        self.round_trips += bool(writes)  # as the adapter: nothing to write is no request
+        answers: list[tuple[int, int] | ServiceError] = []
+        for write in writes:
+            try:
+                answers.append(
+                    self._put(kind, write.id, write.source, expected=write.expected, create=write.expected is None)
+                )
+            except ServiceError as exc:
+                answers.append(exc)
+        return answers
 
     def put(
         self,
@@ -56,6 +77,12 @@ class FakeIndex:
         expected: Versioned | None = None,
         create: bool = False,
         refresh: bool | str = False,
+    ) -> tuple[int, int]:
+        self.round_trips += 1
+        return self._put(kind, doc_id, source, expected=expected, create=create)
+
+    def _put(
+        self, kind: str, doc_id: str, source: Mapping[str, Any], *, expected: Versioned | None, create: bool
     ) -> tuple[int, int]:
         with self._lock:
             held = self.docs.get((kind, doc_id))

@@ -78,3 +78,31 @@ def test_scan_rejected_on_opensearch(services) -> None:
     assets.refresh()
     found = list(assets.scan_rejected(bucket, attributes=["rejected"]))
     assert [(a.key, a.rejected) for a in found] == [("up/removed.jpg", frozenset({"cars:suv"}))]
+
+
+@pytest.mark.slow
+def test_bulk_writes_on_opensearch_answer_each_asset_alone(services) -> None:
+    from smarttags.errors import ConflictError
+
+    assets = services.assets
+    bucket = services.settings.aws.bucket
+    first = assets.put(Asset(bucket, "up/a.jpg", etag="e1"))
+    found, missing = assets.get_many([first.asset.id, Asset(bucket, "up/none.jpg").id])
+    assert (found.asset.etag, found.seq_no, found.primary_term, missing) == (
+        "e1",
+        first.seq_no,
+        first.primary_term,
+        None,
+    )
+    changed = assets.put(Asset(bucket, "up/a.jpg", etag="e2"), expected=first)  # someone wrote in between
+    answers = assets.put_many(
+        [
+            (Asset(bucket, "up/a.jpg", etag="e3"), first),  # a stale version: conflicts
+            (Asset(bucket, "up/a.jpg", etag="e3"), None),  # created, but it exists: conflicts
+            (Asset(bucket, "up/b.jpg", etag="e1"), None),  # a new asset
+        ]
+    )
+    assert isinstance(answers[0], ConflictError) and isinstance(answers[1], ConflictError)
+    assert assets.get_many([changed.asset.id])[0].asset.etag == "e2"  # the conflicting writes changed nothing
+    (later,) = assets.put_many([(Asset(bucket, "up/b.jpg", etag="e2"), answers[2])])  # its version is usable
+    assert later.asset.etag == "e2" and later.seq_no > answers[2].seq_no

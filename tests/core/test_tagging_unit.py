@@ -425,3 +425,78 @@ def test_a_re_tag_of_unchanged_bytes_runs_only_the_heads(world: Any) -> None:
     store.put_bytes("up/a.png", b"blue square")  # changed bytes (their event not seen yet) are read
     tagger.handle(retag)
     assert (FakePicture.opened, PixelEmbedder.calls) == (1, 1)
+
+
+# --- a batch at once ---
+
+
+def test_a_batch_is_tagged_in_three_index_requests_and_one_embedder_call(world: Any) -> None:
+    tagger, assets, store, index = world
+    keys = [f"up/{i}.png" for i in range(10)]
+    for i, key in enumerate(keys):
+        store.put_bytes(key, b"red circle" if i % 2 else b"blue square")
+    PixelEmbedder.calls, index.round_trips = 0, 0
+    answers = tagger.handle_many([(created(key, "01"), f"message-{i}") for i, key in enumerate(keys)])
+    assert [a.status for a in answers] == ["tagged"] * 10  # type: ignore[union-attr]
+    assert [a.tags for a in answers][:2] == [(), ("shapes:red",)]  # type: ignore[union-attr]
+    assert (index.round_trips, PixelEmbedder.calls) == (3, 1)  # get_many, the claims, the writes
+    assert all(held(assets, key).tagging.claim is None for key in keys)
+    # Delivered again, the same events are duplicates: one request, no work.
+    index.round_trips = 0
+    again = tagger.handle_many([(created(key, "01"), f"message-{i + 10}") for i, key in enumerate(keys)])
+    assert {a.status for a in again} == {"duplicate"} and index.round_trips == 1  # type: ignore[union-attr]
+
+
+def test_each_event_of_a_batch_is_answered_alone(world: Any) -> None:
+    tagger, assets, store, index = world
+    for key in ("up/a.png", "up/b.png", "up/c.png"):
+        store.put_bytes(key, b"red circle")
+    tagger.handle(created("up/c.png", "01"))
+    moderation = Moderation(assets, index)
+    put_many = assets.put_many
+
+    def writes_after_a_moderator(writes: Any) -> Any:
+        if any(asset.status == TaggingStatus.TAGGED for asset, _ in writes):  # the batch's final writes
+            assets.put_many = put_many
+            moderation.promote(Asset(BUCKET, "up/a.png").id, "shapes:blue", user="mod")
+        return put_many(writes)
+
+    assets.put_many = writes_after_a_moderator
+    store.put_bytes("up/c.png", b"red circle, retouched")
+    answers = tagger.handle_many(
+        [
+            (created("up/a.png", "01"), "m1"),  # its write conflicts with the moderator: redone on top
+            (created("up/gone.png", "01"), "m2"),  # deleted before it was read
+            (created("up/b.png", "01"), "m3"),
+            (created("up/b.png", "02"), "m4"),  # the same key twice: one at a time, in order
+            (created("up/c.png", "01"), "m5"),  # older than what the index holds
+            (events.ObjectEvent(events.REMOVED, BUCKET, "up/c.png", sequencer="00"), "m6"),
+        ]
+    )
+    statuses = [a.status for a in answers]  # type: ignore[union-attr]
+    assert statuses == ["tagged", "gone", "tagged", "tagged", "duplicate", "stale"]
+    assert held(assets, "up/a.png").smart_ids == ("shapes:blue", "shapes:red")
+    assert held(assets, "up/b.png").sequencer == "02"
+
+
+def test_a_write_that_fails_in_a_batch_fails_that_event_alone(world: Any) -> None:
+    from smarttags.errors import ServiceUnavailable
+
+    tagger, assets, store, _ = world
+    store.put_bytes("up/a.png", b"red circle")
+    store.put_bytes("up/b.png", b"red circle")
+    put_many = assets.put_many
+
+    def second_write_refused(writes: Any) -> Any:
+        answers = put_many(writes)
+        if writes[0][0].status == TaggingStatus.TAGGED:
+            answers[1] = ServiceUnavailable("opensearch", "shard not available")
+        return answers
+
+    assets.put_many = second_write_refused
+    a, b = tagger.handle_many([(created("up/a.png", "01"), "m1"), (created("up/b.png", "01"), "m2")])
+    assert a.status == "tagged" and isinstance(b, ServiceUnavailable)  # type: ignore[union-attr]
+    assets.put_many = put_many
+    # The retried message takes over its own claim.
+    (b,) = tagger.handle_many([(created("up/b.png", "01"), "m2")])
+    assert b.status == "tagged"  # type: ignore[union-attr]

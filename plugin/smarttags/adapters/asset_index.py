@@ -17,7 +17,8 @@ from typing import Any
 from smarttags.core.asset import Asset, SmartTag, StoredEmbedding, Tagging, TaggingStatus, feature_name
 from smarttags.core.clock import now_iso
 from smarttags.core.folders import Folder
-from smarttags.core.ports import Index, StoredAsset, Versioned
+from smarttags.core.ports import Index, StoredAsset, Versioned, Write
+from smarttags.errors import ServiceError
 
 KIND = "assets"
 # An asset attribute -> the document fields it is written to (the rest are written under their own name).
@@ -161,6 +162,26 @@ class AssetIndex:
             KIND, asset.id, to_document(asset), expected=version, create=expected is None, refresh=refresh
         )
         return StoredAsset(asset, seq_no, primary_term)
+
+    def get_many(self, asset_ids: Sequence[str]) -> list[StoredAsset | None]:
+        """Several assets in one round trip, None where one does not exist."""
+        return [
+            StoredAsset(from_document(found.source), found.seq_no, found.primary_term) if found else None
+            for found in self._index.get_many(KIND, asset_ids)
+        ]
+
+    def put_many(self, writes: Sequence[tuple[Asset, StoredAsset | None]]) -> list[StoredAsset | ServiceError]:
+        """``put`` of several assets in one round trip; each answers alone (its stored self, or its error)."""
+        versions = [
+            Write(
+                asset.id, to_document(asset), Versioned(asset.id, {}, held.seq_no, held.primary_term) if held else None
+            )
+            for asset, held in writes
+        ]
+        return [
+            answer if isinstance(answer, ServiceError) else StoredAsset(asset, *answer)
+            for (asset, _), answer in zip(writes, self._index.put_many(KIND, versions), strict=True)
+        ]
 
     def delete(self, expected: StoredAsset) -> bool:
         version = Versioned(expected.asset.id, {}, expected.seq_no, expected.primary_term)

@@ -15,8 +15,8 @@ from opensearchpy.exceptions import NotFoundError, OpenSearchException, RequestE
 
 from smarttags import resources
 from smarttags.adapters.clients import translate_opensearch_error
-from smarttags.core.ports import Versioned
-from smarttags.errors import ServiceError
+from smarttags.core.ports import Versioned, Write
+from smarttags.errors import ConflictError, ServiceError
 from smarttags.resources import TEMPLATES
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,44 @@ class SearchIndex:
         except OpenSearchException as exc:
             raise translate_opensearch_error(exc) from exc
         return True
+
+    def get_many(self, kind: str, doc_ids: Sequence[str]) -> list[Versioned | None]:
+        """Several documents with their versions in one round trip, None where one does not exist."""
+        if not doc_ids:
+            return []
+        found = self._call("mget", index=self.name(kind), body={"ids": list(doc_ids)})
+        return [
+            Versioned(doc["_id"], doc["_source"], int(doc["_seq_no"]), int(doc["_primary_term"]))
+            if doc.get("found")
+            else None
+            for doc in found["docs"]
+        ]
+
+    def put_many(self, kind: str, writes: Sequence[Write]) -> list[tuple[int, int] | ServiceError]:
+        """Whole-document writes in one ``_bulk``, each conditional on its own ``expected`` version (or
+        created). Each item answers alone: its new version, or a ConflictError / ServiceError of its own;
+        a failure of the request itself raises."""
+        if not writes:
+            return []
+        body: list[Mapping[str, Any]] = []
+        for write in writes:
+            meta: dict[str, Any] = {"_index": self.name(kind), "_id": write.id}
+            if write.expected is not None:
+                meta.update(if_seq_no=write.expected.seq_no, if_primary_term=write.expected.primary_term)
+            body += [{"index" if write.expected is not None else "create": meta}, dict(write.source)]
+        response = self._call("bulk", body=body)
+        answers: list[tuple[int, int] | ServiceError] = []
+        for entry in response["items"]:
+            (item,) = entry.values()
+            if not item.get("error"):
+                answers.append((int(item["_seq_no"]), int(item["_primary_term"])))
+            elif item.get("status") == 409:
+                answers.append(ConflictError("opensearch", f"{item.get('_id')} changed since it was read"))
+            else:
+                error = item["error"]
+                reason = error.get("reason", error) if isinstance(error, Mapping) else error
+                answers.append(ServiceError("opensearch", f"write of {item.get('_id')} failed: {reason}"))
+        return answers
 
     def bulk(self, actions: Sequence[tuple[Mapping[str, Any], Mapping[str, Any] | None]]) -> None:
         """Send (action, source) pairs; raise BulkError listing every item that failed."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from smarttags.errors import ImageError
+from smarttags.errors import ImageError, ServiceError
 
 if TYPE_CHECKING:
     from smarttags.core.asset import Asset
@@ -42,6 +42,15 @@ class ObjectInfo:
     version_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Write:
+    """One whole-document write of a bulk: over ``expected`` (fails if it changed), or a new document."""
+
+    id: str
+    source: Mapping[str, Any]
+    expected: Versioned | None = None
+
+
 class Index(Protocol):
     """The OpenSearch indices of one deployment (``kind`` is assets, taxonomy, runs, folders, ...)."""
 
@@ -59,6 +68,8 @@ class Index(Protocol):
         refresh: bool | str = False,
     ) -> tuple[int, int]: ...
     def delete(self, kind: str, doc_id: str, *, expected: Versioned | None = None, refresh: bool = False) -> bool: ...
+    def get_many(self, kind: str, doc_ids: Sequence[str]) -> list[Versioned | None]: ...
+    def put_many(self, kind: str, writes: Sequence[Write]) -> list[tuple[int, int] | ServiceError]: ...
     def bulk(self, actions: Sequence[tuple[Mapping[str, Any], Mapping[str, Any] | None]]) -> None: ...
     def update_scripted(
         self,
@@ -104,6 +115,8 @@ class Assets(Protocol):
 
     def get(self, asset_id: str) -> StoredAsset | None: ...
     def put(self, asset: Asset, *, expected: StoredAsset | None = None, refresh: bool | str = False) -> StoredAsset: ...
+    def get_many(self, asset_ids: Sequence[str]) -> list[StoredAsset | None]: ...
+    def put_many(self, writes: Sequence[tuple[Asset, StoredAsset | None]]) -> list[StoredAsset | ServiceError]: ...
     def delete(self, expected: StoredAsset) -> bool: ...
     def scan(
         self, folder: Folder, *, attributes: Collection[str] | None = None, batch_size: int = 500

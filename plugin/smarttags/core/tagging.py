@@ -19,7 +19,8 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -66,6 +67,8 @@ WRITE_ATTEMPTS = 8
 CLAIM_SECONDS = 90
 # States whose facts and embedding were read from the bytes they name.
 _READ_BEFORE = frozenset({TaggingStatus.TAGGED, TaggingStatus.EMBEDDED})
+# S3 reads (and decodes) of one batch in flight at once.
+READ_THREADS = 8
 # A tally remembers this many counted deliveries: far more than come back within a visibility timeout.
 DELIVERIES_REMEMBERED = 10_000
 
@@ -286,13 +289,7 @@ class Tagger:
         stored = self._assets.get(_id(event)) if not is_internal(event.key) else None
         decision = decide(event, stored.asset if stored else None, active_model=self._active_for(stored, event))
         if decision.action == Action.DONE:
-            assert decision.result is not None
-            if decision.result.status == Handled.DUPLICATE and stored and stored.asset.tagging.done_by == owner:
-                # This very message wrote the state and its answer was lost (a cut connection): the
-                # outcome is its own and was never counted. It counts now (the tally skips a repeat).
-                done = stored.asset
-                return Result(event.key, done.status, done.tagging.reason, done.smart_ids)
-            return decision.result
+            return _done(decision, stored, owner)
         if decision.action == Action.REMOVE:
             try:
                 self._stores(event.bucket).head(event.key)
@@ -304,7 +301,7 @@ class Tagger:
         if isinstance(claimed, Result):
             return claimed
         try:
-            reading = self._read(event, claimed.asset)
+            reading = self._embedded([self._read(event, claimed.asset)])[0]
         except NotFound:
             self._release(claimed)
             return Result(event.key, Handled.GONE, "the object no longer exists")
@@ -318,6 +315,119 @@ class Tagger:
             return Result(event.key, Handled.STALE, f"index holds a later event ({stale})")
         return Result(event.key, asset.status, asset.tagging.reason, asset.smart_ids)
 
+    def handle_many(self, deliveries: Sequence[tuple[events.ObjectEvent, str]]) -> list[Result | Exception]:
+        """Handle a batch of (event, delivery) pairs with the guarantees of ``handle``, in a few round
+        trips for all: one multi-get, one bulk of claims, the S3 reads in parallel, one embedder call,
+        one bulk of writes. Each answer is its own: a result, or the error of that event alone (a
+        conflicting write is redone one at a time; deletes, our own files and a key named twice in the
+        batch go one at a time, in order)."""
+        answers: list[Result | Exception | None] = [None] * len(deliveries)
+        ids = [_id(event) for event, _ in deliveries]
+        seen = Counter(ids)
+        batched = [
+            i
+            for i, (event, _) in enumerate(deliveries)
+            if event.action != events.REMOVED and not is_internal(event.key) and seen[ids[i]] == 1
+        ]
+        alone = [i for i in range(len(deliveries)) if i not in set(batched)]
+        try:
+            claimed = self._claim_many(deliveries, batched, [ids[i] for i in batched], answers, alone)
+            self._tag_many(deliveries, claimed, answers)
+        except SmartTagsError as exc:  # a batch-wide request failed: each event not answered yet is retried
+            answers = [exc if answer is None and i not in alone else answer for i, answer in enumerate(answers)]
+        for i in sorted(alone):
+            event, owner = deliveries[i]
+            try:
+                answers[i] = self.handle(event, owner=owner)
+            except Exception as exc:  # the caller tells a service failure from a bug
+                answers[i] = exc
+        return [answer if answer is not None else RecordFailed("not handled") for answer in answers]
+
+    def _claim_many(
+        self,
+        deliveries: Sequence[tuple[events.ObjectEvent, str]],
+        batched: list[int],
+        ids: list[str],
+        answers: list[Result | Exception | None],
+        alone: list[int],
+    ) -> list[tuple[int, StoredAsset]]:
+        claims: list[tuple[int, Asset, StoredAsset | None]] = []
+        for i, stored in zip(batched, self._assets.get_many(ids), strict=True):
+            event, owner = deliveries[i]
+            decision = decide(event, stored.asset if stored else None, active_model=self._active_for(stored, event))
+            if decision.action == Action.DONE:
+                answers[i] = _done(decision, stored, owner)
+                continue
+            claim = _claim_of(event, stored.asset if stored else None, owner)
+            if isinstance(claim, Result):
+                answers[i] = claim
+            else:
+                claims.append((i, claim, stored))
+        claimed: list[tuple[int, StoredAsset]] = []
+        written = self._assets.put_many([(claim, stored) for _, claim, stored in claims])
+        for (i, _, _), answer in zip(claims, written, strict=True):
+            if isinstance(answer, ConflictError):
+                alone.append(i)  # someone wrote in between: this one goes the careful way
+            elif isinstance(answer, ServiceError):
+                answers[i] = answer
+            else:
+                claimed.append((i, answer))
+        return claimed
+
+    def _tag_many(
+        self,
+        deliveries: Sequence[tuple[events.ObjectEvent, str]],
+        claimed: list[tuple[int, StoredAsset]],
+        answers: list[Result | Exception | None],
+    ) -> None:
+        if not claimed:
+            return
+        read: list[tuple[int, StoredAsset, tuple[Reading, np.ndarray | None]]] = []
+        with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(claimed))) as pool:
+            futures = [(i, claim, pool.submit(self._read, deliveries[i][0], claim.asset)) for i, claim in claimed]
+        for i, claim, future in futures:
+            try:
+                read.append((i, claim, future.result()))
+            except NotFound:
+                self._release(claim)
+                answers[i] = Result(deliveries[i][0].key, Handled.GONE, "the object no longer exists")
+            except Exception as exc:  # answered for this event alone
+                self._release(claim)  # a retry of this event must not find it claimed by no one
+                answers[i] = exc
+        try:
+            readings = self._embedded([r for _, _, r in read])
+        except BaseException:
+            for _, claim, _ in read:
+                self._release(claim)
+            raise
+        model = self.active_model() if any(r.enabled and r.failure is None for r in readings) else None
+        max_tags = self._settings.tagging.max_tags_per_asset
+        writes: list[tuple[int, Asset, StoredAsset, Reading]] = []
+        for (i, claim, _), reading in zip(read, readings, strict=True):
+            event, owner = deliveries[i]
+            use = model if reading.enabled and reading.failure is None else None
+            try:
+                writes.append((i, _written(claim.asset, reading, use, max_tags, owner), claim, reading))
+            except Stale as stale:
+                answers[i] = Result(event.key, Handled.STALE, f"index holds a later event ({stale})")
+        written = self._assets.put_many([(asset, claim) for _, asset, claim, _ in writes])
+        for (i, asset, _, reading), answer in zip(writes, written, strict=True):
+            event, owner = deliveries[i]
+            if isinstance(answer, ConflictError):  # a moderator's edit: re-apply on top of it
+                try:
+                    use = model if reading.enabled and reading.failure is None else None
+                    asset = self._write(event, self._assets.get(_id(event)), reading, use, owner)
+                except Stale as stale:
+                    answers[i] = Result(event.key, Handled.STALE, f"index holds a later event ({stale})")
+                    continue
+                except SmartTagsError as exc:
+                    answers[i] = exc
+                    continue
+            elif isinstance(answer, ServiceError):
+                answers[i] = answer
+                continue
+            answers[i] = Result(event.key, asset.status, asset.tagging.reason, asset.smart_ids)
+
     def _active_for(self, stored: StoredAsset | None, event: events.ObjectEvent) -> str | None:
         """The active model's version, read only when a duplicate check needs it."""
         if stored and stored.asset.status == TaggingStatus.TAGGED and (event.sequencer or event.etag):
@@ -329,21 +439,15 @@ class Tagger:
         """Mark the asset as being handled for this event (one conditional write), so that concurrent
         deliveries of the same event do the work once. Returns the claimed asset, or the result for a
         copy that lost: another delivery holds the claim, or finished the work meanwhile."""
-        event_id = "|".join(str(part or "") for part in (event.sequencer, event.version_id, event.run_id, event.etag))
         for attempt in range(WRITE_ATTEMPTS):
             held = stored.asset if stored else None
             if attempt:  # someone wrote in between: what does the event mean now?
                 decision = decide(event, held, active_model=self._active_for(stored, event))
                 if decision.action == Action.DONE and decision.result is not None:
                     return decision.result
-            now = datetime.now(UTC)
-            if held and held.tagging.claim:
-                claim_event, _, claim_owner = held.tagging.claim.rpartition("@")
-                until = parse_iso(held.tagging.claim_until)
-                if claim_event == event_id and claim_owner != owner and until is not None and until > now:
-                    return Result(event.key, Handled.DUPLICATE, "another delivery of this event is handling it")
-            base = held or Asset(event.bucket, event.key, created=now_iso())
-            claim = base.claimed(f"{event_id}@{owner}", (now + timedelta(seconds=CLAIM_SECONDS)).isoformat())
+            claim = _claim_of(event, held, owner)
+            if isinstance(claim, Result):
+                return claim
             try:
                 return self._assets.put(claim, expected=stored)
             except ConflictError:
@@ -358,9 +462,10 @@ class Tagger:
         except SmartTagsError as exc:
             log.debug("claim on %s left to expire: %s", claimed.asset.key, exc)
 
-    def _read(self, event: events.ObjectEvent, held: Asset | None) -> Reading:
+    def _read(self, event: events.ObjectEvent, held: Asset | None) -> tuple[Reading, np.ndarray | None]:
         """Everything the decision needs from outside: the bytes (opened once), the folder flag, the
-        embedding (the stored one while bytes and backbone are unchanged)."""
+        embedding (the stored one while bytes and backbone are unchanged). Returns the reading and, when
+        it needs a new embedding, the pixels to embed (``_embedded`` embeds a batch of them at once)."""
         store = self._stores(event.bucket)
         enabled = self._settings.tagging.ignore_smart_tag_flag or self._folders.is_enabled(event.bucket, event.key)
         if event.action == events.TAG and enabled and held and held.embedding and held.status in _READ_BEFORE:
@@ -368,11 +473,11 @@ class Tagger:
             # heads run again. One HEAD proves the bytes are the same; no image read, no inference.
             info = store.head(event.key)
             if held.embedding.fits(info.etag, self.embedder.backbone_id):
-                return Reading(info=info, sequencer=event.sequencer, enabled=enabled, embedding=held.embedding)
+                return Reading(info=info, sequencer=event.sequencer, enabled=enabled, embedding=held.embedding), None
         try:
             data, info = store.get_bytes(event.key, max_bytes=self._settings.backbone.max_object_bytes)
         except ImageTooLarge as exc:  # refused before download, recorded like any other refusal
-            return Reading(info=store.head(event.key), sequencer=event.sequencer, enabled=enabled, failure=exc)
+            return Reading(info=store.head(event.key), sequencer=event.sequencer, enabled=enabled, failure=exc), None
         reading = Reading(info=info, sequencer=event.sequencer, enabled=enabled)
         try:
             embedder = self.embedder if enabled else None
@@ -384,14 +489,30 @@ class Tagger:
             reading = replace(reading, facts=facts, own_tags=own)
             if embedder:
                 if held and held.embedding and held.embedding.fits(info.etag, embedder.backbone_id):
-                    embedding = held.embedding
-                else:
-                    vector = embedder.embed_arrays([picture.pixels(embedder.input_size)])[0]
-                    embedding = StoredEmbedding(tuple(float(v) for v in vector), embedder.backbone_id, info.etag)
-                reading = replace(reading, embedding=embedding)
+                    return replace(reading, embedding=held.embedding), None
+                return reading, picture.pixels(embedder.input_size)
         except ImageError as exc:
             reading = replace(reading, failure=exc)
-        return reading
+        return reading, None
+
+    def _embedded(self, read: Sequence[tuple[Reading, np.ndarray | None]]) -> list[Reading]:
+        """The readings with their new embeddings, from one embedder call for all of them."""
+        waiting = [pixels for _, pixels in read if pixels is not None]
+        if not waiting:
+            return [reading for reading, _ in read]
+        embedder = self.embedder
+        vectors = iter(embedder.embed_arrays(waiting))
+        return [
+            reading
+            if pixels is None
+            else replace(
+                reading,
+                embedding=StoredEmbedding(
+                    tuple(float(v) for v in next(vectors)), embedder.backbone_id, reading.info.etag
+                ),
+            )
+            for reading, pixels in read
+        ]
 
     def _write(
         self, event: events.ObjectEvent, stored: StoredAsset | None, reading: Reading, model: Model | None, owner: str
@@ -399,8 +520,7 @@ class Tagger:
         max_tags = self._settings.tagging.max_tags_per_asset
         for _ in range(WRITE_ATTEMPTS):
             base = stored.asset if stored else Asset(event.bucket, event.key, created=now_iso())
-            asset = apply_reading(base, reading, model, max_tags=max_tags).touched()
-            asset = replace(asset, tagging=replace(asset.tagging, done_by=owner))
+            asset = _written(base, reading, model, max_tags, owner)
             try:
                 self._assets.put(asset, expected=stored)
                 return asset
@@ -425,6 +545,36 @@ class Tagger:
 
 def _id(event: events.ObjectEvent) -> str:
     return Asset(event.bucket, event.key).id
+
+
+def _done(decision: Decision, stored: StoredAsset | None, owner: str) -> Result:
+    assert decision.result is not None
+    if decision.result.status == Handled.DUPLICATE and stored and stored.asset.tagging.done_by == owner:
+        # This very message wrote the state and its answer was lost (a cut connection): the outcome
+        # is its own and was never counted. It counts now (the tally skips a delivery it counted).
+        done = stored.asset
+        return Result(done.key, done.status, done.tagging.reason, done.smart_ids)
+    return decision.result
+
+
+def _claim_of(event: events.ObjectEvent, held: Asset | None, owner: str) -> Asset | Result:
+    """The asset claimed for this event by ``owner``, or the result when another delivery of the same
+    event holds a fresh claim."""
+    event_id = "|".join(str(part or "") for part in (event.sequencer, event.version_id, event.run_id, event.etag))
+    now = datetime.now(UTC)
+    if held and held.tagging.claim:
+        claim_event, _, claim_owner = held.tagging.claim.rpartition("@")
+        until = parse_iso(held.tagging.claim_until)
+        if claim_event == event_id and claim_owner != owner and until is not None and until > now:
+            return Result(event.key, Handled.DUPLICATE, "another delivery of this event is handling it")
+    base = held or Asset(event.bucket, event.key, created=now_iso())
+    return base.claimed(f"{event_id}@{owner}", (now + timedelta(seconds=CLAIM_SECONDS)).isoformat())
+
+
+def _written(base: Asset, reading: Reading, model: Model | None, max_tags: int, owner: str) -> Asset:
+    """What the tagger writes: the reading applied, stamped with the delivery that wrote it."""
+    asset = apply_reading(base, reading, model, max_tags=max_tags).touched()
+    return replace(asset, tagging=replace(asset.tagging, done_by=owner))
 
 
 class RunTally:
@@ -502,6 +652,11 @@ def handle_logged(
     except SmartTagsError as exc:
         log.warning("s3://%s/%s will be retried (receive %d): %s", event.bucket, event.key, receive_count, exc)
         raise
+    return record(event, result, tally, owner=owner)
+
+
+def record(event: events.ObjectEvent, result: Result, tally: RunTally, *, owner: str | None = None) -> Result:
+    """Log and count an event's final result."""
     log.info("s3://%s/%s: %s%s", event.bucket, event.key, result.status, f" ({result.reason})" if result.reason else "")
     tally.add(event, result.status, result.reason, delivery=owner)
     return result

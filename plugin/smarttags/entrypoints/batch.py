@@ -1,6 +1,7 @@
-"""A batch of queue messages through the tagger, one event at a time, with partial-batch failures: the
-one batch loop of the Lambda handler and the local worker (the powertools style — the core sees single
-events; only this module knows messages, receive counts and which of them to retry).
+"""A batch of queue messages through the tagger, with partial-batch failures: the one batch loop of the
+Lambda handler and the local worker (the powertools style — the core sees events and deliveries; only
+this module knows messages, receive counts and which of them to retry). The one-record messages of a
+batch go through ``Tagger.handle_many`` together, each answered alone.
 
 A message fails in two ways. *Unreadable* (not JSON, not an S3 event): it is retried like any failure
 and after ``aws.max_receive_count`` receives SQS moves it to the dead-letter queue, where an operator
@@ -20,7 +21,7 @@ from typing import Any
 
 from smarttags.core import events
 from smarttags.core.runs import RunLog
-from smarttags.core.tagging import RecordFailed, RunTally, Tagger, handle_logged
+from smarttags.core.tagging import RecordFailed, Result, RunTally, Tagger, handle_logged, record
 from smarttags.errors import ServiceError, SmartTagsError
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,16 @@ def handle_messages(
     (one per worker thread, one per Lambda container) carries counts a failed flush kept to the next."""
     failed: list[Failure] = []
     tally = tally if tally is not None else RunTally()
+    messages = list(messages)
+    # The usual message (one S3 record) goes with the others in one batch through the tagger.
+    single = [m for m in messages if not m.error and len(m.events) == 1 and m.message_id is not None]
     try:
-        for message in messages:
+        answers = tagger.handle_many([(m.events[0], str(m.message_id)) for m in single])
+        for message, answer in zip(single, answers, strict=True):
+            failure = _answered(message, answer, tally)
+            if failure is not None:
+                failed.append(Failure(str(message.message_id), failure[0], failure[1], message.receive_count))
+        for message in (m for m in messages if not any(m is s for s in single)):
             failure = _handle_message(tagger, message, tally)
             if failure is not None:
                 reason, transient = failure
@@ -63,6 +72,21 @@ def handle_messages(
     finally:
         tally.flush(runs)
     return failed
+
+
+def _answered(message: events.Message, answer: Result | Exception, tally: RunTally) -> tuple[str, bool] | None:
+    """Log and count one batched event's answer; a failure as (reason, transient)."""
+    event = message.events[0]
+    if isinstance(answer, Result):
+        record(event, answer, tally, owner=message.message_id)
+        return None
+    if isinstance(answer, SmartTagsError):
+        log.warning(
+            "s3://%s/%s will be retried (receive %d): %s", event.bucket, event.key, message.receive_count, answer
+        )
+        return str(answer), True
+    log.error("s3://%s/%s: unexpected error", event.bucket, event.key, exc_info=answer)
+    return f"unexpected error: {type(answer).__name__}: {answer}", False
 
 
 def _handle_message(tagger: Tagger, message: events.Message, tally: RunTally) -> tuple[str, bool] | None:
