@@ -253,6 +253,29 @@ def test_svg_use_cycles_are_refused_before_drawing():
     assert "cycle" in err.value.reason
 
 
+def test_svg_is_sniffed_past_a_long_prolog_within_a_bounded_scan():
+    body = images.svg("red")
+    doctype = b'<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN" "http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">'
+    comment = b"<!-- " + b"Generator: a design tool that writes a long licence > here. " * 300 + b"-->"  # 18 KB
+    subset = b'<!DOCTYPE svg [<!ENTITY ns_svg "http://www.w3.org/2000/svg"> <!-- ] > -->]>'
+    for prolog in (
+        comment,  # no XML declaration at all
+        b'\xef\xbb\xbf<?xml version="1.0" encoding="UTF-8"?>\n' + comment + b"\n" + doctype + b"\n",
+        b"<?xml-stylesheet href='#s'?>" + subset + b"\n" + comment,
+    ):
+        data = prolog + body
+        assert len(prolog) > 1024 and imaging.sniff(data) == "image/svg+xml"
+        assert close(prepare(data)[32, 32], RED)
+    assert imaging.sniff(b"<svg:svg xmlns:svg='http://www.w3.org/2000/svg'/>") == "image/svg+xml"
+    # The scan is bounded: a root past the first 64 KiB is not looked for (the file is not parsed to find it).
+    far = b"<!-- " + b"x" * imaging.SVG_SCAN + b" -->" + body
+    assert imaging.sniff(far) is None
+    assert imaging.sniff(b"<!-- just a comment -->" + b"<html><body/></html>") is None
+    assert imaging.sniff(b"<svgfoo/>") is None
+    hostile = b"<!DOCTYPE svg [" + b"<!-- --> '' " * 5000 + b"<html/>"  # no match: no backtracking blow-up
+    assert imaging.sniff(hostile) is None
+
+
 def test_not_an_svg_and_broken_xml_are_corrupt():
     with pytest.raises(CorruptImage) as err:
         prepare(b'<?xml version="1.0"?><html><svg xmlns="http://www.w3.org/2000/svg"/></html>')

@@ -186,10 +186,26 @@ def sniff(data: bytes) -> str | None:
     for prefix, content_type in _PREFIXES:
         if head.startswith(prefix):
             return content_type
-    text = data[:1024].lstrip().lower()
-    if text.startswith((b"<svg", b"<?xml")) and b"<svg" in text:
+    if _SVG_ROOT.match(data, 0, SVG_SCAN):
         return "image/svg+xml"
+    window = data[:SVG_SCAN].lstrip(b"\xef\xbb\xbf \t\r\n")
+    if window[:5].lower() == b"<?xml" and b"<svg" in window.lower():
+        return "image/svg+xml"  # an SVG inside other XML: the decoder says what its root is instead
     return None
+
+
+SVG_SCAN = 64 << 10  # an SVG's root element must start within this many bytes
+# An optional BOM, then whitespace, the XML declaration and processing instructions, comments and a
+# DOCTYPE (its internal subset skipped with its comments and quoted strings), then the root element:
+# <svg or <x:svg.
+# Atomic groups and possessive loops: a match that fails never backtracks into what it skipped.
+_SVG_ROOT = re.compile(
+    rb"(?:\xef\xbb\xbf)?(?>\s|<\?.*?\?>|<!--.*?-->"
+    rb"|<!DOCTYPE(?>[^\[>\"']|\"[^\"]*\"|'[^']*')*+"
+    rb"(?:\[(?>(?><!--.*?-->)|<(?!!--)|[^\]\"'<]|\"[^\"]*\"|'[^']*')*+\]\s*)?>)*+"
+    rb"<(?:[A-Za-z_][\w.-]*:)?svg[\s/>]",
+    re.DOTALL | re.IGNORECASE,
+)
 
 
 def _refused(content_type: str | None) -> bool:
