@@ -127,6 +127,21 @@ def test_pdf_garbage_and_empty_documents_are_corrupt():
         prepare(images.pdf(pages=0))
 
 
+def test_pdf_page_too_complex_to_draw_in_time_is_refused_and_the_renderer_recovers():
+    from smarttags.adapters.formats import pdf
+
+    small = images.pdf_form_bomb(levels=2)  # 100 rectangles: drawn like any page
+    assert close(np.asarray(pdf.decode(small, pdf.CONTENT_TYPE, 64, MAX).convert("RGB"))[32, 32], RED)
+    bomb = images.pdf_form_bomb(levels=7)  # 4 KB, 10 million rectangles: PDFium alone would never return
+    assert len(bomb) < 5000
+    with pytest.raises(ImageTooLarge) as err:
+        pdf.decode(bomb, pdf.CONTENT_TYPE, 64, MAX, seconds=1.0)
+    assert err.value.reason == "too_large: page 1 is not drawn within 1 s (too complex)"
+    assert err.value.content_type == "application/pdf"
+    # The stuck child was killed; the next PDF gets a fresh one.
+    assert close(prepare(images.pdf((0, 0, 1)))[32, 32], BLUE)
+
+
 def test_pdf_mutations_never_crash():
     assert_fuzz_safe(images.pdf())
 
