@@ -170,6 +170,28 @@ def test_unreadable_inputs_are_one_line(services, config, capsys, tmp_path):
         assert err.strip().splitlines() == [f"smarttags: cannot read {what}: No such file or directory"]
 
 
+def test_a_taxonomy_file_with_a_problem_is_refused_whole(services, config, capsys, tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("tags:\n  - id: v:cars\n  - id: v:car/sedan\n  - id: v:bikes/city\n")
+    assert cli.main(["--config", str(config), "taxonomy", "import", str(path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"smarttags: {path}: 1 problem(s), nothing imported",
+        f"{path} line 3: parent 'v:car' of 'v:car/sedan' is not in the taxonomy (closest: v:cars): "
+        "fix the id, or add the parent",
+    ]
+    assert services.index.count("taxonomy") == 0
+    # Fixed, it imports; the parent may come from an earlier import, a grouping level is named.
+    path.write_text("tags:\n  - id: v:cars\n")
+    assert _run(capsys, "--config", str(config), "taxonomy", "import", str(path))[0] == 0
+    path.write_text("tags:\n  - id: v:cars/sedan\n  - id: v:bikes/city\n")
+    code, out = _run(capsys, "--config", str(config), "taxonomy", "import", str(path))
+    assert code == 0 and out.splitlines() == [
+        f"{path} line 3: 'v:bikes/city' has no parent tag 'v:bikes' (a grouping level only)",
+        f"imported 2 tags from {path}",
+    ]
+    assert services.index.count("taxonomy") == 3
+
+
 def test_training_a_folder_that_does_not_exist_says_so(services, sample_dir, config, capsys):
     cli.main(["--config", str(config), "taxonomy", "import", str(sample_dir / "taxonomy.json")])
     capsys.readouterr()
