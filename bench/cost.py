@@ -30,6 +30,7 @@ import time
 import uuid
 from pathlib import Path
 from types import ModuleType
+from urllib.parse import unquote_plus
 from typing import Any
 
 import numpy as np
@@ -185,7 +186,9 @@ def main() -> int:
 
     def records(body: str, prefix: str) -> int:
         """The S3 records of a message under the prefix (moto's s3:TestEvent has none)."""
-        return sum(r["s3"]["object"]["key"].startswith(prefix) for r in json.loads(body).get("Records", []))
+        return sum(
+            unquote_plus(r["s3"]["object"]["key"]).startswith(prefix) for r in json.loads(body).get("Records", [])
+        )
 
     def drain(batch: int, prefix: str, count: int) -> tuple[float, float, int]:
         """Receive and hand batches to the handler until ``count`` records under the prefix were handled:
