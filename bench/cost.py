@@ -30,8 +30,8 @@ import time
 import uuid
 from pathlib import Path
 from types import ModuleType
-from urllib.parse import unquote_plus
 from typing import Any
+from urllib.parse import unquote_plus
 
 import numpy as np
 from PIL import Image

@@ -47,7 +47,8 @@ def main() -> int:
     x, y = synthetic(args.assets, args.tags, args.dim)
     made = time.perf_counter() - started
     print(
-        f"{args.assets} embeddings x {args.dim} dims, {args.tags} tags: made in {made:.1f} s, RSS {peak_rss_mib():.0f} MiB"
+        f"{args.assets} embeddings x {args.dim} dims, {args.tags} tags: made in {made:.1f} s"
+        f", RSS {peak_rss_mib():.0f} MiB"
     )
     tags = [f"bench:t{i}" for i in range(args.tags)]
     with threadpool_limits(limits=args.threads):

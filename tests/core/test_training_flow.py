@@ -285,7 +285,7 @@ def test_training_reads_its_assets_page_by_page_with_a_progress_bar(services, sa
     assert cli.main(["--config", str(config), "train", "--folder", f"s3://{bucket}/train/"]) == 0
     err = capsys.readouterr().err
     assert re.search(rf"read: {sum(COUNTS.values())}img", err), err
-    code, out = _run(capsys, "--config", str(config), "report", "--json")
+    _, out = _run(capsys, "--config", str(config), "report", "--json")
     assert json.loads(out)["images_used"] == sum(COUNTS.values())
     pits = services.index.client.transport.perform_request("GET", "/_search/point_in_time/_all")["pits"]
     prefix = services.settings.opensearch.index_prefix.encode()
