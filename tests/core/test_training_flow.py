@@ -3,6 +3,7 @@ model versions, tampering, guideline refusals."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -294,3 +295,20 @@ def test_nothing_trainable_exits_1_with_one_line_and_a_row_per_tag(services, sam
     rows = {row["tag"]: row for row in json.loads(captured.out)["rows"]}
     assert len(rows) == 9 and all(row["status"] == report.NOT_TRAINED for row in rows.values())
     assert rows["clipart:music"]["images"] == 3
+
+
+def test_training_reads_its_assets_page_by_page_with_a_progress_bar(services, sample_dir, config, capsys):
+    """More assets than one page: every one is read (pages of 7 through one point in time, closed after),
+    and the CLI shows the read count on its progress bar."""
+    config.write_text(config.read_text().replace("[training]\n", "[training]\nread_page_size = 7\n"))
+    assert _run(capsys, "--config", str(config), "taxonomy", "import", str(sample_dir / "taxonomy.json"))[0] == 0
+    _upload_training(services, sample_dir)
+    bucket = services.settings.aws.bucket
+    assert cli.main(["--config", str(config), "train", "--folder", f"s3://{bucket}/train/"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(rf"read: {sum(COUNTS.values())}img", err), err
+    _, out = _run(capsys, "--config", str(config), "report", "--json")
+    assert json.loads(out)["images_used"] == sum(COUNTS.values())
+    pits = services.index.client.transport.perform_request("GET", "/_search/point_in_time/_all")["pits"]
+    prefix = services.settings.opensearch.index_prefix.encode()
+    assert not [p for p in pits if prefix in base64.urlsafe_b64decode(p["pit_id"] + "=" * (-len(p["pit_id"]) % 4))]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -157,7 +157,8 @@ class Trainer:
             notes.extend(p for p in synced.problems if p not in notes)
             unmatched = {k: m for k, m in synced.unmatched.items() if unmatched is None or k in unmatched}
             notes.extend(f"unreadable: {key} ({reason})" for key, reason in synced.failed)
-            held.extend(self._assets.scan(folder, attributes=ATTRIBUTES, batch_size=200))
+            page = settings.read_page_size
+            held.extend(_read(self._assets.scan(folder, attributes=ATTRIBUTES, batch_size=page), progress))
         held = list({a.id: a for a in held}.values())  # nested folders hold some assets twice
         notes.extend((unmatched or {}).values())
         examples: list[tuple[Asset, Example]] = []
@@ -177,7 +178,8 @@ class Trainer:
         inside = {a.id for a in held}
         elsewhere = 0
         for bucket in sorted({f.bucket for f in folders}):
-            for asset in self._assets.scan_rejected(bucket, attributes=ATTRIBUTES, batch_size=200):
+            rejected = self._assets.scan_rejected(bucket, attributes=ATTRIBUTES, batch_size=settings.read_page_size)
+            for asset in _read(rejected, progress):
                 removed = frozenset(t for t in asset.rejected if t in taxonomy) - set(asset.tags)
                 if asset.id in inside or not removed:
                     continue
@@ -401,6 +403,14 @@ class Trainer:
                 progress("embed", 1, len(todo))
         self._assets.merge(embedded, ["embedding"], create=False)
         return vectors, len(todo) - len(failed), failed
+
+
+def _read(assets: Iterable[Asset], progress: Callable[[str, int, int | None], None] | None) -> Iterator[Asset]:
+    """The assets of a scan (a point in time read page by page), counted on the ``read`` progress bar."""
+    for asset in assets:
+        if progress:
+            progress("read", 1, None)
+        yield asset
 
 
 def duplicate_groups(keys: Sequence[str], pairs: Sequence[tuple[int, int]]) -> list[str]:
