@@ -6,6 +6,7 @@ import html
 import re
 
 import pytest
+from smarttags.core.asset import Asset
 from smarttags.core.users import UserStore, hash_password, verify_password
 from smarttags.entrypoints.admin import create_app
 from smarttags.entrypoints.admin.views import highlight
@@ -497,6 +498,19 @@ def test_runs_page_and_the_fifteen_asset_limit(as_role, seeded):
     # The search grid's checkboxes send asset ids: each stands for its key.
     response = client.post("/runs/tag", data={"asset": [seeded.cat_id] * 2, "keys": keys}, follow_redirects=True)
     assert "17 assets asked for" in response.get_data(as_text=True)
+
+
+def test_tag_now_names_why_a_missing_key_was_skipped(as_role, services, seeded):
+    bucket = services.settings.aws.bucket
+    response = as_role("admin").post("/runs/tag", data={"keys": "photos/nope.jpg"}, follow_redirects=True)
+    page = response.get_data(as_text=True)
+    reason = f"no such object: s3://{bucket}/photos/nope.jpg"
+    assert '<p class="flash warn">' in page and reason in page  # not a bare green "succeeded"
+    run = services.runs.list(kind="tag", size=1)[0]
+    assert run.counts["skipped"] == 1 and run.counts["processed"] == 1 and not run.errors
+    assert run.skips == [{"key": "photos/nope.jpg", "reason": reason}]
+    assert page.count(reason) == 2  # the flash and the run's row on the runs page
+    assert services.assets.get(Asset(bucket, "photos/nope.jpg").id) is None  # no phantom asset left behind
 
 
 def test_dead_letters_list_with_reasons_and_redrive(as_role, services, seeded):

@@ -51,11 +51,18 @@ class Run:
     errors: list[dict[str, str]] = field(default_factory=list)
     report: dict[str, Any] | None = None
     folders: list[str] = field(default_factory=list)
+    # Why named assets were skipped (an on-demand run: a key with no object): the operator asked for them.
+    skips: list[dict[str, str]] = field(default_factory=list)
 
     def error(self, key: str, reason: str) -> None:
         self.counts["failed"] += 1
         if len(self.errors) < MAX_ERRORS_KEPT:
             self.errors.append({"key": key, "reason": reason})
+
+    def skip(self, key: str, reason: str) -> None:
+        self.counts["skipped"] += 1
+        if len(self.skips) < MAX_ERRORS_KEPT:
+            self.skips.append({"key": key, "reason": reason})
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +77,7 @@ class Run:
             "model_version": self.model_version,
             "counts": {name: int(self.counts.get(name, 0)) for name in COUNTS},
             "errors": self.errors,
+            "skips": self.skips,
             "report": self.report,
         }
 
@@ -87,6 +95,7 @@ class Run:
             model_version=data.get("model_version"),
             counts=Counter(data.get("counts") or {}),
             errors=list(data.get("errors") or []),
+            skips=list(data.get("skips") or []),
             report=data.get("report"),
         )
 

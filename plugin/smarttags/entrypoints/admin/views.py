@@ -498,10 +498,12 @@ def runs_tag() -> ResponseReturnValue:
         run = ctx().services.tag_now(keys, user=_user_name())
     except RequestError as exc:
         return _runs_page(error=str(exc), keys="\n".join(keys), code=400)
+    why = "; ".join(f"{e['key']}: {e['reason']}" for e in [*run.errors, *run.skips][:5])
     flash(
         f"Run {run.run_id}: {run.counts.get('tagged', 0)} tagged, {run.counts.get('skipped', 0)} skipped, "
-        f"{run.counts.get('unsupported', 0)} unsupported, {run.counts.get('failed', 0)} failed.",
-        "ok" if not run.errors else "error",
+        f"{run.counts.get('unsupported', 0)} unsupported, {run.counts.get('failed', 0)} failed."
+        + (f" {why}" if why else ""),
+        "error" if run.errors else "warn" if run.skips else "ok",
     )
     return redirect(url_for("admin.runs"))
 
