@@ -162,6 +162,16 @@ def test_training_one_folder_keeps_the_other_tags_heads(world: World) -> None:
     assert rows["plants:tree"].status == NOT_TRAINED and "no picture" in rows["plants:tree"].advice[0]
     run = world.runs.get(second.run_id)
     assert run is not None and run.report is not None and run.report["carried_over"] == second.carried_over
+    # The run's counts say what it did (the runs page shows them), not 0/0/0.
+    assert run.to_json()["counts"] == {
+        "read": 16,
+        "used": 16,
+        "embedded": 16,
+        "retrained": 2,
+        "carried_over": 3,
+        "not_trained": 1,
+        "failed": 0,
+    }
 
     # A third run carries the heads over again, still naming the model they were trained in.
     third = world.trainer().train([Folder(BUCKET, "b/")], trigger="on_demand")

@@ -485,10 +485,15 @@ def test_models_side_by_side_activate_and_rollback(as_role, services, seeded):
     assert services.models.active_version() == new
 
 
-def test_runs_page_and_the_fifteen_asset_limit(as_role, seeded):
+def test_runs_page_and_the_fifteen_asset_limit(as_role, services, seeded):
+    run = services.runs.get(seeded.run_id)
+    run.counts.update(read=60, used=54, embedded=7, retrained=1, carried_over=1, not_trained=1)
+    services.runs.save(run)
     client = as_role("admin")
     page = client.get("/runs").get_data(as_text=True)
     assert seeded.run_id in page
+    text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+    assert "60 assets read, 54 used (7 embedded now); 1 tags trained, 1 carried over, 1 not trained" in text
     keys = "\n".join(f"photos/{i}.jpg" for i in range(16))
     response = client.post("/runs/tag", data={"keys": keys})
     assert response.status_code == 400

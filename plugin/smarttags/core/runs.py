@@ -21,6 +21,9 @@ SCHEDULE = "schedule"
 ON_DEMAND = "on-demand"
 UPLOAD = "upload"
 COUNTS = ("selected", "processed", "tagged", "skipped", "unsupported", "failed", "embedded")
+# A training run counts assets read (from the folders, and removals elsewhere), used (embedded pictures)
+# and embedded now, and the tags retrained, carried over from the active model and not trained.
+TRAIN_COUNTS = ("read", "used", "embedded", "retrained", "carried_over", "not_trained", "failed")
 
 
 class RunStatus(StrEnum):
@@ -64,6 +67,10 @@ class Run:
         if len(self.skips) < MAX_ERRORS_KEPT:
             self.skips.append({"key": key, "reason": reason})
 
+    @property
+    def count_names(self) -> tuple[str, ...]:
+        return TRAIN_COUNTS if self.kind == TRAIN else COUNTS
+
     def to_json(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
@@ -75,7 +82,7 @@ class Run:
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "model_version": self.model_version,
-            "counts": {name: int(self.counts.get(name, 0)) for name in COUNTS},
+            "counts": {name: int(self.counts.get(name, 0)) for name in self.count_names},
             "errors": self.errors,
             "skips": self.skips,
             "report": self.report,

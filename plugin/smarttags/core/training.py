@@ -119,6 +119,12 @@ class Trainer:
             run.error(label, str(exc))
             self._runs.finish(run, RunStatus.FAILED)
             raise
+        run.counts.update(
+            used=report.images_used,
+            retrained=len(report.retrained),
+            carried_over=len(report.carried_over),
+            not_trained=report.counts()[NOT_TRAINED],
+        )
         run.model_version = report.model_version
         run.report = report.to_json()
         self._runs.finish(run, RunStatus.SUCCEEDED if report.model_version else RunStatus.NO_MODEL)
@@ -188,6 +194,7 @@ class Trainer:
         embedder = self._embedder_factory()
         vectors, embedded, failed = self._embeddings(examples, embedder, progress)
         counts["embedded"] = embedded
+        counts["read"] = len(held) + elsewhere
         notes.extend(f"unreadable: {key} ({reason})" for key, reason in failed)
         # In an order of what the pictures are (their bytes), not of how the index returned them.
         usable = sorted(((s, e) for s, e in examples if e.asset_id in vectors), key=lambda p: (p[0].etag, p[1].key))
