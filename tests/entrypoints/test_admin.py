@@ -384,6 +384,15 @@ def test_search_facets_count_filter_and_escape(as_role, seeded):
     month = _facet_links(page, "months")
     assert month and "asset" in client.get(next(iter(month.values()))).get_data(as_text=True)
     assert "month must be YYYY-MM" in client.get("/search?month=2026-13").get_data(as_text=True)
+    # The confidence filter: Beach is at 0.71 on the cat, so at least 0.8 of Beach finds nothing.
+    strict = _facet_links(page, "confidence")
+    assert list(strict) == ["at least 0.5", "at least 0.6", "at least 0.7", "at least 0.8", "at least 0.9"]
+    high = client.get(strict["at least 0.9"]).get_data(as_text=True)
+    assert "2 assets" in high and "photos/cat.jpg" in high and "other/xss.jpg" in high  # Cat 0.93, XSS 0.9
+    beach = _facet_links(narrowed, "confidence")
+    assert "1 asset" in client.get(beach["at least 0.7"]).get_data(as_text=True)
+    assert "0 assets" in client.get(beach["at least 0.8"]).get_data(as_text=True)
+    assert "confidence must be one of" in client.get("/search?confidence=2").get_data(as_text=True)
 
 
 def test_bulk_moderation_of_selected_assets_and_of_all_results(as_role, services, seeded):

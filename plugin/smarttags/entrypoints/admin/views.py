@@ -23,7 +23,7 @@ from smarttags.core.asset import Asset
 from smarttags.core.folders import Folder
 from smarttags.core.moderation import MAX_BULK, PROMOTE, REMOVE
 from smarttags.core.runs import ON_DEMAND, TRAIN
-from smarttags.core.search import SearchRequest
+from smarttags.core.search import CONFIDENCE_STEPS, SearchRequest
 from smarttags.core.users import ADMIN, MODERATOR, ROLES, VIEWER
 from smarttags.entrypoints import dead_letters, overview
 from smarttags.entrypoints import health as status
@@ -226,6 +226,14 @@ def facet_url(name: str, value: str) -> str:
     return _search_url({k: v for k, v in args.items() if v})
 
 
+def confidence_url(step: str) -> str:
+    """This search keeping only smart tags at ``step`` or above, or without that filter if it was chosen."""
+    args = request.args.to_dict(flat=False)
+    args.pop("page", None)
+    args["confidence"] = [] if args.get("confidence") == [step] else [step]
+    return _search_url({k: v for k, v in args.items() if v})
+
+
 def _search_url(args: dict[str, list[str]]) -> str:
     query: dict[str, Any] = dict(args)  # url_for repeats a list's values: ?tag=a&tag=b
     return url_for("admin.search", **query)
@@ -247,6 +255,7 @@ def _search_request(args: MultiDict[str, str], *, page: int, size: int) -> Searc
         keywords=args.getlist("keyword"),
         formats=args.getlist("format"),
         statuses=args.getlist("status"),
+        min_confidence=args.get("confidence") or None,
         modified_from=months[0] if months else None,
         modified_to=months[1] if months else None,
         facets=True,
@@ -285,6 +294,9 @@ def search() -> ResponseReturnValue:
         facet_titles=FACET_TITLES,
         selected=selected,
         facet_url=facet_url,
+        confidence_url=confidence_url,
+        confidence_steps=CONFIDENCE_STEPS[4:],
+        confidence=request.args.get("confidence", ""),
         page_url=lambda n: _search_url({**request.args.to_dict(flat=False), "page": [str(n)]}),
         query_string=request.query_string.decode("utf-8", "replace"),
         taxonomy=sorted(ctx().services.taxonomy.load().tags.values(), key=lambda t: t.title().lower()),
