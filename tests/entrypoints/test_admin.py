@@ -343,6 +343,7 @@ def test_report_page_table_chart_and_xlsx(as_role, seeded):
     assert "<svg" in page and page.count('class="bar precision"') == 2
     assert "add more visually similar images" in page
     assert "carried over from the active model: animals:dog" in page
+    assert "0 labels from the review queue" in page and "From review</th>" in page
     assert 'title="untagged 3, removed 1, siblings 10, other 0">14</td>' in page
     response = client.get(f"/reports/{seeded.run_id}/report.xlsx")
     assert response.status_code == 200
@@ -584,6 +585,9 @@ def test_review_queue_least_certain_first_accept_and_reject(as_role, services, s
     assert services.assets.get(unsure_dog).asset.is_promoted("animals:dog")
     client.post("/review/decide", data={"verdict": "reject", "asset_id": unsure_cat, "tag": "animals:cat"})
     assert "animals:cat" in services.assets.get(unsure_cat).asset.rejected
+    # Both verdicts are marked as the review queue's, for the training report's "from review" count.
+    assert services.assets.get(unsure_dog).asset.reviewed == {"animals:dog"}
+    assert services.assets.get(unsure_cat).asset.reviewed == {"animals:cat"}
     assert [d.asset.id for d in services.review.next()] == [seeded.cat_id]  # reviewed ones leave the queue
     assert {a["action"] for a in services.moderation.audit()} == {"promote_tag", "remove_tag"}
     maybe = {"verdict": "maybe", "asset_id": unsure_cat, "tag": "x"}

@@ -29,6 +29,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "smart_tags": ("smart_tags", "smart_ids", "smart_scores", "smart_bands"),
     "promoted": ("promoted_tags", "smart_scores"),
     "rejected": ("rejected_tags",),
+    "reviewed": ("reviewed_tags",),
     "embedding": ("embedding", "embedding_model", "embedding_etag"),
 }
 
@@ -75,6 +76,7 @@ def to_document(asset: Asset) -> dict[str, Any]:
         "smart_bands": confidence_bands(asset.smart_tags),
         "promoted_tags": sorted(asset.promoted),
         "rejected_tags": sorted(asset.rejected),
+        "reviewed_tags": sorted(asset.reviewed),
         "embedding": list(embedding.vector) if embedding else None,
         "embedding_model": embedding.backbone if embedding else None,
         "embedding_etag": embedding.etag if embedding else None,
@@ -121,6 +123,7 @@ def from_document(source: Mapping[str, Any]) -> Asset:
         ),
         promoted=frozenset(source.get("promoted_tags") or ()),
         rejected=frozenset(source.get("rejected_tags") or ()),
+        reviewed=frozenset(source.get("reviewed_tags") or ()),
         embedding=(
             StoredEmbedding(
                 tuple(float(v) for v in vector), source.get("embedding_model") or "", source.get("embedding_etag") or ""

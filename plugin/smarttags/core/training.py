@@ -42,7 +42,7 @@ from smarttags.settings import Settings
 log = logging.getLogger(__name__)
 
 # What training reads of each asset.
-ATTRIBUTES = ["tags", "promoted", "rejected", "width", "height", "embedding", "etag"]
+ATTRIBUTES = ["tags", "promoted", "rejected", "reviewed", "width", "height", "embedding", "etag"]
 
 
 @dataclass(frozen=True)
@@ -315,6 +315,11 @@ class Trainer:
                     0,
                     advice=[f"no picture in these folders carries this tag: add {settings.min_images_per_tag} or more"],
                 )
+        # Examples whose label for a tag is a verdict of the review queue (accepted: a positive, rejected: a negative).
+        for asset, example in usable:
+            for tag in asset.reviewed & (example.positives | example.negatives):
+                if tag in rows:
+                    rows[tag].from_review += 1
         for tag, n in below_by_tag.items():
             rows[tag].below_resolution = n
             if settings.strict_resolution:

@@ -422,7 +422,7 @@ def review_decide() -> ResponseReturnValue:
         abort(400)
     asset_id = _asset(request.form.get("asset_id", "")).id
     moderation = ctx().services.moderation
-    (moderation.promote if verdict == "accept" else moderation.remove)(asset_id, tag, user=_user_name())
+    (moderation.promote if verdict == "accept" else moderation.remove)(asset_id, tag, user=_user_name(), reviewed=True)
     flash(f"{tag}: {'accepted' if verdict == 'accept' else 'rejected'}.", "ok")
     return redirect(url_for("admin.review"))
 
