@@ -42,7 +42,7 @@ from smarttags.settings import Settings
 log = logging.getLogger(__name__)
 
 # What training reads of each asset.
-ATTRIBUTES = ["tags", "promoted", "rejected", "width", "height", "embedding", "etag"]
+ATTRIBUTES = ["tags", "promoted", "rejected", "reviewed", "width", "height", "embedding", "etag"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,12 @@ class Trainer:
             run.error(label, str(exc))
             self._runs.finish(run, RunStatus.FAILED)
             raise
+        run.counts.update(
+            used=report.images_used,
+            retrained=len(report.retrained),
+            carried_over=len(report.carried_over),
+            not_trained=report.counts()[NOT_TRAINED],
+        )
         run.model_version = report.model_version
         run.report = report.to_json()
         self._runs.finish(run, RunStatus.SUCCEEDED if report.model_version else RunStatus.NO_MODEL)
@@ -190,6 +196,7 @@ class Trainer:
         embedder = self._embedder_factory()
         vectors, embedded, failed = self._embeddings(examples, embedder, progress)
         counts["embedded"] = embedded
+        counts["read"] = len(held) + elsewhere
         notes.extend(f"unreadable: {key} ({reason})" for key, reason in failed)
         # In an order of what the pictures are (their bytes), not of how the index returned them.
         usable = sorted(((s, e) for s, e in examples if e.asset_id in vectors), key=lambda p: (p[0].etag, p[1].key))
@@ -310,6 +317,11 @@ class Trainer:
                     0,
                     advice=[f"no picture in these folders carries this tag: add {settings.min_images_per_tag} or more"],
                 )
+        # Examples whose label for a tag is a verdict of the review queue (accepted: a positive, rejected: a negative).
+        for asset, example in usable:
+            for tag in asset.reviewed & (example.positives | example.negatives):
+                if tag in rows:
+                    rows[tag].from_review += 1
         for tag, n in below_by_tag.items():
             rows[tag].below_resolution = n
             if settings.strict_resolution:
