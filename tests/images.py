@@ -117,7 +117,12 @@ def pdf(
     objects.append(f"<< /Title ({title}) /Keywords (dress, summer) >>".encode() if title else b"<< >>")
     if image_px and nested:
         objects.append(image)
-    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    return _pdf_file(objects, b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", b" /Info %d 0 R" % info)
+
+
+def _pdf_file(objects: list[bytes], header: bytes, trailer: bytes = b"") -> bytes:
+    """Numbered objects (the first is the catalogue), their cross-reference table and the trailer."""
+    out = bytearray(header)
     offsets = []
     for number, body in enumerate(objects, start=1):
         offsets.append(len(out))
@@ -125,7 +130,7 @@ def pdf(
     xref = len(out)
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\n" % (len(objects) + 1, info)
+    out += b"trailer\n<< /Size %d /Root 1 0 R%s >>\n" % (len(objects) + 1, trailer)
     out += b"startxref\n%d\n%%%%EOF\n" % xref
     return bytes(out)
 
@@ -260,13 +265,4 @@ def pdf_form_bomb(levels: int = 7, fan: int = 10) -> bytes:
             else f"<< /Type /XObject /Subtype /Form /BBox [0 0 400 300] /Resources << /XObject << {names} >> >> "
         )
         objects.append(f"{head}/Length {len(stream)} >>\nstream\n".encode() + stream + b"\nendstream")
-    out = bytearray(b"%PDF-1.7\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
+    return _pdf_file(objects, b"%PDF-1.7\n")
