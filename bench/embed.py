@@ -6,7 +6,8 @@ Prints ms/image for: the backbone alone (batch 1 and 32), decoding alone, end to
 embedding, batches of 32) on small PNGs and on 4000x3000 JPEGs, and a naive pipeline (full decode,
 then resize, then the backbone) on the same JPEGs. The last line holds the ratios, with their goals:
 naive/ours on large JPEGs >= 5; end-to-end / (decode + backbone) on large JPEGs <= 1.1; end-to-end /
-backbone on small PNGs <= 1.5. Decode-only lines per still format (HEIC, AVIF, WebP, TIFF) and per drawn
+backbone on small PNGs <= 1.5. Decode-only lines per still format (HEIC with and without an embedded
+thumbnail, AVIF, WebP, TIFF) and per drawn
 format (a 20-page PDF, an SVG, 45 MP RAW with and without a preview, PSB) give their ratio to a JPEG;
 a minute of 1080p video (frames sampled and embedded) against one 12 MP JPEG end to end, goal <= 20.
 """
@@ -66,6 +67,9 @@ def per_format_decode_ms(size: int, max_pixels: int) -> dict[str, float]:
         buf = io.BytesIO()
         photo.save(buf, fmt, **kw)
         encoded[fmt] = buf.getvalue()
+    buf = io.BytesIO()
+    photo.save(buf, "HEIF", quality=80, thumbnails=[320])  # as phones write them: the thumbnail is decoded
+    encoded["HEIC+thumbnail"] = buf.getvalue()
     return {
         fmt: timed(lambda d=data: imaging.prepare(d, size, max_pixels=max_pixels), 2) * 1000.0
         for fmt, data in encoded.items()
@@ -209,7 +213,7 @@ def main() -> None:
     print(f"naive (full decode) 4000x3000 JPG: {naive_big * ms:7.2f} ms/image")
     decode_ms = per_format_decode_ms(size, s.backbone.max_pixels)
     for fmt, took in decode_ms.items():
-        print(f"decode only  4000x3000 {fmt:5}: {took:7.2f} ms/image ({took / decode_ms['JPEG']:.1f} x JPEG)")
+        print(f"decode only  4000x3000 {fmt:14}: {took:7.2f} ms/image ({took / decode_ms['JPEG']:.1f} x JPEG)")
     for name, took in document_decode_ms(size, s.backbone.max_pixels).items():
         print(f"decode only  {name:23}: {took:7.2f} ms/image ({took / decode_ms['JPEG']:.1f} x 12 MP JPEG)")
     from smarttags.adapters.formats import video

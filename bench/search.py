@@ -85,9 +85,9 @@ def main() -> int:
         for warm in (True, False):
             for q, p, b in zip(queries, params, bare, strict=True):
                 t0 = time.perf_counter()
-                client.search_template(index=index, body={"id": "smarttags-search-v4", "params": p})
+                client.search_template(index=index, body={"id": "smarttags-search-v5", "params": p})
                 t1 = time.perf_counter()
-                client.search_template(index=index, body={"id": "smarttags-search-v4", "params": b})
+                client.search_template(index=index, body={"id": "smarttags-search-v5", "params": b})
                 tb = time.perf_counter()
                 client.search(
                     index=index,

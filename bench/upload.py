@@ -97,7 +97,14 @@ def main() -> int:
 
         def tagged_keys(prefix: str) -> dict[str, float]:
             services.index.refresh()
-            query = {"bool": {"filter": [{"term": {"tagging.status": assets.TAGGED}}, {"prefix": {"key": prefix}}]}}
+            query = {
+                "bool": {
+                    "filter": [
+                        {"term": {"tagging.status": assets.TaggingStatus.TAGGED.value}},
+                        {"prefix": {"key": prefix}},
+                    ]
+                }
+            }
             now = time.time()  # searchable from now: the refresh above made it visible
             return {hit["_source"]["key"]: now for hit in services.index.scan("assets", query, source=["key"])}
 

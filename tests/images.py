@@ -117,7 +117,12 @@ def pdf(
     objects.append(f"<< /Title ({title}) /Keywords (dress, summer) >>".encode() if title else b"<< >>")
     if image_px and nested:
         objects.append(image)
-    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    return _pdf_file(objects, b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", b" /Info %d 0 R" % info)
+
+
+def _pdf_file(objects: list[bytes], header: bytes, trailer: bytes = b"") -> bytes:
+    """Numbered objects (the first is the catalogue), their cross-reference table and the trailer."""
+    out = bytearray(header)
     offsets = []
     for number, body in enumerate(objects, start=1):
         offsets.append(len(out))
@@ -125,7 +130,7 @@ def pdf(
     xref = len(out)
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\n" % (len(objects) + 1, info)
+    out += b"trailer\n<< /Size %d /Root 1 0 R%s >>\n" % (len(objects) + 1, trailer)
     out += b"startxref\n%d\n%%%%EOF\n" % xref
     return bytes(out)
 
@@ -239,3 +244,25 @@ def psb(image: Image.Image, *, composite: bool = True, version: int = 2) -> byte
     buffer = io.BytesIO()
     document.save(buffer)
     return buffer.getvalue()
+
+
+def pdf_form_bomb(levels: int = 7, fan: int = 10) -> bytes:
+    """A PDF of a few KB whose page draws form 0 ``fan`` times, each form the next one ``fan`` times,
+    ``levels`` deep: ``fan ** levels`` red rectangles, which PDFium expands while loading the page."""
+    names = " ".join(f"/F{k} {5 + k} 0 R" for k in range(levels))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 400 300] /Contents 4 0 R "
+        f"/Resources << /XObject << {names} >> >> >>".encode(),
+    ]
+    for k in range(levels + 1):  # object 4 is the page's content, then form 0, 1, ...
+        body = " ".join([f"q 0.9 0 0 0.9 5 5 cm /F{k} Do Q"] * fan) if k < levels else "1 0 0 rg 0 0 400 300 re f"
+        stream = body.encode()
+        head = (
+            "<< "
+            if k == 0
+            else f"<< /Type /XObject /Subtype /Form /BBox [0 0 400 300] /Resources << /XObject << {names} >> >> "
+        )
+        objects.append(f"{head}/Length {len(stream)} >>\nstream\n".encode() + stream + b"\nendstream")
+    return _pdf_file(objects, b"%PDF-1.7\n")

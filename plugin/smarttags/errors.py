@@ -14,6 +14,7 @@
     │   └── ImageTooLarge           over the decompression-bomb limit, refused before allocating
     ├── ModelError                  a model or backbone file is missing or fails its checksum
     ├── TaxonomyError               a tag is not in the taxonomy, or the taxonomy file is invalid
+    │   └── TaxonomyFileError       a taxonomy file refused whole, with one line per problem
     └── RequestError                a caller asked for something we refuse (e.g. more than 15 assets)
 
 Adapters translate botocore and opensearch-py exceptions into this tree at the boundary
@@ -96,6 +97,15 @@ class ModelError(SmartTagsError):
 
 class TaxonomyError(SmartTagsError):
     pass
+
+
+class TaxonomyFileError(TaxonomyError):
+    """A taxonomy file with problems; the message is a summary line and then one line per problem."""
+
+    def __init__(self, summary: str, problems: list[str]) -> None:
+        super().__init__("\n".join([summary, *problems]))
+        self.summary = summary
+        self.problems = problems
 
 
 class RequestError(SmartTagsError):

@@ -139,6 +139,8 @@ class TrainingSettings(BaseModel):
     # The matrix products of training are small: extra BLAS threads mostly fight the backbone and the
     # worker for the cores (a loaded 2-core machine ran 10x slower with the library's default).
     blas_threads: int = Field(default=1, ge=1, le=256)
+    # Assets read per page of the point-in-time walk (each page holds their embeddings: ~25 KB apiece).
+    read_page_size: int = Field(default=500, ge=1, le=10_000)
 
 
 class TaggingSettings(BaseModel):

@@ -127,6 +127,21 @@ def test_pdf_garbage_and_empty_documents_are_corrupt():
         prepare(images.pdf(pages=0))
 
 
+def test_pdf_page_too_complex_to_draw_in_time_is_refused_and_the_renderer_recovers():
+    from smarttags.adapters.formats import pdf
+
+    small = images.pdf_form_bomb(levels=2)  # 100 rectangles: drawn like any page
+    assert close(np.asarray(pdf.decode(small, pdf.CONTENT_TYPE, 64, MAX).convert("RGB"))[32, 32], RED)
+    bomb = images.pdf_form_bomb(levels=7)  # 4 KB, 10 million rectangles: PDFium alone would never return
+    assert len(bomb) < 5000
+    with pytest.raises(ImageTooLarge) as err:
+        pdf.decode(bomb, pdf.CONTENT_TYPE, 64, MAX, seconds=1.0)
+    assert err.value.reason == "too_large: page 1 is not drawn within 1 s (too complex)"
+    assert err.value.content_type == "application/pdf"
+    # The stuck child was killed; the next PDF gets a fresh one.
+    assert close(prepare(images.pdf((0, 0, 1)))[32, 32], BLUE)
+
+
 def test_pdf_mutations_never_crash():
     assert_fuzz_safe(images.pdf())
 
@@ -251,6 +266,29 @@ def test_svg_use_cycles_are_refused_before_drawing():
     with pytest.raises(CorruptImage) as err:
         prepare(images.svg("red", extra=extra))
     assert "cycle" in err.value.reason
+
+
+def test_svg_is_sniffed_past_a_long_prolog_within_a_bounded_scan():
+    body = images.svg("red")
+    doctype = b'<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN" "http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">'
+    comment = b"<!-- " + b"Generator: a design tool that writes a long licence > here. " * 300 + b"-->"  # 18 KB
+    subset = b'<!DOCTYPE svg [<!ENTITY ns_svg "http://www.w3.org/2000/svg"> <!-- ] > -->]>'
+    for prolog in (
+        comment,  # no XML declaration at all
+        b'\xef\xbb\xbf<?xml version="1.0" encoding="UTF-8"?>\n' + comment + b"\n" + doctype + b"\n",
+        b"<?xml-stylesheet href='#s'?>" + subset + b"\n" + comment,
+    ):
+        data = prolog + body
+        assert len(prolog) > 1024 and imaging.sniff(data) == "image/svg+xml"
+        assert close(prepare(data)[32, 32], RED)
+    assert imaging.sniff(b"<svg:svg xmlns:svg='http://www.w3.org/2000/svg'/>") == "image/svg+xml"
+    # The scan is bounded: a root past the first 64 KiB is not looked for (the file is not parsed to find it).
+    far = b"<!-- " + b"x" * imaging.SVG_SCAN + b" -->" + body
+    assert imaging.sniff(far) is None
+    assert imaging.sniff(b"<!-- just a comment -->" + b"<html><body/></html>") is None
+    assert imaging.sniff(b"<svgfoo/>") is None
+    hostile = b"<!DOCTYPE svg [" + b"<!-- --> '' " * 5000 + b"<html/>"  # no match: no backtracking blow-up
+    assert imaging.sniff(hostile) is None
 
 
 def test_not_an_svg_and_broken_xml_are_corrupt():

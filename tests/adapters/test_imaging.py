@@ -143,6 +143,43 @@ def test_heic_including_10_bit_decodes_with_pillow_heif():
         assert (meta.format, meta.decoder, meta.width, meta.height) == ("HEIF", "pillow-heif", 64, 48)
 
 
+def halves(size=(800, 600)) -> Image.Image:
+    """Red on the left half, blue on the right: a letterboxed decode shows which side is which."""
+    img = solid(RED, size)
+    img.paste(BLUE, (size[0] // 2, 0, size[0], size[1]))
+    return img
+
+
+def test_heic_decodes_its_embedded_thumbnail_when_it_covers_the_backbone_size():
+    data = encode(halves(), "HEIF", quality=90, thumbnails=[320])  # as phones write them
+    picture = imaging.open_picture(data, max_pixels=MAX, size=224)
+    facts = picture.facts
+    assert (facts.decoder, facts.width, facts.height) == ("pillow-heif (embedded thumbnail)", 800, 600)
+    arr = picture.pixels(224)
+    assert arr.shape == (224, 224, 3)
+    assert close(arr[112, 20], RED, tol=12) and close(arr[112, 204], BLUE, tol=12)
+    assert close(arr[5, 112], GREY) and close(arr[218, 112], GREY)  # 224x168 letterboxed, nothing cropped
+    # Metadata alone (no size) and a thumbnail smaller than the backbone's input decode the primary image.
+    assert imaging.read_metadata(data).decoder == "pillow-heif"
+    small = encode(halves(), "HEIF", quality=90, thumbnails=[160])
+    assert imaging.open_picture(small, max_pixels=MAX, size=224).facts.decoder == "pillow-heif"
+    assert close(prepare(small, 224)[112, 20], RED, tol=12)
+
+
+def test_heic_pixels_larger_than_the_thumbnail_come_from_the_primary_image():
+    stripes = np.zeros((600, 800, 3), dtype=np.uint8)
+    stripes[:, (np.arange(800) // 4) % 2 == 0] = 255  # 4 px black and white columns
+    data = encode(Image.fromarray(stripes), "HEIF", quality=90, thumbnails=[320])
+    picture = imaging.open_picture(data, max_pixels=MAX, size=224)
+    assert picture.facts.decoder == "pillow-heif (embedded thumbnail)"
+    arr = picture.pixels(640)  # over the thumbnail's 320 px: the primary image is opened again
+    assert arr.shape == (640, 640, 3)
+    # Drawn from 800 px the stripes stay 3.2 px wide and mostly pure black or white (0.75 measured);
+    # the 320 px thumbnail stretched to 640 px would leave them 1.3 px wide, half grey (0.375 measured).
+    row = arr[320, 100:540, 1].astype(int)
+    assert float(np.mean((row < 40) | (row > 215))) >= 0.6
+
+
 def test_heic_and_avif_over_max_pixels_are_refused_from_the_header():
     for fmt in ("HEIF", "AVIF"):
         with pytest.raises(ImageTooLarge):

@@ -111,7 +111,7 @@ def test_quoted_phrase_and_query_syntax_are_plain_text(services, corpus):
 def test_template_escapes_every_parameter(services, corpus):
     nasty = '"}}]}, "size": 1000, "query": {"match_all": {}}, "x": [{{"'
     params = services.searcher.params(SearchRequest(text=nasty))
-    rendered = services.index.render_template("smarttags-search-v4", params)["template_output"]
+    rendered = services.index.render_template("smarttags-search-v5", params)["template_output"]
     assert rendered["size"] == 20
     tier1 = rendered["query"]["bool"]["must"][0]["dis_max"]["queries"][0]["bool"]
     assert tier1["must"][0]["multi_match"]["query"] == nasty
@@ -279,7 +279,7 @@ def test_folder_as_s3_url(services, corpus):
 
 def test_minimal_http_call_uses_template_defaults(services, os_client, corpus):
     body = {
-        "id": "smarttags-search-v4",
+        "id": "smarttags-search-v5",
         "params": {"query": "woman", "has_query": True, "bucket": services.settings.aws.bucket},
     }
     response = os_client.search_template(index=services.index.name("assets"), body=body)
@@ -331,6 +331,21 @@ def test_facets_count_by_aggregations_and_filter_the_results(services, corpus):
     assert services.searcher.search(SearchRequest(text="woman", statuses=["failed"])).total == 0
     with pytest.raises(RequestError, match="facet values"):
         services.searcher.search(SearchRequest(tags=["x"] * 21))
+
+
+def test_confidence_filter_binds_to_the_chosen_tags(services, corpus):
+    def keys(**kwargs):
+        return sorted(h.key for h in services.searcher.search(SearchRequest(**kwargs)).hits)
+
+    # No tag chosen: any smart tag at 0.9 or above.
+    assert keys(min_confidence="0.9") == ["a/smart_both.jpg", "b/dog.jpg", "b/smart_r.jpg"]
+    # A chosen tag: that tag's own confidence (smart_both has Woman at 0.9 but Running only at 0.8).
+    assert keys(tags=["activities:running"], min_confidence="0.9") == ["b/smart_r.jpg"]
+    assert keys(tags=["people:woman"], min_confidence="0.7") == ["a/smart_both.jpg", "a/smart_w.jpg"]
+    assert keys(tags=["people:woman", "activities:running"], min_confidence="0.8") == ["a/smart_both.jpg"]
+    assert keys(tags=["people:woman", "activities:running"], min_confidence="0.9") == []
+    with pytest.raises(RequestError, match=r"confidence must be one of 0\.1"):
+        services.searcher.search(SearchRequest(min_confidence="0.75"))
 
 
 def test_a_promoted_match_outranks_any_number_of_unpromoted_ones(services):

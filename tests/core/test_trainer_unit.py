@@ -18,7 +18,7 @@ from smarttags.core import ingest
 from smarttags.core.asset import Asset
 from smarttags.core.folders import Folder, FolderRegistry
 from smarttags.core.model_registry import ModelStore, score_embedding
-from smarttags.core.report import NOT_TRAINED
+from smarttags.core.report import NOT_TRAINED, as_table
 from smarttags.core.runs import RunLog
 from smarttags.core.taxonomy import TaxonomyStore
 from smarttags.core.training import Trainer, duplicate_groups
@@ -162,6 +162,16 @@ def test_training_one_folder_keeps_the_other_tags_heads(world: World) -> None:
     assert rows["plants:tree"].status == NOT_TRAINED and "no picture" in rows["plants:tree"].advice[0]
     run = world.runs.get(second.run_id)
     assert run is not None and run.report is not None and run.report["carried_over"] == second.carried_over
+    # The run's counts say what it did (the runs page shows them), not 0/0/0.
+    assert run.to_json()["counts"] == {
+        "read": 16,
+        "used": 16,
+        "embedded": 16,
+        "retrained": 2,
+        "carried_over": 3,
+        "not_trained": 1,
+        "failed": 0,
+    }
 
     # A third run carries the heads over again, still naming the model they were trained in.
     third = world.trainer().train([Folder(BUCKET, "b/")], trigger="on_demand")
@@ -199,6 +209,29 @@ def test_untagged_pictures_removals_and_siblings_are_negatives(world: World) -> 
     # Without the untagged pictures every picture would carry "Pet", and it could not be trained.
     assert rows["animals:pet"].negatives == {"untagged": 4, "removed": 0, "siblings": 0, "other": 0}
     assert rows["animals:pet"].status != NOT_TRAINED
+
+
+def test_the_report_counts_the_labels_that_came_from_the_review_queue(world: World) -> None:
+    _folder_a(world)
+    ingest.sync_folder(
+        world.assets, world.store, Folder(BUCKET, "a/"), TaxonomyStore(world.index).load(), read_facts=read_facts
+    )
+    verdicts = [("a/tree-0.jpg", "animals:pet/cat", False), ("a/tree-1.jpg", "animals:pet/dog", True)]
+    for key, tag, accept in verdicts:  # a reviewer rejected Cat on one tree picture, accepted Dog on another
+        stored = world.assets.get(Asset(BUCKET, key).id)
+        assert stored is not None
+        changed = stored.asset.promote(tag, reviewed=True) if accept else stored.asset.reject(tag, reviewed=True)
+        world.assets.put(changed, expected=stored)
+    stored = world.assets.get(Asset(BUCKET, "a/tree-2.jpg").id)
+    assert stored is not None
+    world.assets.put(stored.asset.reject("animals:pet/cat"), expected=stored)  # plain moderation: not review
+    report = world.trainer().train([Folder(BUCKET, "a/")], trigger="on_demand")
+    rows = {row.tag: row for row in report.rows}
+    assert rows["animals:pet/cat"].from_review == 1 and rows["animals:pet/dog"].from_review == 1
+    assert rows["animals:pet"].from_review == 0 and report.from_review == 2
+    assert "2 label(s) from the review queue" in as_table(report)
+    # A later plain moderation of a reviewed tag takes the verdict over: no longer from review.
+    assert not Asset(BUCKET, "k").reject("t", reviewed=True).promote("t").reviewed
 
 
 def test_the_resolution_guideline_advises_and_a_strict_setting_excludes(world: World) -> None:

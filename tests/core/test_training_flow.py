@@ -3,6 +3,7 @@ model versions, tampering, guideline refusals."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -170,6 +171,28 @@ def test_unreadable_inputs_are_one_line(services, config, capsys, tmp_path):
         assert err.strip().splitlines() == [f"smarttags: cannot read {what}: No such file or directory"]
 
 
+def test_a_taxonomy_file_with_a_problem_is_refused_whole(services, config, capsys, tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("tags:\n  - id: v:cars\n  - id: v:car/sedan\n  - id: v:bikes/city\n")
+    assert cli.main(["--config", str(config), "taxonomy", "import", str(path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"smarttags: {path}: 1 problem(s), nothing imported",
+        f"{path} line 3: parent 'v:car' of 'v:car/sedan' is not in the taxonomy (closest: v:cars): "
+        "fix the id, or add the parent",
+    ]
+    assert services.index.count("taxonomy") == 0
+    # Fixed, it imports; the parent may come from an earlier import, a grouping level is named.
+    path.write_text("tags:\n  - id: v:cars\n")
+    assert _run(capsys, "--config", str(config), "taxonomy", "import", str(path))[0] == 0
+    path.write_text("tags:\n  - id: v:cars/sedan\n  - id: v:bikes/city\n")
+    code, out = _run(capsys, "--config", str(config), "taxonomy", "import", str(path))
+    assert code == 0 and out.splitlines() == [
+        f"{path} line 3: 'v:bikes/city' has no parent tag 'v:bikes' (a grouping level only)",
+        f"imported 2 tags from {path}",
+    ]
+    assert services.index.count("taxonomy") == 3
+
+
 def test_training_a_folder_that_does_not_exist_says_so(services, sample_dir, config, capsys):
     cli.main(["--config", str(config), "taxonomy", "import", str(sample_dir / "taxonomy.json")])
     capsys.readouterr()
@@ -272,3 +295,20 @@ def test_nothing_trainable_exits_1_with_one_line_and_a_row_per_tag(services, sam
     rows = {row["tag"]: row for row in json.loads(captured.out)["rows"]}
     assert len(rows) == 9 and all(row["status"] == report.NOT_TRAINED for row in rows.values())
     assert rows["clipart:music"]["images"] == 3
+
+
+def test_training_reads_its_assets_page_by_page_with_a_progress_bar(services, sample_dir, config, capsys):
+    """More assets than one page: every one is read (pages of 7 through one point in time, closed after),
+    and the CLI shows the read count on its progress bar."""
+    config.write_text(config.read_text().replace("[training]\n", "[training]\nread_page_size = 7\n"))
+    assert _run(capsys, "--config", str(config), "taxonomy", "import", str(sample_dir / "taxonomy.json"))[0] == 0
+    _upload_training(services, sample_dir)
+    bucket = services.settings.aws.bucket
+    assert cli.main(["--config", str(config), "train", "--folder", f"s3://{bucket}/train/"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(rf"read: {sum(COUNTS.values())}img", err), err
+    _, out = _run(capsys, "--config", str(config), "report", "--json")
+    assert json.loads(out)["images_used"] == sum(COUNTS.values())
+    pits = services.index.client.transport.perform_request("GET", "/_search/point_in_time/_all")["pits"]
+    prefix = services.settings.opensearch.index_prefix.encode()
+    assert not [p for p in pits if prefix in base64.urlsafe_b64decode(p["pit_id"] + "=" * (-len(p["pit_id"]) % 4))]

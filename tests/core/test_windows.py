@@ -70,4 +70,4 @@ def test_on_demand_cap(monkeypatch):
     from smarttags.errors import RequestError
 
     with pytest.raises(RequestError, match="at most 15"):
-        scheduling.tag_assets(None, None, None, [f"k{i}" for i in range(16)], bucket="b", limit=15)  # type: ignore[arg-type]
+        scheduling.tag_assets(None, None, None, [f"k{i}" for i in range(16)], stores=None, bucket="b", limit=15)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ import html
 import re
 
 import pytest
+from smarttags.core.asset import Asset
 from smarttags.core.users import UserStore, hash_password, verify_password
 from smarttags.entrypoints.admin import create_app
 from smarttags.entrypoints.admin.views import highlight
@@ -342,6 +343,7 @@ def test_report_page_table_chart_and_xlsx(as_role, seeded):
     assert "<svg" in page and page.count('class="bar precision"') == 2
     assert "add more visually similar images" in page
     assert "carried over from the active model: animals:dog" in page
+    assert "0 labels from the review queue" in page and "From review</th>" in page
     assert 'title="untagged 3, removed 1, siblings 10, other 0">14</td>' in page
     response = client.get(f"/reports/{seeded.run_id}/report.xlsx")
     assert response.status_code == 200
@@ -383,6 +385,15 @@ def test_search_facets_count_filter_and_escape(as_role, seeded):
     month = _facet_links(page, "months")
     assert month and "asset" in client.get(next(iter(month.values()))).get_data(as_text=True)
     assert "month must be YYYY-MM" in client.get("/search?month=2026-13").get_data(as_text=True)
+    # The confidence filter: Beach is at 0.71 on the cat, so at least 0.8 of Beach finds nothing.
+    strict = _facet_links(page, "confidence")
+    assert list(strict) == ["at least 0.5", "at least 0.6", "at least 0.7", "at least 0.8", "at least 0.9"]
+    high = client.get(strict["at least 0.9"]).get_data(as_text=True)
+    assert "2 assets" in high and "photos/cat.jpg" in high and "other/xss.jpg" in high  # Cat 0.93, XSS 0.9
+    beach = _facet_links(narrowed, "confidence")
+    assert "1 asset" in client.get(beach["at least 0.7"]).get_data(as_text=True)
+    assert "0 assets" in client.get(beach["at least 0.8"]).get_data(as_text=True)
+    assert "confidence must be one of" in client.get("/search?confidence=2").get_data(as_text=True)
 
 
 def test_bulk_moderation_of_selected_assets_and_of_all_results(as_role, services, seeded):
@@ -484,10 +495,15 @@ def test_models_side_by_side_activate_and_rollback(as_role, services, seeded):
     assert services.models.active_version() == new
 
 
-def test_runs_page_and_the_fifteen_asset_limit(as_role, seeded):
+def test_runs_page_and_the_fifteen_asset_limit(as_role, services, seeded):
+    run = services.runs.get(seeded.run_id)
+    run.counts.update(read=60, used=54, embedded=7, retrained=1, carried_over=1, not_trained=1)
+    services.runs.save(run)
     client = as_role("admin")
     page = client.get("/runs").get_data(as_text=True)
     assert seeded.run_id in page
+    text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+    assert "60 assets read, 54 used (7 embedded now); 1 tags trained, 1 carried over, 1 not trained" in text
     keys = "\n".join(f"photos/{i}.jpg" for i in range(16))
     response = client.post("/runs/tag", data={"keys": keys})
     assert response.status_code == 400
@@ -497,6 +513,19 @@ def test_runs_page_and_the_fifteen_asset_limit(as_role, seeded):
     # The search grid's checkboxes send asset ids: each stands for its key.
     response = client.post("/runs/tag", data={"asset": [seeded.cat_id] * 2, "keys": keys}, follow_redirects=True)
     assert "17 assets asked for" in response.get_data(as_text=True)
+
+
+def test_tag_now_names_why_a_missing_key_was_skipped(as_role, services, seeded):
+    bucket = services.settings.aws.bucket
+    response = as_role("admin").post("/runs/tag", data={"keys": "photos/nope.jpg"}, follow_redirects=True)
+    page = response.get_data(as_text=True)
+    reason = f"no such object: s3://{bucket}/photos/nope.jpg"
+    assert '<p class="flash warn">' in page and reason in page  # not a bare green "succeeded"
+    run = services.runs.list(kind="tag", size=1)[0]
+    assert run.counts["skipped"] == 1 and run.counts["processed"] == 1 and not run.errors
+    assert run.skips == [{"key": "photos/nope.jpg", "reason": reason}]
+    assert page.count(reason) == 2  # the flash and the run's row on the runs page
+    assert services.assets.get(Asset(bucket, "photos/nope.jpg").id) is None  # no phantom asset left behind
 
 
 def test_dead_letters_list_with_reasons_and_redrive(as_role, services, seeded):
@@ -556,6 +585,9 @@ def test_review_queue_least_certain_first_accept_and_reject(as_role, services, s
     assert services.assets.get(unsure_dog).asset.is_promoted("animals:dog")
     client.post("/review/decide", data={"verdict": "reject", "asset_id": unsure_cat, "tag": "animals:cat"})
     assert "animals:cat" in services.assets.get(unsure_cat).asset.rejected
+    # Both verdicts are marked as the review queue's, for the training report's "from review" count.
+    assert services.assets.get(unsure_dog).asset.reviewed == {"animals:dog"}
+    assert services.assets.get(unsure_cat).asset.reviewed == {"animals:cat"}
     assert [d.asset.id for d in services.review.next()] == [seeded.cat_id]  # reviewed ones leave the queue
     assert {a["action"] for a in services.moderation.audit()} == {"promote_tag", "remove_tag"}
     maybe = {"verdict": "maybe", "asset_id": unsure_cat, "tag": "x"}

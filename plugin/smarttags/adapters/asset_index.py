@@ -2,11 +2,12 @@
 core makes of them (``core.ports.Assets``). The only place that knows the document's shape; the mapping
 ``search_templates/assets.index.json`` is its contract.
 
-Search reads four fields derived here from the asset: ``smart_ids`` (the smart tags' ids),
+Search reads five fields derived here from the asset: ``smart_ids`` (the smart tags' ids),
 ``smart_scores`` (one rank feature per smart tag: its confidence, +1 when promoted; the search template
 also lifts an asset with a promoted matching tag above any number of unpromoted ones), ``folder`` (the
 key's folder path, for the ``folder.tree`` filter) and ``file_name`` (the key's last segment, searched
-with the metadata). Promotion itself is stored once, in ``promoted_tags``.
+with the metadata), and ``smart_bands`` (``tag@0.7`` per tenth of confidence a tag reaches, for the
+grid's confidence filter). Promotion itself is stored once, in ``promoted_tags``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from smarttags.core.asset import Asset, SmartTag, StoredEmbedding, Tagging, Tagg
 from smarttags.core.clock import now_iso
 from smarttags.core.folders import Folder
 from smarttags.core.ports import Index, StoredAsset, Versioned, Write
+from smarttags.core.search import CONFIDENCE_STEPS
 from smarttags.errors import ServiceError
 
 KIND = "assets"
@@ -25,11 +27,18 @@ KIND = "assets"
 _FIELDS: dict[str, tuple[str, ...]] = {
     "folder": ("folder",),
     "key": ("key", "file_name"),
-    "smart_tags": ("smart_tags", "smart_ids", "smart_scores"),
+    "smart_tags": ("smart_tags", "smart_ids", "smart_scores", "smart_bands"),
     "promoted": ("promoted_tags", "smart_scores"),
     "rejected": ("rejected_tags",),
+    "reviewed": ("reviewed_tags",),
     "embedding": ("embedding", "embedding_model", "embedding_etag"),
 }
+
+
+def confidence_bands(smart_tags: Sequence[SmartTag]) -> list[str]:
+    """``tag@0.7`` for every tenth a tag's confidence reaches: the grid's confidence filter for a chosen
+    tag is one term (``smart_tags`` is not nested, so a range cannot tie a confidence to its tag)."""
+    return [f"{t.tag}@{band}" for t in smart_tags for band in CONFIDENCE_STEPS if t.confidence >= float(band)]
 
 
 def to_document(asset: Asset) -> dict[str, Any]:
@@ -65,8 +74,10 @@ def to_document(asset: Asset) -> dict[str, Any]:
             feature_name(t.tag): max(float(t.confidence), 1e-4) + (1.0 if t.tag in asset.promoted else 0.0)
             for t in asset.smart_tags
         },
+        "smart_bands": confidence_bands(asset.smart_tags),
         "promoted_tags": sorted(asset.promoted),
         "rejected_tags": sorted(asset.rejected),
+        "reviewed_tags": sorted(asset.reviewed),
         "embedding": list(embedding.vector) if embedding else None,
         "embedding_model": embedding.backbone if embedding else None,
         "embedding_etag": embedding.etag if embedding else None,
@@ -113,6 +124,7 @@ def from_document(source: Mapping[str, Any]) -> Asset:
         ),
         promoted=frozenset(source.get("promoted_tags") or ()),
         rejected=frozenset(source.get("rejected_tags") or ()),
+        reviewed=frozenset(source.get("reviewed_tags") or ()),
         embedding=(
             StoredEmbedding(
                 tuple(float(v) for v in vector), source.get("embedding_model") or "", source.get("embedding_etag") or ""

@@ -15,7 +15,8 @@ Every failure becomes an ``ImageError`` subclass with a reason:
 
 ``prepare`` keeps the whole picture: it scales the long side to the model's input size and pads the
 short side with neutral grey (letterboxing; no centre crop). Large JPEGs are decoded with DCT scaling
-(``Image.draft``) straight to about the size needed, which is what makes 12 MP photos cheap.
+(``Image.draft``) straight to about the size needed, which is what makes 12 MP photos cheap; a HEIC
+decodes its embedded thumbnail instead of the primary image when that covers the size needed.
 ``read_metadata`` reads size, format and embedded title/description/keywords (XMP, IPTC, EXIF)
 from the header only. A ``Picture`` (``open_picture``) gives both from one open of the bytes.
 """
@@ -28,7 +29,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -185,10 +186,26 @@ def sniff(data: bytes) -> str | None:
     for prefix, content_type in _PREFIXES:
         if head.startswith(prefix):
             return content_type
-    text = data[:1024].lstrip().lower()
-    if text.startswith((b"<svg", b"<?xml")) and b"<svg" in text:
+    if _SVG_ROOT.match(data, 0, SVG_SCAN):
         return "image/svg+xml"
+    window = data[:SVG_SCAN].lstrip(b"\xef\xbb\xbf \t\r\n")
+    if window[:5].lower() == b"<?xml" and b"<svg" in window.lower():
+        return "image/svg+xml"  # an SVG inside other XML: the decoder says what its root is instead
     return None
+
+
+SVG_SCAN = 64 << 10  # an SVG's root element must start within this many bytes
+# An optional BOM, then whitespace, the XML declaration and processing instructions, comments and a
+# DOCTYPE (its internal subset skipped with its comments and quoted strings), then the root element:
+# <svg or <x:svg.
+# Atomic groups and possessive loops: a match that fails never backtracks into what it skipped.
+_SVG_ROOT = re.compile(
+    rb"(?:\xef\xbb\xbf)?(?>\s|<\?.*?\?>|<!--.*?-->"
+    rb"|<!DOCTYPE(?>[^\[>\"']|\"[^\"]*\"|'[^']*')*+"
+    rb"(?:\[(?>(?><!--.*?-->)|<(?!!--)|[^\]\"'<]|\"[^\"]*\"|'[^']*')*+\]\s*)?>)*+"
+    rb"<(?:[A-Za-z_][\w.-]*:)?svg[\s/>]",
+    re.DOTALL | re.IGNORECASE,
+)
 
 
 def _refused(content_type: str | None) -> bool:
@@ -373,12 +390,22 @@ class Picture:
 
     def __init__(self, data: bytes, *, max_pixels: int, size: int | None = None) -> None:
         self._data = data
+        self._max_pixels = max_pixels
         self._img = _guarded(data, lambda: open_image(data, max_pixels=max_pixels, size=size))
-        self.facts = _guarded(data, lambda: _facts(self._img, data))
+        facts = _guarded(data, lambda: _facts(self._img, data))
+        # The facts (source size, text) are read first: drafting a thumbnail changes the image's size.
+        self._drafted_for = (
+            size if size is not None and _guarded(data, lambda: _draft_thumbnail(self._img, size)) else None
+        )
+        self.facts = replace(facts, decoder=f"{facts.decoder} (embedded thumbnail)") if self._drafted_for else facts
 
     def pixels(self, size: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
         """A ``(size, size, 3)`` uint8 RGB array, EXIF-oriented and letterboxed (once per picture: the
         decoded pixels replace the lazy image)."""
+        if self._drafted_for is not None and size > self._drafted_for:
+            # The thumbnail chosen at open covers the size given then, not this one: the full image does.
+            self._img = _guarded(self._data, lambda: open_image(self._data, max_pixels=self._max_pixels))
+            self._drafted_for = None
         return _guarded(self._data, lambda: _pixels(self._img, self.facts.orientation, size))
 
 
@@ -402,12 +429,9 @@ def _guarded(data: bytes, step: Callable[[], _T]) -> _T:
 
 
 def _pixels(img: Image.Image, turn: int, size: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
-    if img.format in ("JPEG", "MPO"):
+    if img.format in ("JPEG", "MPO") and max(img.size) > size:
         # DCT scaling: decode at 1/2, 1/4 or 1/8 scale, never below what the letterbox needs.
-        width, height = img.size
-        long_side = max(width, height)
-        if long_side > size:
-            img.draft("RGB", (max(1, -(-width * size // long_side)), max(1, -(-height * size // long_side))))
+        img.draft("RGB", _covering(img.size, size))
     _load(img)
     try:
         rgb = fit_square(_oriented(to_rgb(img), turn), size)
@@ -417,6 +441,22 @@ def _pixels(img: Image.Image, turn: int, size: int) -> np.ndarray[Any, np.dtype[
     if arr.shape != (size, size, 3):
         raise CorruptImage(f"unexpected decoded shape {arr.shape}", content_type=_mime(img))
     return arr
+
+
+def _covering(source: tuple[int, int], size: int) -> tuple[int, int]:
+    """The smallest (w, h) with the aspect of ``source`` whose long side is at least ``size``."""
+    width, height = source
+    long_side = max(width, height)
+    return max(1, -(-width * size // long_side)), max(1, -(-height * size // long_side))
+
+
+def _draft_thumbnail(img: Image.Image, size: int) -> bool:
+    """Make a HEIF decode its smallest embedded thumbnail that still covers ``size`` instead of the
+    primary image (phones embed one: a 24 MP HEIC then costs a 320 px decode). pillow-heif's ``draft``
+    only picks a thumbnail that is a scaled copy (same mode, aspect, crop, rotation, colour profile)."""
+    if img.format != "HEIF" or max(img.size) <= size:
+        return False
+    return img.draft("RGB", _covering(img.size, size)) is not None
 
 
 def _facts(img: Image.Image, data: bytes) -> ImageMetadata:

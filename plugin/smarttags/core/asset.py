@@ -126,6 +126,8 @@ class Asset:
     smart_tags: tuple[SmartTag, ...] = ()  # best first; promoted ones first of all
     promoted: frozenset[str] = frozenset()
     rejected: frozenset[str] = frozenset()
+    # The promoted or rejected tags whose verdict came from the review queue (the training report counts them).
+    reviewed: frozenset[str] = frozenset()
     embedding: StoredEmbedding | None = None
     tagging: Tagging = field(default_factory=Tagging)
     updated_at: str | None = None
@@ -158,25 +160,27 @@ class Asset:
                 given[old.tag] = old
         return replace(self, smart_tags=self._ranked(given.values()))
 
-    def reject(self, tag: str) -> Asset:
+    def reject(self, tag: str, *, reviewed: bool = False) -> Asset:
         """A moderator removes a smart tag: gone now, and never re-added by a later run."""
         return replace(
             self,
             rejected=self.rejected | {tag},
             promoted=self.promoted - {tag},
+            reviewed=self.reviewed | {tag} if reviewed else self.reviewed - {tag},
             smart_tags=tuple(t for t in self.smart_tags if t.tag != tag),
         )
 
-    def promote(self, tag: str, *, model_version: str = "moderator") -> Asset:
+    def promote(self, tag: str, *, model_version: str = "moderator", reviewed: bool = False) -> Asset:
         """A moderator promotes a tag: the asset carries it (even if the model did not) and ranks higher."""
         tags = list(self.smart_tags)
         if tag not in self.smart_ids:
             tags.append(SmartTag(tag, 1.0, model_version))
-        promoted = replace(self, promoted=self.promoted | {tag}, rejected=self.rejected - {tag})
+        verdicts = self.reviewed | {tag} if reviewed else self.reviewed - {tag}
+        promoted = replace(self, promoted=self.promoted | {tag}, rejected=self.rejected - {tag}, reviewed=verdicts)
         return replace(promoted, smart_tags=promoted._ranked(tags))
 
     def unpromote(self, tag: str) -> Asset:
-        unpromoted = replace(self, promoted=self.promoted - {tag})
+        unpromoted = replace(self, promoted=self.promoted - {tag}, reviewed=self.reviewed - {tag})
         return replace(unpromoted, smart_tags=unpromoted._ranked(self.smart_tags))
 
     def with_facts(self, facts: ImageFacts) -> Asset:
@@ -221,4 +225,9 @@ class Asset:
 
 def changed(before: Asset, after: Asset) -> bool:
     """Whether a moderation edit changed anything (ignoring timestamps)."""
-    return (before.smart_tags, before.promoted, before.rejected) != (after.smart_tags, after.promoted, after.rejected)
+    return (before.smart_tags, before.promoted, before.rejected, before.reviewed) != (
+        after.smart_tags,
+        after.promoted,
+        after.rejected,
+        after.reviewed,
+    )

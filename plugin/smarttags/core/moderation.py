@@ -102,11 +102,12 @@ class Moderation:
             log.info("%s %s on asset %s by %s", action, tag, asset_id, user)
         return after, after is not before
 
-    def remove(self, asset_id: str, tag: str, *, user: str) -> Asset:
-        return self._edit(asset_id, REMOVE, tag, user, lambda asset: asset.reject(tag))
+    def remove(self, asset_id: str, tag: str, *, user: str, reviewed: bool = False) -> Asset:
+        """``reviewed``: the verdict came from the review queue (the training report counts those)."""
+        return self._edit(asset_id, REMOVE, tag, user, lambda asset: asset.reject(tag, reviewed=reviewed))
 
-    def promote(self, asset_id: str, tag: str, *, user: str) -> Asset:
-        return self._edit(asset_id, PROMOTE, tag, user, lambda asset: asset.promote(tag))
+    def promote(self, asset_id: str, tag: str, *, user: str, reviewed: bool = False) -> Asset:
+        return self._edit(asset_id, PROMOTE, tag, user, lambda asset: asset.promote(tag, reviewed=reviewed))
 
     def unpromote(self, asset_id: str, tag: str, *, user: str) -> Asset:
         return self._edit(asset_id, UNPROMOTE, tag, user, lambda asset: asset.unpromote(tag))

@@ -54,6 +54,7 @@ class TagRow:
     below_resolution: int = 0  # pictures under training.min_resolution (used unless strict_resolution)
     negatives: dict[str, int] = field(default_factory=dict)  # kind -> count
     carried_from: str | None = None  # the model whose head this tag keeps, when not retrained
+    from_review: int = 0  # examples whose label for this tag came from the review queue
 
     @property
     def negative_total(self) -> int:
@@ -84,6 +85,11 @@ class TrainingReport:
         rows = [TagRow(**row) for row in data.get("rows", [])]
         return cls(**{**data, "rows": rows})
 
+    @property
+    def from_review(self) -> int:
+        """Examples (summed over tags) whose label came from the review queue."""
+        return sum(row.from_review for row in self.rows)
+
     def counts(self) -> dict[str, int]:
         out = {TRAINED: 0, PARTIAL: 0, NOT_TRAINED: 0}
         for row in self.rows:
@@ -107,7 +113,8 @@ def as_table(report: TrainingReport) -> str:
     counts = report.counts()
     lines.append(
         f"{counts[TRAINED]} trained, {counts[PARTIAL]} partially trained, {counts[NOT_TRAINED]} not trained; "
-        f"{report.images_used} images used, {report.images_embedded} embedded in this run; "
+        f"{report.images_used} images used, {report.images_embedded} embedded in this run, "
+        f"{report.from_review} label(s) from the review queue; "
         f"model {report.model_version or '(none)'}"
     )
     if report.model_version:
@@ -156,6 +163,7 @@ def as_xlsx(report: TrainingReport) -> bytes:
         "Below resolution guideline",
         *(f"Negatives ({kind})" for kind in NEGATIVE_KINDS),
         "Carried over from",
+        "From review",
     ]
     sheet.append(columns)
     for cell in sheet[1]:
@@ -177,12 +185,13 @@ def as_xlsx(report: TrainingReport) -> bytes:
                 row.below_resolution,
                 *(row.negatives.get(kind, 0) for kind in NEGATIVE_KINDS),
                 row.carried_from,
+                row.from_review,
             ]
         )
         status_cell = sheet.cell(row=sheet.max_row, column=3)
         status_cell.fill = PatternFill("solid", start_color=COLOURS[row.status], end_color=COLOURS[row.status])
-    widths = (32, 24, 18, 8, 12, 10, 10, 10, 12, 10, 60, 12, 12, 12, 12, 12, 24)
-    for letter, width in zip("ABCDEFGHIJKLMNOPQ", widths, strict=True):
+    widths = (32, 24, 18, 8, 12, 10, 10, 10, 12, 10, 60, 12, 12, 12, 12, 12, 24, 12)
+    for letter, width in zip("ABCDEFGHIJKLMNOPQR", widths, strict=True):
         sheet.column_dimensions[letter].width = width
     info = book.create_sheet("Run")
     for name, value in [

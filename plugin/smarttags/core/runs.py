@@ -21,6 +21,9 @@ SCHEDULE = "schedule"
 ON_DEMAND = "on-demand"
 UPLOAD = "upload"
 COUNTS = ("selected", "processed", "tagged", "skipped", "unsupported", "failed", "embedded")
+# A training run counts assets read (from the folders, and removals elsewhere), used (embedded pictures)
+# and embedded now, and the tags retrained, carried over from the active model and not trained.
+TRAIN_COUNTS = ("read", "used", "embedded", "retrained", "carried_over", "not_trained", "failed")
 
 
 class RunStatus(StrEnum):
@@ -51,11 +54,22 @@ class Run:
     errors: list[dict[str, str]] = field(default_factory=list)
     report: dict[str, Any] | None = None
     folders: list[str] = field(default_factory=list)
+    # Why named assets were skipped (an on-demand run: a key with no object): the operator asked for them.
+    skips: list[dict[str, str]] = field(default_factory=list)
 
     def error(self, key: str, reason: str) -> None:
         self.counts["failed"] += 1
         if len(self.errors) < MAX_ERRORS_KEPT:
             self.errors.append({"key": key, "reason": reason})
+
+    def skip(self, key: str, reason: str) -> None:
+        self.counts["skipped"] += 1
+        if len(self.skips) < MAX_ERRORS_KEPT:
+            self.skips.append({"key": key, "reason": reason})
+
+    @property
+    def count_names(self) -> tuple[str, ...]:
+        return TRAIN_COUNTS if self.kind == TRAIN else COUNTS
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,8 +82,9 @@ class Run:
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "model_version": self.model_version,
-            "counts": {name: int(self.counts.get(name, 0)) for name in COUNTS},
+            "counts": {name: int(self.counts.get(name, 0)) for name in self.count_names},
             "errors": self.errors,
+            "skips": self.skips,
             "report": self.report,
         }
 
@@ -87,6 +102,7 @@ class Run:
             model_version=data.get("model_version"),
             counts=Counter(data.get("counts") or {}),
             errors=list(data.get("errors") or []),
+            skips=list(data.get("skips") or []),
             report=data.get("report"),
         )
 

@@ -83,6 +83,9 @@ class SearchRequest:
     keywords: Sequence[str] = ()
     formats: Sequence[str] = ()
     statuses: Sequence[str] = ()
+    # Keep assets with a smart tag at this confidence or above ("0.1" to "0.9"): the chosen tags (each
+    # of them) when ``tags`` names some, else any of the asset's smart tags.
+    min_confidence: str | None = None
     facets: bool = False  # count the matches per tag, keyword, folder, format, status and month
 
 
@@ -132,6 +135,8 @@ class SearchResult:
 
 
 MAX_FACET_FILTERS = 20
+# The confidence filter's steps, as ``adapters/asset_index.py`` writes them into ``smart_bands``.
+CONFIDENCE_STEPS = tuple(f"0.{n}" for n in range(1, 10))
 
 
 def _facets(aggregations: dict[str, Any]) -> dict[str, list[Bucket]]:
@@ -172,6 +177,9 @@ class Searcher:
         for values in filters.values():
             if len(values) > MAX_FACET_FILTERS or any(not v or len(v) > 512 for v in values):
                 raise RequestError(f"at most {MAX_FACET_FILTERS} facet values of 1 to 512 characters each")
+        band = request.min_confidence
+        if band is not None and band not in CONFIDENCE_STEPS:
+            raise RequestError(f"confidence must be one of {', '.join(CONFIDENCE_STEPS)}")
         tokens = self._index.analyze(fold(text), analyzer_for(request.locale)) if text else []
         metadata_tokens = set(self._index.analyze(text, "metadata_text", kind="assets")) if text else set()
         distinct = max(len(set(tokens)), len(metadata_tokens))
@@ -214,6 +222,8 @@ class Searcher:
             "has_smart_any": bool(union),
             "features": [{"feature": feature_name(tag), "boost": round(share, 6)} for tag in ranked],
             **{name: list(dict.fromkeys(values)) for name, values in filters.items()},
+            "confidence_range": band if band and not request.tags else None,
+            "confidence_bands": [f"{tag}@{band}" for tag in dict.fromkeys(request.tags)] if band else [],
             "facets": request.facets,
         }
 

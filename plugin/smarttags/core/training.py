@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -42,7 +42,7 @@ from smarttags.settings import Settings
 log = logging.getLogger(__name__)
 
 # What training reads of each asset.
-ATTRIBUTES = ["tags", "promoted", "rejected", "width", "height", "embedding", "etag"]
+ATTRIBUTES = ["tags", "promoted", "rejected", "reviewed", "width", "height", "embedding", "etag"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,12 @@ class Trainer:
             run.error(label, str(exc))
             self._runs.finish(run, RunStatus.FAILED)
             raise
+        run.counts.update(
+            used=report.images_used,
+            retrained=len(report.retrained),
+            carried_over=len(report.carried_over),
+            not_trained=report.counts()[NOT_TRAINED],
+        )
         run.model_version = report.model_version
         run.report = report.to_json()
         self._runs.finish(run, RunStatus.SUCCEEDED if report.model_version else RunStatus.NO_MODEL)
@@ -157,7 +163,8 @@ class Trainer:
             notes.extend(p for p in synced.problems if p not in notes)
             unmatched = {k: m for k, m in synced.unmatched.items() if unmatched is None or k in unmatched}
             notes.extend(f"unreadable: {key} ({reason})" for key, reason in synced.failed)
-            held.extend(self._assets.scan(folder, attributes=ATTRIBUTES, batch_size=200))
+            page = settings.read_page_size
+            held.extend(_read(self._assets.scan(folder, attributes=ATTRIBUTES, batch_size=page), progress))
         held = list({a.id: a for a in held}.values())  # nested folders hold some assets twice
         notes.extend((unmatched or {}).values())
         examples: list[tuple[Asset, Example]] = []
@@ -177,7 +184,8 @@ class Trainer:
         inside = {a.id for a in held}
         elsewhere = 0
         for bucket in sorted({f.bucket for f in folders}):
-            for asset in self._assets.scan_rejected(bucket, attributes=ATTRIBUTES, batch_size=200):
+            rejected = self._assets.scan_rejected(bucket, attributes=ATTRIBUTES, batch_size=settings.read_page_size)
+            for asset in _read(rejected, progress):
                 removed = frozenset(t for t in asset.rejected if t in taxonomy) - set(asset.tags)
                 if asset.id in inside or not removed:
                     continue
@@ -188,6 +196,7 @@ class Trainer:
         embedder = self._embedder_factory()
         vectors, embedded, failed = self._embeddings(examples, embedder, progress)
         counts["embedded"] = embedded
+        counts["read"] = len(held) + elsewhere
         notes.extend(f"unreadable: {key} ({reason})" for key, reason in failed)
         # In an order of what the pictures are (their bytes), not of how the index returned them.
         usable = sorted(((s, e) for s, e in examples if e.asset_id in vectors), key=lambda p: (p[0].etag, p[1].key))
@@ -308,6 +317,11 @@ class Trainer:
                     0,
                     advice=[f"no picture in these folders carries this tag: add {settings.min_images_per_tag} or more"],
                 )
+        # Examples whose label for a tag is a verdict of the review queue (accepted: a positive, rejected: a negative).
+        for asset, example in usable:
+            for tag in asset.reviewed & (example.positives | example.negatives):
+                if tag in rows:
+                    rows[tag].from_review += 1
         for tag, n in below_by_tag.items():
             rows[tag].below_resolution = n
             if settings.strict_resolution:
@@ -401,6 +415,14 @@ class Trainer:
                 progress("embed", 1, len(todo))
         self._assets.merge(embedded, ["embedding"], create=False)
         return vectors, len(todo) - len(failed), failed
+
+
+def _read(assets: Iterable[Asset], progress: Callable[[str, int, int | None], None] | None) -> Iterator[Asset]:
+    """The assets of a scan (a point in time read page by page), counted on the ``read`` progress bar."""
+    for asset in assets:
+        if progress:
+            progress("read", 1, None)
+        yield asset
 
 
 def duplicate_groups(keys: Sequence[str], pairs: Sequence[tuple[int, int]]) -> list[str]:

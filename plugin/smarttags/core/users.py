@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smarttags.core.clock import now_iso
-from smarttags.core.ports import Index
+from smarttags.core.ports import Index, Versioned
 from smarttags.errors import ConflictError, NotFound, RequestError
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ MAX_PASSWORD = 1024
 _N, _R, _P = 2**14, 8, 1
 _SALT_BYTES = 16
 _KEY_BYTES = 32
+WRITE_ATTEMPTS = 3
+GUARD_ATTEMPTS = 5
+# Not a user name (those start with a letter or digit): the document admin-removing changes commit on.
+GUARD_ID = "~admins"
 
 
 def _b64(data: bytes) -> str:
@@ -75,6 +79,17 @@ def _check_role(role: str) -> None:
 def _check_password(password: str) -> None:
     if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
         raise RequestError(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+
+
+def _removes_admin(source: dict[str, Any], fields: dict[str, Any]) -> bool:
+    """Whether writing ``fields`` over ``source`` takes an enabled admin away."""
+    after = {**source, **fields}
+    was = source.get("role") == ADMIN and not source.get("disabled")
+    return was and (after.get("role") != ADMIN or bool(after.get("disabled")))
+
+
+def _overlay(fields: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda source: {**source, **fields}
 
 
 def role_allows(role: str, needed: str) -> bool:
@@ -145,7 +160,7 @@ class UserStore:
         return None if user.disabled else user
 
     def list(self) -> list[User]:
-        body = {"size": 1000, "query": {"match_all": {}}, "sort": [{"username": "asc"}]}
+        body = {"size": 1000, "query": {"exists": {"field": "username"}}, "sort": [{"username": "asc"}]}
         hits = self._index.search("users", body)["hits"]["hits"]
         return [_user(h["_source"]) for h in hits]
 
@@ -156,25 +171,53 @@ class UserStore:
 
     def set_role(self, username: str, role: str, *, by: str) -> User:
         _check_role(role)
-
-        def change(source: dict[str, Any]) -> dict[str, Any]:
-            if source["role"] == ADMIN and role != ADMIN:
-                self._keep_an_admin(username)
-            return {**source, "role": role}
-
-        user = self._change(username, change)
+        user = self._admin_change(username, {"role": role})
         self._audit(by, "user.role", f"set the role of {username} to {role}")
         return user
 
     def set_disabled(self, username: str, disabled: bool, *, by: str) -> User:
-        def change(source: dict[str, Any]) -> dict[str, Any]:
-            if disabled and source["role"] == ADMIN:
-                self._keep_an_admin(username)
-            return {**source, "disabled": disabled}
-
-        user = self._change(username, change)
+        user = self._admin_change(username, {"disabled": disabled})
         self._audit(by, "user.disable" if disabled else "user.enable", f"{'dis' if disabled else 'en'}abled {username}")
         return user
+
+    def _admin_change(self, username: str, fields: dict[str, Any]) -> User:
+        """Write a role or disabled change; one that takes an enabled admin away passes the last-admin
+        check and then commits on the guard document (``if_seq_no``). Two such changes at once both pass
+        their checks, but only one commits: the other undoes its write and checks again, now seeing the
+        first. Only these changes commit, so every check counts admins that no undo takes away."""
+        for _ in range(GUARD_ATTEMPTS):
+            guard = self._guard()
+
+            def change(source: dict[str, Any]) -> dict[str, Any]:
+                if _removes_admin(source, fields):
+                    self._keep_an_admin(username)
+                return {**source, **fields}
+
+            user, previous = self._write(username, change)
+            if not _removes_admin(previous, fields):
+                return user
+            commits = int(guard.source.get("admin_changes") or 0) + 1
+            try:
+                self._index.put("users", GUARD_ID, {"admin_changes": commits}, expected=guard, refresh="true")
+                return user
+            except ConflictError:
+                # Another admin was taken away meanwhile: undo ours (only the fields we changed) and retry.
+                undo = {name: previous.get(name, False if name == "disabled" else None) for name in fields}
+                self._write(username, _overlay(undo))
+                log.info("user %s: a concurrent admin change; checking again", username)
+        raise ConflictError("opensearch", f"admins changed repeatedly; {username!r} is unchanged, retry")
+
+    def _guard(self) -> Versioned:
+        """The one document every change taking an admin away commits on (created on first use)."""
+        for _ in range(3):
+            found = self._index.get("users", GUARD_ID)
+            if found is not None:
+                return found
+            try:
+                self._index.put("users", GUARD_ID, {"admin_changes": 0}, create=True, refresh="true")
+            except ConflictError:
+                continue  # another process created it first
+        raise ConflictError("opensearch", "the admin guard document could not be read")
 
     def set_password(self, username: str, password: str, *, by: str) -> User:
         _check_password(password)
@@ -197,9 +240,13 @@ class UserStore:
             raise RequestError(f"{username} is the last admin: make another user admin first")
 
     def _change(self, username: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> User:
+        return self._write(username, change)[0]
+
+    def _write(self, username: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> tuple[User, dict[str, Any]]:
         """Write ``change(source)`` with the next session generation, so every session of the user ends
-        with the change; re-read and retry if someone else wrote the user in between."""
-        for _ in range(3):
+        with the change; re-read and retry if someone else wrote the user in between. Returns the user
+        and the source the change was applied to."""
+        for _ in range(WRITE_ATTEMPTS):
             found = self._index.get("users", username) if USERNAME.match(username) else None
             if found is None:
                 raise NotFound(f"no user {username!r}")
@@ -209,7 +256,7 @@ class UserStore:
                 self._index.put("users", username, doc, expected=found, refresh="true")
             except ConflictError:
                 continue
-            return _user(doc)
+            return _user(doc), source
         raise ConflictError("opensearch", f"user {username!r} changed repeatedly; nothing changed, retry")
 
     def history(self, size: int = 20) -> builtins.list[dict[str, Any]]:

@@ -20,11 +20,11 @@ from smarttags.core.asset import Asset, TaggingStatus, run_counter
 from smarttags.core.clock import parse_iso
 from smarttags.core.folders import Folder, FolderRegistry
 from smarttags.core.model_registry import ModelStore
-from smarttags.core.ports import Assets, Index, Queue
+from smarttags.core.ports import Assets, Index, Queue, StoreFor
 from smarttags.core.runs import ON_DEMAND, SCHEDULE, TAG, Run, RunLog, RunStatus
 from smarttags.core.tagging import Tagger
 from smarttags.core.training import Trainer
-from smarttags.errors import ConflictError, RequestError
+from smarttags.errors import ConflictError, NotFound, RequestError
 from smarttags.settings import Settings, TaggingSettings
 
 log = logging.getLogger(__name__)
@@ -131,11 +131,13 @@ def tag_assets(
     models: ModelStore,
     keys: Sequence[str],
     *,
+    stores: StoreFor,
     bucket: str,
     limit: int,
     user: str = "cli",
 ) -> Run:
-    """Tag the named assets (keys of ``bucket``, or s3:// URIs) now, in this process (at most ``limit``)."""
+    """Tag the named assets (keys of ``bucket``, or s3:// URIs) now, in this process (at most ``limit``).
+    A key with no object is skipped with its reason on the run: the operator named it and must see why."""
     if not keys:
         raise RequestError("name at least one asset to tag")
     if len(keys) > limit:
@@ -144,16 +146,26 @@ def tag_assets(
     run.counts["selected"] = len(keys)
     for key in keys:
         b, _, k = key[5:].partition("/") if key.startswith("s3://") else (bucket, "/", key)
+        run.counts["processed"] += 1
+        try:
+            # Checked first: the tagger would take a missing key for an object deleted meanwhile.
+            stores(b).head(k)
+        except NotFound:
+            run.skip(k, f"no such object: s3://{b}/{k}")
+            continue
+        except Exception as exc:
+            run.error(k, str(exc))
+            continue
         try:
             outcome = tagger.handle(events.ObjectEvent(events.TAG, b, k, run_id=run.run_id, trigger=ON_DEMAND))
         except Exception as exc:
-            run.counts["processed"] += 1
             run.error(k, str(exc))
             continue
-        run.counts["processed"] += 1
         if outcome.status == TaggingStatus.FAILED:
             run.error(k, outcome.reason or "failed")
-        elif counter := run_counter(outcome.status):
+        elif (counter := run_counter(outcome.status)) == "skipped":
+            run.skip(k, outcome.reason or str(outcome.status))
+        elif counter:
             run.counts[counter] += 1
     log.info("on-demand tagging by %s: %s", user, dict(run.counts))
     return runs.finish(run, RunStatus.SUCCEEDED if not run.errors else RunStatus.COMPLETED_WITH_ERRORS)

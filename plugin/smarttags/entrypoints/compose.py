@@ -164,6 +164,7 @@ class Services:
             self.runs,
             self.models,
             keys,
+            stores=self.store_for,
             bucket=self.settings.aws.bucket,
             limit=self.settings.tagging.max_assets_on_demand,
             user=user,

@@ -4,44 +4,173 @@ Only page 1 is ever loaded, so a document of thousands of pages costs what a one
 rendering, the page's image objects are checked against ``max_pixels`` from their dictionaries (PDFium
 decodes embedded images at full size, whatever the render scale). The title is the document's /Title,
 else the first line of page 1's text; the description its /Subject, else the start of that text.
-PDFium is not thread-safe, even across documents: every call goes through one lock.
+
+PDFium cannot be interrupted: loading a page expands its form XObjects eagerly (a 4 KB file of forms
+that draw forms ten times, seven deep, is ten million objects) and rendering has no usable time limit. So
+pages are drawn in a child process (``_serve``, started once and reused) capped at ``MEMORY_BYTES``
+of address space; one that is not done within ``RENDER_SECONDS`` is killed and replaced, and the file
+is refused as too large. A crash of PDFium on hostile bytes kills only the child. Requests go through
+one lock: one child, one page at a time (PDFium is not thread-safe anyway).
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import pickle
 import re
+import resource
+import selectors
+import struct
+import subprocess
+import sys
 import threading
+import time
+from typing import IO, Any
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 from PIL import Image
 
 from smarttags.adapters.formats.source import Source, finish
-from smarttags.errors import CorruptImage, ImageTooLarge, UnsupportedImage
+from smarttags.errors import CorruptImage, ImageError, ImageTooLarge, UnsupportedImage
 
 CONTENT_TYPE = "application/pdf"
 MAX_TEXT = 1000  # characters of page 1's text kept as the description
+RENDER_SECONDS = 10.0  # to load, check and draw page 1, child's start-up excluded
+MEMORY_BYTES = 2 << 30  # the child's address space (RLIMIT_AS): a page past it fails, not the host
 _MAX_OBJECTS = 10_000  # image-size checks per page; past that the page is refused as too complex
-_LOCK = threading.Lock()
 _SPACE = re.compile(r"\s+")
+_ERRORS: dict[str, type[ImageError]] = {e.__name__: e for e in (CorruptImage, ImageTooLarge, UnsupportedImage)}
+_FRAME = struct.Struct(">Q")
 
 
-def decode(data: bytes, content_type: str, size: int, max_pixels: int) -> Image.Image:
+def decode(
+    data: bytes, content_type: str, size: int, max_pixels: int, *, seconds: float = RENDER_SECONDS
+) -> Image.Image:
     """Page 1 of the PDF ``data``, its long side rendered at ``size`` px, with the document's text."""
-    with _LOCK:
-        try:
-            doc = pdfium.PdfDocument(data)
-        except pdfium.PdfiumError as exc:
-            if exc.err_code == pdfium_c.FPDF_ERR_PASSWORD:
-                raise UnsupportedImage("encrypted PDF (a password is needed)", content_type=CONTENT_TYPE) from None
-            raise CorruptImage(f"not a readable PDF: {exc}", content_type=CONTENT_TYPE) from None
-        try:
-            return _first_page(doc, size, max_pixels)
-        finally:
-            doc.close()
+    mode, dims, pixels, source = _RENDERER.render((data, size, max_pixels), seconds)
+    return finish(Image.frombytes(mode, dims, pixels), source)
 
 
-def _first_page(doc: pdfium.PdfDocument, size: int, max_pixels: int) -> Image.Image:
+class _Renderer:
+    """The child process that draws pages; killed and replaced when a page overruns its time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._child: subprocess.Popen[bytes] | None = None
+
+    def render(self, request: tuple[bytes, int, int], seconds: float) -> tuple[str, tuple[int, int], bytes, Source]:
+        with self._lock:
+            child = self._started()
+            assert child.stdin is not None and child.stdout is not None
+            try:
+                _write(child.stdin, request)
+                answer = _read(child.stdout, time.monotonic() + seconds)
+            except TimeoutError:
+                self._stop()
+                raise ImageTooLarge(
+                    f"page 1 is not drawn within {seconds:g} s (too complex)", content_type=CONTENT_TYPE
+                ) from None
+            except (OSError, EOFError, pickle.UnpicklingError) as exc:
+                self._stop()  # PDFium crashed or ran out of its memory on these bytes
+                raise CorruptImage(f"the PDF renderer died on it ({exc})", content_type=CONTENT_TYPE) from None
+        if answer[0] == "error":
+            raise _ERRORS[answer[1]](answer[2], content_type=CONTENT_TYPE)
+        return answer[1], answer[2], answer[3], answer[4]
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self._child is None or self._child.poll() is not None:
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+            if self._child is None:
+                atexit.register(self._stop)  # once: the child must not outlive us
+            self._child = subprocess.Popen(
+                [sys.executable, "-c", f"from {__name__} import _serve; _serve({MEMORY_BYTES})"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+        return self._child
+
+    def _stop(self) -> None:
+        if self._child is not None:
+            self._child.kill()
+            self._child.wait()
+            for pipe in (self._child.stdin, self._child.stdout):
+                if pipe is not None:
+                    pipe.close()
+            self._child = None
+
+
+_RENDERER = _Renderer()
+
+
+def _write(pipe: IO[bytes], message: Any) -> None:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    pipe.write(_FRAME.pack(len(body)) + body)
+    pipe.flush()
+
+
+def _read(pipe: IO[bytes], deadline: float) -> Any:
+    """One framed message from the child, or TimeoutError once ``deadline`` has passed."""
+    fd = pipe.fileno()  # read with os.read only: the pipe's own buffer stays empty
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+
+        def exactly(n: int) -> bytes:
+            buf = bytearray()
+            while len(buf) < n:
+                left = deadline - time.monotonic()
+                if left <= 0 or not selector.select(left):
+                    raise TimeoutError
+                chunk = os.read(fd, min(n - len(buf), 1 << 20))
+                if not chunk:
+                    raise EOFError("the renderer exited")
+                buf += chunk
+            return bytes(buf)
+
+        (length,) = _FRAME.unpack(exactly(_FRAME.size))
+        return pickle.loads(exactly(length))  # our own child's answer
+
+
+# --- the child -----------------------------------------------------------------------------------
+
+
+def _serve(memory: int) -> None:
+    """Answer framed (data, size, max_pixels) requests on stdin with the page drawn, until stdin ends."""
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    inp, out = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # nothing else may write into the answers
+    while True:
+        head = inp.read(_FRAME.size)
+        if len(head) < _FRAME.size:
+            return
+        data, size, max_pixels = pickle.loads(inp.read(_FRAME.unpack(head)[0]))
+        answer: tuple[Any, ...]
+        try:
+            img, source = _draw(data, size, max_pixels)
+            answer = ("ok", img.mode, img.size, img.tobytes(), source)
+        except ImageError as exc:
+            answer = ("error", type(exc).__name__, exc.detail)
+        except Exception as exc:  # a library bug on hostile bytes: this file's problem only
+            answer = ("error", "CorruptImage", f"decoder failed: {type(exc).__name__}: {exc}")
+        _write(out, answer)
+
+
+def _draw(data: bytes, size: int, max_pixels: int) -> tuple[Image.Image, Source]:
+    try:
+        doc = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as exc:
+        if exc.err_code == pdfium_c.FPDF_ERR_PASSWORD:
+            raise UnsupportedImage("encrypted PDF (a password is needed)", content_type=CONTENT_TYPE) from None
+        raise CorruptImage(f"not a readable PDF: {exc}", content_type=CONTENT_TYPE) from None
+    try:
+        return _first_page(doc, size, max_pixels)
+    finally:
+        doc.close()
+
+
+def _first_page(doc: pdfium.PdfDocument, size: int, max_pixels: int) -> tuple[Image.Image, Source]:
     if len(doc) < 1:
         raise CorruptImage("PDF without pages", content_type=CONTENT_TYPE)
     try:
@@ -73,7 +202,7 @@ def _first_page(doc: pdfium.PdfDocument, size: int, max_pixels: int) -> Image.Im
         description=description,
         keywords=keywords,
     )
-    return finish(img, source)
+    return img, source
 
 
 def _check_images(page: pdfium.PdfPage, max_pixels: int) -> None:

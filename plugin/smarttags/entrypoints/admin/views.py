@@ -23,7 +23,7 @@ from smarttags.core.asset import Asset
 from smarttags.core.folders import Folder
 from smarttags.core.moderation import MAX_BULK, PROMOTE, REMOVE
 from smarttags.core.runs import ON_DEMAND, TRAIN
-from smarttags.core.search import SearchRequest
+from smarttags.core.search import CONFIDENCE_STEPS, SearchRequest
 from smarttags.core.users import ADMIN, MODERATOR, ROLES, VIEWER
 from smarttags.entrypoints import dead_letters, overview
 from smarttags.entrypoints import health as status
@@ -226,6 +226,14 @@ def facet_url(name: str, value: str) -> str:
     return _search_url({k: v for k, v in args.items() if v})
 
 
+def confidence_url(step: str) -> str:
+    """This search keeping only smart tags at ``step`` or above, or without that filter if it was chosen."""
+    args = request.args.to_dict(flat=False)
+    args.pop("page", None)
+    args["confidence"] = [] if args.get("confidence") == [step] else [step]
+    return _search_url({k: v for k, v in args.items() if v})
+
+
 def _search_url(args: dict[str, list[str]]) -> str:
     query: dict[str, Any] = dict(args)  # url_for repeats a list's values: ?tag=a&tag=b
     return url_for("admin.search", **query)
@@ -247,6 +255,7 @@ def _search_request(args: MultiDict[str, str], *, page: int, size: int) -> Searc
         keywords=args.getlist("keyword"),
         formats=args.getlist("format"),
         statuses=args.getlist("status"),
+        min_confidence=args.get("confidence") or None,
         modified_from=months[0] if months else None,
         modified_to=months[1] if months else None,
         facets=True,
@@ -285,6 +294,9 @@ def search() -> ResponseReturnValue:
         facet_titles=FACET_TITLES,
         selected=selected,
         facet_url=facet_url,
+        confidence_url=confidence_url,
+        confidence_steps=CONFIDENCE_STEPS[4:],
+        confidence=request.args.get("confidence", ""),
         page_url=lambda n: _search_url({**request.args.to_dict(flat=False), "page": [str(n)]}),
         query_string=request.query_string.decode("utf-8", "replace"),
         taxonomy=sorted(ctx().services.taxonomy.load().tags.values(), key=lambda t: t.title().lower()),
@@ -410,7 +422,7 @@ def review_decide() -> ResponseReturnValue:
         abort(400)
     asset_id = _asset(request.form.get("asset_id", "")).id
     moderation = ctx().services.moderation
-    (moderation.promote if verdict == "accept" else moderation.remove)(asset_id, tag, user=_user_name())
+    (moderation.promote if verdict == "accept" else moderation.remove)(asset_id, tag, user=_user_name(), reviewed=True)
     flash(f"{tag}: {'accepted' if verdict == 'accept' else 'rejected'}.", "ok")
     return redirect(url_for("admin.review"))
 
@@ -498,10 +510,12 @@ def runs_tag() -> ResponseReturnValue:
         run = ctx().services.tag_now(keys, user=_user_name())
     except RequestError as exc:
         return _runs_page(error=str(exc), keys="\n".join(keys), code=400)
+    why = "; ".join(f"{e['key']}: {e['reason']}" for e in [*run.errors, *run.skips][:5])
     flash(
         f"Run {run.run_id}: {run.counts.get('tagged', 0)} tagged, {run.counts.get('skipped', 0)} skipped, "
-        f"{run.counts.get('unsupported', 0)} unsupported, {run.counts.get('failed', 0)} failed.",
-        "ok" if not run.errors else "error",
+        f"{run.counts.get('unsupported', 0)} unsupported, {run.counts.get('failed', 0)} failed."
+        + (f" {why}" if why else ""),
+        "error" if run.errors else "warn" if run.skips else "ok",
     )
     return redirect(url_for("admin.runs"))
 

@@ -26,8 +26,13 @@ def _taxonomy_import(settings: Settings, args: argparse.Namespace) -> int:
     from smarttags.core import taxonomy
 
     path = Path(args.file)
-    tags = taxonomy.parse(read_text(args.file, "taxonomy file"), source=str(path))
-    count = services(settings).taxonomy.import_tags(tags)
+    text = read_text(args.file, "taxonomy file")
+    store = services(settings).taxonomy
+    # Checked whole against the tags imported before (a parent may be one of them); a problem refuses all.
+    checked = taxonomy.read(text, source=str(path), known=store.load().tags)
+    for note in checked.notes:
+        print(note)
+    count = store.import_tags(checked.tags)
     print(f"imported {count} tags from {path}")
     return 0
 

@@ -17,7 +17,12 @@ def _tag(settings: Settings, args: argparse.Namespace) -> int:
     built = services(settings)
     if args.asset:
         run = built.tag_now(args.asset, user="cli")
-        print_json(run.to_json()) if args.json else print(f"run {run.run_id}: {dict(run.counts)}")
+        if args.json:
+            print_json(run.to_json())
+        else:
+            print(f"run {run.run_id}: {dict(run.counts)}")
+            for note in [*run.errors, *run.skips]:
+                print(f"  {note['key']}: {note['reason']}")
         return 0 if not run.errors else 1
     if not args.folder:
         print("tag needs --folder URI or --asset KEY ...", file=sys.stderr)
