@@ -101,25 +101,38 @@ def test_out_of_order_delivery_keeps_the_newest(services, model, enabled):
 
 
 class RacingIndex(SearchIndex):
-    """The real index, except that a moderator edits the asset right before the tagger's first write."""
+    """The real index, except that a moderator edits the asset right before the tagger's ``nth`` asset
+    write (one document or a bulk: the claim is the first, the tagged document the second)."""
 
-    def __init__(self, inner: SearchIndex, edit) -> None:
+    def __init__(self, inner: SearchIndex, edit, nth: int) -> None:
         super().__init__(inner.client, inner.prefix)
-        self._edit = edit
+        self._edit, self._writes, self._nth = edit, 0, nth
+
+    def _before_write(self, kind, doc_id) -> None:
+        if kind == "assets":
+            self._writes += 1
+            if self._writes == self._nth:
+                self._edit(doc_id)
 
     def put(self, kind, doc_id, source, **kwargs):
-        if kind == "assets" and self._edit is not None:
-            edit, self._edit = self._edit, None
-            edit(doc_id)
+        self._before_write(kind, doc_id)
         return super().put(kind, doc_id, source, **kwargs)
 
+    def put_many(self, kind, writes):
+        if writes:
+            self._before_write(kind, writes[0].id)
+        return super().put_many(kind, writes)
 
-def test_a_moderators_concurrent_edit_is_never_lost(services, model, enabled):
+
+@pytest.mark.parametrize("nth", [1, 2], ids=["before-the-claim", "before-the-tagged-write"])
+def test_a_moderators_concurrent_edit_is_never_lost(services, model, enabled, nth):
     key = "up/race.jpg"
     etag = _upload(services, key, RED)
     invoke(services, via_sqs(_created(services, key, etag, "0300")))
     etag2 = _upload(services, key, picture("red", size=(700, 500)))
-    racing = RacingIndex(services.index, lambda doc_id: services.moderation.remove(doc_id, "shapes:any", user="mod"))
+    racing = RacingIndex(
+        services.index, lambda doc_id: services.moderation.remove(doc_id, "shapes:any", user="mod"), nth
+    )
     tagger = tagging.Tagger(
         services.settings,
         AssetIndex(racing),
