@@ -189,6 +189,8 @@ def test_an_opensearch_outage_mid_backlog_drains_by_itself(world: Services, sett
     finally:
         proxy.down()
     assert _dlq(world) == 0
+    # Runs are read by search (near real time): the last batch's counts show within a refresh.
+    _wait(lambda: _upload_counts(world).get("processed", 0) >= len(keys), 20, "every object counted")
     counts = _upload_counts(world)
     assert counts.get("tagged") == len(keys) and counts.get("processed") == len(keys), counts
 

@@ -329,7 +329,7 @@ class Tagger:
             for i, (event, _) in enumerate(deliveries)
             if event.action != events.REMOVED and not is_internal(event.key) and seen[ids[i]] == 1
         ]
-        alone = [i for i in range(len(deliveries)) if i not in set(batched)]
+        alone = sorted(set(range(len(deliveries))) - set(batched))
         try:
             claimed = self._claim_many(deliveries, batched, [ids[i] for i in batched], answers, alone)
             self._tag_many(deliveries, claimed, answers)
