@@ -136,6 +136,9 @@ class FakeStore:
         info = self.head(key)
         return self.objects[key][0], info
 
+    def read(self, key: str, *, max_bytes: int = 1 << 30) -> tuple[bytes, ObjectInfo]:
+        return self.get_bytes(key, max_bytes=max_bytes)
+
     def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> str:
         self.objects[key] = (data, content_type)
         return self._info(key).etag
