@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import re
 import struct
+import weakref
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -238,7 +239,30 @@ def open_image(data: bytes | IO[bytes] | Blob, *, max_pixels: int, size: int | N
     if _refused(content_type):
         raise UnsupportedImage(f"{content_type} is not a supported image format", content_type=content_type)
     # libtiff decodes compressed strips from a file descriptor, or else reads the whole file into memory.
-    fp = blob.on_disk() if content_type == "image/tiff" else blob.reader()
+    spool = blob.on_disk() if content_type == "image/tiff" and not blob.in_memory else None
+    try:
+        img = _pillow_open(spool or blob.reader(), content_type)
+    except BaseException:
+        if spool is not None:
+            spool.close()
+        raise
+    if spool is not None:
+        weakref.finalize(img, spool.close)  # the copy on disk lives as long as the image reading it
+    content_type = Image.MIME.get(img.format or "", content_type)
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise CorruptImage(f"empty image ({width}x{height})", content_type=content_type)
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}",
+            content_type=content_type,
+        )
+    if img.format == "TIFF" and _TIFF_DNG_VERSION in getattr(img, "tag_v2", {}):
+        raise UnsupportedImage("DNG camera RAW is not supported", content_type="image/x-adobe-dng")
+    return img
+
+
+def _pillow_open(fp: IO[bytes], content_type: str | None) -> Image.Image:
     try:
         img = Image.open(fp, formats=DECODED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -253,17 +277,6 @@ def open_image(data: bytes | IO[bytes] | Blob, *, max_pixels: int, size: int | N
         raise CorruptImage("not an image (no known format signature)") from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError, IndexError, zlib.error) as exc:
         raise CorruptImage(f"unreadable header: {exc}", content_type=content_type) from None
-    content_type = Image.MIME.get(img.format or "", content_type)
-    width, height = img.size
-    if width <= 0 or height <= 0:
-        raise CorruptImage(f"empty image ({width}x{height})", content_type=content_type)
-    if width * height > max_pixels:
-        raise ImageTooLarge(
-            f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}",
-            content_type=content_type,
-        )
-    if img.format == "TIFF" and _TIFF_DNG_VERSION in getattr(img, "tag_v2", {}):
-        raise UnsupportedImage("DNG camera RAW is not supported", content_type="image/x-adobe-dng")
     return img
 
 
