@@ -87,11 +87,14 @@ class Embedder:
         name: str | None = None,
         input_size: int | None = None,
         session: Any = None,
+        verified: bool = True,
     ) -> None:
         self.settings = settings_backbone
         self.model_path = Path(model_path)
-        # Verify before first use: a tampered or half-written file must never be run.
+        # Verify before first use: a tampered or half-written file must never be run. A ``sha256``
+        # handed in unverified (read from the checksum file) is checked when the session is made.
         self.sha256 = sha256 or backbone_mod.verify(self.model_path)
+        self._verified = verified or sha256 is None
         self.name = name or settings_backbone.name
         self.input_size = input_size or backbone_mod.input_size_for(settings_backbone)
         self.threads = settings_backbone.threads or available_cores()
@@ -105,8 +108,20 @@ class Embedder:
     # --- the session ---
 
     @property
+    def loaded(self) -> bool:
+        """Whether the ONNX session is made (the backbone id and sizes never need it)."""
+        return self._input_name is not None
+
+    @property
     def session(self) -> Any:
         if self._input_name is None:
+            if self._session is None and not self._verified:
+                actual = backbone_mod.sha256_file(self.model_path)
+                if actual != self.sha256:
+                    raise ModelError(
+                        f"backbone file {self.model_path}: sha256 {actual} is not the recorded {self.sha256}"
+                    )
+                self._verified = True
             session = self._session or get_session(self.model_path, self.sha256, self.threads)
             self._check_contract(session)  # before keeping it: a failed check must fail every call
             self._session = session
@@ -257,12 +272,14 @@ def normalise(vectors: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.floa
 
 
 def load_embedder(settings: Settings) -> Embedder:
-    """The embedder the settings ask for; builds (or finds cached) the preset backbone first."""
-    found = backbone_mod.resolve(settings)
+    """The embedder the settings ask for; builds the preset backbone first if it is not built. The
+    model file is read (checked against its checksum file, then loaded) only when first run."""
+    found = backbone_mod.locate(settings)
     return Embedder(
         settings.backbone,
         found.path,
         sha256=found.sha256,
         name=found.name,
         input_size=found.input_size,
+        verified=False,
     )
