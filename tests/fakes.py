@@ -163,6 +163,7 @@ class FakeS3Client:
         self.objects: dict[str, tuple[bytes | Path, str]] = {}
         self.served = 0
         self.requests = 0
+        self.down = False  # S3 unreachable: every call fails as botocore fails it
 
     def put(self, key: str, data: bytes | Path) -> None:
         """Store (or replace: a new ETag) ``key``; a Path is read from disk on each GET."""
@@ -175,8 +176,10 @@ class FakeS3Client:
     def get_object(
         self, *, Bucket: str, Key: str, Range: str | None = None, IfMatch: str | None = None, **_: Any
     ) -> dict[str, Any]:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError, EndpointConnectionError
 
+        if self.down:
+            raise EndpointConnectionError(endpoint_url="http://s3.fake")
         if Key not in self.objects:
             raise ClientError({"Error": {"Code": "NoSuchKey", "Message": "no such key"}}, "GetObject")
         data, tag = self.objects[Key]

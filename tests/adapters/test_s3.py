@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from smarttags.adapters import imaging
 from smarttags.adapters.s3 import BLOCK_BYTES, CACHE_BYTES, WHOLE_BYTES, ObjectStore, RangedObject
-from smarttags.errors import ImageTooLarge, NotFound
+from smarttags.errors import ImageTooLarge, NotFound, ServiceUnavailable
 from smarttags.settings import Settings
 
 from tests import images
@@ -82,6 +82,24 @@ def test_an_object_replaced_while_read_is_gone() -> None:
     data.seek(8 << 20)
     with pytest.raises(NotFound, match="replaced while being read"):
         data.read(10)
+
+
+def test_s3_failing_mid_decode_is_a_service_error_not_a_bad_file() -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    data = images_jpeg(noise)
+    assert len(data) > WHOLE_BYTES
+    store, client = store_with(photo=data)
+    content, _ = store.read("photo")
+    picture = imaging.open_picture(content, max_pixels=MAX_PIXELS, size=224)  # the header came first
+    client.down = True
+    with pytest.raises(ServiceUnavailable):
+        picture.pixels(224)  # retried later, never recorded as a corrupt file
+
+
+def images_jpeg(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
 
 
 def test_a_jpeg_with_an_embedded_preview_fetches_the_header_and_the_preview_only() -> None:
