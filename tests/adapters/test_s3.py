@@ -117,6 +117,10 @@ def test_a_jpeg_with_an_embedded_preview_fetches_the_header_and_the_preview_only
     # The first GET (4 MiB) and the preview's block: the primary image's data is never fetched.
     assert client.served <= WHOLE_BYTES + 2 * BLOCK_BYTES < len(data) // 3  # 5 of 21.5 MB here
     assert np.abs(imaging.prepare(data, 224, max_pixels=MAX_PIXELS)[112, 112].astype(int) - (200, 30, 30)).max() < 12
+    # Facts alone (what `smarttags ingest` reads): the first GET is all.
+    client.served = 0
+    assert imaging.read_metadata(store.read("photo")[0]).width == 6000
+    assert client.served == WHOLE_BYTES
 
 
 def test_a_letterboxed_or_too_small_preview_is_not_used() -> None:
@@ -128,11 +132,11 @@ def test_a_letterboxed_or_too_small_preview_is_not_used() -> None:
         assert np.abs(picture.pixels(224)[112, 112].astype(int) - (30, 30, 200)).max() < 12
 
 
-def test_large_tiff_and_raw_are_read_from_a_spooled_file() -> None:
+def test_large_tiff_raw_and_pdf_are_read_from_a_spooled_file() -> None:
     noise = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(noise).save(buffer, "TIFF", compression="tiff_lzw")
-    for data in (buffer.getvalue(), images.dng(size=(3000, 2000))):
+    for data in (buffer.getvalue(), images.dng(size=(3000, 2000)), images.pdf(pages=30_000)):
         assert len(data) > WHOLE_BYTES  # so it is read through a RangedObject
         store, _ = store_with(obj=data)
         content, _ = store.read("obj")
