@@ -39,8 +39,7 @@ class RangedObject(io.RawIOBase):
     """A read-only, seekable file over one object's bytes, fetched by ``fetch(start, end)`` (a body
     with ``read(n)`` for bytes ``[start, end)``) in whole blocks. An LRU cache keeps the last
     ``cache_bytes``; while reads are sequential each GET is twice as long as the last, up to
-    ``read_ahead``, so a decoder streaming the whole object costs a few dozen requests, not thousands.
-    ``fetched`` and ``requests`` count what came from the store."""
+    ``read_ahead``, so a decoder streaming the whole object costs a few dozen requests, not thousands."""
 
     def __init__(
         self,
@@ -63,17 +62,10 @@ class RangedObject(io.RawIOBase):
         self._pos = 0
         self._blocks: OrderedDict[int, bytes] = OrderedDict()
         self._ahead = block
-        self._next = 0  # the block a sequential read asks for next
-        self.fetched = len(first)
-        self.requests = 1 if first else 0
         whole = len(first) // block  # keep only whole blocks (and the last one): the rest is refetched
         for index in range(whole + (len(first) == size and len(first) % block > 0)):
             self._blocks[index] = first[index * block : (index + 1) * block]
-        self._next = len(self._blocks)
-
-    @property
-    def size(self) -> int:
-        return self._size
+        self._next = len(self._blocks)  # the block a sequential read asks for next
 
     def readable(self) -> bool:
         return True
@@ -112,12 +104,10 @@ class RangedObject(io.RawIOBase):
         start = index * self._block
         end = min(self._size, start + self._ahead)
         body = self._fetch(start, end)
-        self.requests += 1
         try:
             for at in range(start, end, self._block):
-                chunk = _read_exactly(body, min(self._block, end - at))
-                self.fetched += len(chunk)
-                self._blocks[at // self._block] = chunk
+                self._blocks[at // self._block] = _read_exactly(body, min(self._block, end - at))
+                self._blocks.move_to_end(at // self._block)
         finally:
             body.close()
         self._next = (end + self._block - 1) // self._block
