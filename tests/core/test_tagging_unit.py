@@ -416,6 +416,7 @@ def test_a_write_whose_answer_was_lost_counts_once_when_its_message_comes_back(w
 def test_a_heads_only_re_tag_loads_no_backbone(world: Any, tmp_path: Any) -> None:
     """The re-tag needs the backbone's id only: the real embedder names it from the model's checksum
     file, and reads the model (checks it, then loads it) only to run it."""
+    from smarttags.adapters.backbone import BackboneFile, verify
     from smarttags.adapters.embedder import Embedder
 
     tagger, assets, store, index = world
@@ -423,17 +424,21 @@ def test_a_heads_only_re_tag_loads_no_backbone(world: Any, tmp_path: Any) -> Non
     tagger.handle(created("up/a.png", "01"))  # embedded as "fake:1"
     model = tmp_path / "fake.onnx"
     model.write_bytes(b"not a model: running it would fail its checksum")
+    (tmp_path / "fake.onnx.sha256").write_text("1  fake.onnx\n")
     made: list[Embedder] = []
 
+    def check() -> BackboneFile:
+        return BackboneFile("fake", model, verify(model), 4, 4)
+
     def load() -> Embedder:
-        made.append(Embedder(settings_mod.load().backbone, model, sha256="1", name="fake", verified=False))
+        made.append(Embedder(settings_mod.load().backbone, model, sha256="1", name="fake", check=check))
         return made[0]
 
     lazy = make_tagger(assets, store, index, "up/", embedder=load)
     retag = events.ObjectEvent(events.TAG, BUCKET, "up/a.png", run_id="tag-1", trigger="on_demand")
     assert lazy.handle(retag).tags == ("shapes:red",)
     assert len(made) == 1 and not made[0].loaded  # the model file was never read
-    with pytest.raises(ModelError, match="is not the recorded"):
+    with pytest.raises(ModelError, match="does not match"):
         made[0].embed_arrays([np.zeros((4, 4, 3), np.uint8)])  # ...and is still checked before it runs
 
 

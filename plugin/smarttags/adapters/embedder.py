@@ -87,14 +87,15 @@ class Embedder:
         name: str | None = None,
         input_size: int | None = None,
         session: Any = None,
-        verified: bool = True,
+        check: Callable[[], backbone_mod.BackboneFile] | None = None,
     ) -> None:
         self.settings = settings_backbone
         self.model_path = Path(model_path)
         # Verify before first use: a tampered or half-written file must never be run. A ``sha256``
-        # handed in unverified (read from the checksum file) is checked when the session is made.
+        # read from the checksum file comes with ``check``, run when the session is first made: it
+        # verifies the file (a preset's tampered cache is rebuilt) and must name the same file.
         self.sha256 = sha256 or backbone_mod.verify(self.model_path)
-        self._verified = verified or sha256 is None
+        self._check = check
         self.name = name or settings_backbone.name
         self.input_size = input_size or backbone_mod.input_size_for(settings_backbone)
         self.threads = settings_backbone.threads or available_cores()
@@ -115,13 +116,11 @@ class Embedder:
     @property
     def session(self) -> Any:
         if self._input_name is None:
-            if self._session is None and not self._verified:
-                actual = backbone_mod.sha256_file(self.model_path)
-                if actual != self.sha256:
-                    raise ModelError(
-                        f"backbone file {self.model_path}: sha256 {actual} is not the recorded {self.sha256}"
-                    )
-                self._verified = True
+            if self._session is None and self._check is not None:
+                checked = self._check()
+                if (checked.path, checked.sha256) != (self.model_path, self.sha256):
+                    raise ModelError(f"backbone file {self.model_path} changed since {self.backbone_id} was read")
+                self._check = None
             session = self._session or get_session(self.model_path, self.sha256, self.threads)
             self._check_contract(session)  # before keeping it: a failed check must fail every call
             self._session = session
@@ -281,5 +280,5 @@ def load_embedder(settings: Settings) -> Embedder:
         sha256=found.sha256,
         name=found.name,
         input_size=found.input_size,
-        verified=False,
+        check=lambda: backbone_mod.resolve(settings),
     )
