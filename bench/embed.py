@@ -1,15 +1,17 @@
 """Benchmark of the embedding path on this machine (a script, not a test; about a minute).
 
-    .venv/bin/python bench/embed.py [--data-dir var] [--n 64]
+    .venv/bin/python bench/embed.py [--data-dir var] [--n 64] [--decode-only]
 
 Prints ms/image for: the backbone alone (batch 1 and 32), decoding alone, end to end (bytes ->
 embedding, batches of 32) on small PNGs and on 4000x3000 JPEGs, and a naive pipeline (full decode,
 then resize, then the backbone) on the same JPEGs. The last line holds the ratios, with their goals:
 naive/ours on large JPEGs >= 5; end-to-end / (decode + backbone) on large JPEGs <= 1.1; end-to-end /
-backbone on small PNGs <= 1.5. Decode-only lines per still format (HEIC with and without an embedded
-thumbnail, AVIF, WebP, TIFF) and per drawn
-format (a 20-page PDF, an SVG, 45 MP RAW with and without a preview, PSB) give their ratio to a JPEG;
-a minute of 1080p video (frames sampled and embedded) against one 12 MP JPEG end to end, goal <= 20.
+backbone on small PNGs <= 1.5. Decode-only lines per still format (12 MP: JPEG, HEIC with and without an
+embedded thumbnail, AVIF, WebP, TIFF LZW, 16-bit and CMYK TIFF, PSD; 24 MP HEIC with and without a
+thumbnail) and per drawn format (a 20-page PDF, an SVG, 45 MP RAW with and without a preview, PSB) give
+their ratio to the 12 MP JPEG; every fixture is generated at bench time (the DNGs with tifffile, as the
+tests write them). A minute of 1080p video (frames sampled and embedded) against one 12 MP JPEG end to
+end, goal <= 20. ``--decode-only`` prints the per-format decode lines alone.
 """
 
 from __future__ import annotations
@@ -55,21 +57,36 @@ def large_jpegs(count: int) -> list[bytes]:
     return [out[i % len(out)] for i in range(count)]
 
 
-def per_format_decode_ms(size: int, max_pixels: int) -> dict[str, float]:
-    """Decode ms/image to the backbone's size of one 4000x3000 photo saved in each still format."""
-    photo = Image.fromarray(photos()[0]).resize((4000, 3000), Image.Resampling.BILINEAR)
-    encoded = {}
-    for fmt, kw in (("JPEG", {"quality": 90}), ("HEIF", {"quality": 80}), ("AVIF", {"speed": 10})):
-        buf = io.BytesIO()
-        photo.save(buf, fmt, **kw)
-        encoded[fmt] = buf.getvalue()
-    for fmt, kw in (("WEBP", {"quality": 80}), ("TIFF", {"compression": "tiff_lzw"})):
-        buf = io.BytesIO()
-        photo.save(buf, fmt, **kw)
-        encoded[fmt] = buf.getvalue()
+def _saved(img: Image.Image, fmt: str, **kw: object) -> bytes:
     buf = io.BytesIO()
-    photo.save(buf, "HEIF", quality=80, thumbnails=[320])  # as phones write them: the thumbnail is decoded
-    encoded["HEIC+thumbnail"] = buf.getvalue()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def per_format_decode_ms(size: int, max_pixels: int) -> dict[str, float]:
+    """Decode ms/image to the backbone's size of one photo saved in each still format (12 MP unless named)."""
+    import tifffile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests import images  # the test suite's fixture writers (PSD)
+
+    photo = Image.fromarray(photos()[0]).resize((4000, 3000), Image.Resampling.BILINEAR)
+    big = Image.fromarray(photos()[0]).resize((6000, 4000), Image.Resampling.BILINEAR)  # 24 MP, as phones shoot
+    wide = io.BytesIO()  # 16-bit RGB, Deflate: what raw converters and scanners write
+    tifffile.imwrite(wide, np.asarray(photo).astype(np.uint16) * 257, photometric="rgb", compression="zlib")
+    encoded = {
+        "JPEG": _saved(photo, "JPEG", quality=90),
+        "HEIF": _saved(photo, "HEIF", quality=80),
+        "HEIC+thumbnail": _saved(photo, "HEIF", quality=80, thumbnails=[320]),  # as phones write them
+        "AVIF": _saved(photo, "AVIF", speed=10),
+        "WEBP": _saved(photo, "WEBP", quality=80),
+        "TIFF LZW": _saved(photo, "TIFF", compression="tiff_lzw"),
+        "TIFF 16-bit": wide.getvalue(),
+        "TIFF CMYK": _saved(photo.convert("CMYK"), "TIFF", compression="tiff_lzw"),
+        "PSD": images.psd(photo),  # the flattened composite, raw planar
+        "HEIC 24 MP": _saved(big, "HEIF", quality=80),
+        "HEIC 24 MP+thumb": _saved(big, "HEIF", quality=80, thumbnails=[320]),
+    }
     return {
         fmt: timed(lambda d=data: imaging.prepare(d, size, max_pixels=max_pixels), 2) * 1000.0
         for fmt, data in encoded.items()
@@ -165,10 +182,21 @@ def naive_prepare(data: bytes, size: int) -> np.ndarray:
     return np.asarray(canvas)
 
 
+def print_decode_lines(size: int, max_pixels: int) -> None:
+    decode_ms = per_format_decode_ms(size, max_pixels)
+    jpeg = decode_ms["JPEG"]
+    for fmt, took in decode_ms.items():
+        name = fmt if "MP" in fmt else f"{fmt} 12 MP"
+        print(f"decode only  {name:23}: {took:7.2f} ms/image ({took / jpeg:.1f} x 12 MP JPEG)")
+    for name, took in document_decode_ms(size, max_pixels).items():
+        print(f"decode only  {name:23}: {took:7.2f} ms/image ({took / jpeg:.1f} x 12 MP JPEG)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="var", type=Path)
     parser.add_argument("--n", default=64, type=int, help="images per measured set (a multiple of 32)")
+    parser.add_argument("--decode-only", action="store_true", help="only the per-format decode lines")
     args = parser.parse_args()
 
     s = settings.load(data_dir=args.data_dir)
@@ -176,6 +204,9 @@ def main() -> None:
     size = embedder.input_size
     n = args.n
     print(f"model {embedder.backbone_id[:40]}..., {size}px, {embedder.threads} threads, batch {s.backbone.batch_size}")
+    if args.decode_only:
+        print_decode_lines(size, s.backbone.max_pixels)
+        return
 
     t0 = time.perf_counter()
     big, small = large_jpegs(n), small_pngs(n)
@@ -211,11 +242,7 @@ def main() -> None:
     print(f"end to end      small PNGs : {e2e_small * ms:7.2f} ms/image")
     print(f"end to end    4000x3000 JPG: {e2e_big * ms:7.2f} ms/image")
     print(f"naive (full decode) 4000x3000 JPG: {naive_big * ms:7.2f} ms/image")
-    decode_ms = per_format_decode_ms(size, s.backbone.max_pixels)
-    for fmt, took in decode_ms.items():
-        print(f"decode only  4000x3000 {fmt:14}: {took:7.2f} ms/image ({took / decode_ms['JPEG']:.1f} x JPEG)")
-    for name, took in document_decode_ms(size, s.backbone.max_pixels).items():
-        print(f"decode only  {name:23}: {took:7.2f} ms/image ({took / decode_ms['JPEG']:.1f} x 12 MP JPEG)")
+    print_decode_lines(size, s.backbone.max_pixels)
     from smarttags.adapters.formats import video
 
     minute = video_minute()

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from smarttags.core.ports import ObjectInfo, Versioned, Write
@@ -163,6 +165,9 @@ class FakeStore:
         info = self.head(key)
         return self.objects[key][0], info
 
+    def read(self, key: str, *, max_bytes: int = 1 << 30) -> tuple[bytes, ObjectInfo]:
+        return self.get_bytes(key, max_bytes=max_bytes)
+
     def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> str:
         self.objects[key] = (data, content_type)
         return self._info(key).etag
@@ -174,3 +179,61 @@ class FakeStore:
         for key in sorted(self.objects):
             if key.startswith(prefix):
                 yield self._info(key)
+
+
+class FakeS3Client:
+    """The few calls of a boto3 S3 client that ``adapters.s3.ObjectStore.read`` makes (``get_object``
+    with ``Range``, ``IfMatch``), over bytes or files on disk, counting the bytes and requests served.
+    For unit tests of the reader; its integration tests use moto."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes | Path, str]] = {}
+        self.served = 0
+        self.requests = 0
+        self.down = False  # S3 unreachable: every call fails as botocore fails it
+
+    def put(self, key: str, data: bytes | Path) -> None:
+        """Store (or replace: a new ETag) ``key``; a Path is read from disk on each GET."""
+        self._puts = getattr(self, "_puts", 0) + 1
+        self.objects[key] = (data, hashlib.md5(f"{key}:{self._puts}".encode()).hexdigest())
+
+    def _size(self, data: bytes | Path) -> int:
+        return len(data) if isinstance(data, bytes) else data.stat().st_size
+
+    def get_object(
+        self, *, Bucket: str, Key: str, Range: str | None = None, IfMatch: str | None = None, **_: Any
+    ) -> dict[str, Any]:
+        from botocore.exceptions import ClientError, EndpointConnectionError
+
+        if self.down:
+            raise EndpointConnectionError(endpoint_url="http://s3.fake")
+        if Key not in self.objects:
+            raise ClientError({"Error": {"Code": "NoSuchKey", "Message": "no such key"}}, "GetObject")
+        data, tag = self.objects[Key]
+        if IfMatch is not None and IfMatch.strip('"') != tag:
+            raise ClientError({"Error": {"Code": "PreconditionFailed", "Message": "If-Match"}}, "GetObject")
+        size = self._size(data)
+        start, end = 0, size - 1
+        if Range is not None:
+            first, _, last = Range.removeprefix("bytes=").partition("-")
+            start, end = int(first), min(int(last), size - 1)
+            if start >= size:
+                raise ClientError({"Error": {"Code": "InvalidRange", "Message": "not satisfiable"}}, "GetObject")
+        if isinstance(data, bytes):
+            body = data[start : end + 1]
+        else:
+            with data.open("rb") as f:
+                f.seek(start)
+                body = f.read(end + 1 - start)
+        self.served += len(body)
+        self.requests += 1
+        answer: dict[str, Any] = {
+            "Body": io.BytesIO(body),
+            "ContentLength": len(body),
+            "ETag": f'"{tag}"',
+            "LastModified": datetime.now(UTC),
+            "ContentType": "binary/octet-stream",
+        }
+        if Range is not None:
+            answer["ContentRange"] = f"bytes {start}-{end}/{size}"
+        return answer

@@ -266,3 +266,18 @@ def pdf_form_bomb(levels: int = 7, fan: int = 10) -> bytes:
         )
         objects.append(f"{head}/Length {len(stream)} >>\nstream\n".encode() + stream + b"\nendstream")
     return _pdf_file(objects, b"%PDF-1.7\n")
+
+
+def jpeg_with_preview(primary: Image.Image, preview: Image.Image, *, quality: int = 90) -> bytes:
+    """A JPEG as cameras write it: the primary image, then an MPF "Large Thumbnail (Full HD
+    Equivalent)" frame (Pillow writes MPO frames as "Undefined"; the entry's type is patched)."""
+    buffer = io.BytesIO()
+    primary.save(buffer, "MPO", save_all=True, append_images=[preview], quality=quality)
+    data = bytearray(buffer.getvalue())
+    tiff = data.index(b"MPF\x00") + 4  # the MP index IFD, little-endian, offsets from here
+    (count,) = struct.unpack_from("<H", data, tiff + 8)
+    for at in range(tiff + 10, tiff + 10 + 12 * count, 12):
+        tag, _kind, _n, offset = struct.unpack_from("<HHII", data, at)
+        if tag == 0xB002:  # the MP entries, 16 bytes each: attribute (type) first
+            data[tiff + offset + 16 : tiff + offset + 20] = struct.pack("<L", 0x010002)
+    return bytes(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from skimage import data as skdata
 from smarttags import settings
 from smarttags.adapters import backbone, embedder
 from smarttags.entrypoints import cli
-from smarttags.errors import CorruptImage, ImageTooLarge, UnsupportedImage
+from smarttags.errors import CorruptImage, ImageTooLarge, ModelError, UnsupportedImage
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +41,36 @@ def test_embeddings_are_unit_float32(built):
     norms = [float(np.linalg.norm(v)) for v in out]
     assert norms == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
     assert e.dim == 1280 and e.backbone_id == f"efficientnet-lite0:{backbone.build(built).sha256}"
+
+
+def test_the_backbone_id_needs_no_read_of_the_model(built, tmp_path):
+    """load_embedder names the backbone from the checksum file beside the model; the model is read
+    (checked against that checksum, then loaded) when first run, so a tampered file never runs."""
+    found = backbone.build(built)
+    fresh = embedder.load_embedder(built)
+    assert fresh.backbone_id == found.backbone_id and not fresh.loaded
+    fresh.embed_arrays([np.zeros((224, 224, 3), np.uint8)])
+    assert fresh.loaded
+    copy = tmp_path / found.path.name
+    shutil.copy(found.path, copy)
+    shutil.copy(found.path.with_name(found.path.name + ".sha256"), tmp_path)
+    raw = bytearray(copy.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # tampered after its checksum was written
+    copy.write_bytes(bytes(raw))
+    custom = settings.load(data_dir=tmp_path / "data", backbone={"onnx_file": str(copy)})
+    lazy = embedder.load_embedder(custom)
+    assert lazy.backbone_id == found.backbone_id and lazy.input_size == 224 and not lazy.loaded
+    with pytest.raises(ModelError, match="does not match"):
+        lazy.embed_arrays([np.zeros((224, 224, 3), np.uint8)])
+    assert not lazy.loaded
+    # A preset's cache tampered with after its id was read is rebuilt before it runs, as by build().
+    cache = settings.load(data_dir=tmp_path / "cache")
+    shutil.copytree(found.path.parent, tmp_path / "cache" / "models")
+    early = embedder.load_embedder(cache)
+    spoiled = tmp_path / "cache" / "models" / found.path.name
+    spoiled.write_bytes(spoiled.read_bytes()[:-10])
+    early.embed_arrays([np.zeros((224, 224, 3), np.uint8)])
+    assert early.loaded and backbone.verify(spoiled) == found.sha256
 
 
 def test_one_bad_file_does_not_fail_its_batch(built):

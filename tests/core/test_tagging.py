@@ -182,6 +182,30 @@ def test_bad_input_is_recorded_and_retried_only_by_choice(services, model, enabl
     assert again == {"batchItemFailures": []} and _doc(services, key)["tagging"] == doc["tagging"]
 
 
+def test_a_large_upload_is_read_in_ranges_and_tagged(services, model, enabled, embedder):
+    """Over 4 MiB the tagger reads through ranged GETs (adapters/s3.py: RangedObject): same embedding
+    as the whole bytes give."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from smarttags.adapters.s3 import WHOLE_BYTES
+
+    base = np.asarray(Image.open(io.BytesIO(picture("red", size=(3200, 2400)))), dtype=np.int16)
+    noisy = base + np.random.default_rng(0).integers(-12, 13, base.shape, dtype=np.int16)  # bytes enough
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=100)
+    data = buffer.getvalue()
+    assert len(data) > WHOLE_BYTES
+    key = "up/large.jpg"
+    etag = _upload(services, key, data)
+    assert invoke(services, via_sqs(_created(services, key, etag, "0500"))) == {"batchItemFailures": []}
+    doc = _doc(services, key)
+    assert doc["tagging"]["status"] == "tagged" and doc["width"] == 3200 and doc["size"] == len(data)
+    whole = embedder.embed_bytes([data])[0]
+    assert np.allclose(doc["embedding"], whole, atol=1e-5)
+
+
 def test_one_bad_record_never_redoes_the_others(services, model, enabled):
     good = _created(services, "up/good.jpg", _upload(services, "up/good.jpg", RED), "0600")
     bad = _created(services, "up/bad.jpg", _upload(services, "up/bad.jpg", b""), "0601")

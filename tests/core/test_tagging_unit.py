@@ -30,7 +30,7 @@ from smarttags.core.tagging import (
     handle_logged,
 )
 from smarttags.core.taxonomy import TaxonomyStore
-from smarttags.errors import CorruptImage, UnsupportedImage
+from smarttags.errors import CorruptImage, ModelError, UnsupportedImage
 
 from tests.fakes import FakeIndex, FakeStore
 
@@ -95,7 +95,7 @@ def world() -> Any:
     return make_tagger(assets, store, index, "up/"), assets, store, index
 
 
-def make_tagger(assets: Any, store: FakeStore, index: FakeIndex, enabled: str) -> Tagger:
+def make_tagger(assets: Any, store: FakeStore, index: FakeIndex, enabled: str, embedder: Any = PixelEmbedder) -> Tagger:
     """A tagger on the fakes with an active one-tag model ("shapes:red") and one enabled folder."""
     settings = settings_mod.load(aws={"bucket": BUCKET})
     models = ModelStore(store, settings.aws.models_prefix)
@@ -110,7 +110,7 @@ def make_tagger(assets: Any, store: FakeStore, index: FakeIndex, enabled: str) -
         settings,
         assets,
         lambda bucket: store,
-        embedder=PixelEmbedder,
+        embedder=embedder,
         open_picture=open_picture,
         models=models,
         taxonomy=TaxonomyStore(index),
@@ -411,6 +411,35 @@ def test_a_write_whose_answer_was_lost_counts_once_when_its_message_comes_back(w
     assert handle_logged(tagger, event, tally, owner="message-2").status == Handled.DUPLICATE
     ((counts, _),) = tally.runs.values()
     assert dict(counts) == {"processed": 1, "tagged": 1}
+
+
+def test_a_heads_only_re_tag_loads_no_backbone(world: Any, tmp_path: Any) -> None:
+    """The re-tag needs the backbone's id only: the real embedder names it from the model's checksum
+    file, and reads the model (checks it, then loads it) only to run it."""
+    from smarttags.adapters.backbone import BackboneFile, verify
+    from smarttags.adapters.embedder import Embedder
+
+    tagger, assets, store, index = world
+    store.put_bytes("up/a.png", b"red circle")
+    tagger.handle(created("up/a.png", "01"))  # embedded as "fake:1"
+    model = tmp_path / "fake.onnx"
+    model.write_bytes(b"not a model: running it would fail its checksum")
+    (tmp_path / "fake.onnx.sha256").write_text("1  fake.onnx\n")
+    made: list[Embedder] = []
+
+    def check() -> BackboneFile:
+        return BackboneFile("fake", model, verify(model), 4, 4)
+
+    def load() -> Embedder:
+        made.append(Embedder(settings_mod.load().backbone, model, sha256="1", name="fake", check=check))
+        return made[0]
+
+    lazy = make_tagger(assets, store, index, "up/", embedder=load)
+    retag = events.ObjectEvent(events.TAG, BUCKET, "up/a.png", run_id="tag-1", trigger="on_demand")
+    assert lazy.handle(retag).tags == ("shapes:red",)
+    assert len(made) == 1 and not made[0].loaded  # the model file was never read
+    with pytest.raises(ModelError, match="does not match"):
+        made[0].embed_arrays([np.zeros((4, 4, 3), np.uint8)])  # ...and is still checked before it runs
 
 
 def test_a_re_tag_of_unchanged_bytes_runs_only_the_heads(world: Any) -> None:

@@ -470,16 +470,8 @@ def models_dir(settings: Settings) -> Path:
 
 def build(settings: Settings, name: str | None = None, *, force: bool = False) -> BackboneFile:
     """Build (or find in the cache) the ONNX file of a preset backbone and return it verified."""
-    backbone = settings.backbone
-    name = name or backbone.name
-    if name not in PRESETS:
-        raise ModelError(f"no preset backbone named {name!r}: choose one of {', '.join(PRESETS)}")
-    preset = PRESETS[name]
-    size = input_size_for(backbone) if name == backbone.name else preset.resolution
-    # The key uses the pinned sha256 (the weights must match it), so a cached build is found without
-    # the weights package: an installed smarttags needs it only to build.
-    key = hashlib.sha256(f"{preset.weights_sha256}:{BUILDER_VERSION}:{size}".encode()).hexdigest()[:16]
-    target = models_dir(settings) / f"{name}-{size}px-{key}.onnx"
+    name = name or settings.backbone.name
+    preset, size, target = _build_target(settings, name)
     if target.is_file() and not force:
         try:
             return _verified(name, target, size)
@@ -497,6 +489,19 @@ def build(settings: Settings, name: str | None = None, *, force: bool = False) -
     return _verified(name, target, size)
 
 
+def _build_target(settings: Settings, name: str) -> tuple[Preset, int, Path]:
+    """The preset, its input size and where its built ONNX file is cached."""
+    backbone = settings.backbone
+    if name not in PRESETS:
+        raise ModelError(f"no preset backbone named {name!r}: choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    size = input_size_for(backbone) if name == backbone.name else preset.resolution
+    # The key uses the pinned sha256 (the weights must match it), so a cached build is found without
+    # the weights package: an installed smarttags needs it only to build.
+    key = hashlib.sha256(f"{preset.weights_sha256}:{BUILDER_VERSION}:{size}".encode()).hexdigest()[:16]
+    return preset, size, models_dir(settings) / f"{name}-{size}px-{key}.onnx"
+
+
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -512,6 +517,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def recorded_sha256(path: Path) -> str | None:
+    """The sha256 the ``.sha256`` file beside ``path`` records (None without one); the file itself
+    is not read."""
+    sidecar = _sidecar(path)
+    if not (path.is_file() and sidecar.is_file()):
+        return None
+    words = sidecar.read_text().split()
+    return words[0] if words else None
 
 
 def verify(path: Path) -> str:
@@ -550,3 +565,21 @@ def resolve(settings: Settings) -> BackboneFile:
     if backbone.name != "custom":
         return BackboneFile(backbone.name, path, sha, input_size_for(backbone), backbone.embedding_dim)
     return BackboneFile("custom", path, sha, backbone.input_size, backbone.embedding_dim)
+
+
+def locate(settings: Settings) -> BackboneFile:
+    """Like ``resolve``, but named by the checksum file beside the model without reading the model,
+    so its ``backbone_id`` costs nothing (a re-tag of stored embeddings runs only the heads); whoever
+    runs the file must check it against that sha256 first (``Embedder`` does). Without a checksum
+    file (or a built preset) this is ``resolve``."""
+    backbone = settings.backbone
+    if backbone.name != "custom" and backbone.onnx_file is None:
+        _preset, size, target = _build_target(settings, backbone.name)
+        recorded = recorded_sha256(target)
+        return BackboneFile(backbone.name, target, recorded, size, 1280) if recorded else build(settings)
+    recorded = recorded_sha256(backbone.onnx_file) if backbone.onnx_file is not None else None
+    if recorded is None:
+        return resolve(settings)
+    assert backbone.onnx_file is not None
+    size = input_size_for(backbone) if backbone.name != "custom" else backbone.input_size
+    return BackboneFile(backbone.name, backbone.onnx_file, recorded, size, backbone.embedding_dim)

@@ -87,11 +87,15 @@ class Embedder:
         name: str | None = None,
         input_size: int | None = None,
         session: Any = None,
+        check: Callable[[], backbone_mod.BackboneFile] | None = None,
     ) -> None:
         self.settings = settings_backbone
         self.model_path = Path(model_path)
-        # Verify before first use: a tampered or half-written file must never be run.
+        # Verify before first use: a tampered or half-written file must never be run. A ``sha256``
+        # read from the checksum file comes with ``check``, run when the session is first made: it
+        # verifies the file (a preset's tampered cache is rebuilt) and must name the same file.
         self.sha256 = sha256 or backbone_mod.verify(self.model_path)
+        self._check = check
         self.name = name or settings_backbone.name
         self.input_size = input_size or backbone_mod.input_size_for(settings_backbone)
         self.threads = settings_backbone.threads or available_cores()
@@ -105,8 +109,18 @@ class Embedder:
     # --- the session ---
 
     @property
+    def loaded(self) -> bool:
+        """Whether the ONNX session is made (the backbone id and sizes never need it)."""
+        return self._input_name is not None
+
+    @property
     def session(self) -> Any:
         if self._input_name is None:
+            if self._session is None and self._check is not None:
+                checked = self._check()
+                if (checked.path, checked.sha256) != (self.model_path, self.sha256):
+                    raise ModelError(f"backbone file {self.model_path} changed since {self.backbone_id} was read")
+                self._check = None
             session = self._session or get_session(self.model_path, self.sha256, self.threads)
             self._check_contract(session)  # before keeping it: a failed check must fail every call
             self._session = session
@@ -257,12 +271,14 @@ def normalise(vectors: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.floa
 
 
 def load_embedder(settings: Settings) -> Embedder:
-    """The embedder the settings ask for; builds (or finds cached) the preset backbone first."""
-    found = backbone_mod.resolve(settings)
+    """The embedder the settings ask for; builds the preset backbone first if it is not built. The
+    model file is read (checked against its checksum file, then loaded) only when first run."""
+    found = backbone_mod.locate(settings)
     return Embedder(
         settings.backbone,
         found.path,
         sha256=found.sha256,
         name=found.name,
         input_size=found.input_size,
+        check=lambda: backbone_mod.resolve(settings),
     )

@@ -16,28 +16,33 @@ Every failure becomes an ``ImageError`` subclass with a reason:
 ``prepare`` keeps the whole picture: it scales the long side to the model's input size and pads the
 short side with neutral grey (letterboxing; no centre crop). Large JPEGs are decoded with DCT scaling
 (``Image.draft``) straight to about the size needed, which is what makes 12 MP photos cheap; a HEIC
-decodes its embedded thumbnail instead of the primary image when that covers the size needed.
+decodes its embedded thumbnail, and a JPEG its MPF large thumbnail (cameras write one), instead of the
+primary image when that covers the size needed.
+Input is bytes or a seekable reader (``adapters.s3.RangedObject``): decoders read what they need from
+it (see ``formats.Blob``), so a large object is never held whole in memory where the library allows.
 ``read_metadata`` reads size, format and embedded title/description/keywords (XMP, IPTC, EXIF)
 from the header only. A ``Picture`` (``open_picture``) gives both from one open of the bytes.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import struct
+import weakref
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import pillow_heif
 from PIL import Image, IptcImagePlugin, UnidentifiedImageError
 
 from smarttags.adapters import formats
-from smarttags.errors import CorruptImage, ImageError, ImageTooLarge, UnsupportedImage
+from smarttags.adapters.formats import Blob
+from smarttags.errors import CorruptImage, ImageTooLarge, SmartTagsError, UnsupportedImage
+from smarttags.errors import ImageError as ImageError  # re-exported: callers catch it from here
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -66,6 +71,9 @@ GREY = (128, 128, 128)  # the neutral grey of padding and of transparent areas
 _EXIF_ORIENTATION = 0x0112
 _EXIF_IMAGE_DESCRIPTION = 0x010E
 _TIFF_DNG_VERSION = 50706
+# MPF image types that are the primary image scaled down (CIPA DC-007), i.e. safe to tag instead of it.
+_MPF_PREVIEWS = ("Large Thumbnail (VGA Equivalent)", "Large Thumbnail (Full HD Equivalent)")
+_XMP_SCAN = 4 << 20  # bytes searched for an XMP packet the decoder did not find
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -215,22 +223,48 @@ def _refused(content_type: str | None) -> bool:
 # --- opening -----------------------------------------------------------------------------------
 
 
-def open_image(data: bytes, *, max_pixels: int, size: int | None = None) -> Image.Image:
+def open_image(data: bytes | IO[bytes] | Blob, *, max_pixels: int, size: int | None = None) -> Image.Image:
     """Open ``data`` lazily (header only) and refuse what we must not decode. Pixels are not loaded.
 
     PDF, SVG, camera RAW and PSB are the exception: ``adapters.formats`` draws them right away with
     their long side at about ``size`` (what the caller will shrink to) and attaches their facts.
     """
-    if not data:
+    blob = Blob.of(data)
+    if not blob.size:
         raise CorruptImage("zero bytes")
-    content_type = sniff(data)
-    drawn = formats.decode(data, content_type, size=size, max_pixels=max_pixels)
+    content_type = sniff(blob.head)
+    drawn = formats.decode(blob, content_type, size=size, max_pixels=max_pixels)
     if drawn is not None:
         return drawn
     if _refused(content_type):
         raise UnsupportedImage(f"{content_type} is not a supported image format", content_type=content_type)
+    # libtiff decodes compressed strips from a file descriptor, or else reads the whole file into memory.
+    spool = blob.on_disk() if content_type == "image/tiff" and not blob.in_memory else None
     try:
-        img = Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
+        img = _pillow_open(spool or blob.reader(), content_type)
+    except BaseException:
+        if spool is not None:
+            spool.close()
+        raise
+    if spool is not None:
+        weakref.finalize(img, spool.close)  # the copy on disk lives as long as the image reading it
+    content_type = Image.MIME.get(img.format or "", content_type)
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise CorruptImage(f"empty image ({width}x{height})", content_type=content_type)
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}",
+            content_type=content_type,
+        )
+    if img.format == "TIFF" and _TIFF_DNG_VERSION in getattr(img, "tag_v2", {}):
+        raise UnsupportedImage("DNG camera RAW is not supported", content_type="image/x-adobe-dng")
+    return img
+
+
+def _pillow_open(fp: IO[bytes], content_type: str | None) -> Image.Image:
+    try:
+        img = Image.open(fp, formats=DECODED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own guard (its limit is global, ours is per setting); the warning is raised as an
         # error only where warnings are errors (tests), but it means the same thing.
@@ -243,17 +277,6 @@ def open_image(data: bytes, *, max_pixels: int, size: int | None = None) -> Imag
         raise CorruptImage("not an image (no known format signature)") from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError, IndexError, zlib.error) as exc:
         raise CorruptImage(f"unreadable header: {exc}", content_type=content_type) from None
-    content_type = Image.MIME.get(img.format or "", content_type)
-    width, height = img.size
-    if width <= 0 or height <= 0:
-        raise CorruptImage(f"empty image ({width}x{height})", content_type=content_type)
-    if width * height > max_pixels:
-        raise ImageTooLarge(
-            f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}",
-            content_type=content_type,
-        )
-    if img.format == "TIFF" and _TIFF_DNG_VERSION in getattr(img, "tag_v2", {}):
-        raise UnsupportedImage("DNG camera RAW is not supported", content_type="image/x-adobe-dng")
     return img
 
 
@@ -326,7 +349,7 @@ def fit_square(img: Image.Image, size: int) -> Image.Image:
     return canvas
 
 
-def prepare(data: bytes, size: int, *, max_pixels: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
+def prepare(data: bytes | IO[bytes], size: int, *, max_pixels: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
     """Decode ``data`` into a ``(size, size, 3)`` uint8 RGB array, EXIF-oriented and letterboxed.
 
     Raises an ``ImageError`` subclass for anything that cannot become such an array.
@@ -379,7 +402,7 @@ _NS = {
 }
 
 
-def read_metadata(data: bytes, *, max_pixels: int = 1 << 62) -> ImageMetadata:
+def read_metadata(data: bytes | IO[bytes], *, max_pixels: int = 1 << 62) -> ImageMetadata:
     """Size, format, title, description and keywords of an image, read without decoding its pixels."""
     return open_picture(data, max_pixels=max_pixels).facts
 
@@ -388,14 +411,14 @@ class Picture:
     """One image opened once: its facts read from the header, its pixels decoded on demand (the tagger
     needs both from one upload; ``prepare`` and ``read_metadata`` are this class used for one of them)."""
 
-    def __init__(self, data: bytes, *, max_pixels: int, size: int | None = None) -> None:
-        self._data = data
+    def __init__(self, data: bytes | IO[bytes], *, max_pixels: int, size: int | None = None) -> None:
+        blob = self._blob = Blob.of(data)
         self._max_pixels = max_pixels
-        self._img = _guarded(data, lambda: open_image(data, max_pixels=max_pixels, size=size))
-        facts = _guarded(data, lambda: _facts(self._img, data))
+        self._img = _guarded(blob, lambda: open_image(blob, max_pixels=max_pixels, size=size))
+        facts = _guarded(blob, lambda: _facts(self._img, blob))
         # The facts (source size, text) are read first: drafting a thumbnail changes the image's size.
         self._drafted_for = (
-            size if size is not None and _guarded(data, lambda: _draft_thumbnail(self._img, size)) else None
+            size if size is not None and _guarded(blob, lambda: _draft_thumbnail(self._img, size)) else None
         )
         self.facts = replace(facts, decoder=f"{facts.decoder} (embedded thumbnail)") if self._drafted_for else facts
 
@@ -404,28 +427,28 @@ class Picture:
         decoded pixels replace the lazy image)."""
         if self._drafted_for is not None and size > self._drafted_for:
             # The thumbnail chosen at open covers the size given then, not this one: the full image does.
-            self._img = _guarded(self._data, lambda: open_image(self._data, max_pixels=self._max_pixels))
+            self._img = _guarded(self._blob, lambda: open_image(self._blob, max_pixels=self._max_pixels))
             self._drafted_for = None
-        return _guarded(self._data, lambda: _pixels(self._img, self.facts.orientation, size))
+        return _guarded(self._blob, lambda: _pixels(self._img, self.facts.orientation, size))
 
 
-def open_picture(data: bytes, *, max_pixels: int, size: int | None = None) -> Picture:
+def open_picture(data: bytes | IO[bytes], *, max_pixels: int, size: int | None = None) -> Picture:
     """Open ``data`` as a picture; raises an ``ImageError`` subclass for what is not a readable image.
     ``size`` is the pixels' size to come: formats drawn by ``adapters/formats`` (PDF, SVG, RAW) are
     drawn at about that size, so they are drawn once."""
     return Picture(data, max_pixels=max_pixels, size=size)
 
 
-def _guarded(data: bytes, step: Callable[[], _T]) -> _T:
+def _guarded(blob: Blob, step: Callable[[], _T]) -> _T:
     try:
         return step()
-    except (ImageError, MemoryError):
+    except (SmartTagsError, MemoryError):  # ours: a bad file, or S3 failing mid-read (retried)
         raise
     except Exception as exc:
         # A decoder bug on hostile bytes (Pillow's plugins raise many types) is still this file's
         # problem only: one bad file must never fail the batch it is in.
         log.warning("decoder failed unexpectedly: %s: %s", type(exc).__name__, exc)
-        raise CorruptImage(f"decoder failed: {type(exc).__name__}: {exc}", content_type=sniff(data)) from None
+        raise CorruptImage(f"decoder failed: {type(exc).__name__}: {exc}", content_type=sniff(blob.head)) from None
 
 
 def _pixels(img: Image.Image, turn: int, size: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
@@ -453,18 +476,48 @@ def _covering(source: tuple[int, int], size: int) -> tuple[int, int]:
 def _draft_thumbnail(img: Image.Image, size: int) -> bool:
     """Make a HEIF decode its smallest embedded thumbnail that still covers ``size`` instead of the
     primary image (phones embed one: a 24 MP HEIC then costs a 320 px decode). pillow-heif's ``draft``
-    only picks a thumbnail that is a scaled copy (same mode, aspect, crop, rotation, colour profile)."""
-    if img.format != "HEIF" or max(img.size) <= size:
+    only picks a thumbnail that is a scaled copy (same mode, aspect, crop, rotation, colour profile).
+    A JPEG with an MPF large thumbnail (cameras write a VGA or Full HD one) decodes that instead."""
+    if max(img.size) <= size:
+        return False
+    if img.format == "MPO":
+        return _seek_mpf_preview(img, size)
+    if img.format != "HEIF":
         return False
     return img.draft("RGB", _covering(img.size, size)) is not None
 
 
-def _facts(img: Image.Image, data: bytes) -> ImageMetadata:
+def _seek_mpf_preview(img: Image.Image, size: int) -> bool:
+    """Seek a multi-picture JPEG to its smallest large thumbnail that covers ``size`` with the primary
+    image's aspect (a letterboxed one would tag its bars). Only the frames' headers are read: read over
+    S3, the primary image's data is never fetched."""
+    entries = getattr(img, "mpinfo", {}).get(0xB002, [])
+    width, height = img.size
+    best: tuple[int, int] | None = None  # (pixels, frame)
+    for frame, entry in enumerate(entries):
+        if frame == 0 or entry.get("Attribute", {}).get("MPType") not in _MPF_PREVIEWS:
+            continue
+        try:
+            img.seek(frame)
+        except (OSError, ValueError, EOFError, SyntaxError, struct.error):
+            continue  # a broken preview: the primary image may still be fine
+        w, h = img.size
+        if min(w, h) and max(w, h) >= size and abs(w * height - h * width) <= 0.01 * width * h:
+            best = min(best or (w * h, frame), (w * h, frame))
+    if best is None:
+        if entries:
+            img.seek(0)
+        return False
+    img.seek(best[1])
+    return True
+
+
+def _facts(img: Image.Image, blob: Blob) -> ImageMetadata:
     """Text comes from XMP (dc:title, dc:description, dc:subject), IPTC (2:05 title, 2:120 caption,
     2:25 keywords) and EXIF ImageDescription, in that order of preference; keywords are merged."""
     source = formats.source_of(img)
     if source is not None:  # drawn by adapters/formats: its facts came with it (XMP still wins)
-        xmp = _parse_xmp(_xmp_bytes(img, data))
+        xmp = _parse_xmp(_xmp_bytes(img, blob))
         return ImageMetadata(
             width=source.width,
             height=source.height,
@@ -479,7 +532,7 @@ def _facts(img: Image.Image, data: bytes) -> ImageMetadata:
     width, height = img.size
     if turn in (5, 6, 7, 8):
         width, height = height, width
-    xmp = _parse_xmp(_xmp_bytes(img, data))
+    xmp = _parse_xmp(_xmp_bytes(img, blob))
     iptc = _iptc(img)
     exif_description = _exif_description(img)
     keywords: list[str] = []
@@ -507,7 +560,7 @@ def _first(*candidates: list[str] | None) -> str | None:
     return None
 
 
-def _xmp_bytes(img: Image.Image, data: bytes) -> bytes | None:
+def _xmp_bytes(img: Image.Image, blob: Blob) -> bytes | None:
     info = img.info
     for key in ("xmp", "XML:com.adobe.xmp"):
         value = info.get(key)
@@ -518,7 +571,7 @@ def _xmp_bytes(img: Image.Image, data: bytes) -> bytes | None:
         if value:
             return value.encode("utf-8") if isinstance(value, str) else bytes(value)
     # XMP packets are stored uncompressed in every format we read: a bounded scan finds the rest.
-    match = _XMP_PACKET.search(data, 0, 4 << 20)
+    match = _XMP_PACKET.search(blob.read_at(0, _XMP_SCAN))
     return match.group(0) if match else None
 
 

@@ -258,7 +258,7 @@ def sync_folder(
                 progress(1)
             continue
         try:
-            data, info = store.get_bytes(info.key)
+            data, info = store.read(info.key)  # a large object: only what its header needs is fetched
             meta = read_facts(data, max_pixels=max_pixels)
         except NotFound:
             continue

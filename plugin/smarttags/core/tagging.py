@@ -475,7 +475,7 @@ class Tagger:
             if held.embedding.fits(info.etag, self.embedder.backbone_id):
                 return Reading(info=info, sequencer=event.sequencer, enabled=enabled, embedding=held.embedding), None
         try:
-            data, info = store.get_bytes(event.key, max_bytes=self._settings.backbone.max_object_bytes)
+            data, info = store.read(event.key, max_bytes=self._settings.backbone.max_object_bytes)
         except ImageTooLarge as exc:  # refused before download, recorded like any other refusal
             return Reading(info=store.head(event.key), sequencer=event.sequencer, enabled=enabled, failure=exc), None
         reading = Reading(info=info, sequencer=event.sequencer, enabled=enabled)

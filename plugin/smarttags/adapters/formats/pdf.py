@@ -32,7 +32,7 @@ import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 from PIL import Image
 
-from smarttags.adapters.formats.source import Source, finish
+from smarttags.adapters.formats.source import Blob, Source, finish
 from smarttags.errors import CorruptImage, ImageError, ImageTooLarge, UnsupportedImage
 
 CONTENT_TYPE = "application/pdf"
@@ -46,10 +46,15 @@ _FRAME = struct.Struct(">Q")
 
 
 def decode(
-    data: bytes, content_type: str, size: int, max_pixels: int, *, seconds: float = RENDER_SECONDS
+    data: bytes | Blob, content_type: str, size: int, max_pixels: int, *, seconds: float = RENDER_SECONDS
 ) -> Image.Image:
     """Page 1 of the PDF ``data``, its long side rendered at ``size`` px, with the document's text."""
-    mode, dims, pixels, source = _RENDERER.render((data, size, max_pixels), seconds)
+    blob = Blob.of(data)
+    if blob.in_memory:
+        mode, dims, pixels, source = _RENDERER.render((blob.whole(), size, max_pixels), seconds)
+    else:  # a large file: PDFium reads what page 1 needs from a spooled copy, by name
+        with blob.path() as path:
+            mode, dims, pixels, source = _RENDERER.render((path, size, max_pixels), seconds)
     return finish(Image.frombytes(mode, dims, pixels), source)
 
 
@@ -60,7 +65,9 @@ class _Renderer:
         self._lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
 
-    def render(self, request: tuple[bytes, int, int], seconds: float) -> tuple[str, tuple[int, int], bytes, Source]:
+    def render(
+        self, request: tuple[bytes | str, int, int], seconds: float
+    ) -> tuple[str, tuple[int, int], bytes, Source]:
         with self._lock:
             child = self._started()
             assert child.stdin is not None and child.stdout is not None
@@ -137,7 +144,7 @@ def _read(pipe: IO[bytes], deadline: float) -> Any:
 
 
 def _serve(memory: int) -> None:
-    """Answer framed (data, size, max_pixels) requests on stdin with the page drawn, until stdin ends."""
+    """Answer framed (data or a file name, size, max_pixels) requests on stdin with the page drawn, until stdin ends."""
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     inp, out = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # nothing else may write into the answers
@@ -157,7 +164,7 @@ def _serve(memory: int) -> None:
         _write(out, answer)
 
 
-def _draw(data: bytes, size: int, max_pixels: int) -> tuple[Image.Image, Source]:
+def _draw(data: bytes | str, size: int, max_pixels: int) -> tuple[Image.Image, Source]:
     try:
         doc = pdfium.PdfDocument(data)
     except pdfium.PdfiumError as exc:

@@ -10,12 +10,13 @@ checked against ``max_pixels`` before anything is unpacked. The camera's orienta
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 import rawpy
 from PIL import Image, UnidentifiedImageError
 
-from smarttags.adapters.formats.source import Source, finish
+from smarttags.adapters.formats.source import Blob, Source, finish
 from smarttags.errors import CorruptImage, ImageTooLarge, UnsupportedImage
 
 CONTENT_TYPES = (
@@ -36,11 +37,19 @@ CONTENT_TYPES = (
 _TURN = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: Image.Transpose.ROTATE_270}
 
 
-def decode(data: bytes, content_type: str, size: int, max_pixels: int) -> Image.Image:
+def decode(data: bytes | Blob, content_type: str, size: int, max_pixels: int) -> Image.Image:
     """The RAW ``data`` as an RGB image: its preview when large enough, else a half-size demosaic."""
+    blob = Blob.of(data)
+    if blob.in_memory:
+        return _open(lambda raw: raw.open_buffer(io.BytesIO(blob.whole())), content_type, size, max_pixels)
+    with blob.path() as path:  # a large file: LibRaw reads what it needs (the preview) from a spooled copy
+        return _open(lambda raw: raw.open_file(path), content_type, size, max_pixels)
+
+
+def _open(opener: Callable[[rawpy.RawPy], None], content_type: str, size: int, max_pixels: int) -> Image.Image:
     raw = rawpy.RawPy()
     try:
-        raw.open_buffer(io.BytesIO(data))
+        opener(raw)
     except rawpy.LibRawFileUnsupportedError:
         raise UnsupportedImage("a camera RAW LibRaw cannot read", content_type=content_type) from None
     except rawpy.LibRawError as exc:

@@ -25,7 +25,7 @@ from defusedxml import ElementTree as SafeET
 from defusedxml.common import DefusedXmlException
 from PIL import Image, UnidentifiedImageError
 
-from smarttags.adapters.formats.source import Source, finish
+from smarttags.adapters.formats.source import Blob, Source, finish
 from smarttags.errors import CorruptImage, ImageTooLarge, UnsupportedImage
 
 CONTENT_TYPE = "image/svg+xml"
@@ -38,9 +38,9 @@ _LENGTH = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-z]*)\s*$"
 _SPACE = re.compile(r"\s+")
 
 
-def decode(data: bytes, content_type: str, size: int, max_pixels: int) -> Image.Image:
+def decode(data: bytes | Blob, content_type: str, size: int, max_pixels: int) -> Image.Image:
     """The SVG ``data`` drawn inside a ``size`` x ``size`` box (RGBA: transparency is kept)."""
-    root = _parse(data)
+    root = _parse(Blob.of(data).whole())  # XML is parsed from memory
     _strip_external_refs(root, max_pixels)
     _check_expansion(root)
     width, height = _intrinsic_size(root)
