@@ -118,7 +118,7 @@ def test_template_escapes_every_parameter(services, corpus):
     params = services.searcher.params(SearchRequest(text=nasty))
     rendered = services.index.render_template("smarttags-search-v6", params)["template_output"]
     assert rendered["size"] == 20
-    tier1 = rendered["query"]["bool"]["must"][0]["dis_max"]["queries"][0]
+    tier1 = rendered["query"]["bool"]["must"][0]["bool"]["should"][0]
     assert tier1["multi_match"]["query"] == nasty
     assert {q["match"][f]["query"] for q in rendered["post_filter"]["bool"]["should"] for f in q["match"]} == {nasty}
 

@@ -9,9 +9,13 @@ Tier 1 is the metadata match's own BM25, unscaled and alone (smart tags never re
 the asset id). A matching term scores idf * tf with idf > 2.3e-10 (up to 2^31 documents) and, in
 Lucene's float32 arithmetic, tf > 6e-8 while a field is under ten million times the average length:
 above 1e-17, far above the smart-tag tiers, which the template scales by 1e-26
-(float32 keeps 24 bits at any magnitude, so their inner order is as exact as at 1). No constant is
-added to the BM25 clause: a constant beside it would defeat Lucene's block-max skipping, which is what
-keeps the template near a plain ``multi_match``. Tiers 2 and 3 put an asset with a promoted matching
+(float32 keeps 24 bits at any magnitude, so their inner order is as exact as at 1). The clauses are
+summed (a bool of should clauses, so Lucene's max-score skipping drops those that cannot reach the page),
+and the sum is as good as their maximum: a BM25 above 1e-17 absorbs the at most 6e-26 the others add
+(below half its float32 ulp), and an own-tags match stays above tier 2 whatever its smart tags add.
+Tier 2 is a clause inside tier 3 (its assets are tier 3's too): the tags' bonus is computed once. No
+constant is added to the BM25 clause: a constant beside it would defeat Lucene's block-max skipping,
+which is what keeps the template near a plain ``multi_match``. Tiers 2 and 3 put an asset with a promoted matching
 tag first (+0.5), then order by the matched tags' confidences via ``rank_feature`` (their sum bounded
 by 0.45, so no number of unpromoted tags reaches a promoted one). A hit's tier is read from the named
 query it matched, not from its score; the metadata fields that hold a query word are named queries too,
@@ -47,8 +51,9 @@ MAX_QUERY_CHARS = 2000
 MAX_PAGE_SIZE = 100
 MAX_WINDOW = 10_000
 # Lucene refuses a query of more than 1024 clauses (maxClauseCount). The metadata match expands to
-# tokens x 4 fields, the own tags and tier 2 have one terms clause per token each, tiers 2 and 3 one
-# rank_feature per ranked tag: 64 * 4 + 2 * 64 + 2 * 250 = 884 clauses at most (and a few fixed ones).
+# tokens x 4 fields, the own tags and tier 2 have one terms clause per token each, tier 3 one
+# rank_feature per ranked tag: 64 * 4 + 2 * 64 + 250 = 634 clauses at most (and a few fixed ones); the
+# post filter's named field matches are a query of their own (64 * 4).
 # Tags beyond the ranked ones still match (the terms filters take any number); they only add no
 # confidence to the score.
 MAX_QUERY_TOKENS = 64
