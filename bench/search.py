@@ -1,9 +1,12 @@
 """Search latency: the stored three-tier template against a plain ``multi_match`` on the same fields.
 
-Starts its own embedded OpenSearch node, indexes 100,000 synthetic assets (titles, descriptions,
-keywords and smart tags drawn from a Zipf-distributed vocabulary), then sends the same random 1-3 word
-queries both ways, alternating, and prints p50/p95 of each and their ratio (goal: at most 1.5).
-Run: .venv/bin/python bench/search.py [--assets 100000] [--queries 300] [--port 7210]
+Starts its own embedded OpenSearch node (or uses ``--opensearch-url``: its bench-search-* indices are
+kept, and reused by the next run when they hold as many assets), indexes 100,000 synthetic assets
+(``index_corpus``: titles, descriptions, keywords and smart tags drawn from a Zipf-distributed
+vocabulary, a 5,000-tag taxonomy), then sends the same random 1-3 word queries three ways, alternating:
+the template as the CLI calls it (tier, matched fields and tags), the template with highlights, and a
+plain ``multi_match``; prints p50/p95 of each and the ratios to the plain one (goal: at most 1.5).
+Run: .venv/bin/python bench/search.py [--assets 100000] [--queries 300] [--port 7210 | --opensearch-url URL]
 """
 
 from __future__ import annotations
