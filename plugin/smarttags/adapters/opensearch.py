@@ -16,6 +16,7 @@ from opensearchpy.exceptions import NotFoundError, OpenSearchException, RequestE
 from smarttags import resources
 from smarttags.adapters.clients import translate_opensearch_error
 from smarttags.core.ports import Versioned, Write
+from smarttags.core.taxonomy import english_irregular_rules
 from smarttags.errors import ConflictError, ServiceError
 from smarttags.resources import TEMPLATES
 
@@ -72,12 +73,15 @@ class SearchIndex:
     # --- set-up ------------------------------------------------------------------------------------
 
     def index_body(self, kind: str) -> dict[str, Any]:
+        """An index's settings and mappings from its file; the assets index's ``english_irregular`` filter
+        gets its rules from the taxonomy's English analyzer (one list, ``tag_analyzers.json``)."""
         body = copy.deepcopy(resources.load_json(f"{kind}.index.json"))
         settings = body.setdefault("settings", {}).setdefault("index", {})
         settings["number_of_replicas"] = self._replicas
         settings["number_of_shards"] = self._shards
         if kind == "assets":
             body["mappings"]["properties"]["embedding"]["dimension"] = self._embedding_dim
+            body["settings"]["analysis"]["filter"]["english_irregular"]["rules"] = english_irregular_rules()
         return body
 
     def ensure(self) -> list[str]:

@@ -1,18 +1,28 @@
 """Omnisearch over assets through the stored search template.
 
 Ranking, guaranteed by score bands in the template (``search_templates/search.mustache``):
-    tier 1  metadata (title, keywords, description, file name) match all terms, or the asset's own
-            taxonomy tags (manifest, keywords) do                                score in [3, 4)
-    tier 2  the asset's smart tags together match all terms                      score in [2, 3)
-    tier 3  its smart tags match any term                                        score in [1, 2)
-Tier 1 is ordered by BM25 alone (metadata relevance decides; ties fall to the asset id); tiers 2 and 3
-put an asset with a promoted matching tag first (+0.5), then order by the matched tags' confidences via
-``rank_feature`` (their sum bounded by 0.45, so no number of unpromoted tags reaches a promoted one).
-Each band's share is bounded below 1, so a band never overlaps the next; a hit's tier is read from the
-named query it matched, not from its score. A unique sort tiebreaker (asset id) keeps paging stable.
-BM25 is bounded without a script: each query token scores at most boost(3) * (k1 + 1) * ln(2N + 2)
-per field with N < 2^32 documents, so scaling the metadata match by 0.6 / (that bound * the number of
-tokens) keeps it under 0.6 while preserving its order exactly.
+    tier 1  metadata (title, keywords, description, file name) match all terms: their plain BM25,
+            above 1e-17; or the asset's own taxonomy tags (manifest, keywords) do   4e-26
+    tier 2  the asset's smart tags together match all terms                 in [2e-26, 3e-26)
+    tier 3  its smart tags match any term                                   in [1e-26, 2e-26)
+Tier 1 is the metadata match's own BM25, unscaled and alone (smart tags never reorder it; ties fall to
+the asset id). A matching term scores idf * tf with idf > 2.3e-10 (up to 2^31 documents) and, in
+Lucene's float32 arithmetic, tf > 6e-8 while a field is under ten million times the average length:
+above 1e-17, far above the smart-tag tiers, which the template scales by 1e-26
+(float32 keeps 24 bits at any magnitude, so their inner order is as exact as at 1). The clauses are
+summed (a bool of should clauses, so Lucene's max-score skipping drops those that cannot reach the page),
+and the sum is as good as their maximum: a BM25 above 1e-17 absorbs the at most 6e-26 the others add
+(below half its float32 ulp), and an own-tags match stays above tier 2 whatever its smart tags add.
+Tier 2 is a clause inside tier 3 (its assets are tier 3's too): the tags' bonus is computed once. No
+constant is added to the BM25 clause: a constant beside it would defeat Lucene's block-max skipping,
+which is what keeps the template near a plain ``multi_match``. Tiers 2 and 3 put an asset with a promoted matching
+tag first (+0.5), then order by the matched tags' confidences via ``rank_feature`` (their sum bounded
+by 0.45, so no number of unpromoted tags reaches a promoted one). A hit's tier is read from the named
+query it matched, not from its score; the metadata fields that hold a query word are named queries too,
+in the post filter, which Lucene evaluates only for the hits of the page (no highlighting needed; ask
+for highlights to see the words marked). A unique sort tiebreaker (asset id) keeps paging stable.
+The bucket is a post filter unless facets are asked for (aggregations must see it): it matches nearly
+every document, and as a query filter it would lead Lucene's conjunction and slow common words twofold.
 
 Tags match through the taxonomy: the query is analyzed in its locale and each token is mapped to the
 tags whose titles or synonyms contain it. That mapping is the only thing Python adds to the template's
@@ -22,7 +32,6 @@ parameters; any HTTP client can call the same template with the same parameters.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,8 +51,9 @@ MAX_QUERY_CHARS = 2000
 MAX_PAGE_SIZE = 100
 MAX_WINDOW = 10_000
 # Lucene refuses a query of more than 1024 clauses (maxClauseCount). The metadata match expands to
-# tokens x 4 fields, the own tags and tier 2 have one terms clause per token each, tiers 2 and 3 one
-# rank_feature per ranked tag: 64 * 4 + 2 * 64 + 2 * 250 = 884 clauses at most (and a few fixed ones).
+# tokens x 4 fields, the own tags and tier 2 have one terms clause per token each, tier 3 one
+# rank_feature per ranked tag: 64 * 4 + 2 * 64 + 250 = 634 clauses at most (and a few fixed ones); the
+# post filter's named field matches are a query of their own (64 * 4).
 # Tags beyond the ranked ones still match (the terms filters take any number); they only add no
 # confidence to the score.
 MAX_QUERY_TOKENS = 64
@@ -55,8 +65,10 @@ TIER_OF_QUERY = {
     "tier2_smart_tags_all_terms": 2,
     "tier3_smart_tags_any_term": 3,
 }
-# An upper bound of one query token's BM25 score in the metadata match (see the module docstring).
-MAX_TOKEN_BM25 = 3 * 2.2 * math.log(2 * 2**32 + 2)
+# The template's scale of the smart-tag tiers (2 and 3) and the own-tags match's score (tier 1).
+SMART_TAG_SCALE = 1e-26
+# The post filter's named queries, one per metadata field: which fields hold a query word.
+FIELD_QUERY = "field:"
 TIER_NAMES = {
     1: "metadata matches all terms",
     2: "smart tags match all terms",
@@ -77,7 +89,8 @@ class SearchRequest:
     size: int = 20
     # The last hit's ``sort`` values of the previous page: deep paging without a window limit.
     search_after: Sequence[Any] | None = None
-    highlight: bool = True  # which metadata fields matched, with the matching words marked
+    # The metadata fields' text with the matching words marked; which fields matched is always said.
+    highlight: bool = False
     # Facet filters, each value required (AND): smart tag ids, keywords, formats, tagging statuses.
     tags: Sequence[str] = ()
     keywords: Sequence[str] = ()
@@ -97,6 +110,8 @@ class Hit:
     matched_tags: list[str]
     highlights: dict[str, list[str]]
     sort: list[Any] = field(default_factory=list)
+    # The metadata fields holding a query word (title, keywords, description, file_name).
+    matched_fields: list[str] = field(default_factory=list)
 
     @property
     def asset_id(self) -> str:
@@ -107,10 +122,18 @@ class Hit:
         return self.asset.key
 
     @property
+    def relevance(self) -> float:
+        """The score inside its tier: BM25 in tier 1 (0 for a match by own tags alone), in tiers 2 and 3
+        the promoted bonus plus the matched tags' confidences (0 to 1)."""
+        if self.tier in (2, 3):
+            return self.score / SMART_TAG_SCALE - (4 - self.tier)  # bands [2, 3) and [1, 2)
+        return self.score if self.tier == 1 and self.score > 1000 * SMART_TAG_SCALE else 0.0
+
+    @property
     def why(self) -> str:
         parts = [TIER_NAMES[self.tier]]
-        if self.highlights:
-            parts.append("metadata: " + ", ".join(sorted(self.highlights)))
+        if self.matched_fields:
+            parts.append("metadata: " + ", ".join(sorted(self.matched_fields)))
         if self.matched_tags:
             parts.append("smart tags: " + ", ".join(self.matched_tags))
         return "; ".join(parts)
@@ -200,9 +223,6 @@ class Searcher:
         return {
             "query": text,
             "has_query": bool(text),
-            # Bounded by the metadata analyzer's own tokens: the tighter the bound, the more of BM25's
-            # order survives float32 scores near 3 (resolution 2.4e-7).
-            "bm25_scale": 0.6 / (MAX_TOKEN_BM25 * max(1, len(metadata_tokens))),
             "highlight": request.highlight,
             "bucket": self._bucket,
             "folder": self._folder(request.folder),
@@ -246,6 +266,7 @@ class Searcher:
                     matched_tags=[t for t in asset.smart_ids if t in wanted],
                     highlights=raw.get("highlight") or {},
                     sort=list(raw.get("sort") or []),
+                    matched_fields=[n[len(FIELD_QUERY) :] for n in names if n.startswith(FIELD_QUERY)],
                 )
             )
         total = response["hits"]["total"]

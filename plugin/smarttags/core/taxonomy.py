@@ -39,6 +39,16 @@ ANALYZERS: dict[str, str | dict[str, Any]] = {
 }
 
 
+def english_irregular_rules() -> list[str]:
+    """The English analyzer's ``stemmer_override`` rules (irregular and agent forms: "women => woman",
+    "ran, runner, runners => run"); the assets index's metadata analyzer applies the same list."""
+    spec = ANALYZERS[DEFAULT_LOCALE]
+    assert isinstance(spec, dict)
+    return [
+        rule for f in spec["filter"] if isinstance(f, dict) and f["type"] == "stemmer_override" for rule in f["rules"]
+    ]
+
+
 def fold(token: str) -> str:
     """Accents folded before analysis, as the metadata analyzer folds them: "brûlée" and "brulee" are
     one word (the language analyzers stem before any folding, so folding afterwards is too late)."""

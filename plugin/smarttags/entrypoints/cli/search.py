@@ -23,7 +23,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
                     {
                         "key": h.key,
                         "tier": h.tier,
-                        "score": round(h.score, 4),
+                        "score": round(h.relevance, 4),
                         "why": h.why,
                         "matched_tags": h.matched_tags,
                         "title": h.asset.title,
@@ -48,7 +48,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
         if hit.tier != tier:
             tier = hit.tier
             print(f"-- tier {tier}: {TIER_NAMES[tier]}")
-        print(f"  {hit.score:6.3f}  {hit.key}  [{hit.why}]")
+        print(f"  {hit.relevance:6.3f}  {hit.key}  [{hit.why}]")
     return 0
 
 
