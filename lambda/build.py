@@ -76,7 +76,6 @@ LEFT_OUT = (
     "core/dashboards.py",
     "entrypoints/health.py",
     "entrypoints/overview.py",
-    "adapters/thumbnails.py",
     "adapters/formats/video.py",
     "core/users.py",
     "core/cron.py",
