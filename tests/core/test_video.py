@@ -247,3 +247,129 @@ def test_without_pyav_and_nowhere_to_forward_a_video_is_unsupported() -> None:
     tagger, assets, store = tagger_with(videos)
     store.put_bytes("up/clip.mp4", b"video:RR")
     assert tagger.handle(events.ObjectEvent(events.CREATED, BUCKET, "up/clip.mp4")).status == "unsupported"
+
+
+# --- training: a video's frames weigh one picture ---
+
+
+def test_a_long_videos_frames_together_weigh_one_picture_in_training() -> None:
+    from smarttags.core.heads import train_heads
+
+    rng = np.random.default_rng(0)
+    pictures, negatives = rng.normal(size=(6, 16)) + 2, rng.normal(size=(30, 16))
+    odd = rng.normal(size=(1, 16)) - 1  # a positive unlike the others
+    single, fit_single = train_heads(
+        np.vstack([pictures, odd, negatives]), np.r_[np.ones(7), np.zeros(30)][:, None], ["t"], folds=3
+    )
+    # The same positive as a video of 24 sampled frames (one fold: they share a group).
+    frames_ = np.repeat(odd, 24, axis=0) + rng.normal(scale=0.01, size=(24, 16))
+    x = np.vstack([pictures, frames_, negatives])
+    y = np.r_[np.ones(30), np.zeros(30)][:, None]
+    groups = [*map(str, range(6)), *["video"] * 24, *(f"n{i}" for i in range(30))]
+    weights = np.r_[np.ones(6), np.full(24, 1 / 24), np.ones(30)]
+    weighted, fit_weighted = train_heads(x, y, ["t"], folds=3, groups=groups, sample_weight=weights)
+    drowned, _ = train_heads(x, y, ["t"], folds=3, groups=groups)
+    probe = np.vstack([pictures, odd, negatives])
+    assert fit_weighted[0].positives == fit_single[0].positives == 7
+    assert np.allclose(weighted.scores(probe), single.scores(probe), atol=0.01)
+    # Unweighted, the video's 24 frames pull the head towards it: it scores far above what one picture does.
+    assert drowned.scores(odd)[0, 0] > single.scores(odd)[0, 0] + 0.5
+
+
+class FrameEmbedder:
+    """The trainer tests' embedder, plus frames: a frame's first pixel names its subject."""
+
+    backbone_id = "fake:1"
+    sha256 = "0" * 64
+    input_size = 4
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.batches = 0
+
+    def iter_embed(self, items: Any, load: Any) -> Any:
+        return self._inner.iter_embed(items, load)
+
+    def embed_arrays(self, pixels: Any) -> Any:
+        from tests.core.test_trainer_unit import SUBJECTS, vector
+
+        self.batches += 1
+        names = {v: k for k, v in SUBJECTS.items()}
+        return np.stack([vector(f"{names[int(p[0, 0, 0])]} frame {i}".encode()) for i, p in enumerate(pixels)])
+
+
+class SubjectClip:
+    def __init__(self, subject: int, count: int) -> None:
+        self.subject, self.count = subject, count
+        self.duration = float(count)
+        self.times = [float(i) for i in range(count)]
+        self.facts = ClipFacts()
+
+    def frames(self, size: int) -> list[Any]:
+        return [np.full((size, size, 3), self.subject, np.uint8) for _ in range(self.count)]
+
+
+class SubjectVideos:
+    """b'video cat 20 kw:Cat': a video of 20 frames of a cat, carrying the keyword Cat."""
+
+    can_sample = True
+
+    def is_video(self, data: bytes) -> bool:
+        return data.startswith(b"video ")
+
+    def open(self, data: bytes, *, max_pixels: int, size: int | None = None) -> SubjectClip:
+        from tests.core.test_trainer_unit import SUBJECTS
+
+        words = data.decode().split()
+        return SubjectClip(SUBJECTS[words[1]], int(words[2]))
+
+    def keep_poster(self, clip: Any, asset_id: str, etag: str) -> None:
+        pass
+
+
+def test_training_takes_a_tagged_videos_frames_as_one_examples_worth() -> None:
+    from dataclasses import replace
+
+    from smarttags.core.runs import RunLog
+    from smarttags.core.training import Trainer
+
+    from tests.core.test_trainer_unit import TAGS, SubjectEmbedder
+    from tests.core.test_trainer_unit import read_facts as picture_facts
+
+    def read_facts(data: bytes, *, max_pixels: int) -> Any:
+        if data.startswith(b"video "):
+            return replace(picture_facts(data.removeprefix(b"video "), max_pixels=max_pixels), media="video")
+        return picture_facts(data, max_pixels=max_pixels)
+
+    index, store = FakeIndex(), FakeStore(BUCKET)
+    for tag, title in TAGS.items():
+        index.put("taxonomy", tag, {"tag": tag, "titles": {"en": title}, "synonyms": {}})
+    settings = settings_mod.load(aws={"bucket": BUCKET}, training={"cv_folds": 3})
+    embedder = FrameEmbedder(SubjectEmbedder())
+    for subject, count, words in (("cat", 8, "kw:Cat"), ("dog", 8, "kw:Dog"), ("tree", 4, "")):
+        for i in range(count):
+            store.put_bytes(f"a/{subject}-{i}.jpg", f"{subject} {i} {words}".encode())
+    store.put_bytes("a/cat-film.mp4", b"video cat 20 kw:Cat")
+
+    def trainer(videos: Any) -> Trainer:
+        return Trainer(
+            settings,
+            AssetIndex(index),
+            lambda bucket: store,
+            lambda: embedder,
+            read_facts=read_facts,
+            models=ModelStore(store, settings.aws.models_prefix),
+            taxonomy=TaxonomyStore(index),
+            runs=RunLog(index),
+            videos=videos,
+        )
+
+    report = trainer(SubjectVideos()).train([Folder(BUCKET, "a/")], trigger="on_demand")
+    rows = {row.tag: row for row in report.rows}
+    # The video is one more cat (nine, not 28), its 20 frames embedded in one batch.
+    assert rows["animals:pet/cat"].images == 9 and rows["animals:pet/dog"].images == 8
+    assert report.images_used == 21 and embedder.batches == 1 and report.model_version
+    # Where video cannot be sampled, the video is named as unreadable and the pictures still train.
+    without = trainer(None).train([Folder(BUCKET, "a/")], trigger="on_demand")
+    assert any("a/cat-film.mp4" in note and "video support" in note for note in without.notes)
+    assert {row.tag: row for row in without.rows}["animals:pet/cat"].images == 8
