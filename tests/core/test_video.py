@@ -242,9 +242,11 @@ def test_without_pyav_a_video_is_forwarded_and_counted_by_the_video_function_onl
 
 
 def test_without_pyav_and_nowhere_to_forward_a_video_is_unsupported() -> None:
-    videos = FakeVideos(can_sample=False)
-    videos.open = lambda data, **_: (_ for _ in ()).throw(UnsupportedImage("not installed", content_type="video/mp4"))  # type: ignore[method-assign]
-    tagger, assets, store = tagger_with(videos)
+    class NotInstalled(FakeVideos):
+        def open(self, data: bytes, *, max_pixels: int, size: int | None = None) -> FakeClip:
+            raise UnsupportedImage("video support is not installed", content_type="video/mp4")
+
+    tagger, _, store = tagger_with(NotInstalled(can_sample=False))
     store.put_bytes("up/clip.mp4", b"video:RR")
     assert tagger.handle(events.ObjectEvent(events.CREATED, BUCKET, "up/clip.mp4")).status == "unsupported"
 

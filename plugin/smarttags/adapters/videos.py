@@ -122,4 +122,3 @@ class Videos:
             return
         key = thumbnails.thumbnail_key(self._prefix, asset_id, etag)
         self._posters.put_bytes(key, clip.poster(), content_type="image/jpeg")
-

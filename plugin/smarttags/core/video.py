@@ -138,4 +138,3 @@ def read(
         return Read(facts=clip.facts, frames=Frames(tuple(clip.times), vectors, clip.duration))
     except ImageError as exc:
         return Read(failure=exc)
-
