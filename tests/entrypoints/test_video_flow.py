@@ -109,3 +109,66 @@ def test_a_video_is_tagged_with_time_ranges_found_by_search_and_hostile_ones_fai
     # The upload run counts them once each.
     run = services.runs.latest("tag", f"s3://{bucket}/clips/")
     assert run is not None and (run.counts["tagged"], run.counts["failed"]) == (1, 2)
+
+
+def test_without_pyav_the_image_tagger_forwards_videos_to_the_video_queue_which_tags_them(services, shape_model):
+    # The image Lambda's situation (no PyAV) on the real S3 -> SQS wiring: it sniffs the video, sends a
+    # work item to the video queue and counts nothing; the video tagger consumes that queue and tags it.
+    from smarttags.adapters import videos
+    from smarttags.adapters.sqs import WorkQueue
+    from smarttags.entrypoints.compose import Services
+
+    class WithoutPyAV(videos.Videos):
+        @property
+        def can_sample(self) -> bool:
+            return False
+
+    settings = services.settings
+    settings.aws.video_queue_name = f"{settings.aws.queue_name}-video"
+    services.sqs.create_queue(QueueName=settings.aws.video_queue_name)
+    services.videos = WithoutPyAV(services.own_store, settings.aws.thumbnails_prefix)
+    video_side = Services(settings)  # the video function: PyAV here, consuming the video queue
+    video_side.embedder = services.embedder
+    services.taxonomy.import_tags([Tag("shapes:red", {"en": "Red"}), Tag("shapes:any", {"en": "Shape"})])
+    bucket = settings.aws.bucket
+    services.folders.set_enabled(Folder(bucket, "clips/"), True)
+    red = Image.open(io.BytesIO(images.picture("red", fmt="PNG")))
+    services.s3.put_object(Bucket=bucket, Key="clips/red.mov", Body=images.video([red], seconds=2))
+    services.s3.put_object(Bucket=bucket, Key="clips/red.png", Body=images.picture("red", fmt="PNG"))
+    workers = [
+        Worker(services.tagger, services.runs, services.queue, concurrency=1, wait_seconds=1),
+        Worker(
+            video_side.tagger,
+            video_side.runs,
+            WorkQueue.by_name(video_side.sqs, settings.aws.video_queue_name),
+            concurrency=1,
+            wait_seconds=1,
+        ),
+    ]
+    threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
+    for thread in threads:
+        thread.start()
+    try:
+
+        def tagged() -> bool:
+            held = [services.assets.get(asset_id(bucket, k)) for k in ("clips/red.mov", "clips/red.png")]
+            return all(h is not None and h.asset.status == "tagged" for h in held)
+
+        _wait(tagged, 60)
+    finally:
+        for worker in workers:
+            worker.stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    clip = services.assets.get(asset_id(bucket, "clips/red.mov")).asset
+    assert clip.media == "video" and {t.tag for t in clip.smart_tags} == {"shapes:red", "shapes:any"}
+    assert services.assets.get(asset_id(bucket, "clips/red.png")).asset.media == "image"
+
+    # Counted once each, in the upload run: the forwarding itself counts nothing.
+    def counted() -> bool:
+        run = services.runs.latest("tag", f"s3://{bucket}/clips/")
+        return run is not None and run.counts.get("processed") == 2
+
+    _wait(counted, 10)
+    run = services.runs.latest("tag", f"s3://{bucket}/clips/")
+    assert run.counts["tagged"] == 2 and run.counts["processed"] == 2, run.counts

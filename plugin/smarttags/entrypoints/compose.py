@@ -129,7 +129,7 @@ class Services:
     def forward_video(self) -> Callable[[events.ObjectEvent], None] | None:
         """Without PyAV, videos go to the video function's queue when one is configured."""
         name = self.settings.aws.video_queue_name
-        if not name or videos.can_sample():
+        if not name or self.videos.can_sample:
             return None
         queues: list[WorkQueue] = []  # looked up at the first video, not at every cold start
 
