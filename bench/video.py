@@ -84,7 +84,8 @@ def main() -> None:
 
         frames = tag()
         took = best_of(tag)
-        print(f"{name} ({len(data) / 1e6:.1f} MB, {frames} frames): {took * 1000:8.1f} ms ({took / one_jpeg:.1f} x JPEG)")
+        ratio = took / one_jpeg
+        print(f"{name} ({len(data) / 1e6:.1f} MB, {frames} frames): {took * 1000:8.1f} ms ({ratio:.1f} x JPEG)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:.0f} MB")
 
