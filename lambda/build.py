@@ -1,6 +1,6 @@
 """Build the tagger's Lambda deployment package into ``build/lambda/``.
 
-    .venv/bin/python lambda/build.py [--model FILE.onnx] [--python-version 3.12] [--no-zip] [--with-boto3]
+    .venv/bin/python lambda/build.py [--model FILE.onnx] [--python-version 3.12] [--no-zip] [--with-boto3] [--video]
 
 Lays out ``build/lambda/package/`` (the directory ``template.yaml``'s ``CodeUri`` names) and zips it to
 ``build/lambda/smarttags-tagger.zip``:
@@ -16,6 +16,11 @@ boto3/botocore come with the Lambda Python runtime and are left out (``--with-bo
 version instead, 23 MB more; the code needs boto3>=1.34, which every current Python runtime has).
 The unzipped size must stay under Lambda's 250 MB limit, and torch must never get in: both are checked
 and fail the build.
+
+``--video`` lays out the video function's package instead (``build/lambda-video/package``): the same code
+and dependencies plus PyAV (``adapters/formats/video.py`` and its FFmpeg), which the image function leaves
+out and forwards videos to. At about 340 MB it is over the zip limit, so it ships as a container image
+(``lambda/Dockerfile.video`` copies this directory; the 10 GB image limit is the one checked, no zip).
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "build" / "lambda"
+VIDEO_OUT = ROOT / "build" / "lambda-video"
+VIDEO_REQUIREMENTS = ("av>=14",)  # the video extra: PyAV with its FFmpeg
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
+CONTAINER_IMAGE_LIMIT = 10 * 1024 * 1024 * 1024
 MODEL_PATH = "models/backbone.onnx"  # /var/task/models/backbone.onnx in template.yaml
 
 # What smarttags.entrypoints.compose/tagging import at run time (checked against the import graph by
@@ -66,6 +74,7 @@ STRIP_DIRS = frozenset({"tests", "test", "__pycache__"})
 # Parts of plugin/smarttags outside the handler's import graph (tests/entrypoints/test_deploy.py checks that none
 # is in it): the dev stack, demo and sample, the admin, the CLI and its progress bars, the worker and the
 # scheduler service, and the core modules only they use.
+VIDEO_MODULE = "adapters/formats/video.py"  # PyAV: only in the video function's package
 LEFT_OUT = (
     "devtools",
     "entrypoints/admin",
@@ -76,8 +85,7 @@ LEFT_OUT = (
     "core/dashboards.py",
     "entrypoints/health.py",
     "entrypoints/overview.py",
-    "adapters/thumbnails.py",
-    "adapters/formats/video.py",
+    VIDEO_MODULE,
     "core/users.py",
     "core/cron.py",
 )
@@ -147,13 +155,15 @@ def forbidden_present(root: Path, forbidden: Sequence[str] = FORBIDDEN) -> list[
     return sorted(found)
 
 
-def copy_project(package: Path, model: Path) -> None:
+def copy_project(package: Path, model: Path, *, video: bool = False) -> None:
     shutil.copy2(ROOT / "lambda" / "handler.py", package / "handler.py")
     # Follows the search_templates symlink, so the package data lands as real files.
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     library = package / "smarttags"
     shutil.copytree(ROOT / "plugin" / "smarttags", library, ignore=ignore)
     for pattern in LEFT_OUT:
+        if video and pattern == VIDEO_MODULE:
+            continue
         for path in library.glob(pattern):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     # A fixed name, so template.yaml's SMARTTAGS_BACKBONE__ONNX_FILE need not change with the build.
@@ -181,7 +191,15 @@ def write_zip(package: Path, zip_path: Path) -> None:
                 zf.write(path, path.relative_to(package).as_posix())
 
 
-def build(out: Path, model: Path, python_version: str, *, make_zip: bool = True, with_boto3: bool = False) -> int:
+def build(
+    out: Path,
+    model: Path,
+    python_version: str,
+    *,
+    make_zip: bool = True,
+    with_boto3: bool = False,
+    video: bool = False,
+) -> int:
     """Lay out the package, check it, optionally zip it; return the unzipped size in bytes."""
     package = out / "package"
     if package.exists():
@@ -190,17 +208,20 @@ def build(out: Path, model: Path, python_version: str, *, make_zip: bool = True,
     requirements = list(RUNTIME_REQUIREMENTS)
     if with_boto3:
         requirements.append("boto3>=1.34")  # pinned to this environment's version by the constraints
+    if video:
+        requirements.extend(VIDEO_REQUIREMENTS)
     pip_install(package, python_version, requirements)
     saved = strip(package)
-    copy_project(package, model)
+    copy_project(package, model, video=video)
     bad = forbidden_present(package, NEVER if with_boto3 else FORBIDDEN)
     if bad:
         raise SystemExit(f"build: {', '.join(bad)} must not be in the Lambda package")
     size = tree_size(package)
     print(f"unzipped size: {size / 1e6:.1f} MB ({size} bytes; stripped {saved / 1e6:.1f} MB)")
-    if size > LAMBDA_UNZIPPED_LIMIT:
-        raise SystemExit(f"build: {size} bytes is over Lambda's unzipped limit of {LAMBDA_UNZIPPED_LIMIT}")
-    if make_zip:
+    limit = CONTAINER_IMAGE_LIMIT if video else LAMBDA_UNZIPPED_LIMIT
+    if size > limit:
+        raise SystemExit(f"build: {size} bytes is over Lambda's limit of {limit}")
+    if make_zip and not video:
         zip_path = out / "smarttags-tagger.zip"
         write_zip(package, zip_path)
         print(f"zip: {zip_path} ({zip_path.stat().st_size / 1e6:.1f} MB)")
@@ -210,15 +231,17 @@ def build(out: Path, model: Path, python_version: str, *, make_zip: bool = True,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="backbone ONNX file (default: build the preset one)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, help=f"default: {DEFAULT_OUT} ({VIDEO_OUT} with --video)")
     parser.add_argument("--python-version", default=os.environ.get("LAMBDA_PYTHON_VERSION", "3.12"))
     parser.add_argument("--no-zip", action="store_true")
     parser.add_argument("--with-boto3", action="store_true", help="ship the tested boto3 instead of the runtime's")
+    parser.add_argument("--video", action="store_true", help="the video function's package (with PyAV)")
     args = parser.parse_args(argv)
     model = args.model or default_model()
     if not model.is_file():
         parser.error(f"no such model file: {model}")
-    build(args.out, model, args.python_version, make_zip=not args.no_zip, with_boto3=args.with_boto3)
+    out = args.out or (VIDEO_OUT if args.video else DEFAULT_OUT)
+    build(out, model, args.python_version, make_zip=not args.no_zip, with_boto3=args.with_boto3, video=args.video)
     return 0
 
 

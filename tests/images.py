@@ -281,3 +281,32 @@ def jpeg_with_preview(primary: Image.Image, preview: Image.Image, *, quality: in
         if tag == 0xB002:  # the MP entries, 16 bytes each: attribute (type) first
             data[tiff + offset + 16 : tiff + offset + 20] = struct.pack("<L", 0x010002)
     return bytes(data)
+
+
+def video(
+    scenes: list[Image.Image], *, seconds: int = 2, fps: int = 5, size: tuple[int, int] = (320, 240), fmt: str = "mp4"
+) -> bytes:
+    """An H.264 video (PyAV encodes it): ``seconds`` of each picture, a keyframe at every scene's start."""
+    import av  # the video extra; only the video tests need it
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=fmt) as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = seconds * fps
+        for scene in scenes:
+            frame = av.VideoFrame.from_image(scene.convert("RGB").resize(size))
+            for _ in range(seconds * fps):
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+def empty_video() -> bytes:
+    """A Matroska file with its header and video track and not one frame (zero length): a real video
+    cut where its first cluster starts."""
+    data = video([Image.new("RGB", (64, 48), "white")], seconds=1, size=(64, 48), fmt="matroska")
+    return data[: data.index(b"\x1f\x43\xb6\x75")]

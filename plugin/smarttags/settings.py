@@ -65,6 +65,9 @@ class AwsSettings(BaseModel):
     bucket: str = Field(default="smarttags-assets", min_length=3, max_length=63)
     queue_name: str = "smarttags-tagging"
     dead_letter_queue_name: str = "smarttags-tagging-dlq"
+    # Where a process without PyAV (the image Lambda) forwards videos: the video function's queue.
+    # Unset: such a process records videos as unsupported.
+    video_queue_name: str | None = None
     max_receive_count: int = Field(default=3, ge=1, le=1000)
     # SmartTags' own files (models, thumbnails) live in a bucket of their own that notifies nothing, so
     # writing them never sets off the tagging pipeline (S3 notification filters cannot exclude a

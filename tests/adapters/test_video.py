@@ -14,6 +14,8 @@ from PIL import Image
 from smarttags.adapters.formats import video
 from smarttags.errors import CorruptImage, ImageError, ImageTooLarge, UnsupportedImage
 
+from tests import images
+
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
 MAX = 100_000_000
 
@@ -148,3 +150,72 @@ def test_truncated_and_mutated_videos_never_crash():
                 mutated[int(rng.integers(0, len(mutated)))] = int(rng.integers(0, 256))
         with contextlib.suppress(ImageError):
             video.sample(bytes(mutated), size=32, max_pixels=MAX)
+
+
+# --- adapters/videos.py: the tagger's video port ---
+
+
+def test_the_video_port_sniffs_samples_letterboxes_and_keeps_the_poster_as_the_thumbnail():
+    from smarttags.adapters import imaging, thumbnails, videos
+
+    from tests.fakes import FakeStore
+
+    data = encode([RED] * 6 + [BLUE] * 6, gop=12, fmt="matroska")  # a keyframe every 2 s, a sample every 5 s
+    port = videos.Videos(FakeStore("own"), "_smarttags/thumbnails/")
+    assert port.can_sample and port.is_video(data) and not port.is_video(b"\x89PNG\r\n\x1a\n" + bytes(32))
+    clip = port.open(data, max_pixels=MAX, size=32)
+    facts = clip.facts
+    assert (facts.media, facts.duration, facts.decoder, facts.format) == ("video", 12.0, "pyav", "H264")
+    assert list(clip.times) == [0.0, 4.0, 10.0] and clip.duration == 12.0  # the keyframes at or before 0, 5, 10
+    pixels = clip.frames(32)
+    assert [p.shape for p in pixels] == [(32, 32, 3)] * 3
+    assert near(tuple(int(c) for c in pixels[2][16, 16]), BLUE, tol=16)
+    assert tuple(int(c) for c in pixels[0][1, 16]) == imaging.GREY  # 4:3 letterboxed like a picture
+    port.keep_poster(clip, "abc", '"etag-1"')
+    stored, _ = port._posters.get_bytes(thumbnails.thumbnail_key("_smarttags/thumbnails/", "abc", '"etag-1"'))
+    poster = Image.open(io.BytesIO(stored))
+    assert poster.size == (thumbnails.SIZE, thumbnails.SIZE) and near(poster.getpixel((128, 128)), RED, tol=16)
+    # Training's folder sync reads a video's facts (one keyframe) and a picture's as before.
+    assert videos.read_facts(data, max_pixels=MAX).media == "video"
+    assert videos.read_facts(images.picture("red"), max_pixels=MAX).media == "image"
+    with pytest.raises(ImageTooLarge):
+        videos.read_facts(data, max_pixels=1000)
+
+
+class Reader(io.RawIOBase):
+    """A seekable reader over bytes, not bytes: what ``adapters.s3.RangedObject`` is to the decoders."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data, self._at = data, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._at = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._data)}[whence] + offset
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
+
+    def readinto(self, buffer) -> int:
+        chunk = self._data[self._at : self._at + len(buffer)]
+        buffer[: len(chunk)] = chunk
+        self._at += len(chunk)
+        return len(chunk)
+
+
+def test_a_video_behind_a_ranged_reader_is_sampled_like_its_bytes():
+    from smarttags.adapters import videos
+
+    data = encode([RED] * 6 + [BLUE] * 6, gop=12, fmt="matroska")
+    reader = Reader(data)
+    port = videos.Videos(None, "_smarttags/thumbnails/")
+    assert port.is_video(reader)
+    clip = port.open(reader, max_pixels=MAX, size=32)
+    whole = port.open(data, max_pixels=MAX, size=32)
+    assert clip.times == whole.times and clip.facts == whole.facts
+    assert all(np.array_equal(a, b) for a, b in zip(clip.frames(32), whole.frames(32), strict=True))

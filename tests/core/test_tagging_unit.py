@@ -53,6 +53,8 @@ class Facts:
     content_type: str | None = "image/png"
     format: str = "PNG"
     decoder: str = "pillow"
+    media: str = "image"
+    duration: float | None = None
 
 
 class FakePicture:

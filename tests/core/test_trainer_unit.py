@@ -51,6 +51,8 @@ class Facts:
     content_type: str | None = "image/jpeg"
     format: str = "JPEG"
     decoder: str = "pillow"
+    media: str = "image"
+    duration: float | None = None
 
 
 def read_facts(data: bytes, *, max_pixels: int) -> Facts:

@@ -679,3 +679,16 @@ def test_ensure_adds_new_fields_to_an_index_made_by_an_older_release(settings, o
     index.ensure()
     mapping = os_client.indices.get_mapping(index=index.name("users"))[index.name("users")]["mappings"]
     assert mapping["properties"]["session_generation"]["type"] == "integer"
+
+
+def test_a_video_asset_page_shows_each_tags_time_ranges(as_role, services, seeded):
+    from smarttags.core.asset import SmartTag
+
+    tag = SmartTag("shapes:red", 0.93, "v1", ((0.0, 5.0), (70.5, 3725.0)))
+    clip = Asset(services.settings.aws.bucket, "clips/launch.mp4", etag="e1", media="video", duration=3725.0)
+    services.assets.put(clip.with_smart_tags([tag]))
+    page = as_role("viewer").get(f"/assets/{clip.id}").get_data(as_text=True)
+    assert "Time ranges" in page and "video, 3725.0 s" in page
+    assert "0:00.0–0:05.0" in page and "1:10.5–1:02:05.0" in page
+    # A picture's page has no time-range column.
+    assert "Time ranges" not in as_role("viewer").get(f"/assets/{seeded.cat_id}").get_data(as_text=True)

@@ -63,6 +63,9 @@ def transformed() -> dict[str, Any]:
     template = load_template()
     # `sam package` uploads the local CodeUri and puts its S3 address there before the transform runs.
     template["Resources"]["TaggerFunction"]["Properties"]["CodeUri"] = "s3://example-artifacts/tagger.zip"
+    # ... and `sam build`/`sam package` push the video function's image and name it.
+    video_image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/smarttags-video:latest"
+    template["Resources"]["VideoFunction"]["Properties"]["ImageUri"] = video_image
     with pytest.MonkeyPatch.context() as mp:
         # The translator reads the partition from the region; no AWS call is made.
         mp.setenv("AWS_DEFAULT_REGION", "eu-west-1")
@@ -89,9 +92,22 @@ def test_cfn_lint_would_catch_a_broken_template(tmp_path: Path) -> None:
     assert run.returncode != 0 and "Handlr" in run.stdout
 
 
+def _mapping_of(transformed: dict[str, Any], queue: str) -> dict[str, Any]:
+    (mapping,) = [
+        m
+        for m in _of_type(transformed, "AWS::Lambda::EventSourceMapping").values()
+        if m["Properties"]["EventSourceArn"] == {"Fn::GetAtt": [queue, "Arn"]}
+    ]
+    return mapping
+
+
+def _function(transformed: dict[str, Any], name: str = "TaggerFunction") -> dict[str, Any]:
+    return _of_type(transformed, "AWS::Lambda::Function")[name]
+
+
 def test_event_source_mapping_reports_partial_batch_failures(transformed: dict[str, Any]) -> None:
-    (mapping,) = _of_type(transformed, "AWS::Lambda::EventSourceMapping").values()
-    props = mapping["Properties"]
+    assert len(_of_type(transformed, "AWS::Lambda::EventSourceMapping")) == 2
+    props = _mapping_of(transformed, "TaggingQueue")["Properties"]
     assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert props["BatchSize"] == {"Ref": "BatchSize"}
     assert props["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "MaximumConcurrency"}}
@@ -120,9 +136,11 @@ def test_bucket_notifies_the_queue_of_creates_and_removes(transformed: dict[str,
     assert "aws:SourceArn" in statement["Condition"]["ArnEquals"]
 
 
-def _statements(transformed: dict[str, Any]) -> list[dict[str, Any]]:
+def _statements(transformed: dict[str, Any], role_name: str = "TaggerRole") -> list[dict[str, Any]]:
     found = []
-    for role in _of_type(transformed, "AWS::IAM::Role").values():
+    for name, role in _of_type(transformed, "AWS::IAM::Role").items():
+        if name != role_name:
+            continue
         assert not role["Properties"].get("ManagedPolicyArns"), "managed policies grant on Resource *"
         for policy in role["Properties"].get("Policies", []):
             found.extend(policy["PolicyDocument"]["Statement"])
@@ -147,13 +165,13 @@ def test_internal_bucket_has_no_notification(transformed: dict[str, Any]) -> Non
     internal = transformed["Resources"]["InternalBucket"]["Properties"]
     assert internal["BucketName"] == {"Ref": "InternalBucketName"}
     assert "NotificationConfiguration" not in internal
-    (function,) = _of_type(transformed, "AWS::Lambda::Function").values()
+    function = _function(transformed)
     env = function["Properties"]["Environment"]["Variables"]
     assert env["SMARTTAGS_AWS__INTERNAL_BUCKET"] == {"Ref": "InternalBucketName"}
 
 
 def test_iam_is_least_privilege(transformed: dict[str, Any]) -> None:
-    (function,) = _of_type(transformed, "AWS::Lambda::Function").values()
+    function = _function(transformed)
     assert function["Properties"]["Role"] == {"Fn::GetAtt": ["TaggerRole", "Arn"]}
     statements = _statements(transformed)
     actions: dict[str, dict[str, Any]] = {}
@@ -177,16 +195,48 @@ def test_iam_is_least_privilege(transformed: dict[str, Any]) -> None:
         "sqs:DeleteMessage",
         "sqs:ChangeMessageVisibility",
         "sqs:GetQueueAttributes",
+        "sqs:GetQueueUrl",
+        "sqs:SendMessage",
     }
     granted = {(a, str(r)) for s in statements for a in _listed(s["Action"]) for r in _listed(s["Resource"])}
     s3_granted = {g for g in granted if g[0].startswith("s3:")}
     assert {(action, str(resource)) for action, resource in _S3_GRANTS} == s3_granted
     assert actions["sqs:ReceiveMessage"]["Resource"] == {"Fn::GetAtt": ["TaggingQueue", "Arn"]}
     assert {"Ref": "OpenSearchDomainArn"} in actions["es:ESHttpPost"]["Resource"]
+    # The image function may only hand videos on to the video queue.
+    assert actions["sqs:SendMessage"]["Resource"] == {"Fn::GetAtt": ["VideoQueue", "Arn"]}
+    assert set(_listed(actions["sqs:SendMessage"]["Action"])) == {"sqs:GetQueueUrl", "sqs:SendMessage"}
+
+
+def test_videos_have_their_own_function_queue_and_least_privilege_role(transformed: dict[str, Any]) -> None:
+    image = _function(transformed)["Properties"]
+    video = _function(transformed, "VideoFunction")["Properties"]
+    # A container image (the zip would be 341 MB with PyAV, over the 250 MB limit), the same settings.
+    assert video["PackageType"] == "Image" and "Handler" not in video and "Runtime" not in video
+    assert video["Code"] == {"ImageUri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/smarttags-video:latest"}
+    assert video["Timeout"] == {"Ref": "VideoTimeout"} and video["Role"] == {"Fn::GetAtt": ["VideoRole", "Arn"]}
+    image_env, video_env = image["Environment"]["Variables"], video["Environment"]["Variables"]
+    assert image_env["SMARTTAGS_AWS__VIDEO_QUEUE_NAME"] == {"Fn::GetAtt": ["VideoQueue", "QueueName"]}
+    assert "SMARTTAGS_AWS__VIDEO_QUEUE_NAME" not in video_env  # it samples videos itself
+    assert {k: v for k, v in image_env.items() if k != "SMARTTAGS_AWS__VIDEO_QUEUE_NAME"} == video_env
+    mapping = _mapping_of(transformed, "VideoQueue")["Properties"]
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"] and mapping["BatchSize"] == 1
+    queue = transformed["Resources"]["VideoQueue"]["Properties"]
+    assert queue["VisibilityTimeout"] == {"Fn::Sub": "${VideoTimeout}0"}
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+    # The worst case (24 keyframes of a 4K minute, a 512 MB download) fits the default timeout with margin.
+    assert transformed["Parameters"]["VideoTimeout"]["Default"] >= 60
+    statements = _statements(transformed, "VideoRole")
+    granted = {(a, str(r)) for s in statements for a in _listed(s["Action"]) for r in _listed(s["Resource"])}
+    assert all("*" not in a for a, _ in granted)
+    posters = str({"Fn::Sub": "arn:${AWS::Partition}:s3:::${InternalBucketName}/${ThumbnailsPrefix}*"})
+    assert {r for a, r in granted if a == "s3:PutObject"} == {posters}
+    assert {r for a, r in granted if a.startswith("sqs:")} == {str({"Fn::GetAtt": ["VideoQueue", "Arn"]})}
+    assert not any(a == "sqs:SendMessage" for a, _ in granted)
 
 
 def test_environment_configures_real_aws(transformed: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    (function,) = _of_type(transformed, "AWS::Lambda::Function").values()
+    function = _function(transformed)
     props = function["Properties"]
     assert props["Handler"] == "handler.handler" and props["Runtime"] in ("python3.11", "python3.12")
     env = props["Environment"]["Variables"]

@@ -8,6 +8,10 @@ also lifts an asset with a promoted matching tag above any number of unpromoted 
 key's folder path, for the ``folder.tree`` filter) and ``file_name`` (the key's last segment, searched
 with the metadata), and ``smart_bands`` (``tag@0.7`` per tenth of confidence a tag reaches, for the
 grid's confidence filter). Promotion itself is stored once, in ``promoted_tags``.
+
+A video's smart tags carry time ranges: they are stored once, as ``segments`` (nested: ``tag``, ``start``,
+``end`` in seconds), so a nested query can ask for a tag within a stretch of time; reading an asset
+puts them back on its smart tags.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ KIND = "assets"
 _FIELDS: dict[str, tuple[str, ...]] = {
     "folder": ("folder",),
     "key": ("key", "file_name"),
-    "smart_tags": ("smart_tags", "smart_ids", "smart_scores", "smart_bands"),
+    "smart_tags": ("smart_tags", "smart_ids", "smart_scores", "smart_bands", "segments"),
     "promoted": ("promoted_tags", "smart_scores"),
     "rejected": ("rejected_tags",),
     "reviewed": ("reviewed_tags",),
@@ -64,6 +68,8 @@ def to_document(asset: Asset) -> dict[str, Any]:
         "keywords": list(asset.keywords),
         "format": asset.format,
         "decoder": asset.decoder,
+        "media": asset.media,
+        "duration": asset.duration,
         "tags": list(asset.tags),
         "smart_tags": [
             {"tag": t.tag, "confidence": t.confidence, "model_version": t.model_version} for t in asset.smart_tags
@@ -75,6 +81,7 @@ def to_document(asset: Asset) -> dict[str, Any]:
             for t in asset.smart_tags
         },
         "smart_bands": confidence_bands(asset.smart_tags),
+        "segments": [{"tag": t.tag, "start": s, "end": e} for t in asset.smart_tags for s, e in t.ranges],
         "promoted_tags": sorted(asset.promoted),
         "rejected_tags": sorted(asset.rejected),
         "reviewed_tags": sorted(asset.reviewed),
@@ -100,6 +107,9 @@ def from_document(source: Mapping[str, Any]) -> Asset:
     such a partial value is for reading, never for writing back)."""
     tagging = source.get("tagging") or {}
     vector = source.get("embedding")
+    ranges: dict[str, list[tuple[float, float]]] = {}
+    for segment in source.get("segments") or ():
+        ranges.setdefault(segment["tag"], []).append((float(segment["start"]), float(segment["end"])))
     return Asset(
         bucket=source["bucket"],
         key=source["key"],
@@ -117,9 +127,11 @@ def from_document(source: Mapping[str, Any]) -> Asset:
         keywords=tuple(source.get("keywords") or ()),
         format=source.get("format"),
         decoder=source.get("decoder"),
+        media=source.get("media"),
+        duration=source.get("duration"),
         tags=tuple(source.get("tags") or ()),
         smart_tags=tuple(
-            SmartTag(e["tag"], float(e["confidence"]), e.get("model_version") or "")
+            SmartTag(e["tag"], float(e["confidence"]), e.get("model_version") or "", tuple(ranges.get(e["tag"], ())))
             for e in source.get("smart_tags") or ()
         ),
         promoted=frozenset(source.get("promoted_tags") or ()),

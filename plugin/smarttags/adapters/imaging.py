@@ -393,6 +393,8 @@ class ImageMetadata:
     title: str | None = None
     description: str | None = None
     keywords: tuple[str, ...] = field(default_factory=tuple)
+    media: str = "image"
+    duration: float | None = None
 
 
 _XMP_PACKET = re.compile(rb"<x:xmpmeta[\s>].*?</x:xmpmeta>", re.DOTALL)

@@ -5,7 +5,8 @@ asset bucket would raise an S3 notification and a tagging run. Key: ``<thumbnail
 <etag>.jpg``, so a changed object (new ETag) gets a new thumbnail and an unchanged one is never decoded
 twice. Decoding goes through the hardened ``smarttags.adapters.imaging`` (bomb limit, format allow-list,
 EXIF orientation). An object that is missing, or is not an image we decode, has no thumbnail: ``get``
-returns None and the caller shows a placeholder.
+returns None and the caller shows a placeholder. A video's thumbnail is its poster frame, stored at the
+same key by the tagger when it samples the video (``adapters/videos.py``): the admin needs no PyAV.
 """
 
 from __future__ import annotations
@@ -42,9 +43,13 @@ def thumbnail_key(prefix: str, asset_id: str, etag: str) -> str:
 
 def render(data: bytes, *, size: int = SIZE, max_pixels: int) -> bytes:
     """A ``size`` x ``size`` JPEG of the image (letterboxed), or an ImageError."""
-    pixels = imaging.prepare(data, size, max_pixels=max_pixels)
+    return encode(Image.fromarray(imaging.prepare(data, size, max_pixels=max_pixels)))
+
+
+def encode(img: Image.Image, size: int = SIZE) -> bytes:
+    """A thumbnail JPEG of an RGB picture, letterboxed to ``size`` (a video's poster is made by this too)."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=QUALITY, optimize=True)
+    imaging.fit_square(img, size).save(buffer, format="JPEG", quality=QUALITY, optimize=True)
     return buffer.getvalue()
 
 

@@ -41,6 +41,7 @@ class Handled(StrEnum):
     DUPLICATE = "duplicate"  # a redelivery of work already done
     GONE = "gone"  # the object was deleted before we read it
     IGNORED = "ignored"  # one of SmartTags' own files
+    FORWARDED = "forwarded"  # a video handed to the video function (which counts its outcome)
 
 
 Outcome = TaggingStatus | Handled
@@ -75,6 +76,8 @@ class SmartTag:
     tag: str
     confidence: float
     model_version: str
+    # A video's: the [start, end] seconds where the tag clears its threshold (core/video.py).
+    ranges: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class Asset:
     keywords: tuple[str, ...] = ()
     format: str | None = None  # detected from the bytes, e.g. "JPEG", "HEIF"
     decoder: str | None = None  # the library that read it
+    media: str | None = None  # "image" or "video"
+    duration: float | None = None  # a video's, in seconds
     tags: tuple[str, ...] = ()  # the asset's own taxonomy tags (keywords, manifest, a librarian)
     smart_tags: tuple[SmartTag, ...] = ()  # best first; promoted ones first of all
     promoted: frozenset[str] = frozenset()
@@ -194,6 +199,8 @@ class Asset:
             keywords=tuple(facts.keywords),
             format=facts.format or None,
             decoder=facts.decoder or None,
+            media=facts.media,
+            duration=facts.duration,
         )
 
     def with_status(

@@ -241,6 +241,7 @@ def train_heads(
     c_grid: tuple[float, ...] = DEFAULT_C_GRID,
     known: NDArray[np.floating] | None = None,
     groups: Sequence[str] | None = None,
+    sample_weight: NDArray[np.floating] | None = None,
 ) -> tuple[Heads, list[TagFit]]:
     """Fit one head per tag. One regularisation strength C for all tags, the one whose out-of-fold
     predictions reach the best mean average precision (per-tag choices overfit the few positives of
@@ -249,19 +250,23 @@ def train_heads(
 
     ``known`` (rows x tags, 1 or 0) says which labels are known: a picture outside the training folders
     whose smart tag a moderator removed is a negative for that tag only. ``groups`` gives each row a key
-    (near-duplicates share one) that decides its cross-validation fold."""
+    (near-duplicates share one) that decides its cross-validation fold. ``sample_weight`` (rows) weighs
+    each row in the fit and in the positives counted (a video's frames: 1/n each, one picture together);
+    thresholds are chosen on every row's out-of-fold score."""
     x = np.asarray(embeddings, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     n, t = y.shape
     mask = np.ones_like(y) if known is None else np.asarray(known, dtype=np.float64)
-    if n != x.shape[0] or t != len(tags) or mask.shape != y.shape:
+    row_weight = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    weighed = mask * row_weight[:, None]  # the class balance counts weighted rows
+    if n != x.shape[0] or t != len(tags) or mask.shape != y.shape or row_weight.shape != (n,):
         raise ValueError("embeddings, labels and tags disagree in size")
     k = max(2, min(folds, int((y * mask).sum(axis=0).min()) if t else folds, n))
     oof = np.zeros((len(c_grid), n, t))
     for held_out in _folds(y * mask, k, seed, groups):
         train = np.setdiff1d(np.arange(n), held_out)
         white = _Whitened.of(x[train])
-        weights = balanced_weights(y[train], mask[train])
+        weights = balanced_weights(y[train], weighed[train])
         z_test = white.project(x[held_out])
         previous: tuple[FloatArray, FloatArray] | None = None
         for ci, c in enumerate(sorted(c_grid)):
@@ -285,7 +290,7 @@ def train_heads(
         fits.append(
             TagFit(
                 tag=tag,
-                positives=int(y[rows[j], j].sum()),
+                positives=round(float((y[rows[j], j] * row_weight[rows[j]]).sum())),
                 c=grid[best],
                 threshold=float(thresholds[j]),
                 precision=precision,
@@ -296,7 +301,7 @@ def train_heads(
         )
     white = _Whitened.of(x)
     penalty = np.broadcast_to((1.0 / (grid[best] * white.sigma**2))[:, None], (white.sigma.size, t))
-    a, b = fit_logistic(white.z, y, balanced_weights(y, mask), penalty)
+    a, b = fit_logistic(white.z, y, balanced_weights(y, weighed), penalty)
     w, bias = white.to_weights(a, b)
     heads = Heads(
         tags=tuple(tags),

@@ -45,6 +45,8 @@ SYNCED = (
     "keywords",
     "format",
     "decoder",
+    "media",
+    "duration",
     "tags",
     "updated_at",
 )

@@ -189,6 +189,10 @@ class ImageFacts(Protocol):
     def format(self) -> str: ...
     @property
     def decoder(self) -> str: ...
+    @property
+    def media(self) -> str: ...  # "image" or "video"
+    @property
+    def duration(self) -> float | None: ...  # a video's, in seconds (0.0 when the container does not say)
 
 
 # Reads an image's facts from its bytes, refusing more than ``max_pixels``; raises ImageError.
@@ -205,3 +209,25 @@ class Picture(Protocol):
 
 # Opens an image's bytes, refusing more than ``max_pixels``; raises ImageError.
 OpenPicture = Callable[..., Picture]
+
+
+class Clip(Protocol):
+    """A video opened once (``adapters.videos``): its facts and its sampled keyframes (the first is the poster)."""
+
+    @property
+    def facts(self) -> ImageFacts: ...
+    @property
+    def duration(self) -> float: ...
+    @property
+    def times(self) -> Sequence[float]: ...  # of the sampled frames, seconds, ascending
+    def frames(self, size: int) -> list[np.ndarray[Any, Any]]: ...  # each (size, size, 3) uint8, letterboxed
+
+
+class Videos(Protocol):
+    """Video sampling (``adapters.videos.Videos``): sniffs without PyAV, samples with it where installed."""
+
+    @property
+    def can_sample(self) -> bool: ...
+    def is_video(self, data: bytes | IO[bytes]) -> bool: ...
+    def open(self, data: bytes | IO[bytes], *, max_pixels: int, size: int | None = None) -> Clip: ...
+    def keep_poster(self, clip: Clip, asset_id: str, etag: str) -> None: ...

@@ -27,7 +27,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from smarttags.core import events
+from smarttags.core import events, video
 from smarttags.core.asset import (
     SETTLED,
     Asset,
@@ -41,7 +41,16 @@ from smarttags.core.clock import now_iso, parse_iso
 from smarttags.core.folders import Folder, FolderRegistry
 from smarttags.core.ingest import TagResolver, is_internal
 from smarttags.core.model_registry import Model, ModelStore, score_embedding
-from smarttags.core.ports import Assets, Embedder, ImageFacts, ObjectInfo, OpenPicture, StoredAsset, StoreFor
+from smarttags.core.ports import (
+    Assets,
+    Embedder,
+    ImageFacts,
+    ObjectInfo,
+    OpenPicture,
+    StoredAsset,
+    StoreFor,
+    Videos,
+)
 from smarttags.core.runs import RunLog
 from smarttags.core.taxonomy import Taxonomy, TaxonomyStore
 from smarttags.errors import (
@@ -157,6 +166,7 @@ class Reading:
     failure: ImageError | None = None
     own_tags: tuple[str, ...] = ()
     embedding: StoredEmbedding | None = None
+    frames: video.Frames | None = None  # a video's sampled frames, embedded (core/video.py)
 
 
 class Stale(Exception):
@@ -195,6 +205,11 @@ def apply_reading(asset: Asset, reading: Reading, model: Model | None, *, max_ta
         return asset.with_status(
             TaggingStatus.NOT_ENABLED, reason="Smart Tags are not enabled for this folder", etag=etag
         )
+    if model is not None and reading.frames is not None:  # a video: every frame scored, with time ranges
+        scored = video.score_frames(
+            model, reading.frames, rejected=asset.rejected, promoted=asset.promoted, max_tags=max_tags
+        )
+        return asset.with_smart_tags(scored).with_status(TaggingStatus.TAGGED, model_version=model.version, etag=etag)
     if model is None or reading.embedding is None:
         return asset.with_status(TaggingStatus.EMBEDDED, reason="no active model yet", etag=etag)
     chosen, _ = score_embedding(
@@ -234,8 +249,12 @@ class Tagger:
         models: ModelStore,
         taxonomy: TaxonomyStore,
         folders: FolderRegistry,
+        videos: Videos | None = None,
+        forward_video: Callable[[events.ObjectEvent], None] | None = None,
     ) -> None:
         self._settings = settings
+        self._videos = videos  # None: videos are recorded as unsupported
+        self._forward_video = forward_video  # where videos go when this process cannot sample them
         self._assets = assets
         self._stores = stores
         self._embedder_factory = embedder
@@ -305,6 +324,9 @@ class Tagger:
         except NotFound:
             self._release(claimed)
             return Result(event.key, Handled.GONE, "the object no longer exists")
+        except video.Forwarded:
+            self._release(claimed)
+            return Result(event.key, Handled.FORWARDED, "sent to the video function")
         except BaseException:
             self._release(claimed)  # a retry of this event must not find it claimed by no one
             raise
@@ -391,6 +413,9 @@ class Tagger:
             except NotFound:
                 self._release(claim)
                 answers[i] = Result(deliveries[i][0].key, Handled.GONE, "the object no longer exists")
+            except video.Forwarded:
+                self._release(claim)
+                answers[i] = Result(deliveries[i][0].key, Handled.FORWARDED, "sent to the video function")
             except Exception as exc:  # answered for this event alone
                 self._release(claim)  # a retry of this event must not find it claimed by no one
                 answers[i] = exc
@@ -479,6 +504,18 @@ class Tagger:
         except ImageTooLarge as exc:  # refused before download, recorded like any other refusal
             return Reading(info=store.head(event.key), sequencer=event.sequencer, enabled=enabled, failure=exc), None
         reading = Reading(info=info, sequencer=event.sequencer, enabled=enabled)
+        if self._videos is not None and self._videos.is_video(data):  # many frames, not one picture
+            forward = self._forward_video
+            read = video.read(
+                data,
+                self._videos,
+                self.embedder if enabled else None,
+                max_pixels=self._settings.backbone.max_pixels,
+                asset_id=_id(event),
+                etag=info.etag,
+                forward=(lambda: forward(event)) if forward else None,
+            )
+            return replace(reading, facts=read.facts, frames=read.frames, failure=read.failure), None
         try:
             embedder = self.embedder if enabled else None
             size = embedder.input_size if embedder else None  # vector and RAW files are drawn at it, once
@@ -594,7 +631,7 @@ class RunTally:
     def add(
         self, event: events.ObjectEvent, status: Outcome, reason: str | None, *, delivery: str | None = None
     ) -> None:
-        if status in (Handled.IGNORED, Handled.DUPLICATE):
+        if status in (Handled.IGNORED, Handled.DUPLICATE, Handled.FORWARDED):
             return  # our own files and repeated deliveries are no new work: the run counts each object once
         if delivery is not None:
             seen = (delivery, event.bucket, event.key, event.sequencer or event.etag or "")

@@ -6,7 +6,9 @@ embeds only new or modified assets; assets whose objects are gone leave the trai
 One active model serves the whole taxonomy: a run retrains the tags its folders' pictures carry (enough
 of them to learn) and carries every other tag's head over from the active model (same backbone). Every
 picture of the folders is an example: its own and promoted tags (with their ancestors) are positives,
-everything else a negative, untagged pictures and a moderator's removals included.
+everything else a negative, untagged pictures and a moderator's removals included. A video is an
+example too: each of its sampled frames is a row, weighing 1/n, so its frames together weigh one
+picture and a long video does not drown the rest of its tag (its frames share one fold).
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from smarttags.core import guidelines, ingest
+from smarttags.core import guidelines, ingest, video
 from smarttags.core.asset import Asset, StoredEmbedding
 from smarttags.core.clock import now_iso
 from smarttags.core.folders import Folder
 from smarttags.core.heads import combine, select, train_heads
 from smarttags.core.model_registry import Model, ModelStore
-from smarttags.core.ports import Assets, Embedder, ReadFacts, StoreFor
+from smarttags.core.ports import Assets, Embedder, ReadFacts, StoreFor, Videos
 from smarttags.core.report import (
     MIN_TO_LEARN,
     NEGATIVE_KINDS,
@@ -36,13 +38,13 @@ from smarttags.core.report import (
 )
 from smarttags.core.runs import TRAIN, RunLog, RunStatus
 from smarttags.core.taxonomy import Taxonomy, TaxonomyStore
-from smarttags.errors import ImageError, ModelError, NotFound, TaxonomyError
+from smarttags.errors import ImageError, ModelError, NotFound, TaxonomyError, UnsupportedImage
 from smarttags.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # What training reads of each asset.
-ATTRIBUTES = ["tags", "promoted", "rejected", "reviewed", "width", "height", "embedding", "etag"]
+ATTRIBUTES = ["tags", "promoted", "rejected", "reviewed", "width", "height", "embedding", "etag", "media"]
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,10 @@ class Trainer:
         models: ModelStore,
         taxonomy: TaxonomyStore,
         runs: RunLog,
+        videos: Videos | None = None,
     ) -> None:
         self._settings = settings
+        self._videos = videos  # None: videos are refused as examples ("unreadable")
         self._assets = assets
         self._stores = stores
         self._embedder_factory = embedder
@@ -202,7 +206,12 @@ class Trainer:
         usable = sorted(((s, e) for s, e in examples if e.asset_id in vectors), key=lambda p: (p[0].etag, p[1].key))
         untagged = sum(1 for _, e in usable if not e.positives and e.closed)
         tags = sorted({t for _, e in usable for t in e.positives})
-        x = np.stack([vectors[e.asset_id] for _, e in usable]) if usable else np.zeros((0, 1), np.float32)
+        # One row per picture, one per sampled frame of a video (rows_of: the example of each row).
+        blocks = [np.atleast_2d(vectors[e.asset_id]) for _, e in usable]
+        rows_of = np.repeat(np.arange(len(usable)), [len(b) for b in blocks])
+        row_weight = np.concatenate([np.full(len(b), 1.0 / len(b)) for b in blocks]) if blocks else np.zeros(0)
+        # The guidelines look at one vector per example (a video: its frames' mean).
+        x = np.stack([b.mean(axis=0) for b in blocks]) if usable else np.zeros((0, 1), np.float32)
         y = np.array([[1.0 if t in e.positives else 0.0 for t in tags] for _, e in usable]).reshape(
             len(usable), len(tags)
         )
@@ -243,16 +252,18 @@ class Trainer:
 
             with threadpool_limits(limits=settings.blas_threads):
                 findings = guidelines.check(x, y_fit, learnable)
+                keys = duplicate_groups([a.etag or a.id for a, _ in usable], findings.duplicates)
                 heads, fits = train_heads(
-                    x,
-                    y_fit,
+                    np.concatenate(blocks),
+                    y_fit[rows_of],
                     learnable,
                     policy=settings.threshold_policy,
                     target_precision=settings.target_precision,
                     folds=settings.cv_folds,
                     seed=settings.seed,
-                    known=known,
-                    groups=duplicate_groups([a.etag or a.id for a, _ in usable], findings.duplicates),
+                    known=known[rows_of],
+                    groups=[keys[i] for i in rows_of],
+                    sample_weight=row_weight,
                 )
             duplicates = [[usable[i][1].key, usable[j][1].key] for i, j in findings.duplicates[:100]]
             carried_from: dict[str, str] = {}
@@ -384,14 +395,22 @@ class Trainer:
         """Stored embeddings where ETag and backbone match; the rest embedded now and written back."""
         vectors: dict[str, np.ndarray[Any, Any]] = {}
         todo: list[Asset] = []
+        failed: list[tuple[str, str]] = []
+        clips = 0
         for asset, example in examples:
-            if asset.embedding and asset.embedding.fits(asset.etag, embedder.backbone_id):
+            if asset.media == video.MEDIA:  # frames (rows x dim), sampled again: a video stores no embedding
+                rows = self._frames(asset, embedder)
+                if isinstance(rows, ImageError):
+                    failed.append((asset.key, rows.reason))
+                else:
+                    vectors[example.asset_id] = rows
+                    clips += 1
+            elif asset.embedding and asset.embedding.fits(asset.etag, embedder.backbone_id):
                 vectors[example.asset_id] = np.asarray(asset.embedding.vector, dtype=np.float32)
             else:
                 todo.append(asset)
-        failed: list[tuple[str, str]] = []
         if not todo:
-            return vectors, 0, failed
+            return vectors, clips, failed
         if progress:
             progress("embed", 0, len(todo))
 
@@ -414,7 +433,18 @@ class Trainer:
             if progress:
                 progress("embed", 1, len(todo))
         self._assets.merge(embedded, ["embedding"], create=False)
-        return vectors, len(todo) - len(failed), failed
+        return vectors, clips + len(todo) - len(failed), failed
+
+    def _frames(self, asset: Asset, embedder: Embedder) -> np.ndarray[Any, Any] | ImageError:
+        """A video's sampled frames, embedded in one batch (rows x dim)."""
+        if self._videos is None or not self._videos.can_sample:
+            return UnsupportedImage("video support is not installed here (pip install 'smarttags[video]')")
+        data, _ = self._stores(asset.bucket).get_bytes(asset.key)
+        try:
+            clip = self._videos.open(data, max_pixels=self._settings.backbone.max_pixels, size=embedder.input_size)
+            return np.asarray(embedder.embed_arrays(clip.frames(embedder.input_size)), dtype=np.float32)
+        except ImageError as exc:
+            return exc
 
 
 def _read(assets: Iterable[Asset], progress: Callable[[str, int, int | None], None] | None) -> Iterator[Asset]:

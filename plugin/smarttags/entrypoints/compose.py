@@ -4,20 +4,20 @@ once per process and shared (one model cache, one taxonomy cache)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 import opensearchpy
 
-from smarttags.adapters import clients, imaging
+from smarttags.adapters import clients, imaging, videos
 from smarttags.adapters.asset_index import AssetIndex
 from smarttags.adapters.embedder import Embedder
 from smarttags.adapters.opensearch import SearchIndex
 from smarttags.adapters.s3 import ObjectStore
 from smarttags.adapters.sqs import WorkQueue
-from smarttags.core import windows
+from smarttags.core import events, windows
 from smarttags.core.folders import Folder, FolderRegistry
 from smarttags.core.model_registry import ModelStore
 from smarttags.core.moderation import Moderation
@@ -122,6 +122,24 @@ class Services:
         return load_embedder(self.settings)
 
     @cached_property
+    def videos(self) -> videos.Videos:
+        """Video sampling (PyAV, where the ``video`` extra is installed); posters go with the thumbnails."""
+        return videos.Videos(self.own_store, self.settings.aws.thumbnails_prefix)
+
+    def forward_video(self) -> Callable[[events.ObjectEvent], None] | None:
+        """Without PyAV, videos go to the video function's queue when one is configured."""
+        name = self.settings.aws.video_queue_name
+        if not name or self.videos.can_sample:
+            return None
+        queues: list[WorkQueue] = []  # looked up at the first video, not at every cold start
+
+        def forward(event: events.ObjectEvent) -> None:
+            queues[:] = queues or [WorkQueue.by_name(self.sqs, name)]
+            queues[0].send([events.work_item(event.bucket, event.key, run_id=event.run_id, trigger=event.trigger)])
+
+        return forward
+
+    @cached_property
     def tagger(self) -> Tagger:
         return Tagger(
             self.settings,
@@ -132,6 +150,8 @@ class Services:
             models=self.models,
             taxonomy=self.taxonomy,
             folders=self.folders,
+            videos=self.videos,
+            forward_video=self.forward_video(),
         )
 
     @cached_property
@@ -141,7 +161,8 @@ class Services:
             self.assets,
             self.store_for,
             self.embedder,
-            read_facts=imaging.read_metadata,
+            read_facts=videos.read_facts,
+            videos=self.videos,
             models=self.models,
             taxonomy=self.taxonomy,
             runs=self.runs,

@@ -18,6 +18,7 @@ import logging
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import IO
 
 import av
 from PIL import Image
@@ -55,7 +56,7 @@ class Video:
 
 
 def sample(
-    data: bytes,
+    data: bytes | IO[bytes],
     *,
     size: int,
     max_pixels: int,
@@ -63,11 +64,13 @@ def sample(
     every: float = EVERY_SECONDS,
     max_frames: int = MAX_FRAMES,
 ) -> Video:
-    """Keyframes of the video ``data``, one every ``every`` seconds at most ``max_frames``; raises ImageError."""
-    if not data:
+    """Keyframes of the video ``data`` (bytes, or a seekable reader FFmpeg reads only what it needs of),
+    one every ``every`` seconds at most ``max_frames``; raises ImageError."""
+    if isinstance(data, bytes) and not data:
         raise CorruptImage("zero bytes", content_type=content_type)
     try:
-        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        source = io.BytesIO(data) if isinstance(data, bytes) else data
+        with av.open(source, mode="r", metadata_errors="ignore") as container:
             return _sample(container, size, max_pixels, content_type, every, max_frames)
     except av.error.MemoryError:  # FFmpeg's ENOMEM: the file asked for more than it could have
         raise ImageTooLarge("FFmpeg could not allocate what the file declares", content_type=content_type) from None

@@ -87,6 +87,7 @@ def create_app(
     app.before_request(auth.load_user)
     app.after_request(_security_headers)
     app.jinja_env.filters["highlight"] = views.highlight
+    app.jinja_env.filters["timecode"] = views.timecode
     _error_pages(app)
     return app
 

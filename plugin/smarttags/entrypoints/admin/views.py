@@ -51,6 +51,13 @@ def highlight(fragment: str) -> Markup:
     return Markup("".join(out))
 
 
+def timecode(seconds: float) -> str:
+    """Seconds as m:ss.s (h:mm:ss from an hour on), for a video tag's time ranges."""
+    minutes, rest = divmod(float(seconds), 60.0)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{rest:04.1f}" if hours else f"{minutes}:{rest:04.1f}"
+
+
 def _user_name() -> str:
     user = current_user()
     return user.username if user else "?"
