@@ -137,6 +137,14 @@ class FakeIndex:
             if k == kind and _matches(source, query):
                 yield {"_id": doc_id, "_source": copy.deepcopy(source)}
 
+    def scan_pages(
+        self, kind: str, query: Mapping[str, Any], *, batch_size: int = 500, after: Any = None, **_: Any
+    ) -> Iterator[tuple[list[dict[str, Any]], list[Any] | None]]:
+        hits = [{**h, "sort": [h["_id"]]} for h in self.scan(kind, query) if after is None or h["_id"] > after[0]]
+        for start in range(0, len(hits), batch_size):
+            page = hits[start : start + batch_size]
+            yield page, page[-1]["sort"]
+
     def count(self, kind: str, query: Mapping[str, Any] | None = None) -> int:
         return sum(1 for _ in self.scan(kind, query or {}))
 

@@ -59,10 +59,14 @@ def test_one_counting_rule_for_every_run():
     assert run_counter(TaggingStatus.TAGGED) == "tagged"
     assert run_counter(TaggingStatus.EMBEDDED) == "embedded"
     assert run_counter(TaggingStatus.FAILED) == "failed"
-    assert run_counter(Handled.DELETED) is None
+    assert run_counter(Handled.DELETED) == "deleted"
     assert run_counter(TaggingStatus.UNSUPPORTED) == "unsupported"
     for status in (TaggingStatus.NOT_ENABLED, Handled.STALE, Handled.DUPLICATE, Handled.GONE):
         assert run_counter(status) == "skipped"
+    # Every outcome has one counter of the run's, so processed is their sum.
+    from smarttags.core.runs import OUTCOMES
+
+    assert {run_counter(s) for s in (*TaggingStatus, *Handled)} <= set(OUTCOMES)
 
 
 def test_ids_and_feature_names():

@@ -3,7 +3,7 @@ ports — no OpenSearch, no S3, no ONNX; milliseconds."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -291,7 +291,7 @@ def test_a_batch_tally_counts_by_the_one_rule_and_skips_our_own_files() -> None:
     tally.add(upload, TaggingStatus.FAILED, "truncated")
     tally.add(created("_smarttags/thumbnails/a.jpg", "02"), Handled.IGNORED, "a SmartTags file")
     ((counts, errors),) = tally.runs.values()
-    assert dict(counts) == {"processed": 4, "tagged": 1, "embedded": 1, "failed": 1}
+    assert dict(counts) == {"processed": 4, "tagged": 1, "embedded": 1, "failed": 1, "deleted": 1}
     assert errors == [{"key": "up/a.png", "reason": "truncated"}]
     # An upload run lists every folder its objects were in, so each folder's page finds its last tagging.
     assert tally.folders[next(iter(tally.runs))] == {"s3://assets/", "s3://assets/up/"}
@@ -453,8 +453,11 @@ def test_a_re_tag_of_unchanged_bytes_runs_only_the_heads(world: Any) -> None:
     assert tagger.handle(retag).tags == ("shapes:red",)
     assert (FakePicture.opened, PixelEmbedder.calls) == (0, 0)  # no image read, no inference
     assert held(assets, "up/a.png").format == "PNG"  # the facts read before are kept
+    # The same run's item again (a redelivery) finds it done: nothing read, not even the HEAD.
+    assert tagger.handle(retag).status == TaggingStatus.TAGGED
+    assert (FakePicture.opened, PixelEmbedder.calls) == (0, 0)
     store.put_bytes("up/a.png", b"blue square")  # changed bytes (their event not seen yet) are read
-    tagger.handle(retag)
+    tagger.handle(replace(retag, run_id="tag-2"))
     assert (FakePicture.opened, PixelEmbedder.calls) == (1, 1)
 
 

@@ -97,6 +97,7 @@ def to_document(asset: Asset) -> dict[str, Any]:
             "claim": asset.tagging.claim,
             "claim_until": asset.tagging.claim_until,
             "done_by": asset.tagging.done_by,
+            "run": asset.tagging.run,
         },
         "updated_at": asset.updated_at or now_iso(),
     }
@@ -153,6 +154,7 @@ def from_document(source: Mapping[str, Any]) -> Asset:
             claim=tagging.get("claim"),
             claim_until=tagging.get("claim_until"),
             done_by=tagging.get("done_by"),
+            run=tagging.get("run"),
         ),
         updated_at=source.get("updated_at"),
     )
@@ -218,6 +220,23 @@ class AssetIndex:
         source: Sequence[str] | bool = document_fields(attributes) if attributes is not None else True
         for hit in self._index.scan(KIND, folder.query(), source=source, batch_size=batch_size):
             yield from_document(hit["_source"])
+
+    def pages(
+        self,
+        folder: Folder,
+        *,
+        attributes: Collection[str] | None = None,
+        page_size: int = 500,
+        after: Sequence[Any] | None = None,
+    ) -> Iterator[tuple[list[Asset], list[Any] | None]]:
+        """The folder's assets a page at a time, each page with the cursor a later scan goes on after."""
+        source: Sequence[str] | bool = document_fields(attributes) if attributes is not None else True
+        pages = self._index.scan_pages(KIND, folder.query(), source=source, batch_size=page_size, after=after)
+        for hits, cursor in pages:
+            yield [from_document(hit["_source"]) for hit in hits], cursor
+
+    def count(self, folder: Folder) -> int:
+        return self._index.count(KIND, folder.query())
 
     def scan_rejected(
         self, bucket: str, *, attributes: Collection[str] | None = None, batch_size: int = 500

@@ -283,9 +283,25 @@ class SearchIndex:
         keep_alive: str = "2m",
     ) -> Iterator[dict[str, Any]]:
         """Every matching hit, through a point in time and ``search_after`` (never deep ``from``)."""
+        for hits, _ in self.scan_pages(kind, query, source=source, batch_size=batch_size, keep_alive=keep_alive):
+            yield from hits
+
+    def scan_pages(
+        self,
+        kind: str,
+        query: Mapping[str, Any],
+        *,
+        source: Sequence[str] | bool = True,
+        batch_size: int = 500,
+        keep_alive: str = "2m",
+        after: Sequence[Any] | None = None,
+    ) -> Iterator[tuple[list[dict[str, Any]], list[Any] | None]]:
+        """The matching hits a page at a time, each with its cursor (the sort key of its last hit, on the
+        kind's unique field, so it holds across points in time): ``after`` a cursor, a scan goes on
+        where an earlier one stopped."""
         pit = self._call("create_pit", index=self.name(kind), keep_alive=keep_alive)
         pit_id = pit["pit_id"]
-        after: list[Any] | None = None
+        cursor: list[Any] | None = list(after) if after is not None else None
         try:
             while True:
                 body: dict[str, Any] = {
@@ -296,14 +312,15 @@ class SearchIndex:
                     "_source": source if isinstance(source, bool) else list(source),
                     "track_total_hits": False,
                 }
-                if after is not None:
-                    body["search_after"] = after
+                if cursor is not None:
+                    body["search_after"] = cursor
                 page = self._call("search", body=body)
                 hits = page["hits"]["hits"]
-                yield from hits
+                if hits:
+                    cursor = hits[-1]["sort"]
+                    yield hits, cursor
                 if len(hits) < batch_size:
                     return
-                after = hits[-1]["sort"]
                 pit_id = page.get("pit_id", pit_id)
         finally:
             try:

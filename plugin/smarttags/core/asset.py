@@ -50,12 +50,13 @@ Outcome = TaggingStatus | Handled
 SETTLED = frozenset({TaggingStatus.UNSUPPORTED, TaggingStatus.NOT_ENABLED, TaggingStatus.EMBEDDED})
 
 
-def run_counter(status: Outcome) -> str | None:
-    """The run counter an outcome adds to (besides "processed"): the one counting rule of every run."""
+def run_counter(status: Outcome) -> str:
+    """The run counter an outcome adds to (besides "processed"): the one counting rule of every run, so
+    that processed is the sum of the outcome counters (``runs.OUTCOMES``)."""
     if status in (TaggingStatus.TAGGED, TaggingStatus.FAILED, TaggingStatus.EMBEDDED, TaggingStatus.UNSUPPORTED):
         return status.value
     if status == Handled.DELETED:
-        return None
+        return "deleted"
     return "skipped"
 
 
@@ -93,6 +94,9 @@ class Tagging:
     # The delivery (queue message) whose handling wrote this state: when its answer is lost and the
     # message comes back, the state is its own and counts once.
     done_by: str | None = None
+    # The tagging run whose work item wrote this state (None for an upload): a work item of that run
+    # that comes again (a redelivery after a crash, a resumed dispatch) finds it done and reads nothing.
+    run: str | None = None
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,16 @@ class Index(Protocol):
         batch_size: int = 500,
         keep_alive: str = "2m",
     ) -> Iterator[dict[str, Any]]: ...
+    def scan_pages(
+        self,
+        kind: str,
+        query: Mapping[str, Any],
+        *,
+        source: Sequence[str] | bool = True,
+        batch_size: int = 500,
+        keep_alive: str = "2m",
+        after: Sequence[Any] | None = None,
+    ) -> Iterator[tuple[list[dict[str, Any]], list[Any] | None]]: ...
     def search_template(self, kind: str, template_id: str, params: Mapping[str, Any]) -> dict[str, Any]: ...
     def msearch_template(
         self, kind: str, template_id: str, params: Sequence[Mapping[str, Any]]
@@ -121,6 +131,15 @@ class Assets(Protocol):
     def scan(
         self, folder: Folder, *, attributes: Collection[str] | None = None, batch_size: int = 500
     ) -> Iterator[Asset]: ...
+    def pages(
+        self,
+        folder: Folder,
+        *,
+        attributes: Collection[str] | None = None,
+        page_size: int = 500,
+        after: Sequence[Any] | None = None,
+    ) -> Iterator[tuple[list[Asset], list[Any] | None]]: ...
+    def count(self, folder: Folder) -> int: ...
     def scan_rejected(
         self, bucket: str, *, attributes: Collection[str] | None = None, batch_size: int = 500
     ) -> Iterator[Asset]: ...

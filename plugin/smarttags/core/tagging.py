@@ -14,6 +14,7 @@ moderator's concurrent edit survives; rejected tags are never re-added and promo
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
@@ -127,6 +129,11 @@ def decide(event: events.ObjectEvent, held: Asset | None, *, active_model: str |
     ):
         reason = f"index holds a later event ({held.sequencer})"
         return Decision(Action.DONE, Result(event.key, Handled.STALE, reason))
+    # This run's work item came again (a redelivery after a crash, the page a resumed dispatch sent
+    # again): its outcome stands and is counted (the run counts an item once); nothing is read.
+    own_run = event.action == events.TAG and event.run_id and held and held.tagging.run == event.run_id
+    if own_run and held and already_done(held, active_model):
+        return Decision(Action.DONE, Result(event.key, held.status, held.tagging.reason, held.smart_ids))
     if event.action == events.REMOVED:
         return Decision(Action.REMOVE)
     # No sequencer (some S3-compatible stores send none): the same bytes, done, are a redelivery.
@@ -353,7 +360,8 @@ class Tagger:
         ]
         alone = sorted(set(range(len(deliveries))) - set(batched))
         try:
-            claimed = self._claim_many(deliveries, batched, [ids[i] for i in batched], answers, alone)
+            claimed, retag = self._claim_many(deliveries, batched, [ids[i] for i in batched], answers, alone)
+            self._retag_many(deliveries, retag, answers, alone)
             self._tag_many(deliveries, claimed, answers)
         except SmartTagsError as exc:  # a batch-wide request failed: each event not answered yet is retried
             answers = [exc if answer is None and i not in alone else answer for i, answer in enumerate(answers)]
@@ -372,13 +380,19 @@ class Tagger:
         ids: list[str],
         answers: list[Result | Exception | None],
         alone: list[int],
-    ) -> list[tuple[int, StoredAsset]]:
+    ) -> tuple[list[tuple[int, StoredAsset]], list[tuple[int, StoredAsset]]]:
+        """Decide every event from one multi-get and claim those that read the object (one bulk).
+        Returns the claimed ones and the re-tags that only run the heads (``_retag_many``: no claim)."""
         claims: list[tuple[int, Asset, StoredAsset | None]] = []
+        retag: list[tuple[int, StoredAsset]] = []
         for i, stored in zip(batched, self._assets.get_many(ids), strict=True):
             event, owner = deliveries[i]
             decision = decide(event, stored.asset if stored else None, active_model=self._active_for(stored, event))
             if decision.action == Action.DONE:
                 answers[i] = _done(decision, stored, owner)
+                continue
+            if stored is not None and self._heads_only(event, stored.asset):
+                retag.append((i, stored))
                 continue
             claim = _claim_of(event, stored.asset if stored else None, owner)
             if isinstance(claim, Result):
@@ -394,7 +408,66 @@ class Tagger:
                 answers[i] = answer
             else:
                 claimed.append((i, answer))
-        return claimed
+        return claimed, retag
+
+    def _heads_only(self, event: events.ObjectEvent, held: Asset) -> bool:
+        """A re-tag (a model change, a backfill) of an asset embedded before, in a folder that is enabled
+        and not being handled by another delivery now: a candidate for the heads alone."""
+        if event.action != events.TAG or held.embedding is None or held.status not in _READ_BEFORE:
+            return False
+        until = parse_iso(held.tagging.claim_until) if held.tagging.claim else None
+        if until is not None and until > datetime.now(UTC):
+            return False  # someone reads the object now: the careful path waits its turn
+        return self._settings.tagging.ignore_smart_tag_flag or self._folders.is_enabled(event.bucket, event.key)
+
+    def _retag_many(
+        self,
+        deliveries: Sequence[tuple[events.ObjectEvent, str]],
+        retag: list[tuple[int, StoredAsset]],
+        answers: list[Result | Exception | None],
+        alone: list[int],
+    ) -> None:
+        """Re-tags whose stored embedding fits the bytes and the backbone: the S3 HEADs in parallel, the
+        heads of the active model, one bulk of writes (each over the version the multi-get read, so an
+        edit since is re-applied one at a time). No claim (the work is this cheap: a concurrent copy
+        doing it too loses the conditional write), no image read, no inference."""
+        if not retag:
+            return
+        backbone = self.embedder.backbone_id  # named from the checksum file: the backbone is not loaded
+
+        def head(i: int) -> ObjectInfo:
+            event = deliveries[i][0]
+            return self._stores(event.bucket).head(event.key)
+
+        with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(retag))) as pool:
+            heads = [(i, stored, pool.submit(head, i)) for i, stored in retag]
+        model = self.active_model()
+        max_tags = self._settings.tagging.max_tags_per_asset
+        writes: list[tuple[int, Asset, StoredAsset]] = []
+        for i, stored, future in heads:
+            event, owner = deliveries[i]
+            try:
+                info = future.result()
+            except NotFound:
+                answers[i] = Result(event.key, Handled.GONE, "the object no longer exists")
+                continue
+            except Exception as exc:  # answered for this event alone
+                answers[i] = exc
+                continue
+            embedding = stored.asset.embedding
+            if embedding is None or not embedding.fits(info.etag, backbone):
+                alone.append(i)  # new bytes or another backbone: read and embed, the careful way
+                continue
+            reading = Reading(info=info, sequencer=None, enabled=True, embedding=embedding)
+            writes.append((i, _written(stored.asset, reading, model, max_tags, owner, event), stored))
+        written = self._assets.put_many([(asset, stored) for _, asset, stored in writes])
+        for (i, asset, _), answer in zip(writes, written, strict=True):
+            if isinstance(answer, ConflictError):
+                alone.append(i)  # a moderator's edit (or a copy of this item) since the multi-get
+            elif isinstance(answer, ServiceError):
+                answers[i] = answer
+            else:
+                answers[i] = Result(asset.key, asset.status, asset.tagging.reason, asset.smart_ids)
 
     def _tag_many(
         self,
@@ -432,7 +505,7 @@ class Tagger:
             event, owner = deliveries[i]
             use = model if reading.enabled and reading.failure is None else None
             try:
-                writes.append((i, _written(claim.asset, reading, use, max_tags, owner), claim, reading))
+                writes.append((i, _written(claim.asset, reading, use, max_tags, owner, event), claim, reading))
             except Stale as stale:
                 answers[i] = Result(event.key, Handled.STALE, f"index holds a later event ({stale})")
         written = self._assets.put_many([(asset, claim) for _, asset, claim, _ in writes])
@@ -557,7 +630,7 @@ class Tagger:
         max_tags = self._settings.tagging.max_tags_per_asset
         for _ in range(WRITE_ATTEMPTS):
             base = stored.asset if stored else Asset(event.bucket, event.key, created=now_iso())
-            asset = _written(base, reading, model, max_tags, owner)
+            asset = _written(base, reading, model, max_tags, owner, event)
             try:
                 self._assets.put(asset, expected=stored)
                 return asset
@@ -608,22 +681,26 @@ def _claim_of(event: events.ObjectEvent, held: Asset | None, owner: str) -> Asse
     return base.claimed(f"{event_id}@{owner}", (now + timedelta(seconds=CLAIM_SECONDS)).isoformat())
 
 
-def _written(base: Asset, reading: Reading, model: Model | None, max_tags: int, owner: str) -> Asset:
-    """What the tagger writes: the reading applied, stamped with the delivery that wrote it."""
+def _written(
+    base: Asset, reading: Reading, model: Model | None, max_tags: int, owner: str, event: events.ObjectEvent
+) -> Asset:
+    """What the tagger writes: the reading applied, stamped with the delivery and the run that wrote it."""
     asset = apply_reading(base, reading, model, max_tags=max_tags).touched()
-    return replace(asset, tagging=replace(asset.tagging, done_by=owner))
+    return replace(asset, tagging=replace(asset.tagging, done_by=owner, run=event.run_id))
 
 
 class RunTally:
     """The counts and error reasons of a batch, per run: written once per run and batch (not per object:
     every object would contend for the same run document). Upload events count in an hourly upload
-    run; work items in the run that dispatched them."""
+    run; work items in the run that dispatched them. Each counted item goes with a key (``item_key``),
+    so the run counts an item it counted lately once, whichever process counts it again."""
 
     def __init__(self) -> None:
         self.runs: dict[tuple[str, str], tuple[Counter[str], list[dict[str, str]]]] = {}
+        self.items: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.folders: dict[tuple[str, str], set[str]] = {}
         # Writes that failed, each kept whole with its batch id until it lands.
-        self.pending: list[tuple[tuple[str, str], dict[str, int], list[dict[str, str]], list[str], str]] = []
+        self.pending: list[_Pending] = []
         # The deliveries counted lately: a message that comes back after its outcome was counted (its
         # delete failed, or a later event of it did) finds its own state again and must not count twice.
         self.counted: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
@@ -646,10 +723,13 @@ class RunTally:
             self.folders.setdefault((run_id, event.trigger), set()).update(_ancestors(event.bucket, event.key))
         counts["processed"] += 1
         counter = run_counter(status)
-        if counter:
-            counts[counter] += 1
-        if status == TaggingStatus.FAILED:
-            errors.append({"key": event.key, "reason": reason or ""})
+        counts[counter] += 1
+        error = {"key": event.key, "reason": reason or ""} if status == TaggingStatus.FAILED else None
+        if error:
+            errors.append(error)
+        self.items.setdefault((run_id, event.trigger), []).append(
+            {"id": item_key(event, delivery), "counter": counter, "error": error}
+        )
 
     def flush(self, runs: RunLog) -> None:
         """Write the counts. A write that fails (OpenSearch down) is kept whole, with its batch id, and
@@ -657,20 +737,49 @@ class RunTally:
         answer was lost is not counted twice, and nothing is lost (the assets are written already)."""
         for run, (counts, errors) in self.runs.items():
             folders = sorted(self.folders.get(run, ()))
-            self.pending.append((run, dict(counts), list(errors), folders, uuid.uuid4().hex))
+            items = self.items.get(run, [])
+            self.pending.append(_Pending(run, dict(counts), list(errors), folders, uuid.uuid4().hex, items))
         self.runs.clear()
+        self.items.clear()
         self.folders.clear()
         kept = []
         for item in self.pending:
-            (run_id, trigger), written, reasons, covered, batch_id = item
+            (run_id, trigger) = item.run
             try:
                 runs.add_counts(
-                    run_id, written, reasons, create_as=(events.TAG, trigger), folders=covered, batch_id=batch_id
+                    run_id,
+                    item.counts,
+                    item.errors,
+                    create_as=(events.TAG, trigger),
+                    folders=item.folders,
+                    batch_id=item.batch_id,
+                    items=item.items,
                 )
             except ServiceError as exc:
-                log.warning("counting %d objects in run %s later: %s", written.get("processed", 0), run_id, exc)
+                log.warning("counting %d objects in run %s later: %s", item.counts.get("processed", 0), run_id, exc)
                 kept.append(item)
         self.pending = kept
+
+
+@dataclass(frozen=True)
+class _Pending:
+    run: tuple[str, str]
+    counts: dict[str, int]
+    errors: list[dict[str, str]]
+    folders: list[str]
+    batch_id: str
+    items: list[dict[str, Any]]
+
+
+def item_key(event: events.ObjectEvent, delivery: str | None) -> str:
+    """What a run counts once: a work item's asset (its run sends each asset once, but a resumed dispatch
+    or a redelivery may bring it again), an upload's event (the same S3 event, delivered again)."""
+    if event.run_id is not None:
+        identity = f"{event.run_id}\x00{_id(event)}"
+    else:
+        parts = (delivery or uuid.uuid4().hex, event.bucket, event.key, event.sequencer or event.etag or "")
+        identity = "\x00".join(parts)
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 def _ancestors(bucket: str, key: str) -> list[str]:

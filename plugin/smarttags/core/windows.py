@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -82,6 +82,12 @@ class Dispatch:
     reasons: dict[str, int]
 
 
+# Assets looked at per page of a dispatch: one search, up to 50 SendMessageBatch calls of ten, one update
+# of the run (its selection and cursor). A dispatch holds one page in memory, never the whole folder.
+PAGE_SIZE = 500
+Progress = Callable[[str, int, int | None], None]
+
+
 def dispatch_tagging(
     assets: Assets,
     queue: Queue,
@@ -92,37 +98,72 @@ def dispatch_tagging(
     tagging: TaggingSettings,
     trigger: str,
     now: datetime | None = None,
-    batch_size: int = 500,
+    batch_size: int = PAGE_SIZE,
+    resume: str | None = None,
+    progress: Progress | None = None,
 ) -> Dispatch:
     """Select the folder's assets that need tagging and enqueue one work item each (the queue's consumers,
-    Lambda or the local worker, do the work in parallel). Assets are enumerated through a point in time
-    with ``search_after``, never deep ``from``."""
-    now = now or datetime.now(UTC)
+    Lambda or the local worker, do the work in parallel and count it on the run, which ends with its last
+    item). Assets are enumerated through a point in time with ``search_after``, a page at a time; after
+    each page is sent the run records how many it selected and the page's cursor.
+
+    ``resume`` names a run whose dispatch stopped (its process died): the scan goes on after the last
+    page the run recorded, with the run's own clock and model. The page that was being sent is sent
+    again: its assets this run already did are selected again (so the selection counts them), and their
+    work items find them done (``tagging.decide``) and count once."""
+    if resume is not None:
+        run = _unfinished(runs, resume, folder)
+        now = parse_iso(run.started_at) or datetime.now(UTC)
+        active = run.model_version
+        after = run.dispatch.get("after")
+    else:
+        now = now or datetime.now(UTC)
+        active = models.active_version()
+        run = runs.start(TAG, folder.uri, trigger, model_version=active)
+        after = None
     gap = (
         timedelta(hours=tagging.on_demand_gap_hours)
-        if trigger == ON_DEMAND
+        if run.trigger == ON_DEMAND
         else timedelta(days=tagging.periodic_gap_days)
     )
-    active = models.active_version()
-    run = runs.start(TAG, folder.uri, trigger, model_version=active)
-    reasons: dict[str, int] = {}
-    items: list[dict[str, Any]] = []
-    selected = 0
-    for asset in assets.scan(folder, attributes=SELECT_ATTRIBUTES, batch_size=batch_size):
-        reason = needs_tagging(asset, now=now, active_model=active, gap=gap)
-        if reason is None:
-            continue
-        reasons[reason] = reasons.get(reason, 0) + 1
-        items.append(events.work_item(asset.bucket, asset.key, run_id=run.run_id, trigger=trigger))
-        selected += 1
-        if len(items) >= batch_size:
-            queue.send(items)
-            items = []
-    queue.send(items)
-    runs.mark_dispatched(run.run_id, selected)
+    reasons: dict[str, int] = dict(run.dispatch.get("reasons") or {})
+    selected = int(run.counts.get("selected", 0))
+    if progress:
+        progress("dispatch", int(run.dispatch.get("scanned", 0)), assets.count(folder))
+    for page, cursor in assets.pages(folder, attributes=SELECT_ATTRIBUTES, page_size=batch_size, after=after):
+        items: list[dict[str, Any]] = []
+        chosen: dict[str, int] = {}
+        for asset in page:
+            reason = needs_tagging(asset, now=now, active_model=active, gap=gap)
+            if reason is None and resume is not None and asset.tagging.run == run.run_id:
+                reason = "resumed"  # done by this run before the dispatch stopped: part of its selection
+            if reason is None:
+                continue
+            chosen[reason] = chosen.get(reason, 0) + 1
+            items.append(events.work_item(asset.bucket, asset.key, run_id=run.run_id, trigger=run.trigger))
+        queue.send(items)
+        runs.add_dispatched(run.run_id, len(items), after=cursor, scanned=len(page), reasons=chosen)
+        selected += len(items)
+        for reason, n in chosen.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+        if progress:
+            progress("dispatch", len(page), None)
+    runs.mark_dispatched(run.run_id)
     run = runs.get(run.run_id) or run
     log.info("tagging run %s: %d assets selected %s", run.run_id, selected, reasons)
     return Dispatch(run, reasons)
+
+
+def _unfinished(runs: RunLog, run_id: str, folder: Folder | None) -> Run:
+    """The run a resumed dispatch goes on with: a tagging run whose dispatch did not finish."""
+    run = runs.get(run_id)
+    if run is None or run.kind != TAG:
+        raise RequestError(f"no tagging run {run_id}")
+    if run.status != RunStatus.RUNNING:
+        raise RequestError(f"run {run_id} is {run.status}: its dispatch finished, nothing to resume")
+    if folder is not None and run.folder != folder.uri:
+        raise RequestError(f"run {run_id} tags {run.folder}, not {folder.uri}")
+    return run
 
 
 def tag_assets(
@@ -259,6 +300,16 @@ class _Renewal:
         self._thread.join()
 
 
+def _stopped_dispatch(runs: RunLog, folder: Folder, fire_time: datetime) -> str | None:
+    """The folder's tagging run of this window whose dispatch stopped (a scheduler that died mid-window:
+    the window is ours now, so no live dispatch holds it): the window goes on with it, not a new run."""
+    for run in runs.list(kind=TAG, folder=folder.uri, size=5):
+        started = parse_iso(run.started_at)
+        if run.trigger == SCHEDULE and run.status == RunStatus.RUNNING and started and started >= fire_time:
+            return run.run_id
+    return None
+
+
 def window_id(kind: str, fire_time: datetime) -> str:
     return f"{kind}@{fire_time.astimezone(UTC).isoformat()}"
 
@@ -293,6 +344,7 @@ def run_window(services: Services, kind: str, fire_time: datetime, *, owner: str
                     folder.folder,
                     tagging=services.settings.tagging,
                     trigger=SCHEDULE,
+                    resume=_stopped_dispatch(services.runs, folder.folder, fire_time),
                 )
                 run_ids.append(dispatch.run.run_id)
             except Exception:  # one folder's failure is recorded on its run; the others go on

@@ -174,9 +174,24 @@ class Services:
 
     # --- the windows' use cases, with the collaborators they take ---
 
-    def dispatch_tagging(self, folder: Folder, *, trigger: str) -> windows.Dispatch:
+    def dispatch_tagging(
+        self,
+        folder: Folder,
+        *,
+        trigger: str,
+        resume: str | None = None,
+        progress: windows.Progress | None = None,
+    ) -> windows.Dispatch:
         return windows.dispatch_tagging(
-            self.assets, self.queue, self.runs, self.models, folder, tagging=self.settings.tagging, trigger=trigger
+            self.assets,
+            self.queue,
+            self.runs,
+            self.models,
+            folder,
+            tagging=self.settings.tagging,
+            trigger=trigger,
+            resume=resume,
+            progress=progress,
         )
 
     def tag_now(self, keys: Sequence[str], *, user: str) -> Run:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from smarttags.entrypoints.cli.common import print_json, services
+from smarttags.entrypoints.cli.common import print_json, say, services
 from smarttags.settings import Settings
 
 
@@ -27,12 +27,26 @@ def _tag(settings: Settings, args: argparse.Namespace) -> int:
     if not args.folder:
         print("tag needs --folder URI or --asset KEY ...", file=sys.stderr)
         return 2
-    dispatch = built.dispatch_tagging(Folder.parse(args.folder, settings.aws.bucket), trigger=ON_DEMAND)
+    from smarttags.entrypoints.progress import Progress
+
+    progress = Progress(enabled=not args.json)
+    try:
+        dispatch = built.dispatch_tagging(
+            Folder.parse(args.folder, settings.aws.bucket), trigger=ON_DEMAND, resume=args.resume, progress=progress
+        )
+        if not args.json:
+            say(f"run {dispatch.run.run_id}: {dispatch.run.counts['selected']} assets queued {dispatch.reasons}")
+        run = built.runs.follow(dispatch.run.run_id, progress=progress) if args.wait else dispatch.run
+    finally:
+        progress.close()
     if args.json:
-        print_json({**dispatch.run.to_json(), "reasons": dispatch.reasons})
-    else:
-        print(f"run {dispatch.run.run_id}: {dispatch.run.counts['selected']} assets queued {dispatch.reasons}")
-    return 0
+        print_json({**run.to_json(), "reasons": dispatch.reasons})
+    elif args.wait:
+        counts = " ".join(f"{k}={v}" for k, v in run.to_json()["counts"].items() if v)
+        print(f"run {run.run_id}: {run.status} {counts}")
+        for note in run.errors[:10]:
+            print(f"  {note['key']}: {note['reason']}")
+    return 0 if not args.wait or run.status == "succeeded" else 1
 
 
 def _runs(settings: Settings, args: argparse.Namespace) -> int:
@@ -68,6 +82,8 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("tag", help="tag a folder (through the queue) or up to 15 assets (now)")
     p.add_argument("--folder")
     p.add_argument("--asset", nargs="+", help="object keys (or s3:// URIs)")
+    p.add_argument("--wait", action="store_true", help="follow the run until its last item is counted")
+    p.add_argument("--resume", metavar="RUN_ID", help="go on with a run whose dispatch stopped (with --folder)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_tag)
 
