@@ -154,6 +154,11 @@ class TaggingSettings(BaseModel):
     periodic_gap_days: float = Field(default=182, ge=0)
     max_assets_on_demand: int = Field(default=15, ge=1)
     worker_concurrency: int = Field(default=2, ge=1, le=64)
+    # How long a message the local worker received stays invisible to others: a worker that dies holding
+    # it leaves it to the next after this long (Lambda's is the queue's, set in lambda/template.yaml).
+    worker_visibility_seconds: int = Field(default=120, ge=1, le=43_200)
+    # Assets a tagging run's dispatch looks at per page (one search, one update of the run each).
+    dispatch_page_size: int = Field(default=500, ge=1, le=10_000)
     # The first delay before a message that failed on a transient error (a service down) is received
     # again; each further receive waits 4x longer, at most 5 minutes (see README: outages absorbed).
     retry_backoff_seconds: int = Field(default=30, ge=1, le=300)

@@ -251,3 +251,93 @@ def test_the_lambda_handler_file_loads_by_path_and_handles_an_event(services, mo
     result = handler.handler(via_sqs(_created(services, key, _upload(services, key, RED), "0900")), None)
     assert result == {"batchItemFailures": []}
     assert _doc(services, key)["tagging"]["status"] == "tagged"
+
+
+class Counted:
+    """One of our adapters (the real one inside) with its calls counted: what the tagger asked of it."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def test_a_batch_of_re_tags_after_a_model_change_runs_only_the_heads(services, model, enabled, embedder):
+    """A batch of work items whose stored embeddings fit: one multi-get, one bulk, no S3 request, no
+    inference; new bytes in the same batch are read and embedded, in that same one embedder call."""
+    from dataclasses import replace
+
+    import numpy as np
+    from smarttags.core import asset as assets_mod
+    from smarttags.core import events
+    from smarttags.core.heads import Heads, TagFit
+
+    keys = [f"up/re/{i}.jpg" for i in range(10)]
+    for i, key in enumerate(keys):
+        etag = _upload(services, key, picture("red" if i % 2 else "blue", size=(300 + i, 200)))
+        assert invoke(services, _created(services, key, etag, f"{i:04X}"))["batchItemFailures"] == []
+    # A new model over the same backbone: 'shapes:any' no longer fires.
+    heads = Heads(model.heads.tags, model.heads.weights, np.array([-36.0, -10.0], np.float32), model.heads.thresholds)
+    fits = [TagFit(t, 30, 1.0, 0.5, 1.0, 1.0, 1.0, 1.0) for t in heads.tags]
+    manifest = services.models.save(
+        heads,
+        fits,
+        backbone_id=embedder.backbone_id,
+        backbone_sha256=embedder.sha256,
+        training_fingerprint="t2",
+        folders=[],
+    )
+    services.models.activate(manifest.version)
+    assets, counted_embedder = Counted(services.assets), Counted(embedder)
+    stores: dict[str, Counted] = {}
+
+    def store_for(bucket):
+        return stores.setdefault(bucket, Counted(services.store_for(bucket)))
+
+    tagger = tagging.Tagger(
+        services.settings,
+        assets,
+        store_for,
+        embedder=lambda: counted_embedder,
+        open_picture=imaging.open_picture,
+        models=services.models,
+        taxonomy=services.taxonomy,
+        folders=services.folders,
+    )
+
+    def retag(run_id, names):
+        items = [
+            (events.ObjectEvent(events.TAG, services.settings.aws.bucket, k, run_id=run_id), f"{run_id}-{k}")
+            for k in names
+        ]
+        assets.calls.clear(), counted_embedder.calls.clear(), stores.clear()
+        return tagger.handle_many(items)
+
+    answers = retag("tag-1", keys)
+    assert [a.status for a in answers] == ["tagged"] * 10
+    assert {a.tags for a in answers} == {("shapes:red",), ()}  # the new heads: 'shapes:any' is gone
+    assert assets.calls == {"get_many": 1, "put_many": 1}
+    assert stores == {} and counted_embedder.calls == {}  # no S3 request, no inference
+    assert {_doc(services, k)["tagging"]["model_version"] for k in keys} == {manifest.version}
+    # The same run's items again (a redelivery): the multi-get alone.
+    assert [a.status for a in retag("tag-1", keys)] == ["tagged"] * 10
+    assert assets.calls == {"get_many": 1} and stores == {} and counted_embedder.calls == {}
+    # New bytes under one key, as the index knows them (a sync recorded their ETag): that one is read and
+    # embedded, the rest not. (Bytes the index does not know yet are read by their own, newer, event.)
+    new_etag = _upload(services, keys[0], picture("green", size=(500, 300)))
+    found = services.assets.get(assets_mod.asset_id(services.settings.aws.bucket, keys[0]))
+    services.assets.merge([replace(found.asset, etag=new_etag)], ["etag"], create=False)
+    answers = retag("tag-2", keys)
+    assert [a.status for a in answers] == ["tagged"] * 10
+    assert counted_embedder.calls == {"embed_arrays": 1}
+    assert stores[services.settings.aws.bucket].calls == {"head": 1, "read": 1}  # that one only

@@ -400,7 +400,7 @@ class Tagger:
             else:
                 claims.append((i, claim, stored))
         claimed: list[tuple[int, StoredAsset]] = []
-        written = self._assets.put_many([(claim, stored) for _, claim, stored in claims])
+        written = self._assets.put_many([(claim, stored) for _, claim, stored in claims]) if claims else []
         for (i, _, _), answer in zip(claims, written, strict=True):
             if isinstance(answer, ConflictError):
                 alone.append(i)  # someone wrote in between: this one goes the careful way
@@ -411,9 +411,11 @@ class Tagger:
         return claimed, retag
 
     def _heads_only(self, event: events.ObjectEvent, held: Asset) -> bool:
-        """A re-tag (a model change, a backfill) of an asset embedded before, in a folder that is enabled
-        and not being handled by another delivery now: a candidate for the heads alone."""
+        """A re-tag (a model change, a backfill) of bytes this backbone embedded, in a folder that is
+        enabled and not being read by another delivery now: the heads alone run again."""
         if event.action != events.TAG or held.embedding is None or held.status not in _READ_BEFORE:
+            return False
+        if not held.embedding.fits(held.etag, self.embedder.backbone_id):  # named from the checksum file
             return False
         until = parse_iso(held.tagging.claim_until) if held.tagging.claim else None
         if until is not None and until > datetime.now(UTC):
@@ -427,39 +429,30 @@ class Tagger:
         answers: list[Result | Exception | None],
         alone: list[int],
     ) -> None:
-        """Re-tags whose stored embedding fits the bytes and the backbone: the S3 HEADs in parallel, the
-        heads of the active model, one bulk of writes (each over the version the multi-get read, so an
-        edit since is re-applied one at a time). No claim (the work is this cheap: a concurrent copy
-        doing it too loses the conditional write), no image read, no inference."""
+        """Re-tags whose stored embedding fits the asset's bytes and the backbone: the heads of the active
+        model and one bulk of writes, each over the version the multi-get read (an edit since is redone
+        one at a time). No S3 request: the asset's ETag is the index's, kept current by the object's own
+        events, so bytes changed since are re-read by their event (which is newer); no claim (a copy of
+        the item doing this too loses the conditional write); no image read, no inference."""
         if not retag:
             return
-        backbone = self.embedder.backbone_id  # named from the checksum file: the backbone is not loaded
-
-        def head(i: int) -> ObjectInfo:
-            event = deliveries[i][0]
-            return self._stores(event.bucket).head(event.key)
-
-        with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(retag))) as pool:
-            heads = [(i, stored, pool.submit(head, i)) for i, stored in retag]
         model = self.active_model()
         max_tags = self._settings.tagging.max_tags_per_asset
         writes: list[tuple[int, Asset, StoredAsset]] = []
-        for i, stored, future in heads:
+        for i, stored in retag:
             event, owner = deliveries[i]
-            try:
-                info = future.result()
-            except NotFound:
-                answers[i] = Result(event.key, Handled.GONE, "the object no longer exists")
-                continue
-            except Exception as exc:  # answered for this event alone
-                answers[i] = exc
-                continue
-            embedding = stored.asset.embedding
-            if embedding is None or not embedding.fits(info.etag, backbone):
-                alone.append(i)  # new bytes or another backbone: read and embed, the careful way
-                continue
-            reading = Reading(info=info, sequencer=None, enabled=True, embedding=embedding)
-            writes.append((i, _written(stored.asset, reading, model, max_tags, owner, event), stored))
+            held = stored.asset
+            info = ObjectInfo(
+                held.bucket,
+                held.key,
+                held.etag,
+                held.size,
+                last_modified=parse_iso(held.modified),
+                content_type=held.content_type,
+                version_id=held.version_id,
+            )
+            reading = Reading(info=info, sequencer=None, enabled=True, embedding=held.embedding)
+            writes.append((i, _written(held, reading, model, max_tags, owner, event), stored))
         written = self._assets.put_many([(asset, stored) for _, asset, stored in writes])
         for (i, asset, _), answer in zip(writes, written, strict=True):
             if isinstance(answer, ConflictError):
@@ -612,6 +605,7 @@ class Tagger:
             return [reading for reading, _ in read]
         embedder = self.embedder
         vectors = iter(embedder.embed_arrays(waiting))
+        log.info("embedded %d pictures in one call", len(waiting))
         return [
             reading
             if pixels is None

@@ -344,6 +344,7 @@ def run_window(services: Services, kind: str, fire_time: datetime, *, owner: str
                     folder.folder,
                     tagging=services.settings.tagging,
                     trigger=SCHEDULE,
+                    batch_size=services.settings.tagging.dispatch_page_size,
                     resume=_stopped_dispatch(services.runs, folder.folder, fire_time),
                 )
                 run_ids.append(dispatch.run.run_id)

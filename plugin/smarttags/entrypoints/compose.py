@@ -190,6 +190,7 @@ class Services:
             folder,
             tagging=self.settings.tagging,
             trigger=trigger,
+            batch_size=self.settings.tagging.dispatch_page_size,
             resume=resume,
             progress=progress,
         )

@@ -23,6 +23,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
         healthy=built.services_answer,
         backoff_first=settings.tagging.retry_backoff_seconds,
         concurrency=args.concurrency or settings.tagging.worker_concurrency,
+        visibility_seconds=settings.tagging.worker_visibility_seconds,
     )
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     try:
