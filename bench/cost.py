@@ -138,12 +138,12 @@ def main() -> int:
             "SMARTTAGS_BACKBONE__THREADS": "1",
         }
     )
+    from bench_model import activate_model
     from smarttags import settings as settings_mod
     from smarttags.adapters import clients
     from smarttags.adapters.embedder import clear_sessions
     from smarttags.core.asset import TaggingStatus
     from smarttags.core.folders import Folder
-    from smarttags.core.heads import Heads, TagFit
     from smarttags.entrypoints.compose import Services
 
     settings = settings_mod.load()
@@ -153,23 +153,7 @@ def main() -> int:
     setup.folders.set_enabled(Folder(settings.aws.bucket, "up/"), True)
     embedder = setup.embedder()
     rng = np.random.default_rng(0)
-    tags = tuple(f"bench:t{i}" for i in range(args.tags))
-    heads = Heads(
-        tags,
-        rng.normal(size=(embedder.dim, len(tags))).astype(np.float32) * 3,
-        np.zeros(len(tags), np.float32),
-        np.full(len(tags), 0.5, np.float32),
-    )
-    setup.models.activate(
-        setup.models.save(
-            heads,
-            [TagFit(t, 30, 1, 0.5, 1, 1, 1, 1) for t in tags],
-            backbone_id=embedder.backbone_id,
-            backbone_sha256=embedder.sha256,
-            training_fingerprint="bench",
-            folders=[],
-        ).version
-    )
+    activate_model(setup, embedder, tags=args.tags)
     queue = setup.queue
     queue_arn = f"arn:aws:sqs:{settings.aws.region}:000000000000:{settings.aws.queue_name}"
     del wiring

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_model import activate_model
 from PIL import Image
 from smarttags import settings as settings_mod
 from smarttags.adapters import clients
 from smarttags.adapters.embedder import clear_sessions, load_embedder
 from smarttags.core import asset as assets
 from smarttags.core.folders import Folder
-from smarttags.core.heads import Heads, TagFit
 from smarttags.devtools import stack
 from smarttags.entrypoints.compose import Services
 from smarttags.entrypoints.worker import Worker
@@ -78,22 +78,7 @@ def main() -> int:
         services.embedder = lambda: embedder
 
         rng = np.random.default_rng(0)
-        tags = tuple(f"bench:t{i}" for i in range(20))
-        heads = Heads(
-            tags,
-            rng.normal(size=(embedder.dim, 20)).astype(np.float32) * 3,
-            np.zeros(20, np.float32),
-            np.full(20, 0.5, np.float32),
-        )
-        manifest = services.models.save(
-            heads,
-            [TagFit(t, 30, 1, 0.5, 1, 1, 1, 1) for t in tags],
-            backbone_id=embedder.backbone_id,
-            backbone_sha256=embedder.sha256,
-            training_fingerprint="bench",
-            folders=[],
-        )
-        services.models.activate(manifest.version)
+        activate_model(services, embedder, tags=20)
 
         # Backbone alone, on the same machine in the same run: batches of 32 decoded pictures.
         pixels = [embedder.decode(picture(rng)) for _ in range(64)]

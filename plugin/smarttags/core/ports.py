@@ -171,6 +171,7 @@ class Queue(Protocol):
     """The tagging queue S3 notifications and tagging runs both feed."""
 
     def send(self, bodies: Iterable[Mapping[str, Any]]) -> int: ...
+    def depth(self) -> dict[str, int]: ...  # messages "visible" and "in_flight" (received, not deleted)
 
 
 class Embedder(Protocol):

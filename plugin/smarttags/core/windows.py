@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -101,6 +102,8 @@ def dispatch_tagging(
     batch_size: int = PAGE_SIZE,
     resume: str | None = None,
     progress: Progress | None = None,
+    max_queued: int = 0,
+    pause_seconds: float = 0.1,
 ) -> Dispatch:
     """Select the folder's assets that need tagging and enqueue one work item each (the queue's consumers,
     Lambda or the local worker, do the work in parallel and count it on the run, which ends with its last
@@ -110,7 +113,11 @@ def dispatch_tagging(
     ``resume`` names a run whose dispatch stopped (its process died): the scan goes on after the last
     page the run recorded, with the run's own clock and model. The page that was being sent is sent
     again: its assets this run already did are selected again (so the selection counts them), and their
-    work items find them done (``tagging.decide``) and count once."""
+    work items find them done (``tagging.decide``) and count once.
+
+    With ``max_queued`` a page waits until it fits under that many messages on the queue: the consumers
+    drain a short queue (live uploads are not queued behind the whole backfill), and the dispatch lasts
+    as long as the run, a page ahead of it."""
     if resume is not None:
         run = _unfinished(runs, resume, folder)
         now = parse_iso(run.started_at) or datetime.now(UTC)
@@ -141,6 +148,8 @@ def dispatch_tagging(
                 continue
             chosen[reason] = chosen.get(reason, 0) + 1
             items.append(events.work_item(asset.bucket, asset.key, run_id=run.run_id, trigger=run.trigger))
+        while items and max_queued and sum(queue.depth().values()) + len(items) > max_queued:
+            time.sleep(pause_seconds)
         queue.send(items)
         runs.add_dispatched(run.run_id, len(items), after=cursor, scanned=len(page), reasons=chosen)
         selected += len(items)
@@ -345,6 +354,7 @@ def run_window(services: Services, kind: str, fire_time: datetime, *, owner: str
                     tagging=services.settings.tagging,
                     trigger=SCHEDULE,
                     batch_size=services.settings.tagging.dispatch_page_size,
+                    max_queued=services.settings.tagging.dispatch_max_queued,
                     resume=_stopped_dispatch(services.runs, folder.folder, fire_time),
                 )
                 run_ids.append(dispatch.run.run_id)

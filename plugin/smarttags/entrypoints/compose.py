@@ -191,6 +191,7 @@ class Services:
             tagging=self.settings.tagging,
             trigger=trigger,
             batch_size=self.settings.tagging.dispatch_page_size,
+            max_queued=self.settings.tagging.dispatch_max_queued,
             resume=resume,
             progress=progress,
         )
