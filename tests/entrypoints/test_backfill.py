@@ -190,14 +190,22 @@ def test_a_dispatcher_killed_halfway_is_resumed_and_each_asset_counts_once(servi
     # The heads only read the stored embedding: the objects' bytes are never opened.
     _register(services, bucket, {key: f"bytes {i}".encode() for key, i in numbered.items()}, embedded_by_an_older_model)
     services.folders.set_enabled(Folder(bucket, "re/"), True)
-    env = _env(services, embedder, dispatch_page_size=50)
+    # Pages of 50, and one only when it fits under 150 queued messages: the dispatch keeps pace with the worker.
+    env = _env(services, embedder, dispatch_page_size=50, dispatch_max_queued=150)
     worker = _smarttags(["worker", "--concurrency", "2"], env, tmp_path / "worker.log")
     dispatcher = _smarttags(["tag", "--folder", f"s3://{bucket}/re/"], env, tmp_path / "first.log")
     resumed = None
     try:
         run = _run_of(services, f"s3://{bucket}/re/")
-        _wait(lambda: services.runs.get(run.run_id).dispatch.get("scanned", 0) >= 200, 120, pause=0.02)
+        depths: list[int] = []
+
+        def scanned() -> bool:
+            depths.append(sum(services.queue.depth().values()))
+            return services.runs.get(run.run_id).dispatch.get("scanned", 0) >= 200
+
+        _wait(scanned, 120, pause=0.02)
         _kill(dispatcher)
+        assert max(depths) <= 150
         stopped = services.runs.get(run.run_id)
         assert stopped.status == "running" and 200 <= stopped.dispatch["scanned"] < count
         resumed = _smarttags(

@@ -181,6 +181,7 @@ class Services:
         trigger: str,
         resume: str | None = None,
         progress: windows.Progress | None = None,
+        max_queued: int | None = None,
     ) -> windows.Dispatch:
         return windows.dispatch_tagging(
             self.assets,
@@ -191,7 +192,7 @@ class Services:
             tagging=self.settings.tagging,
             trigger=trigger,
             batch_size=self.settings.tagging.dispatch_page_size,
-            max_queued=self.settings.tagging.dispatch_max_queued,
+            max_queued=self.settings.tagging.dispatch_max_queued if max_queued is None else max_queued,
             resume=resume,
             progress=progress,
         )

@@ -142,7 +142,8 @@ def folder_train() -> ResponseReturnValue:
 @bp.route("/folders/tag", methods=["POST"])
 @require(ADMIN)
 def folder_tag() -> ResponseReturnValue:
-    dispatch = ctx().services.dispatch_tagging(_folder_from_form(), trigger=ON_DEMAND)
+    # A web request must not last as long as the run: the whole selection is queued at once.
+    dispatch = ctx().services.dispatch_tagging(_folder_from_form(), trigger=ON_DEMAND, max_queued=0)
     queued = dispatch.run.counts.get("selected", 0)
     flash(f"Tagging run {dispatch.run.run_id}: {queued} assets queued.", "ok")
     return redirect(url_for("admin.folders"))
