@@ -3,6 +3,7 @@ killed halfway, a dispatcher killed halfway and resumed, the CLI's progress bars
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -245,3 +246,31 @@ def test_a_dispatcher_killed_halfway_is_resumed_and_each_asset_counts_once(servi
         timeout=120,
     )
     assert again.returncode == 2 and "nothing to resume" in again.stderr
+
+
+def test_a_tagging_window_taken_over_goes_on_with_its_stopped_dispatch(services):
+    """A scheduler died mid-dispatch: the next one that takes the window over resumes that run, not a new one."""
+    from datetime import timedelta
+
+    from smarttags.core import windows
+    from smarttags.core.runs import SCHEDULE
+
+    bucket = services.settings.aws.bucket
+    folder = Folder(bucket, "win/")
+    services.folders.set_enabled(folder, True)
+    for i in range(3):
+        services.assets.put(Asset(bucket, f"win/{i}.jpg", etag=f"e{i}"))
+    services.assets.refresh()
+    fire = datetime.now(UTC) - timedelta(minutes=5)
+    earlier = services.runs.start(TAG, folder.uri, SCHEDULE)  # an older window's, never finished
+    earlier.started_at = (fire - timedelta(days=1)).isoformat()
+    services.runs.save(earlier)
+    stopped = services.runs.start(TAG, folder.uri, SCHEDULE)  # this window's: its dispatcher died
+    assert windows.run_window(services, windows.TAGGING_WINDOW, fire, owner="replica-b") == [stopped.run_id]
+    resumed = services.runs.get(stopped.run_id)
+    assert resumed.counts["selected"] == 3 and resumed.status == "dispatched"
+    assert services.runs.get(earlier.run_id).status == "running"  # not this window's to resume
+    received = services.queue.receive(wait_seconds=1) + services.queue.receive(wait_seconds=1)
+    work = [json.loads(m.body) for m in received if '"smarttags": "tag"' in m.body]  # not moto's test event
+    assert sorted(w["key"] for w in work) == [f"win/{i}.jpg" for i in range(3)]
+    assert {w["run_id"] for w in work} == {stopped.run_id}
