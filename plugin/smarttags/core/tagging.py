@@ -320,7 +320,7 @@ class Tagger:
         if isinstance(claimed, Result):
             return claimed
         try:
-            reading = self._embedded([self._read(event, claimed.asset)])[0]
+            reading = self._embedded([self._read(event, claimed.asset, self._enabled([event])[0])])[0]
         except NotFound:
             self._release(claimed)
             return Result(event.key, Handled.GONE, "the object no longer exists")
@@ -405,8 +405,17 @@ class Tagger:
         if not claimed:
             return
         read: list[tuple[int, StoredAsset, tuple[Reading, np.ndarray | None]]] = []
+        try:
+            enabled = self._enabled([deliveries[i][0] for i, _ in claimed])
+        except BaseException:
+            for _, claim in claimed:
+                self._release(claim)
+            raise
         with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(claimed))) as pool:
-            futures = [(i, claim, pool.submit(self._read, deliveries[i][0], claim.asset)) for i, claim in claimed]
+            futures = [
+                (i, claim, pool.submit(self._read, deliveries[i][0], claim.asset, flag))
+                for (i, claim), flag in zip(claimed, enabled, strict=True)
+            ]
         for i, claim, future in futures:
             try:
                 read.append((i, claim, future.result()))
@@ -487,12 +496,18 @@ class Tagger:
         except SmartTagsError as exc:
             log.debug("claim on %s left to expire: %s", claimed.asset.key, exc)
 
-    def _read(self, event: events.ObjectEvent, held: Asset | None) -> tuple[Reading, np.ndarray | None]:
-        """Everything the decision needs from outside: the bytes (opened once), the folder flag, the
-        embedding (the stored one while bytes and backbone are unchanged). Returns the reading and, when
-        it needs a new embedding, the pixels to embed (``_embedded`` embeds a batch of them at once)."""
+    def _enabled(self, batch: Sequence[events.ObjectEvent]) -> list[bool]:
+        """Whether smart tags are on for each event's folder: one request for the whole batch."""
+        if self._settings.tagging.ignore_smart_tag_flag:
+            return [True] * len(batch)
+        return self._folders.are_enabled([(event.bucket, event.key) for event in batch])
+
+    def _read(self, event: events.ObjectEvent, held: Asset | None, enabled: bool) -> tuple[Reading, np.ndarray | None]:
+        """Everything the decision needs from outside: the bytes (opened once), the embedding (the
+        stored one while bytes and backbone are unchanged); ``enabled`` is the folder's flag. Returns the
+        reading and, when it needs a new embedding, the pixels to embed (``_embedded`` embeds a batch of
+        them at once)."""
         store = self._stores(event.bucket)
-        enabled = self._settings.tagging.ignore_smart_tag_flag or self._folders.is_enabled(event.bucket, event.key)
         if event.action == events.TAG and enabled and held and held.embedding and held.status in _READ_BEFORE:
             # A re-tag (a model change, a backfill) of bytes embedded before by this backbone: only the
             # heads run again. One HEAD proves the bytes are the same; no image read, no inference.
