@@ -321,10 +321,16 @@ class SearchIndex:
         self, kind: str, template_id: str, params: Sequence[Mapping[str, Any]]
     ) -> list[dict[str, Any]]:
         """Several renderings of one stored template in one round trip; any failed search raises."""
-        if not params:
+        return self.msearch_templates(kind, [(template_id, one) for one in params])
+
+    def msearch_templates(
+        self, kind: str, searches: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """Several (stored template, params) searches in one round trip; any failed search raises."""
+        if not searches:
             return []
         body: list[dict[str, Any]] = []
-        for one in params:
+        for template_id, one in searches:
             body += [{}, {"id": template_id, "params": dict(one)}]
         responses: list[dict[str, Any]] = self._call("msearch_template", index=self.name(kind), body=body)["responses"]
         failed = [r["error"] for r in responses if "error" in r]
