@@ -19,12 +19,16 @@ THRESHOLDS = {CAT: 0.5, DOG: 0.6}
 
 def _model(services) -> None:
     tags = (CAT, DOG)
-    heads = Heads(
-        tags, np.zeros((4, 2), np.float32), np.zeros(2, np.float32), np.array([0.5, 0.6], np.float32)
-    )
+    heads = Heads(tags, np.zeros((4, 2), np.float32), np.zeros(2, np.float32), np.array([0.5, 0.6], np.float32))
     fits = [TagFit(t, 30, 1.0, 0.5, 0.9, 0.8, 0.85, 0.9) for t in tags]
     manifest = services.models.save(
-        heads, fits, backbone_id="t", backbone_sha256="0", training_fingerprint="f", folders=[], version="20260101T000000Z"
+        heads,
+        fits,
+        backbone_id="t",
+        backbone_sha256="0",
+        training_fingerprint="f",
+        folders=[],
+        version="20260101T000000Z",
     )
     services.models.activate(manifest.version)
 

@@ -323,9 +323,7 @@ class SearchIndex:
         """Several renderings of one stored template in one round trip; any failed search raises."""
         return self.msearch_templates(kind, [(template_id, one) for one in params])
 
-    def msearch_templates(
-        self, kind: str, searches: Sequence[tuple[str, Mapping[str, Any]]]
-    ) -> list[dict[str, Any]]:
+    def msearch_templates(self, kind: str, searches: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
         """Several (stored template, params) searches in one round trip; any failed search raises."""
         if not searches:
             return []

@@ -125,9 +125,7 @@ class ReviewQueue:
             b["key"]: int(b["doc_count"]) for b in stats["aggregations"]["rejected"]["buckets"] if b["key"] in known
         }
         # Enough candidates that filtering out other models' tags still leaves ``size`` decisions.
-        searches: list[tuple[str, Mapping[str, Any]]] = [
-            (REVIEW_TEMPLATE, {"bucket": self._bucket, "size": 2 * size})
-        ]
+        searches: list[tuple[str, Mapping[str, Any]]] = [(REVIEW_TEMPLATE, {"bucket": self._bucket, "size": 2 * size})]
         for tag in rejected:
             params = {"bucket": self._bucket, "tag": tag, "feature": feature_name(tag), "size": size}
             searches.append((ABOVE_TEMPLATE, {**params, "min_score": threshold_of[tag] * (1 - FEATURE_PRECISION)}))
@@ -164,7 +162,9 @@ class ReviewQueue:
             (BELOW_TEMPLATE, {**params, "size": boundary}),
         ]
         if threshold is not None:
-            searches.append((ABOVE_TEMPLATE, {**params, "size": boundary, "min_score": threshold * (1 - FEATURE_PRECISION)}))
+            searches.append(
+                (ABOVE_TEMPLATE, {**params, "size": boundary, "min_score": threshold * (1 - FEATURE_PRECISION)})
+            )
         responses = self._index.msearch_templates("assets", searches)
         listed, below_response = responses[0], responses[1]
         assets = []
@@ -205,4 +205,3 @@ class ReviewQueue:
             page_size=page_size,
             notes=notes,
         )
-
