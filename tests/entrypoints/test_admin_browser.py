@@ -174,3 +174,39 @@ def test_search_moderate_and_report(server, page):
     page.click("header .who button")
     page.wait_for_url("**/login")
     assert errors == []
+
+
+def test_tag_page_both_sides_and_add_the_tag(server, page):
+    """A moderator opens a tag from the grid's facet, sees the assets either side of its threshold and
+    adds the tag to a near miss; the page has no console errors."""
+    from tests.admin_seed import _asset as seed_asset
+    from tests.admin_seed import jpeg
+
+    base, seeded, services = server
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    near = seed_asset(
+        services, "photos/nearly.jpg", jpeg((90, 60, 30)), title="Nearly", smart=[], near=[("animals:cat", 0.47)]
+    )
+    seed_asset(services, "photos/barely.jpg", jpeg((30, 60, 90)), title="Barely", smart=[("animals:cat", 0.52)])
+    services.index.refresh("assets")
+    page.goto(f"{base}/login")
+    page.fill("input[name=username]", "moderator")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/search")
+    page.locator("[data-facet=smart_tags] li", has_text="Cat").locator("a.manage").click()
+    page.wait_for_url("**/tags?tag=animals:cat")
+    above = page.locator("ol.side.above li.decision")
+    below = page.locator("ol.side.below li.decision")
+    assert above.count() == 2 and "photos/barely.jpg" in above.first.inner_text()
+    assert below.count() == 1 and "photos/nearly.jpg" in below.first.inner_text()
+    page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(ARTIFACTS / "tag-page.png"), full_page=True)
+    below.first.locator("button", has_text="Add the tag").click()
+    page.wait_for_url("**/tags?tag=animals:cat")
+    assert "animals:cat: accepted" in page.locator(".flash.ok").inner_text()
+    assert page.locator("ol.side.below li.decision").count() == 0
+    assert services.assets.get(near).asset.is_promoted("animals:cat")
+    assert errors == []
