@@ -633,6 +633,19 @@ def test_tag_page_both_sides_linked_from_facets_assets_and_reports(as_role, serv
     assert as_role("viewer").get("/tags").status_code == 400
 
 
+def test_users_page_forms_come_from_one_macro(as_role):
+    page = as_role("admin").get("/users").get_data(as_text=True)
+    assert "<title>Users · SmartTags admin</title>" in page  # the title holds no table any more
+    assert page.count("Recent changes") == 1
+    rows = re.findall(r'<tr data-user="([^"]+)">(.*?)</tr>', page, re.S)
+    assert {name for name, _ in rows} == {"admin", "moderator", "viewer"}
+    for name, row in rows:
+        forms = re.findall(r"<form (.*?)</form>", row, re.S)
+        actions = [re.search(r'name="action" value="([a-z]+)"', f).group(1) for f in forms]
+        assert actions == ["role", "disable", "password"]
+        assert all(f'action="/users/{name}"' in f and 'name="csrf_token"' in f for f in forms)
+
+
 def test_admin_creates_users(as_role, services):
     client = as_role("admin")
     response = client.post(

@@ -182,7 +182,7 @@ def test_tag_page_both_sides_and_add_the_tag(server, page):
     from tests.admin_seed import _asset as seed_asset
     from tests.admin_seed import jpeg
 
-    base, seeded, services = server
+    base, _, services = server
     errors: list[str] = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(str(exc)))

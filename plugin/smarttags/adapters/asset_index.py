@@ -270,6 +270,17 @@ class AssetIndex:
     def delete_many(self, asset_ids: Sequence[str]) -> None:
         self._index.bulk([({"delete": {"_index": self._index.name(KIND), "_id": i}}, None) for i in asset_ids])
 
+    def scan_stored(self, *, after: str | None = None, batch_size: int = 500) -> Iterator[StoredAsset]:
+        """Every asset with its version, in id order, from past ``after`` (an asset id: a resumed pass)."""
+        hits = self._index.scan(
+            KIND, {"match_all": {}}, batch_size=batch_size, after=[after] if after else None, versions=True
+        )
+        for hit in hits:
+            yield StoredAsset(from_document(hit["_source"]), int(hit["_seq_no"]), int(hit["_primary_term"]))
+
+    def count(self) -> int:
+        return self._index.count(KIND)
+
     def refresh(self) -> None:
         self._index.refresh(KIND)
 
