@@ -121,3 +121,23 @@ def test_the_cli_command_resumes_and_clears_its_checkpoint(settings, services, o
     assert "smart_bands" in _source(services, old_assets[4]) and "smart_bands" not in _source(services, old_assets[0])
     assert cli.main(["index", "refresh-fields", "--quiet"]) == 0
     assert "5 assets rewritten" in capsys.readouterr().out
+
+
+def test_an_index_made_before_these_fields_learns_them_from_the_command(settings, services, os_client, monkeypatch):
+    from smarttags.entrypoints import cli
+
+    name = services.index.name("assets")
+    body = services.index.index_body("assets")
+    for field in ("near_misses", "near_scores", "review_margin"):
+        del body["mappings"]["properties"][field]
+    del body["mappings"]["properties"]["smart_tags"]["properties"]["threshold"]
+    os_client.indices.delete(index=name)
+    os_client.indices.create(index=name, body=body)
+    _model(services)
+    asset = Asset(settings.aws.bucket, "old/a.jpg", etag="e").with_smart_tags([SmartTag("x:cat", 0.55, VERSION)])
+    services.index.put("assets", asset.id, _old_document(asset))  # the mapping is strict: it fits the old one
+    monkeypatch.setattr(cli.settings_mod, "load", lambda *_: settings)
+    assert cli.main(["index", "refresh-fields", "--quiet"]) == 0
+    mapping = os_client.indices.get_mapping(index=name)[name]["mappings"]["properties"]
+    assert mapping["review_margin"]["type"] == "float" and mapping["near_scores"]["type"] == "rank_features"
+    assert _source(services, asset.id)["review_margin"] == pytest.approx(0.05)

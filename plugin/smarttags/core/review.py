@@ -186,6 +186,7 @@ class ReviewQueue:
                 smart = next((t for t in asset.smart_tags if t.tag == tag), None)
                 if smart is not None and smart.confidence >= threshold:
                     above.append(Decision(asset, tag, smart.confidence, threshold))
+            above.sort(key=lambda d: (d.margin, d.asset.id))  # exact: the stored features are rounded
         else:
             notes.append("The active model has no head for this tag, so it has no threshold to show either side of.")
         aggs = listed["aggregations"]
