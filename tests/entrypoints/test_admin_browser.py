@@ -135,6 +135,8 @@ def test_search_moderate_and_report(server, page):
     from tests.admin_seed import jpeg
 
     dog = seed_asset(services, "photos/dog.jpg", jpeg((9, 9, 9)), title="Dog?", smart=[("animals:dog", 0.52)])
+    # A near miss: the model did not apply Dog (0.40 under 0.5); A adds it.
+    near = seed_asset(services, "photos/pup.jpg", jpeg((8, 8, 8)), title="Pup", smart=[], near=[("animals:dog", 0.4)])
     services.index.refresh("assets")
     page.goto(f"{base}/review")
     assert "photos/dog.jpg" in page.locator("li.decision.current").inner_text()
@@ -143,6 +145,12 @@ def test_search_moderate_and_report(server, page):
     page.wait_for_selector(".flash.ok")
     assert "animals:dog: rejected" in page.locator(".flash.ok").inner_text()
     assert "animals:dog" in services.assets.get(dog).asset.rejected
+    current = page.locator("li.decision.current")
+    assert "photos/pup.jpg" in current.inner_text() and "not applied" in current.inner_text()
+    assert current.locator("button.accept").inner_text() == "Add the tag (A)"
+    page.keyboard.press("a")
+    page.wait_for_function("() => document.querySelector('li.decision.current')?.innerText.includes('photos/cat.jpg')")
+    assert services.assets.get(near).asset.is_promoted("animals:dog")
     assert "photos/cat.jpg" in page.locator("li.decision.current").inner_text()
     page.keyboard.press("a")
     page.wait_for_selector("p.empty")
