@@ -174,6 +174,25 @@ def test_apply_reading_keeps_moderation_and_raises_on_a_later_event() -> None:
         apply_reading(replace_sequencer(base, "09"), _reading(embedding=red), model, max_tags=5)
 
 
+def test_apply_reading_keeps_the_near_misses_and_each_tags_threshold() -> None:
+    # red fires on the first axis (sigmoid(20x - 10)); blue's logit is 0.4 below zero whatever the picture.
+    heads = Heads(
+        ("shapes:red", "shapes:blue"),
+        np.array([[20.0, 0], [0, 0], [0, 0], [0, 0]], np.float32),
+        np.array([-10.0, -0.4], np.float32),
+        np.array([0.5, 0.5], np.float32),
+    )
+    model = Model(Manifest("m1", "fake:1", "0" * 64, list(heads.tags), {}, {}, "t", "2026-01-01"), heads)
+    red = StoredEmbedding((1.0, 0.0, 0.0, 0.0), "fake:1", "e2")
+    after = apply_reading(Asset(BUCKET, "up/a.png"), _reading(embedding=red), model, max_tags=5)
+    assert after.smart_ids == ("shapes:red",) and after.smart_tags[0].threshold == 0.5
+    # sigmoid(-0.4) = 0.401: 0.099 under its threshold, within the margin: a near miss, not a smart tag.
+    assert [(t.tag, round(t.confidence, 3), t.threshold) for t in after.near_misses] == [("shapes:blue", 0.401, 0.5)]
+    # A moderator's removal keeps it out of the near misses too.
+    rejected = apply_reading(after.reject("shapes:blue"), _reading(embedding=red), model, max_tags=5)
+    assert rejected.near_misses == ()
+
+
 def replace_sequencer(asset: Asset, sequencer: str) -> Asset:
     from dataclasses import replace
 

@@ -281,11 +281,15 @@ class SearchIndex:
         source: Sequence[str] | bool = True,
         batch_size: int = 500,
         keep_alive: str = "2m",
+        after: Sequence[Any] | None = None,
+        versions: bool = False,
     ) -> Iterator[dict[str, Any]]:
-        """Every matching hit, through a point in time and ``search_after`` (never deep ``from``)."""
+        """Every matching hit, through a point in time and ``search_after`` (never deep ``from``), in the
+        order of the kind's unique field; ``after`` resumes past that sort value, ``versions`` adds each
+        hit's ``_seq_no`` and ``_primary_term`` (for writing it back conditionally)."""
         pit = self._call("create_pit", index=self.name(kind), keep_alive=keep_alive)
         pit_id = pit["pit_id"]
-        after: list[Any] | None = None
+        after = list(after) if after is not None else None
         try:
             while True:
                 body: dict[str, Any] = {
@@ -295,6 +299,7 @@ class SearchIndex:
                     "sort": [{UNIQUE_FIELD[kind]: "asc"}],
                     "_source": source if isinstance(source, bool) else list(source),
                     "track_total_hits": False,
+                    "seq_no_primary_term": versions,
                 }
                 if after is not None:
                     body["search_after"] = after
@@ -321,10 +326,14 @@ class SearchIndex:
         self, kind: str, template_id: str, params: Sequence[Mapping[str, Any]]
     ) -> list[dict[str, Any]]:
         """Several renderings of one stored template in one round trip; any failed search raises."""
-        if not params:
+        return self.msearch_templates(kind, [(template_id, one) for one in params])
+
+    def msearch_templates(self, kind: str, searches: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+        """Several (stored template, params) searches in one round trip; any failed search raises."""
+        if not searches:
             return []
         body: list[dict[str, Any]] = []
-        for one in params:
+        for template_id, one in searches:
             body += [{}, {"id": template_id, "params": dict(one)}]
         responses: list[dict[str, Any]] = self._call("msearch_template", index=self.name(kind), body=body)["responses"]
         failed = [r["error"] for r in responses if "error" in r]

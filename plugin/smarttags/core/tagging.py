@@ -40,7 +40,7 @@ from smarttags.core.asset import (
 from smarttags.core.clock import now_iso, parse_iso
 from smarttags.core.folders import Folder, FolderRegistry
 from smarttags.core.ingest import TagResolver, is_internal
-from smarttags.core.model_registry import Model, ModelStore, score_embedding
+from smarttags.core.model_registry import Model, ModelStore, near_misses, score_embedding
 from smarttags.core.ports import (
     Assets,
     Embedder,
@@ -209,17 +209,34 @@ def apply_reading(asset: Asset, reading: Reading, model: Model | None, *, max_ta
         scored = video.score_frames(
             model, reading.frames, rejected=asset.rejected, promoted=asset.promoted, max_tags=max_tags
         )
-        return asset.with_smart_tags(scored).with_status(TaggingStatus.TAGGED, model_version=model.version, etag=etag)
+        # A video's near miss: a tag whose best frame fell just short.
+        best = model.heads.scores(reading.frames.vectors).max(axis=0)
+        near = near_misses(
+            model,
+            dict(zip(model.heads.tags, (float(v) for v in best.tolist()), strict=True)),
+            chosen=[t.tag for t in scored],
+            rejected=asset.rejected,
+        )
+        return (
+            asset.with_smart_tags(scored)
+            .with_near_misses(near)
+            .with_status(TaggingStatus.TAGGED, model_version=model.version, etag=etag)
+        )
     if model is None or reading.embedding is None:
         return asset.with_status(TaggingStatus.EMBEDDED, reason="no active model yet", etag=etag)
-    chosen, _ = score_embedding(
+    chosen, scores = score_embedding(
         model,
         np.asarray(reading.embedding.vector, dtype=np.float32),
         rejected=asset.rejected,
         promoted=asset.promoted,
         max_tags=max_tags,
     )
-    return asset.with_smart_tags(chosen).with_status(TaggingStatus.TAGGED, model_version=model.version, etag=etag)
+    near = near_misses(model, scores, chosen=[t.tag for t in chosen], rejected=asset.rejected)
+    return (
+        asset.with_smart_tags(chosen)
+        .with_near_misses(near)
+        .with_status(TaggingStatus.TAGGED, model_version=model.version, etag=etag)
+    )
 
 
 def classify_failure(failure: ImageError, declared_type: str | None) -> tuple[TaggingStatus, str]:
