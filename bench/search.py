@@ -34,26 +34,49 @@ def words(rng: np.random.Generator, n: int) -> list[str]:
     return [f"w{int(i)}" for i in np.minimum(rng.zipf(1.3, n), VOCABULARY)]
 
 
-def index_corpus(services: Services, count: int, rng: np.random.Generator, *, tags: int = TAGS) -> None:
+def corpus_key(i: int) -> str:
+    """The key of the corpus's asset ``i``: 50 folders, for the admin's folder facet."""
+    return f"f{i % 50}/{i}.jpg"
+
+
+def index_corpus(
+    services: Services, count: int, rng: np.random.Generator, *, tags: int = TAGS, threshold: float | None = None
+) -> None:
     """The benchmark's taxonomy (``tags`` tags titled w1..wN) and ``count`` synthetic assets, refreshed.
 
-    Titles, descriptions and keywords are Zipf-drawn words of the vocabulary; 0-4 smart tags each.
+    Titles, descriptions and keywords are Zipf-drawn words of the vocabulary; 0-4 smart tags each; two
+    formats and twelve months of modification dates (the admin's facets). With ``threshold`` (the admin
+    bench) every smart tag carries it as its model's threshold and each asset gets 0-3 near misses just
+    below it, drawn by a generator of their own, so the rest of the corpus is the same either way.
     """
     services.taxonomy.import_tags([Tag(f"bench:w{i}", {"en": f"w{i}"}) for i in range(1, tags + 1)])
+    near_rng = np.random.default_rng(count)
     batch: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for i in range(count):
         asset = Asset(
             services.settings.aws.bucket,
-            f"b/{i}.jpg",
+            corpus_key(i),
             etag="e",
-            size=1,
+            size=1000 + i,
             content_type="image/jpeg",
+            format="JPEG" if i % 3 else "PNG",
+            width=640,
+            height=480,
+            modified=f"2026-{1 + i % 12:02d}-15T00:00:00Z",
             title=" ".join(words(rng, 4)),
             description=" ".join(words(rng, 12)),
             keywords=tuple(words(rng, 2)),
         )
         chosen = {f"bench:{w}" for w in words(rng, int(rng.integers(0, 5))) if int(w[1:]) <= tags}
-        asset = asset.with_smart_tags(SmartTag(t, round(float(rng.uniform(0.3, 1.0)), 3), "m") for t in chosen)
+        asset = asset.with_smart_tags(
+            SmartTag(t, round(float(rng.uniform(0.3, 1.0)), 3), "m", threshold=threshold) for t in chosen
+        )
+        if threshold is not None:
+            near = {f"bench:{w}" for w in words(near_rng, int(near_rng.integers(0, 4))) if int(w[1:]) <= tags}
+            asset = asset.with_near_misses(
+                SmartTag(t, round(float(near_rng.uniform(threshold - 0.15, threshold)), 3), "m", threshold=threshold)
+                for t in near - chosen
+            )
         batch.append(({"index": {"_index": services.index.name("assets"), "_id": asset.id}}, to_document(asset)))
         if len(batch) == 2000:
             services.index.bulk(batch)

@@ -5,7 +5,9 @@ activates a model (random heads over the real backbone: tagging costs the same w
 runs the upload worker in this process, uploads N 640x480 JPEGs and waits until every one is tagged.
 Prints the worker's cold start (backbone load and first inference), throughput, p50/p95 latency from
 upload to searchable, and throughput divided by the backbone-only throughput measured in the same run
-(goal: at least 0.6, although S3, SQS and OpenSearch share the same two cores).
+(goal: at least 0.6, although S3, SQS and OpenSearch share the same two cores). Also the CPU per
+picture of the worker, OpenSearch and moto, what the node did per picture, and two CPU ratios that the
+machine's load does not move much: the backbone's CPU over the worker's, and the worker's share of all.
 Run: .venv/bin/python bench/upload.py [--images 120] [--concurrency 2]
 """
 
@@ -49,6 +51,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def node_work(services: Services, index: str) -> dict[str, float]:
+    """The assets index's work so far: writes, reads, searches, refreshes, and the node's wall time in
+    refreshes and merges (the HNSW graph of the embeddings is built and merged there)."""
+    total = services.opensearch.indices.stats(index=index)["indices"][index]["total"]
+    return {
+        "writes": total["indexing"]["index_total"],
+        "reads": total["get"]["total"],
+        "searches": total["search"]["query_total"],
+        "refreshes": total["refresh"]["total"],
+        "refresh ms": total["refresh"]["total_time_in_millis"],
+        "merge ms": total["merges"]["total_time_in_millis"],
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=120)
@@ -83,10 +99,11 @@ def main() -> int:
         # Backbone alone, on the same machine in the same run: batches of 32 decoded pictures.
         pixels = [embedder.decode(picture(rng)) for _ in range(64)]
         embedder.embed_arrays(pixels[:32])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         embedder.embed_arrays(pixels[:32])
         embedder.embed_arrays(pixels[32:])
         backbone_rate = 64 / (time.perf_counter() - t0)
+        backbone_cpu_ms = (time.process_time() - c0) * 1000 / 64
 
         def tagged(prefix: str) -> dict[str, Any]:
             return {
@@ -121,11 +138,14 @@ def main() -> int:
             services.s3.put_object(Bucket=settings.aws.bucket, Key=f"up/backlog/{i:05d}.jpg", Body=picture(rng))
         worker = Worker(services.tagger, services.runs, services.queue, concurrency=args.concurrency, wait_seconds=1)
         thread = threading.Thread(target=worker.run, daemon=True)
+        assets_index = services.index.name("assets")
+        node_before = node_work(services, assets_index)
         cpu_before = (time.process_time(), cpu_seconds(node.pid), cpu_seconds(moto.pid))
         started = time.time()
         thread.start()
         rate = args.images / (drained_at("up/backlog/", args.images) - started)
         cpu_after = (time.process_time(), cpu_seconds(node.pid), cpu_seconds(moto.pid))
+        node_after = node_work(services, assets_index)
         cpu_ms = [(after - before) * 1000 / args.images for before, after in zip(cpu_before, cpu_after, strict=True)]
 
         # Latency: uploads arriving one at a time while the worker runs, watched by search from before
@@ -153,8 +173,16 @@ def main() -> int:
             "CPU per picture while draining: worker (and this script's polling) {:.1f} ms, OpenSearch {:.1f} ms, "
             "moto (S3 + SQS) {:.1f} ms".format(*cpu_ms)
         )
-        print(f"backbone alone: {backbone_rate:.1f} pictures/s")
-        print(f"ratios: end-to-end / backbone-only throughput {rate / backbone_rate:.2f} (goal >= 0.6)")
+        print(
+            "assets index per picture while draining: "
+            + ", ".join(f"{name} {(node_after[name] - node_before[name]) / args.images:.2f}" for name in node_after)
+        )
+        print(f"backbone alone: {backbone_rate:.1f} pictures/s, {backbone_cpu_ms:.1f} ms CPU per picture")
+        print(
+            f"ratios: end-to-end / backbone-only throughput {rate / backbone_rate:.2f} (goal >= 0.6); "
+            f"backbone CPU / the worker's CPU per picture {backbone_cpu_ms / cpu_ms[0]:.2f}; "
+            f"the worker's share of all CPU per picture {cpu_ms[0] / sum(cpu_ms):.2f}"
+        )
     finally:
         moto.stop()
         node.stop()

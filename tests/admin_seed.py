@@ -44,17 +44,35 @@ def jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> byte
     return buffer.getvalue()
 
 
-def _asset(services, key: str, data: bytes, *, title: str, smart: list[tuple[str, float]]) -> str:
+MODEL_TAGS = ("animals:cat", "animals:dog")  # the seeded models' tags, thresholds 0.5
+
+
+def _tag(tag: str, confidence: float) -> SmartTag:
+    """As the tagger writes it: a tag of the model keeps the threshold it was held against."""
+    return SmartTag(tag, confidence, "20260101T000000Z", threshold=0.5 if tag in MODEL_TAGS else None)
+
+
+def _asset(
+    services,
+    key: str,
+    data: bytes,
+    *,
+    title: str,
+    smart: list[tuple[str, float]],
+    near: list[tuple[str, float]] = (),
+) -> str:
     etag = services.store.put_bytes(key, data, content_type="image/jpeg")
-    asset = Asset(
-        services.settings.aws.bucket, key, etag=etag, size=len(data), content_type="image/jpeg", title=title
-    ).with_smart_tags(SmartTag(tag, conf, "20260101T000000Z") for tag, conf in smart)
+    asset = (
+        Asset(services.settings.aws.bucket, key, etag=etag, size=len(data), content_type="image/jpeg", title=title)
+        .with_smart_tags(_tag(tag, conf) for tag, conf in smart)
+        .with_near_misses(_tag(tag, conf) for tag, conf in near)
+    )
     services.assets.put(asset)
     return asset.id
 
 
 def _model(services, version: str, ap: float) -> str:
-    tags = ("animals:cat", "animals:dog")
+    tags = MODEL_TAGS
     heads = Heads(
         tags=tags,
         weights=np.zeros((4, 2), dtype=np.float32),

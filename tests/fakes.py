@@ -37,7 +37,7 @@ class FakeIndex:
         self.docs: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
         self._seq = 0
         self.writes = 0
-        self.round_trips = 0  # requests of the assets' tagging path: get, put, get_many, put_many
+        self.round_trips = 0  # requests of the tagging path: get, put, get_many, put_many, mget
         self._lock = threading.Lock()  # a conditional write is atomic, as in OpenSearch
 
     def name(self, kind: str) -> str:
@@ -52,6 +52,7 @@ class FakeIndex:
         return Versioned(doc_id, copy.deepcopy(held[0]), held[1], 1) if held else None
 
     def mget(self, kind: str, doc_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        self.round_trips += 1
         return [(copy.deepcopy(self.docs[(kind, i)][0]) if (kind, i) in self.docs else None) for i in doc_ids]
 
     def get_many(self, kind: str, doc_ids: Sequence[str]) -> list[Versioned | None]:

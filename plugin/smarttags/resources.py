@@ -20,7 +20,11 @@ from smarttags.errors import ConfigError
 TEMPLATES = {
     "search.mustache": "smarttags-search-v6",
     "similar.mustache": "smarttags-similar-v1",
-    "review.mustache": "smarttags-review-v1",
+    "review.mustache": "smarttags-review-v2",
+    "review_stats.mustache": "smarttags-review-stats-v1",
+    "tag_above.mustache": "smarttags-tag-above-v1",
+    "tag_below.mustache": "smarttags-tag-below-v1",
+    "tag_assets.mustache": "smarttags-tag-assets-v1",
 }
 
 

@@ -37,7 +37,8 @@ def test_the_document_round_trips():
             tags=("cars:suv",),
             embedding=StoredEmbedding((0.5, 0.25), "lite0:abc", "e"),
         )
-        .with_smart_tags([SmartTag("cars:sedan", 0.7, "m1")])
+        .with_smart_tags([SmartTag("cars:sedan", 0.7, "m1", threshold=0.5)])
+        .with_near_misses([SmartTag("cars:suv", 0.4, "m1", threshold=0.5)])
         .reject("people:woman")
         .with_status(TaggingStatus.TAGGED, model_version="m1", etag="e")
         .touched()

@@ -10,18 +10,22 @@ from smarttags.adapters.asset_index import AssetIndex
 from smarttags.core.asset import Asset
 from smarttags.core.folders import Folder
 from smarttags.errors import ServiceError
+from smarttags.resources import TEMPLATES
 
 pytestmark = pytest.mark.slow
 
 
 def test_msearch_template_reads_each_response_and_raises_on_a_failed_one(services) -> None:
     ok = {"size": 1, "bucket": services.settings.aws.bucket, "tag": "a:b", "feature": "a:b"}
-    assert [
-        r["hits"]["total"]["value"] for r in services.index.msearch_template("assets", "smarttags-review-v1", [ok])
-    ] == [0]
-    assert services.index.msearch_template("assets", "smarttags-review-v1", []) == []
+    below = TEMPLATES["tag_below.mustache"]
+    assert [r["hits"]["total"]["value"] for r in services.index.msearch_template("assets", below, [ok])] == [0]
+    assert services.index.msearch_template("assets", below, []) == []
     with pytest.raises(ServiceError, match="1 of 2 searches failed"):
-        services.index.msearch_template("assets", "smarttags-review-v1", [ok, {**ok, "size": -5}])
+        services.index.msearch_template("assets", below, [ok, {**ok, "size": -5}])
+    # Different templates in one round trip, answered in order.
+    above = TEMPLATES["tag_above.mustache"]
+    answers = services.index.msearch_templates("assets", [(below, ok), (above, {**ok, "min_score": 0.5})])
+    assert [r["hits"]["total"]["value"] for r in answers] == [0, 0]
 
 
 def test_the_assets_index_is_searchable_soon_and_keeps_every_acknowledged_write(services, os_client) -> None:

@@ -13,7 +13,8 @@ from smarttags.core.asset import (
     run_counter,
 )
 from smarttags.core.folders import Folder
-from smarttags.core.model_registry import apply_thresholds
+from smarttags.core.heads import Heads
+from smarttags.core.model_registry import Manifest, Model, apply_thresholds, near_misses
 
 TAGS = ("cars:sedan", "cars:suv", "cars:coupe", "people:woman")
 
@@ -31,8 +32,44 @@ def test_thresholds_respect_moderation():
     # suv is promoted (kept whatever its score, listed first); woman was rejected; coupe is under threshold.
     assert [t.tag for t in chosen] == ["cars:suv", "cars:sedan"]
     assert apply_thresholds(TAGS, scores, thresholds, model_version="m1", max_tags=1) == [
-        SmartTag("cars:sedan", 0.9, "m1")
+        SmartTag("cars:sedan", 0.9, "m1", threshold=0.5)  # the threshold it cleared is kept
     ]
+
+
+def _model(thresholds: list[float]) -> Model:
+    heads = Heads(
+        TAGS, np.zeros((2, 4), dtype=np.float32), np.zeros(4, dtype=np.float32), np.array(thresholds, np.float32)
+    )
+    manifest = Manifest("m1", "b", "0", list(TAGS), {}, {}, "f", "2026-01-01")
+    return Model(manifest, heads)
+
+
+def test_near_misses_are_the_scores_just_below_their_threshold_nearest_first():
+    model = _model([0.5, 0.5, 0.75, 0.5])
+    scores = {"cars:sedan": 0.9, "cars:suv": 0.45, "cars:coupe": 0.65, "people:woman": 0.2}
+    near = near_misses(model, scores, chosen=["cars:sedan"], margin=0.15)
+    # suv is 0.05 short, coupe 0.10; woman 0.30 short is no near miss; sedan was applied.
+    assert [(t.tag, t.confidence, t.threshold) for t in near] == [("cars:suv", 0.45, 0.5), ("cars:coupe", 0.65, 0.75)]
+    assert [t.tag for t in near_misses(model, scores, chosen=[], rejected=["cars:suv"], margin=0.15)] == ["cars:coupe"]
+    assert len(near_misses(model, scores, chosen=[], margin=0.15, limit=1)) == 1
+
+
+def test_near_misses_are_no_smart_tags_and_leave_when_ruled_on():
+    near = [SmartTag("cars:suv", 0.45, "m1", threshold=0.5), SmartTag("cars:coupe", 0.7, "m1", threshold=0.8)]
+    asset = _asset().with_smart_tags([SmartTag("cars:sedan", 0.62, "m1", threshold=0.5)]).with_near_misses(near)
+    assert asset.smart_ids == ("cars:sedan",)
+    doc = to_document(asset)
+    assert set(doc["near_scores"]) == {"cars:suv", "cars:coupe"} and set(doc["smart_scores"]) == {"cars:sedan"}
+    assert doc["review_margin"] == pytest.approx(0.05)  # suv, 0.05 below, is the least certain decision
+    assert [t.tag for t in asset.open_decisions()] == ["cars:suv", "cars:coupe", "cars:sedan"]
+    # Adding a near miss keeps the model's confidence; it leaves the near misses and the open decisions.
+    added = asset.promote("cars:suv", reviewed=True)
+    assert added.smart_tags[0] == near[0] and [t.tag for t in added.near_misses] == ["cars:coupe"]
+    assert [t.tag for t in added.open_decisions()] == ["cars:coupe", "cars:sedan"]
+    rejected = asset.reject("cars:coupe")
+    assert [t.tag for t in rejected.near_misses] == ["cars:suv"]
+    assert [t.tag for t in rejected.with_near_misses(near).near_misses] == ["cars:suv"]  # never back
+    assert to_document(asset.reject("cars:suv").reject("cars:coupe").promote("cars:sedan"))["review_margin"] is None
 
 
 def test_rejected_tag_never_comes_back_and_promoted_ranks_higher():

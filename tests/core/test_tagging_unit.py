@@ -174,6 +174,25 @@ def test_apply_reading_keeps_moderation_and_raises_on_a_later_event() -> None:
         apply_reading(replace_sequencer(base, "09"), _reading(embedding=red), model, max_tags=5)
 
 
+def test_apply_reading_keeps_the_near_misses_and_each_tags_threshold() -> None:
+    # red fires on the first axis (sigmoid(20x - 10)); blue's logit is 0.4 below zero whatever the picture.
+    heads = Heads(
+        ("shapes:red", "shapes:blue"),
+        np.array([[20.0, 0], [0, 0], [0, 0], [0, 0]], np.float32),
+        np.array([-10.0, -0.4], np.float32),
+        np.array([0.5, 0.5], np.float32),
+    )
+    model = Model(Manifest("m1", "fake:1", "0" * 64, list(heads.tags), {}, {}, "t", "2026-01-01"), heads)
+    red = StoredEmbedding((1.0, 0.0, 0.0, 0.0), "fake:1", "e2")
+    after = apply_reading(Asset(BUCKET, "up/a.png"), _reading(embedding=red), model, max_tags=5)
+    assert after.smart_ids == ("shapes:red",) and after.smart_tags[0].threshold == 0.5
+    # sigmoid(-0.4) = 0.401: 0.099 under its threshold, within the margin: a near miss, not a smart tag.
+    assert [(t.tag, round(t.confidence, 3), t.threshold) for t in after.near_misses] == [("shapes:blue", 0.401, 0.5)]
+    # A moderator's removal keeps it out of the near misses too.
+    rejected = apply_reading(after.reject("shapes:blue"), _reading(embedding=red), model, max_tags=5)
+    assert rejected.near_misses == ()
+
+
 def replace_sequencer(asset: Asset, sequencer: str) -> Asset:
     from dataclasses import replace
 
@@ -464,7 +483,7 @@ def test_a_re_tag_of_unchanged_bytes_runs_only_the_heads(world: Any) -> None:
 # --- a batch at once ---
 
 
-def test_a_batch_is_tagged_in_three_index_requests_and_one_embedder_call(world: Any) -> None:
+def test_a_batch_is_tagged_in_four_index_requests_and_one_embedder_call(world: Any) -> None:
     tagger, assets, store, index = world
     keys = [f"up/{i}.png" for i in range(10)]
     for i, key in enumerate(keys):
@@ -473,12 +492,35 @@ def test_a_batch_is_tagged_in_three_index_requests_and_one_embedder_call(world: 
     answers = tagger.handle_many([(created(key, "01"), f"message-{i}") for i, key in enumerate(keys)])
     assert [a.status for a in answers] == ["tagged"] * 10  # type: ignore[union-attr]
     assert [a.tags for a in answers][:2] == [(), ("shapes:red",)]  # type: ignore[union-attr]
-    assert (index.round_trips, PixelEmbedder.calls) == (3, 1)  # get_many, the claims, the writes
+    # get_many, the folder flags, the claims, the writes
+    assert (index.round_trips, PixelEmbedder.calls) == (4, 1)
     assert all(held(assets, key).tagging.claim is None for key in keys)
     # Delivered again, the same events are duplicates: one request, no work.
     index.round_trips = 0
     again = tagger.handle_many([(created(key, "01"), f"message-{i + 10}") for i, key in enumerate(keys)])
     assert {a.status for a in again} == {"duplicate"} and index.round_trips == 1  # type: ignore[union-attr]
+
+
+def test_the_folder_flags_of_a_batch_are_read_at_once_and_each_picture_gets_its_own(world: Any) -> None:
+    tagger, assets, store, index = world
+    folders = FolderRegistry(index)
+    folders.set_enabled(Folder(BUCKET, "up/off/"), False)  # inside the enabled up/
+    folders.set_enabled(Folder(BUCKET, "up/off/on/"), True)  # and on again below it
+    keys = ["up/a.png", "up/off/b.png", "up/off/on/c.png", "elsewhere/d.png", "up/off/x/e.png"]
+    for key in keys:
+        store.put_bytes(key, b"red circle")
+    index.round_trips = 0
+    answers = tagger.handle_many([(created(key, "01"), f"message-{i}") for i, key in enumerate(keys)])
+    assert index.round_trips == 4  # the flags of five keys in three folders: one request
+    assert [a.tags for a in answers] == [  # type: ignore[union-attr]
+        ("shapes:red",),
+        (),
+        ("shapes:red",),
+        (),
+        (),
+    ]
+    on, off = TaggingStatus.TAGGED, TaggingStatus.NOT_ENABLED
+    assert [held(assets, key).status for key in keys] == [on, off, on, off, off]
 
 
 def test_each_event_of_a_batch_is_answered_alone(world: Any) -> None:

@@ -375,3 +375,18 @@ def test_training_takes_a_tagged_videos_frames_as_one_examples_worth() -> None:
     without = trainer(None).train([Folder(BUCKET, "a/")], trigger="on_demand")
     assert any("a/cat-film.mp4" in note and "video support" in note for note in without.notes)
     assert {row.tag: row for row in without.rows}["animals:pet/cat"].images == 8
+
+
+def test_a_video_keeps_as_near_miss_a_tag_whose_best_frame_fell_just_short() -> None:
+    from datetime import UTC, datetime
+
+    from smarttags.core.ports import ObjectInfo
+    from smarttags.core.tagging import Reading, apply_reading
+
+    # Frame 2 is 0.48 blue: sigmoid(20 * 0.48 - 10) = 0.401, 0.099 under the threshold.
+    clip = video.Frames((0.0, 5.0), np.array([[1, 0, 0, 0], [0, 0.48, 0, 0]], np.float32), 10.0)
+    info = ObjectInfo(BUCKET, "clips/a.mp4", "e1", 10, datetime(2026, 1, 1, tzinfo=UTC), "video/mp4")
+    reading = Reading(info, "01", True, frames=clip)
+    after = apply_reading(Asset(BUCKET, "clips/a.mp4"), reading, model_of(THREE), max_tags=5)
+    assert after.smart_ids == ("shapes:red",) and after.smart_tags[0].threshold == 0.5
+    assert [(t.tag, round(t.confidence, 3)) for t in after.near_misses] == [("shapes:blue", 0.401)]

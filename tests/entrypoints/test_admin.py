@@ -64,6 +64,7 @@ GET_PAGES = {  # path -> the least role that may see it
     "/models": "viewer",
     "/runs": "viewer",
     "/assets/{cat}": "viewer",
+    "/tags?tag=animals:cat": "viewer",
     "/status": "admin",
     "/users": "admin",
     "/dead-letters": "admin",
@@ -592,6 +593,57 @@ def test_review_queue_least_certain_first_accept_and_reject(as_role, services, s
     assert {a["action"] for a in services.moderation.audit()} == {"promote_tag", "remove_tag"}
     maybe = {"verdict": "maybe", "asset_id": unsure_cat, "tag": "x"}
     assert client.post("/review/decide", data=maybe).status_code == 400
+
+
+def test_tag_page_both_sides_linked_from_facets_assets_and_reports(as_role, services, seeded):
+    from tests.admin_seed import _asset as seed_asset
+    from tests.admin_seed import jpeg
+
+    just_above = seed_asset(services, "photos/c2.jpg", jpeg((1, 1, 1)), title="Above", smart=[("animals:cat", 0.53)])
+    just_below = seed_asset(
+        services, "photos/c3.jpg", jpeg((2, 2, 2)), title="Below", smart=[], near=[("animals:cat", 0.46)]
+    )
+    services.index.refresh("assets")
+    client = as_role("moderator")
+    page = client.get("/tags?tag=animals:cat").get_data(as_text=True)
+    above = page[
+        page.index('aria-label="Just above the threshold"') : page.index('aria-label="Just below the threshold"')
+    ]
+    below = page[page.index('aria-label="Just below the threshold"') : page.index("All its assets by confidence")]
+    assert above.index(just_above) < above.index(seeded.cat_id) and just_below not in above
+    assert just_below in below and just_above not in below and "0.040 below" in below
+    assert "2 assets carry it" in page and "1 near miss " in page and "threshold 0.50" in page
+    # Linked from the grid's facet, the asset page's tags, the report's rows and the queue.
+    link = 'href="/tags?tag=animals:cat"'
+    assert link in client.get("/search").get_data(as_text=True)
+    assert link in client.get(f"/assets/{seeded.cat_id}").get_data(as_text=True)
+    assert link in client.get(f"/reports/{seeded.run_id}").get_data(as_text=True)
+    assert link in client.get("/review").get_data(as_text=True)
+    # "Add the tag" on the near miss returns to the page, where it is no longer below.
+    added = {"verdict": "accept", "asset_id": just_below, "tag": "animals:cat", "back": "tag"}
+    response = client.post("/review/decide", data=added)
+    assert response.status_code == 302 and response.headers["Location"] == "/tags?tag=animals:cat"
+    assert services.assets.get(just_below).asset.is_promoted("animals:cat")
+    page = client.get("/tags?tag=animals:cat").get_data(as_text=True)
+    assert "No near misses" in page and "3 assets carry it (1 promoted)" in page
+    # A viewer sees the page without verdict buttons; a tag nobody carries says so.
+    viewer = as_role("viewer").get("/tags?tag=animals:cat").get_data(as_text=True)
+    assert "Just above the threshold" in viewer and 'value="accept"' not in viewer
+    assert "No asset carries this tag" in as_role("viewer").get("/tags?tag=animals:dog").get_data(as_text=True)
+    assert as_role("viewer").get("/tags").status_code == 400
+
+
+def test_users_page_forms_come_from_one_macro(as_role):
+    page = as_role("admin").get("/users").get_data(as_text=True)
+    assert "<title>Users · SmartTags admin</title>" in page  # the title holds no table any more
+    assert page.count("Recent changes") == 1
+    rows = re.findall(r'<tr data-user="([^"]+)">(.*?)</tr>', page, re.S)
+    assert {name for name, _ in rows} == {"admin", "moderator", "viewer"}
+    for name, row in rows:
+        forms = re.findall(r"<form (.*?)</form>", row, re.S)
+        actions = [re.search(r'name="action" value="([a-z]+)"', f).group(1) for f in forms]
+        assert actions == ["role", "disable", "password"]
+        assert all(f'action="/users/{name}"' in f and 'name="csrf_token"' in f for f in forms)
 
 
 def test_admin_creates_users(as_role, services):

@@ -135,6 +135,8 @@ def test_search_moderate_and_report(server, page):
     from tests.admin_seed import jpeg
 
     dog = seed_asset(services, "photos/dog.jpg", jpeg((9, 9, 9)), title="Dog?", smart=[("animals:dog", 0.52)])
+    # A near miss: the model did not apply Dog (0.40 under 0.5); A adds it.
+    near = seed_asset(services, "photos/pup.jpg", jpeg((8, 8, 8)), title="Pup", smart=[], near=[("animals:dog", 0.4)])
     services.index.refresh("assets")
     page.goto(f"{base}/review")
     assert "photos/dog.jpg" in page.locator("li.decision.current").inner_text()
@@ -143,6 +145,12 @@ def test_search_moderate_and_report(server, page):
     page.wait_for_selector(".flash.ok")
     assert "animals:dog: rejected" in page.locator(".flash.ok").inner_text()
     assert "animals:dog" in services.assets.get(dog).asset.rejected
+    current = page.locator("li.decision.current")
+    assert "photos/pup.jpg" in current.inner_text() and "not applied" in current.inner_text()
+    assert current.locator("button.accept").inner_text() == "Add the tag (A)"
+    page.keyboard.press("a")
+    page.wait_for_function("() => document.querySelector('li.decision.current')?.innerText.includes('photos/cat.jpg')")
+    assert services.assets.get(near).asset.is_promoted("animals:dog")
     assert "photos/cat.jpg" in page.locator("li.decision.current").inner_text()
     page.keyboard.press("a")
     page.wait_for_selector("p.empty")
@@ -173,4 +181,40 @@ def test_search_moderate_and_report(server, page):
 
     page.click("header .who button")
     page.wait_for_url("**/login")
+    assert errors == []
+
+
+def test_tag_page_both_sides_and_add_the_tag(server, page):
+    """A moderator opens a tag from the grid's facet, sees the assets either side of its threshold and
+    adds the tag to a near miss; the page has no console errors."""
+    from tests.admin_seed import _asset as seed_asset
+    from tests.admin_seed import jpeg
+
+    base, _, services = server
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    near = seed_asset(
+        services, "photos/nearly.jpg", jpeg((90, 60, 30)), title="Nearly", smart=[], near=[("animals:cat", 0.47)]
+    )
+    seed_asset(services, "photos/barely.jpg", jpeg((30, 60, 90)), title="Barely", smart=[("animals:cat", 0.52)])
+    services.index.refresh("assets")
+    page.goto(f"{base}/login")
+    page.fill("input[name=username]", "moderator")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/search")
+    page.locator("[data-facet=smart_tags] li", has_text="Cat").locator("a.manage").click()
+    page.wait_for_url("**/tags?tag=animals:cat")
+    above = page.locator("ol.side.above li.decision")
+    below = page.locator("ol.side.below li.decision")
+    assert above.count() == 2 and "photos/barely.jpg" in above.first.inner_text()
+    assert below.count() == 1 and "photos/nearly.jpg" in below.first.inner_text()
+    page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(ARTIFACTS / "tag-page.png"), full_page=True)
+    below.first.locator("button", has_text="Add the tag").click()
+    page.wait_for_url("**/tags?tag=animals:cat")
+    assert "animals:cat: accepted" in page.locator(".flash.ok").inner_text()
+    assert page.locator("ol.side.below li.decision").count() == 0
+    assert services.assets.get(near).asset.is_promoted("animals:cat")
     assert errors == []

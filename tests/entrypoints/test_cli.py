@@ -11,6 +11,7 @@ from smarttags.entrypoints import cli
 
 COMMANDS = [
     "init",
+    "index",
     "taxonomy",
     "ingest",
     "train",

@@ -9,6 +9,11 @@ key's folder path, for the ``folder.tree`` filter) and ``file_name`` (the key's 
 with the metadata), and ``smart_bands`` (``tag@0.7`` per tenth of confidence a tag reaches, for the
 grid's confidence filter). Promotion itself is stored once, in ``promoted_tags``.
 
+Two more serve the moderators and nothing else (search never reads them, so ranking is untouched):
+``near_scores`` (one rank feature per near miss, a tag the model scored just below its threshold; the
+near misses themselves are kept, unindexed, in ``near_misses``) and ``review_margin`` (how near its
+threshold the asset's least certain open decision is, either side: the review queue sorts on it).
+
 A video's smart tags carry time ranges: they are stored once, as ``segments`` (nested: ``tag``, ``start``,
 ``end`` in seconds), so a nested query can ask for a tag within a stretch of time; reading an asset
 puts them back on its smart tags.
@@ -31,10 +36,11 @@ KIND = "assets"
 _FIELDS: dict[str, tuple[str, ...]] = {
     "folder": ("folder",),
     "key": ("key", "file_name"),
-    "smart_tags": ("smart_tags", "smart_ids", "smart_scores", "smart_bands", "segments"),
-    "promoted": ("promoted_tags", "smart_scores"),
+    "smart_tags": ("smart_tags", "smart_ids", "smart_scores", "smart_bands", "segments", "review_margin"),
+    "promoted": ("promoted_tags", "smart_scores", "review_margin"),
     "rejected": ("rejected_tags",),
-    "reviewed": ("reviewed_tags",),
+    "reviewed": ("reviewed_tags", "review_margin"),
+    "near_misses": ("near_misses", "near_scores", "review_margin"),
     "embedding": ("embedding", "embedding_model", "embedding_etag"),
 }
 
@@ -71,9 +77,7 @@ def to_document(asset: Asset) -> dict[str, Any]:
         "media": asset.media,
         "duration": asset.duration,
         "tags": list(asset.tags),
-        "smart_tags": [
-            {"tag": t.tag, "confidence": t.confidence, "model_version": t.model_version} for t in asset.smart_tags
-        ],
+        "smart_tags": [_smart_tag(t) for t in asset.smart_tags],
         "smart_ids": list(asset.smart_ids),
         "smart_scores": {
             # rank_features refuses 0; a promoted tag's +1 puts it above every unpromoted confidence.
@@ -82,6 +86,9 @@ def to_document(asset: Asset) -> dict[str, Any]:
         },
         "smart_bands": confidence_bands(asset.smart_tags),
         "segments": [{"tag": t.tag, "start": s, "end": e} for t in asset.smart_tags for s, e in t.ranges],
+        "near_misses": [_smart_tag(t) for t in asset.near_misses],
+        "near_scores": {feature_name(t.tag): max(float(t.confidence), 1e-4) for t in asset.near_misses},
+        "review_margin": asset.least_margin,
         "promoted_tags": sorted(asset.promoted),
         "rejected_tags": sorted(asset.rejected),
         "reviewed_tags": sorted(asset.reviewed),
@@ -101,6 +108,24 @@ def to_document(asset: Asset) -> dict[str, Any]:
         },
         "updated_at": asset.updated_at or now_iso(),
     }
+
+
+def _smart_tag(tag: SmartTag) -> dict[str, Any]:
+    entry: dict[str, Any] = {"tag": tag.tag, "confidence": tag.confidence, "model_version": tag.model_version}
+    if tag.threshold is not None:
+        entry["threshold"] = tag.threshold
+    return entry
+
+
+def _read_tag(entry: Mapping[str, Any], ranges: Sequence[tuple[float, float]] = ()) -> SmartTag:
+    threshold = entry.get("threshold")
+    return SmartTag(
+        entry["tag"],
+        float(entry["confidence"]),
+        entry.get("model_version") or "",
+        tuple(ranges),
+        threshold=None if threshold is None else float(threshold),
+    )
 
 
 def from_document(source: Mapping[str, Any]) -> Asset:
@@ -131,10 +156,8 @@ def from_document(source: Mapping[str, Any]) -> Asset:
         media=source.get("media"),
         duration=source.get("duration"),
         tags=tuple(source.get("tags") or ()),
-        smart_tags=tuple(
-            SmartTag(e["tag"], float(e["confidence"]), e.get("model_version") or "", tuple(ranges.get(e["tag"], ())))
-            for e in source.get("smart_tags") or ()
-        ),
+        smart_tags=tuple(_read_tag(e, ranges.get(e["tag"], ())) for e in source.get("smart_tags") or ()),
+        near_misses=tuple(_read_tag(e) for e in source.get("near_misses") or ()),
         promoted=frozenset(source.get("promoted_tags") or ()),
         rejected=frozenset(source.get("rejected_tags") or ()),
         reviewed=frozenset(source.get("reviewed_tags") or ()),
@@ -235,8 +258,9 @@ class AssetIndex:
         for hits, cursor in pages:
             yield [from_document(hit["_source"]) for hit in hits], cursor
 
-    def count(self, folder: Folder) -> int:
-        return self._index.count(KIND, folder.query())
+    def count(self, folder: Folder | None = None) -> int:
+        """The assets of a folder (and its subfolders), or of the whole index."""
+        return self._index.count(KIND, folder.query() if folder is not None else None)
 
     def scan_rejected(
         self, bucket: str, *, attributes: Collection[str] | None = None, batch_size: int = 500
@@ -265,6 +289,14 @@ class AssetIndex:
 
     def delete_many(self, asset_ids: Sequence[str]) -> None:
         self._index.bulk([({"delete": {"_index": self._index.name(KIND), "_id": i}}, None) for i in asset_ids])
+
+    def scan_stored(self, *, after: str | None = None, batch_size: int = 500) -> Iterator[StoredAsset]:
+        """Every asset with its version, in id order, from past ``after`` (an asset id: a resumed pass)."""
+        hits = self._index.scan(
+            KIND, {"match_all": {}}, batch_size=batch_size, after=[after] if after else None, versions=True
+        )
+        for hit in hits:
+            yield StoredAsset(from_document(hit["_source"]), int(hit["_seq_no"]), int(hit["_primary_term"]))
 
     def refresh(self) -> None:
         self._index.refresh(KIND)

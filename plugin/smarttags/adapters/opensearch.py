@@ -281,9 +281,16 @@ class SearchIndex:
         source: Sequence[str] | bool = True,
         batch_size: int = 500,
         keep_alive: str = "2m",
+        after: Sequence[Any] | None = None,
+        versions: bool = False,
     ) -> Iterator[dict[str, Any]]:
-        """Every matching hit, through a point in time and ``search_after`` (never deep ``from``)."""
-        for hits, _ in self.scan_pages(kind, query, source=source, batch_size=batch_size, keep_alive=keep_alive):
+        """Every matching hit, through a point in time and ``search_after`` (never deep ``from``), in the
+        order of the kind's unique field; ``after`` resumes past that sort value, ``versions`` adds each
+        hit's ``_seq_no`` and ``_primary_term`` (for writing it back conditionally)."""
+        pages = self.scan_pages(
+            kind, query, source=source, batch_size=batch_size, keep_alive=keep_alive, after=after, versions=versions
+        )
+        for hits, _ in pages:
             yield from hits
 
     def scan_pages(
@@ -295,6 +302,7 @@ class SearchIndex:
         batch_size: int = 500,
         keep_alive: str = "2m",
         after: Sequence[Any] | None = None,
+        versions: bool = False,
     ) -> Iterator[tuple[list[dict[str, Any]], list[Any] | None]]:
         """The matching hits a page at a time, each with its cursor (the sort key of its last hit, on the
         kind's unique field, so it holds across points in time): ``after`` a cursor, a scan goes on
@@ -311,6 +319,7 @@ class SearchIndex:
                     "sort": [{UNIQUE_FIELD[kind]: "asc"}],
                     "_source": source if isinstance(source, bool) else list(source),
                     "track_total_hits": False,
+                    "seq_no_primary_term": versions,
                 }
                 if cursor is not None:
                     body["search_after"] = cursor
@@ -338,10 +347,14 @@ class SearchIndex:
         self, kind: str, template_id: str, params: Sequence[Mapping[str, Any]]
     ) -> list[dict[str, Any]]:
         """Several renderings of one stored template in one round trip; any failed search raises."""
-        if not params:
+        return self.msearch_templates(kind, [(template_id, one) for one in params])
+
+    def msearch_templates(self, kind: str, searches: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+        """Several (stored template, params) searches in one round trip; any failed search raises."""
+        if not searches:
             return []
         body: list[dict[str, Any]] = []
-        for one in params:
+        for template_id, one in searches:
             body += [{}, {"id": template_id, "params": dict(one)}]
         responses: list[dict[str, Any]] = self._call("msearch_template", index=self.name(kind), body=body)["responses"]
         failed = [r["error"] for r in responses if "error" in r]

@@ -79,6 +79,14 @@ class SmartTag:
     model_version: str
     # A video's: the [start, end] seconds where the tag clears its threshold (core/video.py).
     ranges: tuple[tuple[float, float], ...] = ()
+    # The threshold the model held the confidence against (None for a moderator's tag, or one written
+    # before thresholds were kept): how near it is tells how unsure the model was.
+    threshold: float | None = None
+
+    @property
+    def margin(self) -> float | None:
+        """How far the confidence is from the threshold, either side (None without a threshold)."""
+        return None if self.threshold is None else abs(self.confidence - self.threshold)
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,9 @@ class Asset:
     rejected: frozenset[str] = frozenset()
     # The promoted or rejected tags whose verdict came from the review queue (the training report counts them).
     reviewed: frozenset[str] = frozenset()
+    # Tags the model scored just below their threshold (not applied: never searched, never shown as the
+    # asset's tags), nearest first and bounded; the tag page and the review queue show them.
+    near_misses: tuple[SmartTag, ...] = ()
     embedding: StoredEmbedding | None = None
     tagging: Tagging = field(default_factory=Tagging)
     updated_at: str | None = None
@@ -160,6 +171,25 @@ class Asset:
     def is_promoted(self, tag: str) -> bool:
         return tag in self.promoted
 
+    def open_decisions(self) -> list[SmartTag]:
+        """The model's decisions on this asset no moderator has ruled on, with their threshold: the smart
+        tags it applied (not promoted) and its near misses, least certain first."""
+        applied = [t for t in self.smart_tags if t.threshold is not None and t.tag not in self.promoted]
+        decisions = [t for t in (*applied, *self.near_misses) if t.tag not in self.reviewed]
+        return sorted(decisions, key=lambda t: (t.margin or 0.0, t.tag))
+
+    @property
+    def least_margin(self) -> float | None:
+        """The margin of the least certain open decision (None when there is none): the review queue's order."""
+        decisions = self.open_decisions()
+        return decisions[0].margin if decisions else None
+
+    def with_near_misses(self, near: Iterable[SmartTag]) -> Asset:
+        """The model's near misses replace the old ones, less those a moderator ruled on or the asset carries."""
+        ruled = self.rejected | self.promoted | set(self.smart_ids)
+        kept = [t for t in near if t.tag not in ruled]
+        return replace(self, near_misses=tuple(sorted(kept, key=lambda t: (t.margin or 0.0, t.tag))))
+
     def with_smart_tags(self, tags: Iterable[SmartTag]) -> Asset:
         """The model's tags replace the old ones: rejected ones never appear, promoted ones stay first
         (a promoted tag the model did not give is kept from before)."""
@@ -177,15 +207,24 @@ class Asset:
             promoted=self.promoted - {tag},
             reviewed=self.reviewed | {tag} if reviewed else self.reviewed - {tag},
             smart_tags=tuple(t for t in self.smart_tags if t.tag != tag),
+            near_misses=tuple(t for t in self.near_misses if t.tag != tag),
         )
 
     def promote(self, tag: str, *, model_version: str = "moderator", reviewed: bool = False) -> Asset:
         """A moderator promotes a tag: the asset carries it (even if the model did not) and ranks higher."""
         tags = list(self.smart_tags)
+        near = next((t for t in self.near_misses if t.tag == tag), None)
         if tag not in self.smart_ids:
-            tags.append(SmartTag(tag, 1.0, model_version))
+            # A near miss keeps the model's own confidence (the tag page shows where it stood).
+            tags.append(near or SmartTag(tag, 1.0, model_version))
         verdicts = self.reviewed | {tag} if reviewed else self.reviewed - {tag}
-        promoted = replace(self, promoted=self.promoted | {tag}, rejected=self.rejected - {tag}, reviewed=verdicts)
+        promoted = replace(
+            self,
+            promoted=self.promoted | {tag},
+            rejected=self.rejected - {tag},
+            reviewed=verdicts,
+            near_misses=tuple(t for t in self.near_misses if t.tag != tag),
+        )
         return replace(promoted, smart_tags=promoted._ranked(tags))
 
     def unpromote(self, tag: str) -> Asset:
@@ -236,9 +275,10 @@ class Asset:
 
 def changed(before: Asset, after: Asset) -> bool:
     """Whether a moderation edit changed anything (ignoring timestamps)."""
-    return (before.smart_tags, before.promoted, before.rejected, before.reviewed) != (
+    return (before.smart_tags, before.promoted, before.rejected, before.reviewed, before.near_misses) != (
         after.smart_tags,
         after.promoted,
         after.rejected,
         after.reviewed,
+        after.near_misses,
     )

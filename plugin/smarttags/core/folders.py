@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,12 +126,25 @@ class FolderRegistry:
         return [f for f in self.all() if f.enabled]
 
     def is_enabled(self, bucket: str, key: str) -> bool:
-        """The nearest registered folder above the key decides; unregistered means disabled.
+        """The nearest registered folder above the key decides; unregistered means disabled."""
+        return self.are_enabled([(bucket, key)])[0]
 
-        Read fresh on every call (one ``mget`` of the key's ancestor folders): a folder enabled a moment
-        ago must govern the very next upload."""
-        parts = key.split("/")[:-1]
-        prefixes = [""] + ["/".join(parts[: i + 1]) + "/" for i in range(len(parts))]
-        found = self._index.mget("folders", [_doc_id(bucket, p) for p in prefixes])
-        flags = [doc["smart_tags_enabled"] for doc in found if doc is not None]
-        return bool(flags and flags[-1])
+    def are_enabled(self, objects: Sequence[tuple[str, str]]) -> list[bool]:
+        """``is_enabled`` for each (bucket, key), in one ``mget`` of all their ancestor folders.
+
+        Read fresh on every call, not cached: a folder enabled a moment ago must govern the very next
+        upload, and one request per batch of uploads costs next to nothing."""
+        chains = [[_doc_id(bucket, p) for p in _prefixes(key)] for bucket, key in objects]
+        ids = sorted({doc_id for chain in chains for doc_id in chain})
+        found = dict(zip(ids, self._index.mget("folders", ids), strict=True)) if ids else {}
+        flags = []
+        for chain in chains:
+            set_here = [doc["smart_tags_enabled"] for doc in map(found.__getitem__, chain) if doc is not None]
+            flags.append(bool(set_here and set_here[-1]))
+        return flags
+
+
+def _prefixes(key: str) -> list[str]:
+    """The folders above a key, outermost first: the bucket's root, then each level."""
+    parts = key.split("/")[:-1]
+    return [""] + ["/".join(parts[: i + 1]) + "/" for i in range(len(parts))]

@@ -78,6 +78,10 @@ class Model:
 
 # Enough decimals that distinct float32 scores do not tie (4 made near-equal tags rank by name).
 SCORE_DECIMALS = 6
+# A score this far below its tag's threshold or nearer is kept as a near miss (the tag page's and the
+# review queue's "just below"), at most MAX_NEAR per asset, so the document stays small.
+NEAR_MARGIN = 0.15
+MAX_NEAR = 8
 
 
 def apply_thresholds(
@@ -98,9 +102,10 @@ def apply_thresholds(
     chosen: dict[str, SmartTag] = {}
     for tag, score, threshold in zip(tags, scores.tolist(), thresholds.tolist(), strict=True):
         if tag not in rejected_set and (tag in promoted_set or score >= threshold):
-            chosen[tag] = SmartTag(tag, round(float(score), SCORE_DECIMALS), model_version)
+            chosen[tag] = SmartTag(tag, round(float(score), SCORE_DECIMALS), model_version, threshold=float(threshold))
     for tag in promoted_set - chosen.keys():
         chosen[tag] = SmartTag(tag, 1.0, model_version)
+    threshold_of = dict(zip(tags, (float(t) for t in thresholds.tolist()), strict=True))
     # A child implies its parent (the nearest ancestor the model knows and no moderator removed), at the
     # parent's own score or the child's confidence, whichever is higher; deepest first, so it carries up.
     score_of = dict(zip(tags, scores.tolist(), strict=True))
@@ -112,9 +117,30 @@ def apply_thresholds(
             up = _parent(up)
         if up:
             held = chosen[up].confidence if up in chosen else round(float(score_of[up]), SCORE_DECIMALS)
-            chosen[up] = SmartTag(up, max(held, chosen[tag].confidence), model_version)
+            chosen[up] = SmartTag(up, max(held, chosen[tag].confidence), model_version, threshold=threshold_of[up])
     ranked = sorted(chosen.values(), key=lambda s: (s.tag not in promoted_set, -s.confidence, s.tag))
     return ranked[:max_tags]
+
+
+def near_misses(
+    model: Model,
+    scores: Mapping[str, float],
+    *,
+    chosen: Iterable[str],
+    rejected: Iterable[str] = (),
+    margin: float = NEAR_MARGIN,
+    limit: int = MAX_NEAR,
+) -> list[SmartTag]:
+    """The tags that fell short of their threshold by at most ``margin``: not applied, not rejected by a
+    moderator, nearest their threshold first, at most ``limit`` (pure)."""
+    skip = set(chosen) | set(rejected)
+    near = [
+        SmartTag(tag, round(float(scores[tag]), SCORE_DECIMALS), model.version, threshold=float(threshold))
+        for tag, threshold in zip(model.heads.tags, model.heads.thresholds.tolist(), strict=True)
+        if tag not in skip and tag in scores and threshold - margin <= scores[tag] < threshold
+    ]
+    near.sort(key=lambda t: (t.margin or 0.0, t.tag))
+    return near[:limit]
 
 
 def _parent(tag: str) -> str | None:

@@ -42,7 +42,7 @@ from smarttags.core.asset import (
 from smarttags.core.clock import now_iso, parse_iso
 from smarttags.core.folders import Folder, FolderRegistry
 from smarttags.core.ingest import TagResolver, is_internal
-from smarttags.core.model_registry import Model, ModelStore, score_embedding
+from smarttags.core.model_registry import Model, ModelStore, near_misses, score_embedding
 from smarttags.core.ports import (
     Assets,
     Embedder,
@@ -216,17 +216,34 @@ def apply_reading(asset: Asset, reading: Reading, model: Model | None, *, max_ta
         scored = video.score_frames(
             model, reading.frames, rejected=asset.rejected, promoted=asset.promoted, max_tags=max_tags
         )
-        return asset.with_smart_tags(scored).with_status(TaggingStatus.TAGGED, model_version=model.version, etag=etag)
+        # A video's near miss: a tag whose best frame fell just short.
+        best = model.heads.scores(reading.frames.vectors).max(axis=0)
+        near = near_misses(
+            model,
+            dict(zip(model.heads.tags, (float(v) for v in best.tolist()), strict=True)),
+            chosen=[t.tag for t in scored],
+            rejected=asset.rejected,
+        )
+        return (
+            asset.with_smart_tags(scored)
+            .with_near_misses(near)
+            .with_status(TaggingStatus.TAGGED, model_version=model.version, etag=etag)
+        )
     if model is None or reading.embedding is None:
         return asset.with_status(TaggingStatus.EMBEDDED, reason="no active model yet", etag=etag)
-    chosen, _ = score_embedding(
+    chosen, scores = score_embedding(
         model,
         np.asarray(reading.embedding.vector, dtype=np.float32),
         rejected=asset.rejected,
         promoted=asset.promoted,
         max_tags=max_tags,
     )
-    return asset.with_smart_tags(chosen).with_status(TaggingStatus.TAGGED, model_version=model.version, etag=etag)
+    near = near_misses(model, scores, chosen=[t.tag for t in chosen], rejected=asset.rejected)
+    return (
+        asset.with_smart_tags(chosen)
+        .with_near_misses(near)
+        .with_status(TaggingStatus.TAGGED, model_version=model.version, etag=etag)
+    )
 
 
 def classify_failure(failure: ImageError, declared_type: str | None) -> tuple[TaggingStatus, str]:
@@ -327,7 +344,7 @@ class Tagger:
         if isinstance(claimed, Result):
             return claimed
         try:
-            reading = self._embedded([self._read(event, claimed.asset)])[0]
+            reading = self._embedded([self._read(event, claimed.asset, self._enabled([event])[0])])[0]
         except NotFound:
             self._release(claimed)
             return Result(event.key, Handled.GONE, "the object no longer exists")
@@ -385,15 +402,23 @@ class Tagger:
         Returns the claimed ones and the re-tags that only run the heads (``_retag_many``: no claim)."""
         claims: list[tuple[int, Asset, StoredAsset | None]] = []
         retag: list[tuple[int, StoredAsset]] = []
+        maybe: list[tuple[int, StoredAsset]] = []
+        pending: list[tuple[int, StoredAsset | None]] = []
         for i, stored in zip(batched, self._assets.get_many(ids), strict=True):
             event, owner = deliveries[i]
             decision = decide(event, stored.asset if stored else None, active_model=self._active_for(stored, event))
             if decision.action == Action.DONE:
                 answers[i] = _done(decision, stored, owner)
-                continue
-            if stored is not None and self._heads_only(event, stored.asset):
-                retag.append((i, stored))
-                continue
+            elif stored is not None and self._heads_only(event, stored.asset):
+                maybe.append((i, stored))
+            else:
+                pending.append((i, stored))
+        if maybe:  # the heads alone where the folder is enabled (its flags in one request)
+            flags = self._enabled([deliveries[i][0] for i, _ in maybe])
+            for (i, stored), enabled in zip(maybe, flags, strict=True):
+                (retag if enabled else pending).append((i, stored))
+        for i, stored in sorted(pending, key=lambda pair: pair[0]):
+            event, owner = deliveries[i]
             claim = _claim_of(event, stored.asset if stored else None, owner)
             if isinstance(claim, Result):
                 answers[i] = claim
@@ -411,16 +436,14 @@ class Tagger:
         return claimed, retag
 
     def _heads_only(self, event: events.ObjectEvent, held: Asset) -> bool:
-        """A re-tag (a model change, a backfill) of bytes this backbone embedded, in a folder that is
-        enabled and not being read by another delivery now: the heads alone run again."""
+        """A re-tag (a model change, a backfill) of bytes this backbone embedded, not being read by
+        another delivery now: the heads alone run again, if its folder is enabled."""
         if event.action != events.TAG or held.embedding is None or held.status not in _READ_BEFORE:
             return False
         if not held.embedding.fits(held.etag, self.embedder.backbone_id):  # named from the checksum file
             return False
         until = parse_iso(held.tagging.claim_until) if held.tagging.claim else None
-        if until is not None and until > datetime.now(UTC):
-            return False  # someone reads the object now: the careful path waits its turn
-        return self._settings.tagging.ignore_smart_tag_flag or self._folders.is_enabled(event.bucket, event.key)
+        return until is None or until <= datetime.now(UTC)  # else someone reads it now: the careful path
 
     def _retag_many(
         self,
@@ -471,8 +494,17 @@ class Tagger:
         if not claimed:
             return
         read: list[tuple[int, StoredAsset, tuple[Reading, np.ndarray | None]]] = []
+        try:
+            enabled = self._enabled([deliveries[i][0] for i, _ in claimed])
+        except BaseException:
+            for _, claim in claimed:
+                self._release(claim)
+            raise
         with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(claimed))) as pool:
-            futures = [(i, claim, pool.submit(self._read, deliveries[i][0], claim.asset)) for i, claim in claimed]
+            futures = [
+                (i, claim, pool.submit(self._read, deliveries[i][0], claim.asset, flag))
+                for (i, claim), flag in zip(claimed, enabled, strict=True)
+            ]
         for i, claim, future in futures:
             try:
                 read.append((i, claim, future.result()))
@@ -553,12 +585,18 @@ class Tagger:
         except SmartTagsError as exc:
             log.debug("claim on %s left to expire: %s", claimed.asset.key, exc)
 
-    def _read(self, event: events.ObjectEvent, held: Asset | None) -> tuple[Reading, np.ndarray | None]:
-        """Everything the decision needs from outside: the bytes (opened once), the folder flag, the
-        embedding (the stored one while bytes and backbone are unchanged). Returns the reading and, when
-        it needs a new embedding, the pixels to embed (``_embedded`` embeds a batch of them at once)."""
+    def _enabled(self, batch: Sequence[events.ObjectEvent]) -> list[bool]:
+        """Whether smart tags are on for each event's folder: one request for the whole batch."""
+        if self._settings.tagging.ignore_smart_tag_flag:
+            return [True] * len(batch)
+        return self._folders.are_enabled([(event.bucket, event.key) for event in batch])
+
+    def _read(self, event: events.ObjectEvent, held: Asset | None, enabled: bool) -> tuple[Reading, np.ndarray | None]:
+        """Everything the decision needs from outside: the bytes (opened once), the embedding (the
+        stored one while bytes and backbone are unchanged); ``enabled`` is the folder's flag. Returns the
+        reading and, when it needs a new embedding, the pixels to embed (``_embedded`` embeds a batch of
+        them at once)."""
         store = self._stores(event.bucket)
-        enabled = self._settings.tagging.ignore_smart_tag_flag or self._folders.is_enabled(event.bucket, event.key)
         if event.action == events.TAG and enabled and held and held.embedding and held.status in _READ_BEFORE:
             # A re-tag (a model change, a backfill) of bytes embedded before by this backbone: only the
             # heads run again. One HEAD proves the bytes are the same; no image read, no inference.

@@ -94,8 +94,15 @@ def score_frames(
         ):
             best[smart.tag] = max(best.get(smart.tag, 0.0), smart.confidence)
             carried.setdefault(smart.tag, [False] * len(frames.times))[i] = True
+    threshold_of = dict(zip(model.heads.tags, (float(t) for t in model.heads.thresholds.tolist()), strict=True))
     chosen = [
-        SmartTag(tag, confidence, model.version, time_ranges(frames.times, carried[tag], frames.duration))
+        SmartTag(
+            tag,
+            confidence,
+            model.version,
+            time_ranges(frames.times, carried[tag], frames.duration),
+            threshold=threshold_of.get(tag),
+        )
         for tag, confidence in best.items()
     ]
     chosen += [SmartTag(tag, 1.0, model.version) for tag in sorted(promoted_set - best.keys())]

@@ -9,8 +9,9 @@ from typing import Any
 class Progress:
     """A ``progress(phase, advance, total)`` callback; quiet when ``enabled`` is false (``--json``)."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, *, unit: str = "img") -> None:
         self._enabled = enabled
+        self._unit = unit
         self._bars: dict[str, Any] = {}
 
     def __call__(self, phase: str, advance: int, total: int | None) -> None:
@@ -20,7 +21,7 @@ class Progress:
 
         bar = self._bars.get(phase)
         if bar is None:
-            bar = self._bars[phase] = tqdm(total=total, desc=phase, unit="img", file=sys.stderr, leave=True)
+            bar = self._bars[phase] = tqdm(total=total, desc=phase, unit=self._unit, file=sys.stderr, leave=True)
         elif total is not None and bar.total != total:
             bar.total = total
             bar.refresh()

@@ -423,7 +423,8 @@ def review() -> ResponseReturnValue:
 @bp.route("/review/decide", methods=["POST"])
 @require(MODERATOR)
 def review_decide() -> ResponseReturnValue:
-    """Accept (promote: a positive for the next training) or reject (remove: a negative) one decision."""
+    """Accept (promote: a positive for the next training) or reject (remove: a negative) one decision,
+    from the review queue or from a tag's page (``back=tag``: the verdict returns there)."""
     verdict = request.form.get("verdict", "")
     tag = request.form.get("tag", "").strip()
     if verdict not in ("accept", "reject") or not tag or len(tag) > MAX_TAG_CHARS:
@@ -432,7 +433,30 @@ def review_decide() -> ResponseReturnValue:
     moderation = ctx().services.moderation
     (moderation.promote if verdict == "accept" else moderation.remove)(asset_id, tag, user=_user_name(), reviewed=True)
     flash(f"{tag}: {'accepted' if verdict == 'accept' else 'rejected'}.", "ok")
+    if request.form.get("back") == "tag":
+        return redirect(url_for("admin.tag_page", tag=tag, page=request.form.get("page", 0, type=int) or None))
     return redirect(url_for("admin.review"))
+
+
+# --- one tag -------------------------------------------------------------------------------------------
+
+
+@bp.route("/tags")
+@require(VIEWER)
+def tag_page() -> ResponseReturnValue:
+    """One tag: the assets just above and just below its threshold side by side, and all by confidence."""
+    tag = request.args.get("tag", "").strip()
+    if not tag or len(tag) > MAX_TAG_CHARS:
+        abort(400)
+    page = request.args.get("page", 0, type=int) or 0
+    view = ctx().services.review.tag_page(tag, page=page, page_size=PAGE_SIZE)
+    titles = {t.id: t.title() for t in ctx().services.taxonomy.load().tags.values()}
+    return render_template(
+        "tag.html",
+        view=view,
+        titles=titles,
+        page_url=lambda n: url_for("admin.tag_page", tag=tag, page=n or None),
+    )
 
 
 @functools.cache
