@@ -82,6 +82,7 @@ def refresh_fields(
     them; ``checkpoint`` gets each finished page's last id, ``progress`` counts the assets done."""
     result = RefreshResult()
     thresholds = _Thresholds(models)
+    assets.refresh()  # the scan sees only refreshed documents: one written a moment ago is an asset too
     if progress:
         progress("assets", 0, assets.count())
     for page in _pages(assets.scan_stored(after=after, batch_size=batch_size), batch_size):
