@@ -475,13 +475,13 @@ def train_heads(
         # and on at most ``select_tags`` tags (by a hash of their names): C is shared, its choice
         # needs many rows and tags, not every one.
         part = _sample(keys, select_rows, seed)
-        some = sorted(range(t), key=lambda j: _rank(tags[j], seed))[:select_tags]
-        some = [j for j in some if 0 < (y[part, j] * mask[part, j]).sum() < len(part)] or some
-        ys, ws = y[np.ix_(part, some)], weighed[np.ix_(part, some)]
-        part_rows = [np.flatnonzero(mask[part, j] > 0.5) for j in some]
-        part_folds = _folds(ys * mask[np.ix_(part, some)], folds, seed, [keys[i] for i in part])
+        ranked = sorted(range(t), key=lambda j: _rank(tags[j], seed))[:select_tags]
+        some = np.array([j for j in ranked if 0 < (y[part, j] * mask[part, j]).sum() < len(part)] or ranked)
+        ys, ms, ws = y[part][:, some], mask[part][:, some], weighed[part][:, some]
+        part_rows = [np.flatnonzero(ms[:, j] > 0.5) for j in range(len(some))]
+        part_folds = _folds(ys * ms, folds, seed, [keys[i] for i in part])
         part_oof = out_of_fold_logits(x[part], ys, ws, part_folds, grid)
-        chosen, _ = _evaluate(ys, part_oof, part_rows, plain[np.ix_(part, some)], part_folds, policy, target_precision)
+        chosen, _ = _evaluate(ys, part_oof, part_rows, np.ones_like(ys), part_folds, policy, target_precision)
         c_kept = grid[chosen]
         w, bias = final_fit(c_kept)
         oof = out_of_fold_logits(x, y, weighed, fold_list, [c_kept], init=(w, bias))
