@@ -1,9 +1,10 @@
 """Training time after embedding: N pictures x T tags (synthetic embeddings), as ``smarttags train`` fits them.
 
 What is timed is what training does once the embeddings are there: the guideline check (near-duplicate
-search over all pairs) and ``train_heads`` (the C grid over k folds with near-duplicates grouped, then one
-final fit), under the threadpoolctl limit of the ``training.blas_threads`` setting. The same-run baseline
-is one plain fit of all heads at one C (no folds, no grid); the ratio says what cross-validation costs.
+search over all pairs) and ``train_heads`` (above 3,000 rows: C chosen on a sample of rows and tags, one
+final fit, then k folds at that C with near-duplicates grouped), under the threadpoolctl limit of the
+``training.blas_threads`` setting. The same-run baseline is one plain fit of all heads at one C (no folds,
+no grid); the ratio says what cross-validation costs.
 Peak memory is tracemalloc's (numpy's arrays included) above what the embeddings take, and the
 process's peak resident size.
 
