@@ -163,7 +163,7 @@ def shape_model(services: Any, embedder: Any) -> Any:
     """An active model that knows one picture: 'shapes:red' fires on red circles (cosine above 0.9 to the
     reference picture), 'shapes:any' on everything."""
     import numpy as np
-    from smarttags.core.heads import Heads, TagFit
+    from smarttags.core.heads import Heads
 
     from tests.images import picture
 
@@ -176,13 +176,20 @@ def shape_model(services: Any, embedder: Any) -> Any:
         np.array([-36.0, 10.0], dtype=np.float32),
         np.array([0.5, 0.5], dtype=np.float32),
     )
+    return activate_heads(services, heads, embedder, fingerprint="t")
+
+
+def activate_heads(services: Any, heads: Any, embedder: Any, *, fingerprint: str) -> Any:
+    """Save ``heads`` as a model over ``embedder``'s backbone, activate it and return it loaded."""
+    from smarttags.core.heads import TagFit
+
     fits = [TagFit(t, 30, 1.0, 0.5, 1.0, 1.0, 1.0, 1.0) for t in heads.tags]
     manifest = services.models.save(
         heads,
         fits,
         backbone_id=embedder.backbone_id,
         backbone_sha256=embedder.sha256,
-        training_fingerprint="t",
+        training_fingerprint=fingerprint,
         folders=[],
     )
     services.models.activate(manifest.version)

@@ -280,7 +280,9 @@ def test_a_batch_of_re_tags_after_a_model_change_runs_only_the_heads(services, m
     import numpy as np
     from smarttags.core import asset as assets_mod
     from smarttags.core import events
-    from smarttags.core.heads import Heads, TagFit
+    from smarttags.core.heads import Heads
+
+    from tests.conftest import activate_heads
 
     keys = [f"up/re/{i}.jpg" for i in range(10)]
     for i, key in enumerate(keys):
@@ -288,16 +290,7 @@ def test_a_batch_of_re_tags_after_a_model_change_runs_only_the_heads(services, m
         assert invoke(services, _created(services, key, etag, f"{i:04X}"))["batchItemFailures"] == []
     # A new model over the same backbone: 'shapes:any' no longer fires.
     heads = Heads(model.heads.tags, model.heads.weights, np.array([-36.0, -10.0], np.float32), model.heads.thresholds)
-    fits = [TagFit(t, 30, 1.0, 0.5, 1.0, 1.0, 1.0, 1.0) for t in heads.tags]
-    manifest = services.models.save(
-        heads,
-        fits,
-        backbone_id=embedder.backbone_id,
-        backbone_sha256=embedder.sha256,
-        training_fingerprint="t2",
-        folders=[],
-    )
-    services.models.activate(manifest.version)
+    new_model = activate_heads(services, heads, embedder, fingerprint="t2")
     assets, counted_embedder = Counted(services.assets), Counted(embedder)
     stores: dict[str, Counted] = {}
 
@@ -328,7 +321,7 @@ def test_a_batch_of_re_tags_after_a_model_change_runs_only_the_heads(services, m
     assert {a.tags for a in answers} == {("shapes:red",), ()}  # the new heads: 'shapes:any' is gone
     assert assets.calls == {"get_many": 1, "put_many": 1}
     assert stores == {} and counted_embedder.calls == {}  # no S3 request, no inference
-    assert {_doc(services, k)["tagging"]["model_version"] for k in keys} == {manifest.version}
+    assert {_doc(services, k)["tagging"]["model_version"] for k in keys} == {new_model.version}
     # The same run's items again (a redelivery): the multi-get alone.
     assert [a.status for a in retag("tag-1", keys)] == ["tagged"] * 10
     assert assets.calls == {"get_many": 1} and stores == {} and counted_embedder.calls == {}
