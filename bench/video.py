@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import resource
-import time
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,14 +26,8 @@ from smarttags import settings
 from smarttags.adapters import videos
 from smarttags.adapters.embedder import load_embedder
 
-
-def best_of(fn, repeat: int = 2) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script too
+from bench.embed import timed
 
 
 def encode(size: tuple[int, int], seconds: int, *, fps: int = 1, gop: int = 5, step: int = 1) -> bytes:
@@ -68,7 +62,7 @@ def main() -> None:
 
     jpeg = io.BytesIO()
     Image.fromarray(skdata.chelsea()).resize((4000, 3000)).save(jpeg, "JPEG", quality=90)
-    one_jpeg = best_of(lambda: embedder.embed_bytes([jpeg.getvalue()]), 3)
+    one_jpeg = timed(lambda: embedder.embed_bytes([jpeg.getvalue()]), 3)
     print(f"one 12 MP JPEG end to end (1 thread): {one_jpeg * 1000:8.1f} ms")
 
     cases = {
@@ -83,7 +77,7 @@ def main() -> None:
             return len(clip.times)
 
         frames = tag()
-        took = best_of(tag)
+        took = timed(tag, 2)
         ratio = took / one_jpeg
         print(f"{name} ({len(data) / 1e6:.1f} MB, {frames} frames): {took * 1000:8.1f} ms ({ratio:.1f} x JPEG)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
