@@ -240,9 +240,8 @@ class AssetIndex:
         self, folder: Folder, *, attributes: Collection[str] | None = None, batch_size: int = 500
     ) -> Iterator[Asset]:
         """Every asset of the folder and its subfolders (with only ``attributes`` filled in, if given)."""
-        source: Sequence[str] | bool = document_fields(attributes) if attributes is not None else True
-        for hit in self._index.scan(KIND, folder.query(), source=source, batch_size=batch_size):
-            yield from_document(hit["_source"])
+        for page, _ in self.pages(folder, attributes=attributes, page_size=batch_size):
+            yield from page
 
     def pages(
         self,
@@ -253,8 +252,9 @@ class AssetIndex:
         after: Sequence[Any] | None = None,
     ) -> Iterator[tuple[list[Asset], list[Any] | None]]:
         """The folder's assets a page at a time, each page with the cursor a later scan goes on after."""
-        source: Sequence[str] | bool = document_fields(attributes) if attributes is not None else True
-        pages = self._index.scan_pages(KIND, folder.query(), source=source, batch_size=page_size, after=after)
+        pages = self._index.scan_pages(
+            KIND, folder.query(), source=_source(attributes), batch_size=page_size, after=after
+        )
         for hits, cursor in pages:
             yield [from_document(hit["_source"]) for hit in hits], cursor
 
@@ -266,9 +266,8 @@ class AssetIndex:
         self, bucket: str, *, attributes: Collection[str] | None = None, batch_size: int = 500
     ) -> Iterator[Asset]:
         """Every asset of the bucket with a smart tag a moderator removed (training's explicit negatives)."""
-        source: Sequence[str] | bool = document_fields(attributes) if attributes is not None else True
         query = {"bool": {"filter": [{"term": {"bucket": bucket}}, {"exists": {"field": "rejected_tags"}}]}}
-        for hit in self._index.scan(KIND, query, source=source, batch_size=batch_size):
+        for hit in self._index.scan(KIND, query, source=_source(attributes), batch_size=batch_size):
             yield from_document(hit["_source"])
 
     def merge(self, assets: Sequence[Asset], attributes: Collection[str], *, create: bool = True) -> None:
@@ -304,3 +303,8 @@ class AssetIndex:
     @staticmethod
     def from_source(source: Mapping[str, Any]) -> Asset:
         return from_document(source)
+
+
+def _source(attributes: Collection[str] | None) -> Sequence[str] | bool:
+    """The document fields that hold ``attributes`` (all of them when none are named)."""
+    return document_fields(attributes) if attributes is not None else True

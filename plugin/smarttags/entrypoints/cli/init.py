@@ -31,7 +31,7 @@ def checkpoint_file(settings: Settings) -> Path:
 def _refresh_fields(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
-    from smarttags.core.backfill import refresh_fields
+    from smarttags.core.refresh_fields import refresh_fields
     from smarttags.entrypoints.progress import Progress
 
     built = services(settings)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from smarttags.adapters.asset_index import AssetIndex, to_document
 from smarttags.core.asset import Asset, SmartTag
-from smarttags.core.backfill import refresh_fields
 from smarttags.core.heads import Heads, TagFit
 from smarttags.core.moderation import Moderation
+from smarttags.core.refresh_fields import refresh_fields
 
 pytestmark = pytest.mark.slow
 
