@@ -684,3 +684,20 @@ def test_a_failed_opensearch_start_shows_the_cause_from_the_nodes_own_log(tmp_pa
     assert "Address already in use" in message
     assert "\tat " not in message  # the exception lines, not the Java stack frames
     assert not node.pid_file.exists()
+
+
+def test_a_stop_signal_the_work_swallows_still_counts_as_stopped() -> None:
+    """waitress's serve catches KeyboardInterrupt (our Stopped) and returns: the demo must still say a
+    signal stopped it (exit 130), not that its work ended by itself."""
+
+    def serve() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            return
+
+    cleaned: list[bool] = []
+    assert stack.run_until_stopped(serve, lambda: cleaned.append(True)) is True
+    assert cleaned == [True]
+    assert stack.run_until_stopped(lambda: None, lambda: cleaned.append(True)) is False

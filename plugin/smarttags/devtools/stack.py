@@ -782,6 +782,8 @@ def run_until_stopped(work: Callable[[], None], clean_up: Callable[[], None]) ->
         for sig in STOP_SIGNALS:
             signal.signal(sig, _on_stop_signal)
         work()
+        # A signal whose Stopped the work caught and returned on (waitress's serve does) stopped it too.
+        stopped = _StopState.stopping
         _StopState.working = False  # a signal from here on finds the clean-up under way
     except Stopped:  # raised at most once (the handler set `stopping`), so none can land in this block
         stopped = True
