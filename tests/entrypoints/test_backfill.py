@@ -134,7 +134,7 @@ def test_a_worker_killed_halfway_leaves_the_run_to_the_next_which_re_embeds_noth
         done = _versions(services, run.run_id)
         assert 0 < len(done) < count, done
         # Their work items again, as a redelivery would bring them: found done, nothing read or written.
-        services.queue.send(events.work_item(bucket, key, run_id=run.run_id, trigger=ON_DEMAND) for key in done)
+        services.queue.send([events.work_item(bucket, sorted(done), run_id=run.run_id, trigger=ON_DEMAND)])
         # The next worker: the killed one's messages come back after their visibility timeout.
         second = _smarttags(["worker", "--concurrency", "2"], env, tmp_path / "second.log")
         out, _ = cli.communicate(timeout=240)
@@ -272,5 +272,5 @@ def test_a_tagging_window_taken_over_goes_on_with_its_stopped_dispatch(services)
     assert services.runs.get(earlier.run_id).status == "running"  # not this window's to resume
     received = services.queue.receive(wait_seconds=1) + services.queue.receive(wait_seconds=1)
     work = [json.loads(m.body) for m in received if '"smarttags": "tag"' in m.body]  # not moto's test event
-    assert sorted(w["key"] for w in work) == [f"win/{i}.jpg" for i in range(3)]
+    assert sorted(key for w in work for key in w["keys"]) == [f"win/{i}.jpg" for i in range(3)]
     assert {w["run_id"] for w in work} == {stopped.run_id}
