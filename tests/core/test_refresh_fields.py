@@ -150,7 +150,11 @@ def test_vectors_written_inside_the_asset_documents_move_to_the_vectors_index(se
     name = services.index.name("assets")
     body = services.index.index_body("assets")
     body["settings"]["index"]["knn"] = True
-    body["mappings"]["properties"]["embedding"] = {"type": "knn_vector", "dimension": 1280}
+    # The old mapping's field, engine and all (a knn_vector without the Lucene engine is faiss, whose
+    # native library this node lacks: its first flush would stop the node).
+    body["mappings"]["properties"]["embedding"] = services.index.index_body("vectors")["mappings"]["properties"][
+        "embedding"
+    ]
     os_client.indices.delete(index=name)
     os_client.indices.create(index=name, body=body)
     _model(services)

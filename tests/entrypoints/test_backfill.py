@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 from smarttags import settings as settings_mod
-from smarttags.adapters.asset_index import to_document
 from smarttags.core import events
 from smarttags.core.asset import Asset, StoredEmbedding, Tagging, TaggingStatus
 from smarttags.core.folders import Folder
@@ -60,10 +59,10 @@ def _register(services: Any, bucket: str, objects: dict[str, bytes], state: Any 
 
     with ThreadPoolExecutor(8) as pool:
         assets = list(pool.map(put, objects.items()))
-    name = services.index.name("assets")
     for start in range(0, len(assets), 500):
-        services.index.bulk([({"index": {"_index": name, "_id": a.id}}, to_document(a)) for a in assets[start:][:500]])
-    services.index.refresh()
+        written = services.assets.put_many([(a, None) for a in assets[start : start + 500]])
+        assert not [w for w in written if isinstance(w, Exception)]
+    services.assets.refresh()
 
 
 def _env(services: Any, embedder: Any, **tagging: Any) -> dict[str, str]:
