@@ -119,7 +119,8 @@ def test_a_worker_killed_halfway_leaves_the_run_to_the_next_which_re_embeds_noth
         {f"bf/{i:03d}.jpg": picture(colours[i % 5], size=(320 + i, 240)) for i in range(count)},
     )
     services.folders.set_enabled(Folder(bucket, "bf/"), True)
-    env = _env(services, embedder, worker_visibility_seconds=6)
+    # Two keys to a message: the killed worker holds some messages, not the whole run.
+    env = _env(services, embedder, worker_visibility_seconds=6, keys_per_message=2)
     first = _smarttags(["worker", "--concurrency", "2"], env, tmp_path / "first.log")
     cli = _smarttags(
         ["tag", "--folder", f"s3://{bucket}/bf/", "--wait"], env, tmp_path / "cli.log", stdout=subprocess.PIPE
@@ -190,7 +191,7 @@ def test_a_dispatcher_killed_halfway_is_resumed_and_each_asset_counts_once(servi
     # The heads only read the stored embedding: the objects' bytes are never opened.
     _register(services, bucket, {key: f"bytes {i}".encode() for key, i in numbered.items()}, embedded_by_an_older_model)
     services.folders.set_enabled(Folder(bucket, "re/"), True)
-    # Pages of 50, and one only when it fits under 150 queued messages: the dispatch keeps pace with the worker.
+    # Pages of 50, and one only when it fits under about 150 queued assets: the dispatch keeps pace.
     env = _env(services, embedder, dispatch_page_size=50, dispatch_max_queued=150)
     worker = _smarttags(["worker", "--concurrency", "2"], env, tmp_path / "worker.log")
     dispatcher = _smarttags(["tag", "--folder", f"s3://{bucket}/re/"], env, tmp_path / "first.log")
