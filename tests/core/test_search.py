@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 from smarttags.core.asset import Asset, SmartTag, StoredEmbedding
-from smarttags.core.search import SearchRequest
+from smarttags.core.search import SEARCH_TEMPLATE, SearchRequest
 from smarttags.core.taxonomy import Tag
 from smarttags.errors import RequestError
 
@@ -116,9 +116,9 @@ def test_quoted_phrase_and_query_syntax_are_plain_text(services, corpus):
 def test_template_escapes_every_parameter(services, corpus):
     nasty = '"}}]}, "size": 1000, "query": {"match_all": {}}, "x": [{{"'
     params = services.searcher.params(SearchRequest(text=nasty))
-    rendered = services.index.render_template("smarttags-search-v6", params)["template_output"]
+    rendered = services.index.render_template(SEARCH_TEMPLATE, params)["template_output"]
     assert rendered["size"] == 20
-    tier1 = rendered["query"]["bool"]["must"][0]["bool"]["should"][0]
+    tier1 = rendered["query"]["bool"]["must"][0]["dis_max"]["queries"][0]
     assert tier1["multi_match"]["query"] == nasty
     assert {q["match"][f]["query"] for q in rendered["post_filter"]["bool"]["should"] for f in q["match"]} == {nasty}
 
@@ -286,7 +286,7 @@ def test_folder_as_s3_url(services, corpus):
 
 def test_minimal_http_call_uses_template_defaults(services, os_client, corpus):
     body = {
-        "id": "smarttags-search-v6",
+        "id": SEARCH_TEMPLATE,
         "params": {"query": "woman", "has_query": True, "bucket": services.settings.aws.bucket},
     }
     response = os_client.search_template(index=services.index.name("assets"), body=body)
