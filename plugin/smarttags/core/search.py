@@ -48,6 +48,12 @@ log = logging.getLogger(__name__)
 SEARCH_TEMPLATE = TEMPLATES["search.mustache"]
 SIMILAR_TEMPLATE = TEMPLATES["similar.mustache"]
 MAX_QUERY_CHARS = 2000
+# How far a search counts its matches by default: past it the total reads "at least" (``total_exact``
+# false). Counting costs: Lucene may skip non-competitive hits only once this many are counted, so a
+# bound of 10,000 (OpenSearch's default) kept common words near twice a plain query's cost. Callers that
+# need more ask (``SearchRequest(count_to=N)``, ``None`` for an exact count): the admin's bulk change does.
+COUNT_TO = 1000
+MAX_COUNT_TO = 1_000_000
 MAX_PAGE_SIZE = 100
 MAX_WINDOW = 10_000
 # Lucene refuses a query of more than 1024 clauses (maxClauseCount). The metadata match expands to
@@ -100,6 +106,9 @@ class SearchRequest:
     # of them) when ``tags`` names some, else any of the asset's smart tags.
     min_confidence: str | None = None
     facets: bool = False  # count the matches per tag, keyword, folder, format, status and month
+    # Count the matches up to this many (``SearchResult.total_exact`` says if the total is all of them);
+    # None counts them all.
+    count_to: int | None = COUNT_TO
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,8 @@ class SearchResult:
     total: int
     hits: list[Hit]
     params: dict[str, Any] = field(repr=False)
+    # False when counting stopped at the request's ``count_to``: there are at least ``total`` matches.
+    total_exact: bool = True
     # Facet name (smart_tags, keywords, folders, formats, statuses, months) -> its values, most first
     # (months newest first, as "YYYY-MM"); empty unless the request asked for facets.
     facets: dict[str, list[Bucket]] = field(default_factory=dict)
@@ -189,6 +200,8 @@ class Searcher:
             raise RequestError(f"page size must be between 1 and {MAX_PAGE_SIZE}")
         if request.page < 0 or (request.page + 1) * request.size > MAX_WINDOW:
             raise RequestError(f"pages reach at most {MAX_WINDOW} results; use search_after for deeper pages")
+        if request.count_to is not None and not 1 <= request.count_to <= MAX_COUNT_TO:
+            raise RequestError(f"count_to must be between 1 and {MAX_COUNT_TO} (None counts every match)")
         if request.search_after is not None and (request.page or len(request.search_after) != 2):
             raise RequestError("search_after takes the previous page's last [score, asset_id] and no page number")
         filters = {
@@ -245,6 +258,7 @@ class Searcher:
             "confidence_range": band if band and not request.tags else None,
             "confidence_bands": [f"{tag}@{band}" for tag in dict.fromkeys(request.tags)] if band else [],
             "facets": request.facets,
+            "count_to": "true" if request.count_to is None else request.count_to,
         }
 
     def search(self, request: SearchRequest) -> SearchResult:
@@ -275,6 +289,7 @@ class Searcher:
             hits=hits,
             params=params,
             facets=_facets(response.get("aggregations") or {}),
+            total_exact=not isinstance(total, dict) or total.get("relation", "eq") == "eq",
         )
 
     def _folder(self, folder: str | None) -> str | None:
