@@ -9,13 +9,18 @@ Tier 1 is the metadata match's own BM25, unscaled and alone (smart tags never re
 the asset id). A matching term scores idf * tf with idf > 2.3e-10 (up to 2^31 documents) and, in
 Lucene's float32 arithmetic, tf > 6e-8 while a field is under ten million times the average length:
 above 1e-17, far above the smart-tag tiers, which the template scales by 1e-26
-(float32 keeps 24 bits at any magnitude, so their inner order is as exact as at 1). The clauses are
-summed (a bool of should clauses, so Lucene's max-score skipping drops those that cannot reach the page),
-and the sum is as good as their maximum: a BM25 above 1e-17 absorbs the at most 6e-26 the others add
-(below half its float32 ulp), and an own-tags match stays above tier 2 whatever its smart tags add.
+(float32 keeps 24 bits at any magnitude, so their inner order is as exact as at 1). The tiers are a
+``dis_max`` (tie breaker 0) of the metadata match and the tag clauses (the own tags and tiers 2-3 summed
+among themselves, so an own-tags match stays above tier 2 whatever its smart tags add). Their maximum is
+their sum to the bit: a BM25 above 1e-17 absorbs the at most 6e-26 the others could add (below half its
+float32 ulp). The maximum is what lets Lucene skip: a disjunction taking the maximum hands the page's
+minimum competitive score to each clause, so the BM25 terms skip their blocks that cannot reach the page
+as in a plain ``multi_match``, and the tag clauses (at most 3e-26) drop out once the page holds tier-1
+hits; a bool of should clauses (a sum) cannot do either, and cost common words twice a plain query.
 Tier 2 is a clause inside tier 3 (its assets are tier 3's too): the tags' bonus is computed once. No
-constant is added to the BM25 clause: a constant beside it would defeat Lucene's block-max skipping,
-which is what keeps the template near a plain ``multi_match``. Tiers 2 and 3 put an asset with a promoted matching
+constant is added to the BM25 clause: a constant beside it would defeat Lucene's block-max skipping.
+Totals are counted to ``COUNT_TO`` (1,000) unless the request asks for more: Lucene starts skipping only
+once that many matches are counted. Tiers 2 and 3 put an asset with a promoted matching
 tag first (+0.5), then order by the matched tags' confidences via ``rank_feature`` (their sum bounded
 by 0.45, so no number of unpromoted tags reaches a promoted one). A hit's tier is read from the named
 query it matched, not from its score; the metadata fields that hold a query word are named queries too,
