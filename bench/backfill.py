@@ -98,8 +98,9 @@ def main() -> int:
     parser.add_argument("--side", type=int, default=96, help="the pictures' width and height in pixels")
     # moto's SQS walks every queued message on each call (a receive with 2,000 queued: ~1.8 s of its CPU),
     # so the bench keeps the queue short; on AWS the defaults (pages of 500, 2,000 queued) are cheap.
-    parser.add_argument("--page-size", type=int, default=50, help="tagging.dispatch_page_size")
-    parser.add_argument("--max-queued", type=int, default=100, help="tagging.dispatch_max_queued")
+    parser.add_argument("--page-size", type=int, default=500, help="tagging.dispatch_page_size")
+    parser.add_argument("--max-queued", type=int, default=2000, help="tagging.dispatch_max_queued (assets)")
+    parser.add_argument("--keys-per-message", type=int, default=25, help="tagging.keys_per_message")
     parser.add_argument("--port", type=int, default=7300, help="moto's port; the node's HTTP and transport: +1, +2")
     parser.add_argument("--opensearch-url", help="an OpenSearch node to use instead of starting one")
     parser.add_argument("--aws-url", help="a moto server to use instead of starting one")
@@ -133,7 +134,11 @@ def backfill_twice(args: argparse.Namespace) -> int:
             "queue_name": f"{unique}-tagging",
             "dead_letter_queue_name": f"{unique}-tagging-dlq",
         },
-        tagging={"dispatch_page_size": args.page_size, "dispatch_max_queued": args.max_queued},
+        tagging={
+            "dispatch_page_size": args.page_size,
+            "dispatch_max_queued": args.max_queued,
+            "keys_per_message": args.keys_per_message,
+        },
         data_dir=ROOT / "var",  # the built backbone lives there
     )
     clients.ensure_bucket_and_queue(settings)
@@ -171,7 +176,8 @@ def backfill_twice(args: argparse.Namespace) -> int:
             f"set-up: {args.assets} pictures of {args.side}x{args.side} px made, put into moto and registered "
             f"in {time.perf_counter() - started:.0f} s; worker threads: {args.concurrency}; OpenSearch "
             f"{args.opensearch_url}, moto {args.aws_url}; dispatch pages of {settings.tagging.dispatch_page_size}, "
-            f"at most {settings.tagging.dispatch_max_queued} queued"
+            f"at most {settings.tagging.dispatch_max_queued} assets queued, "
+            f"{settings.tagging.keys_per_message} to a message"
         )
         thread.start()
 

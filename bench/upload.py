@@ -51,9 +51,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def node_work(services: Services, index: str) -> dict[str, float]:
-    """The assets index's work so far: writes, reads, searches, refreshes, and the node's wall time in
-    refreshes and merges (the HNSW graph of the embeddings is built and merged there)."""
+def node_work(services: Services, kind: str) -> dict[str, float]:
+    """One index's work so far: writes, reads, searches, refreshes, and the node's wall time in
+    refreshes and merges (for the vectors index, the HNSW graph is built and merged there)."""
+    index = services.index.name(kind)
     total = services.opensearch.indices.stats(index=index)["indices"][index]["total"]
     return {
         "writes": total["indexing"]["index_total"],
@@ -138,14 +139,13 @@ def main() -> int:
             services.s3.put_object(Bucket=settings.aws.bucket, Key=f"up/backlog/{i:05d}.jpg", Body=picture(rng))
         worker = Worker(services.tagger, services.runs, services.queue, concurrency=args.concurrency, wait_seconds=1)
         thread = threading.Thread(target=worker.run, daemon=True)
-        assets_index = services.index.name("assets")
-        node_before = node_work(services, assets_index)
+        node_before = {kind: node_work(services, kind) for kind in ("assets", "vectors")}
         cpu_before = (time.process_time(), cpu_seconds(node.pid), cpu_seconds(moto.pid))
         started = time.time()
         thread.start()
         rate = args.images / (drained_at("up/backlog/", args.images) - started)
         cpu_after = (time.process_time(), cpu_seconds(node.pid), cpu_seconds(moto.pid))
-        node_after = node_work(services, assets_index)
+        node_after = {kind: node_work(services, kind) for kind in ("assets", "vectors")}
         cpu_ms = [(after - before) * 1000 / args.images for before, after in zip(cpu_before, cpu_after, strict=True)]
 
         # Latency: uploads arriving one at a time while the worker runs, watched by search from before
@@ -173,10 +173,11 @@ def main() -> int:
             "CPU per picture while draining: worker (and this script's polling) {:.1f} ms, OpenSearch {:.1f} ms, "
             "moto (S3 + SQS) {:.1f} ms".format(*cpu_ms)
         )
-        print(
-            "assets index per picture while draining: "
-            + ", ".join(f"{name} {(node_after[name] - node_before[name]) / args.images:.2f}" for name in node_after)
-        )
+        for kind, after in node_after.items():
+            print(
+                f"{kind} index per picture while draining: "
+                + ", ".join(f"{name} {(after[name] - node_before[kind][name]) / args.images:.2f}" for name in after)
+            )
         print(f"backbone alone: {backbone_rate:.1f} pictures/s, {backbone_cpu_ms:.1f} ms CPU per picture")
         print(
             f"ratios: end-to-end / backbone-only throughput {rate / backbone_rate:.2f} (goal >= 0.6); "

@@ -55,18 +55,17 @@ class FakeIndex:
         self.round_trips += 1
         return [(copy.deepcopy(self.docs[(kind, i)][0]) if (kind, i) in self.docs else None) for i in doc_ids]
 
-    def get_many(self, kind: str, doc_ids: Sequence[str]) -> list[Versioned | None]:
-        self.round_trips += bool(doc_ids)
-        return [self._get(kind, i) for i in doc_ids]
+    def get_many(self, refs: Sequence[tuple[str, str]]) -> list[Versioned | None]:
+        self.round_trips += bool(refs)
+        return [self._get(kind, i) for kind, i in refs]
 
-    def put_many(self, kind: str, writes: Sequence[Write]) -> list[tuple[int, int] | ServiceError]:
+    def put_many(self, writes: Sequence[Write]) -> list[tuple[int, int] | ServiceError]:
         self.round_trips += bool(writes)  # as the adapter: nothing to write is no request
         answers: list[tuple[int, int] | ServiceError] = []
         for write in writes:
             try:
-                answers.append(
-                    self._put(kind, write.id, write.source, expected=write.expected, create=write.expected is None)
-                )
+                create = write.expected is None and write.create
+                answers.append(self._put(write.kind, write.id, write.source, expected=write.expected, create=create))
             except ServiceError as exc:
                 answers.append(exc)
         return answers

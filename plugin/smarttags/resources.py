@@ -19,7 +19,7 @@ from smarttags.errors import ConfigError
 # changed template never silently replaces the one a running deployment uses.
 TEMPLATES = {
     "search.mustache": "smarttags-search-v7",
-    "similar.mustache": "smarttags-similar-v1",
+    "similar.mustache": "smarttags-similar-v2",
     "review.mustache": "smarttags-review-v2",
     "review_stats.mustache": "smarttags-review-stats-v1",
     "tag_above.mustache": "smarttags-tag-above-v1",

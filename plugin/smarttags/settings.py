@@ -159,9 +159,12 @@ class TaggingSettings(BaseModel):
     worker_visibility_seconds: int = Field(default=120, ge=1, le=43_200)
     # Assets a tagging run's dispatch looks at per page (one search, one update of the run each).
     dispatch_page_size: int = Field(default=500, ge=1, le=10_000)
-    # A dispatch sends its next page only when the queue then holds at most this many messages (0: no
+    # A dispatch sends its next page only when the queue then holds at most about this many assets (0: no
     # limit): uploads are not queued behind a whole backfill, and the queue stays short.
     dispatch_max_queued: int = Field(default=2000, ge=0)
+    # Assets per work item (one queue message) of a tagging run: the queue costs per message (SQS
+    # requests, Lambda invocations), and the consumer tags a message's assets as one batch.
+    keys_per_message: int = Field(default=25, ge=1, le=100)
     # The first delay before a message that failed on a transient error (a service down) is received
     # again; each further receive waits 4x longer, at most 5 minutes (see README: outages absorbed).
     retry_backoff_seconds: int = Field(default=30, ge=1, le=300)

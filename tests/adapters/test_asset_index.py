@@ -1,8 +1,10 @@
 """The asset's one document form: ``Asset`` <-> OpenSearch document (the mapping is the contract), and the
 reads and writes of ``AssetIndex`` on the in-memory fake of the index."""
 
+from dataclasses import replace
+
 import pytest
-from smarttags.adapters.asset_index import AssetIndex, from_document, to_document
+from smarttags.adapters.asset_index import AssetIndex, from_document, to_document, vector_document
 from smarttags.core.asset import Asset, SmartTag, StoredEmbedding, TaggingStatus
 from smarttags.core.folders import Folder
 
@@ -46,7 +48,57 @@ def test_the_document_round_trips():
     doc = to_document(asset)
     assert doc["asset_id"] == asset.id and doc["folder"] == "a/b" and doc["smart_ids"] == ["cars:sedan"]
     assert doc["tagging"]["status"] == "tagged" and doc["embedding_model"] == "lite0:abc"
-    assert from_document(doc) == asset
+    assert "embedding" not in doc  # the vector has a document of its own
+    assert from_document(doc, vector_document(asset)) == asset
+    assert from_document(doc) == replace(asset, embedding=None)
+
+
+def _vector_writes(index: FakeIndex) -> int:
+    return sum(1 for (kind, _), _ in index.docs.items() if kind == "vectors")
+
+
+def test_the_vector_is_written_only_when_it_changes() -> None:
+    index = FakeIndex()
+    assets = AssetIndex(index)
+    embedded = replace(_asset(), embedding=StoredEmbedding((0.6, 0.8), "lite0:abc", "e1"))
+    stored = assets.put(embedded)
+    vector_seq = index.docs[("vectors", embedded.id)][1]
+    # A claim, a re-tag, a moderator's edit: the asset's document only, the vector stays as written.
+    stored = assets.put(stored.asset.with_smart_tags([SmartTag("cars:suv", 0.6, "m1")]), expected=stored)
+    (stored,) = assets.put_many([(stored.asset.reject("cars:suv"), stored)])
+    assert index.docs[("vectors", embedded.id)][1] == vector_seq
+    assert assets.get(embedded.id).asset.embedding == embedded.embedding  # type: ignore[union-attr]
+    # New bytes, a new embedding: written again, with the ETag it belongs to.
+    newer = replace(stored.asset, etag="e2", embedding=StoredEmbedding((1.0, 0.0), "lite0:abc", "e2"))  # type: ignore[union-attr]
+    (stored,) = assets.put_many([(newer, stored)])
+    assert index.docs[("vectors", embedded.id)][0]["etag"] == "e2"
+    assert assets.get_many([embedded.id])[0].asset.embedding == newer.embedding  # type: ignore[union-attr]
+    assert assets.delete(stored) and ("vectors", embedded.id) not in index.docs  # type: ignore[arg-type]
+
+
+def test_a_vector_that_is_not_the_one_its_asset_names_is_no_embedding() -> None:
+    index = FakeIndex()
+    assets = AssetIndex(index)
+    embedded = replace(_asset(), embedding=StoredEmbedding((0.6, 0.8), "lite0:abc", "e1"))
+    assets.put(embedded)
+    index.put("vectors", embedded.id, {**vector_document(embedded), "etag": "e0"})  # an older bytes' vector
+    assert assets.get(embedded.id).asset.embedding is None  # type: ignore[union-attr]
+    index.put("vectors", embedded.id, {**vector_document(embedded), "backbone": "lite2:def"})
+    assert assets.get(embedded.id).asset.embedding is None  # type: ignore[union-attr]
+
+
+def test_a_document_written_before_the_vectors_index_moves_its_vector_on_the_next_write() -> None:
+    index = FakeIndex()
+    assets = AssetIndex(index)
+    embedded = replace(_asset(), embedding=StoredEmbedding((0.6, 0.8), "lite0:abc", "e1"))
+    index.put("assets", embedded.id, {**to_document(embedded), "embedding": [0.6, 0.8]})  # the old shape
+    stored = assets.get(embedded.id)
+    assert stored is not None and stored.asset.embedding == embedded.embedding
+    assert [a.embedding for a in assets.scan(Folder("b", "cars/"), attributes=["embedding"])] == [embedded.embedding]
+    assets.put(stored.asset.reject("cars:suv"), expected=stored)
+    assert "embedding" not in index.docs[("assets", embedded.id)][0]
+    assert index.docs[("vectors", embedded.id)][0]["embedding"] == [0.6, 0.8]
+    assert assets.get(embedded.id).asset.embedding == embedded.embedding  # type: ignore[union-attr]
 
 
 def test_a_partial_read_fills_defaults():
@@ -64,8 +116,13 @@ def test_merge_writes_only_the_named_attributes_and_scan_reads_a_folder() -> Non
     assert (after.etag, after.title, after.smart_ids, after.status) == ("e2", "New title", ("cars:suv",), "tagged")
     assert {a.key for a in assets.scan(Folder("b", "cars/"), attributes=["etag"])} == {tagged.key, "cars/new.jpg"}
     assert list(assets.scan(Folder("b", "boats/"))) == []
-    assets.delete_many([tagged.id])
-    assert assets.get(tagged.id) is None
+    embedded = Asset("b", "cars/new.jpg", etag="e3", embedding=StoredEmbedding((1.0,), "lite0:abc", "e3"))
+    assets.merge([embedded], ["embedding"], create=False)  # training writes back what it embedded
+    assert [a.embedding for a in assets.scan(Folder("b", "cars/"), attributes=["embedding"]) if a.embedding] == [
+        embedded.embedding
+    ]
+    assets.delete_many([tagged.id, embedded.id])
+    assert assets.get(tagged.id) is None and ("vectors", embedded.id) not in assets._index.docs  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow

@@ -1,3 +1,5 @@
+import json
+
 from smarttags.core import events
 
 from tests.event_files import load_event
@@ -31,9 +33,16 @@ def test_test_event_carries_nothing():
 
 
 def test_work_items_round_trip():
-    body = events.work_item("b", "a/b c.jpg", run_id="tag-1", trigger="schedule")
-    (event,) = events.parse_body(body)
-    assert (event.action, event.key, event.run_id, event.trigger) == (events.TAG, "a/b c.jpg", "tag-1", "schedule")
+    body = events.work_item("b", ["a/b c.jpg", "a/d.jpg"], run_id="tag-1", trigger="schedule")
+    first, second = events.parse_body(body)
+    assert (first.action, first.key, first.run_id, first.trigger) == (events.TAG, "a/b c.jpg", "tag-1", "schedule")
+    assert (second.key, second.run_id) == ("a/d.jpg", "tag-1")
+    # A work item an older release queued names one key.
+    (old,) = events.parse_body({"smarttags": "tag", "bucket": "b", "key": "a/e.jpg", "run_id": "tag-1"})
+    assert (old.key, old.trigger) == ("a/e.jpg", "on-demand")
+    for keys in ([], "a/f.jpg", None):
+        message = events.parse_message("m1", json.dumps({"smarttags": "tag", "bucket": "b", "keys": keys}))
+        assert "unreadable message" in (message.error or "")
 
 
 def test_sequencer_comparison_right_pads_then_compares():
@@ -53,7 +62,7 @@ def _sqs(*bodies: str) -> dict:
 def test_every_hostile_body_is_one_failed_message_and_the_rest_go_on():
     import json
 
-    good = json.dumps(events.work_item("b", "k.jpg", run_id=None, trigger="on-demand"))
+    good = json.dumps(events.work_item("b", ["k.jpg"], run_id=None, trigger="on-demand"))
     hostile = [
         "[]",
         "null",

@@ -5,11 +5,12 @@ its checkpoint; the CLI command around it."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from smarttags.adapters.asset_index import AssetIndex, to_document
-from smarttags.core.asset import Asset, SmartTag
+from smarttags.core.asset import Asset, SmartTag, StoredEmbedding
 from smarttags.core.heads import Heads, TagFit
 from smarttags.core.moderation import Moderation
 from smarttags.core.refresh_fields import refresh_fields
@@ -141,3 +142,38 @@ def test_an_index_made_before_these_fields_learns_them_from_the_command(settings
     mapping = os_client.indices.get_mapping(index=name)[name]["mappings"]["properties"]
     assert mapping["review_margin"]["type"] == "float" and mapping["near_scores"]["type"] == "rank_features"
     assert _source(services, asset.id)["review_margin"] == pytest.approx(0.05)
+
+
+def test_vectors_written_inside_the_asset_documents_move_to_the_vectors_index(services, os_client):
+    """Before the vectors index, each asset's document held its k-NN vector: the refresh moves it, and a
+    similar search finds the moved vectors."""
+    name = services.index.name("assets")
+    body = services.index.index_body("assets")
+    body["settings"]["index"]["knn"] = True
+    # The old mapping's field, engine and all (a knn_vector without the Lucene engine is faiss, whose
+    # native library this node lacks: its first flush would stop the node).
+    body["mappings"]["properties"]["embedding"] = services.index.index_body("vectors")["mappings"]["properties"][
+        "embedding"
+    ]
+    os_client.indices.delete(index=name)
+    os_client.indices.create(index=name, body=body)
+    _model(services)
+    rng = np.random.default_rng(5)
+    bucket = services.settings.aws.bucket
+    vectors = {}
+    for key in ("old/a.jpg", "old/b.jpg", "old/c.jpg"):
+        vector = rng.normal(size=1280)
+        vectors[key] = (vector / np.linalg.norm(vector)).tolist()
+        asset = replace(Asset(bucket, key, etag="e"), embedding=StoredEmbedding(tuple(vectors[key]), "t", "e"))
+        services.index.put("assets", asset.id, {**to_document(asset), "embedding": vectors[key]})
+    services.index.refresh("assets")
+    assert services.assets.get(Asset(bucket, "old/a.jpg").id).asset.embedding.vector == tuple(vectors["old/a.jpg"])
+    done = refresh_fields(services.assets, services.models)
+    assert done.written == 3
+    services.assets.refresh()
+    for key, vector in vectors.items():
+        asset_id = Asset(bucket, key).id
+        assert "embedding" not in _source(services, asset_id)
+        moved = services.index.get("vectors", asset_id).source
+        assert np.allclose(moved["embedding"], vector) and (moved["etag"], moved["backbone"]) == ("e", "t")
+    assert {h.key for h in services.searcher.similar("old/a.jpg", size=2)} == {"old/b.jpg", "old/c.jpg"}

@@ -3,6 +3,7 @@
 import itertools
 import json
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -181,9 +182,20 @@ def test_find_similar(services):
         v = base + noise * rng.normal(size=1280)
         vectors[name] = (v / np.linalg.norm(v)).tolist()
         _asset(services, f"sim/{name}.jpg", embedding=vectors[name])
-    services.index.refresh()
+    services.assets.refresh()
     hits = services.searcher.similar("sim/query.jpg", size=3)
     assert [h.key for h in hits] == ["sim/near.jpg", "sim/middle.jpg", "sim/far.jpg"]
+
+    # New bytes not embedded yet: the old vector is no longer the asset's, so it is no match.
+    bucket = services.settings.aws.bucket
+    near = services.assets.get(Asset(bucket, "sim/near.jpg").id)
+    services.assets.put(replace(near.asset, etag="e2", embedding=None), expected=near)
+    # Another backbone's vector (a model change half done) is never compared with this one.
+    other = Asset(bucket, "sim/other.jpg", etag="e", embedding=StoredEmbedding(tuple(vectors["query"]), "other", "e"))
+    services.assets.put(other)
+    services.assets.refresh()
+    hits = services.searcher.similar("sim/query.jpg", size=3)
+    assert [h.key for h in hits] == ["sim/middle.jpg", "sim/far.jpg"]
 
 
 WORDS = ["red", "blue", "green", "car", "tree", "boat"]

@@ -52,6 +52,12 @@ def _doc(services, key):
     return None if found is None else found.source
 
 
+def _vector(services, key):
+    """The asset's vector document (the k-NN index): its embedding, bytes' ETag and backbone."""
+    found = services.index.get("vectors", assets.asset_id(services.settings.aws.bucket, key))
+    return None if found is None else found.source
+
+
 def test_create_overwrite_delete(services, model, enabled):
     key = "up/new folder/red car +1.jpg"
     etag = _upload(services, key, RED)
@@ -61,17 +67,20 @@ def test_create_overwrite_delete(services, model, enabled):
     assert doc["tagging"]["status"] == "tagged" and doc["tagging"]["model_version"] == model.version
     assert sorted(doc["smart_ids"]) == ["shapes:any", "shapes:red"]
     assert doc["etag"] == etag and (doc["width"], doc["height"]) == (640, 480) and doc["folder"] == "up/new folder"
-    assert len(doc["embedding"]) == 1280 and doc["smart_tags"][0]["model_version"] == model.version
+    assert doc["smart_tags"][0]["model_version"] == model.version and "embedding" not in doc
+    vector = _vector(services, key)
+    assert len(vector["embedding"]) == 1280 and (vector["etag"], vector["backbone"]) == (etag, doc["embedding_model"])
 
     etag2 = _upload(services, key, BLUE)
     invoke(services, via_sqs(_created(services, key, etag2, "0055AB")))
     doc = _doc(services, key)
     assert doc["etag"] == etag2 and doc["smart_ids"] == ["shapes:any"]
+    assert _vector(services, key)["etag"] == etag2
 
     services.s3.delete_object(Bucket=services.settings.aws.bucket, Key=key)
     removed = s3_event("s3_object_removed.json", bucket=services.settings.aws.bucket, key=key, sequencer="0055AC")
     assert invoke(services, removed) == {"batchItemFailures": []}
-    assert _doc(services, key) is None
+    assert _doc(services, key) is None and _vector(services, key) is None
 
 
 def test_duplicate_delivery_changes_nothing(services, model, enabled):
@@ -118,10 +127,10 @@ class RacingIndex(SearchIndex):
         self._before_write(kind, doc_id)
         return super().put(kind, doc_id, source, **kwargs)
 
-    def put_many(self, kind, writes):
+    def put_many(self, writes):
         if writes:
-            self._before_write(kind, writes[0].id)
-        return super().put_many(kind, writes)
+            self._before_write(writes[0].kind, writes[0].id)
+        return super().put_many(writes)
 
 
 @pytest.mark.parametrize("nth", [1, 2], ids=["before-the-claim", "before-the-tagged-write"])
@@ -203,7 +212,7 @@ def test_a_large_upload_is_read_in_ranges_and_tagged(services, model, enabled, e
     doc = _doc(services, key)
     assert doc["tagging"]["status"] == "tagged" and doc["width"] == 3200 and doc["size"] == len(data)
     whole = embedder.embed_bytes([data])[0]
-    assert np.allclose(doc["embedding"], whole, atol=1e-5)
+    assert np.allclose(_vector(services, key)["embedding"], whole, atol=1e-5)
 
 
 def test_one_bad_record_never_redoes_the_others(services, model, enabled):

@@ -46,6 +46,10 @@ def _world(count: int) -> tuple[FakeIndex, AssetIndex, RunLog, ModelStore]:
     return index, assets, RunLog(index), models
 
 
+def _keys(queue: Queue) -> list[str]:
+    return [key for page in queue.sent for item in page for key in item["keys"]]
+
+
 def test_a_dispatch_sends_a_page_at_a_time_and_waits_for_room_on_the_queue() -> None:
     index, assets, runs, models = _world(95)
     queue = Queue()
@@ -56,22 +60,42 @@ def test_a_dispatch_sends_a_page_at_a_time_and_waits_for_room_on_the_queue() -> 
         runs,
         models,
         Folder("b", "f/"),
-        tagging=settings_mod.load().tagging,
+        tagging=settings_mod.load().tagging.model_copy(update={"keys_per_message": 3}),
         trigger=ON_DEMAND,
         batch_size=20,
         max_queued=30,
         pause_seconds=0,
         progress=lambda *call: seen.append(call),
     )
-    assert [len(page) for page in queue.sent] == [20, 20, 20, 20, 15]
-    assert queue.highest <= 30  # a page went only when it fitted
-    assert sorted(item["key"] for page in queue.sent for item in page) == [f"f/{i:03d}.jpg" for i in range(95)]
+    # Pages of 20 assets, 3 to a message (the queue's cost is per message).
+    assert [len(page) for page in queue.sent] == [7, 7, 7, 7, 5]
+    assert all(1 <= len(item["keys"]) <= 3 for page in queue.sent for item in page)
+    assert queue.highest * 3 <= 30  # a page went only when it fitted: the bound counts assets
+    assert sorted(_keys(queue)) == [f"f/{i:03d}.jpg" for i in range(95)]
     assert {item["run_id"] for page in queue.sent for item in page} == {dispatch.run.run_id}
     assert dispatch.reasons == {"new": 95}
     # The run recorded each page (selection and cursor) once it was sent; the bar knew the total first.
     pages = [c for c in index.docs[("scripted", dispatch.run.run_id)][0]["calls"] if "after" in c]
     assert [c["selected"] for c in pages] == [20, 20, 20, 20, 15] and pages[-1]["after"] is not None
     assert seen[0] == ("dispatch", 0, 95) and sum(advance for _, advance, _ in seen) == 95
+
+
+def test_a_page_larger_than_the_bound_goes_once_the_queue_is_empty() -> None:
+    _, assets, runs, models = _world(40)
+    queue = Queue()
+    dispatch_tagging(
+        assets,
+        queue,
+        runs,
+        models,
+        Folder("b", "f/"),
+        tagging=settings_mod.load().tagging,
+        trigger=ON_DEMAND,
+        batch_size=20,
+        max_queued=5,
+        pause_seconds=0,
+    )
+    assert [len(page) for page in queue.sent] == [1, 1] and len(_keys(queue)) == 40  # 25 keys to a message
 
 
 def test_a_resumed_dispatch_goes_on_after_the_recorded_cursor() -> None:
@@ -92,7 +116,7 @@ def test_a_resumed_dispatch_goes_on_after_the_recorded_cursor() -> None:
         trigger=ON_DEMAND,
         resume=run.run_id,
     )
-    sent = sorted(Asset("b", item["key"]).id for page in queue.sent for item in page)
+    sent = sorted(Asset("b", key).id for key in _keys(queue))
     assert sent == ids[30:] and dispatch.reasons == {"new": 50}
     assert dispatch.run.run_id == run.run_id
     run.status = RunStatus.SUCCEEDED

@@ -106,9 +106,16 @@ def test_a_video_is_tagged_with_time_ranges_found_by_search_and_hostile_ones_fai
     assert huge.status == "failed" and "640x480" in (huge.tagging.reason or ""), huge.tagging
     empty = services.assets.get(asset_id(bucket, "clips/empty.mkv")).asset
     assert empty.status == "failed" and "video" in (empty.tagging.reason or ""), empty.tagging
-    # The upload run counts them once each.
-    run = services.runs.latest("tag", f"s3://{bucket}/clips/")
-    assert run is not None and (run.counts["tagged"], run.counts["failed"]) == (1, 2)
+
+    # The upload run counts them once each (its counts land after the assets' writes: wait for them).
+    def counted() -> tuple[int, int] | None:
+        run = services.runs.latest("tag", f"s3://{bucket}/clips/")
+        return None if run is None else (run.counts["tagged"], run.counts["failed"])
+
+    try:
+        _wait(lambda: counted() == (1, 2), 30)
+    except AssertionError:
+        assert counted() == (1, 2)
 
 
 def test_without_pyav_the_image_tagger_forwards_videos_to_the_video_queue_which_tags_them(services, shape_model):

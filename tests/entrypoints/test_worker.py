@@ -336,3 +336,37 @@ def test_a_scheduler_killed_mid_window_leaves_it_to_the_next_one_which_runs_it_o
     )
     assert third.returncode == 0 and lease() == done
     assert len([r for r in services.runs.list(kind="train") if r.status != "running"]) == 1
+
+
+class _SlowTagger:
+    """Our tagger's batch entry point, slower than the queue's visibility timeout; it records each key."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.keys: list[str] = []
+        self._lock = threading.Lock()
+
+    def handle_many(self, deliveries):
+        from smarttags.core.tagging import Handled, Result
+
+        with self._lock:
+            self.keys += [event.key for event, _ in deliveries]
+        time.sleep(self.seconds)
+        return [Result(event.key, Handled.IGNORED) for event, _ in deliveries]
+
+
+def test_a_batch_slower_than_the_visibility_timeout_is_not_delivered_again_meanwhile(services):
+    from smarttags.core import events
+
+    tagger = _SlowTagger(seconds=8)
+    services.queue.send([events.work_item(services.settings.aws.bucket, ["slow/a.jpg"], run_id=None, trigger="t")])
+    worker = Worker(tagger, services.runs, services.queue, concurrency=2, wait_seconds=1, visibility_seconds=2)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: not any(services.queue.depth().values()), 30)
+    finally:
+        worker.stop.set()
+        thread.join(timeout=10)
+    # Handled once, although it took 4 visibility timeouts: the heartbeat kept it from the other thread.
+    assert tagger.keys == ["slow/a.jpg"]

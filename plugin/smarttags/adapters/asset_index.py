@@ -14,6 +14,14 @@ Two more serve the moderators and nothing else (search never reads them, so rank
 near misses themselves are kept, unindexed, in ``near_misses``) and ``review_margin`` (how near its
 threshold the asset's least certain open decision is, either side: the review queue sorts on it).
 
+The embedding lives in an index of its own (``vectors``, ``search_templates/vectors.index.json``: the
+k-NN vector with the asset's bucket, folder, bytes' ETag and backbone); the asset's document names the
+embedding it has (``embedding_model``, ``embedding_etag``). A vector is written only when it changed, so a
+claim, a re-tag or a moderator's edit rewrites a small document and never rebuilds the vector's HNSW
+graph; a vector that does not match what its asset names (a write between the two, a crash) is no
+embedding. Documents written before the split hold their vector themselves: it is read from there and
+moved on the asset's next write (``smarttags index refresh-fields`` moves them all).
+
 A video's smart tags carry time ranges: they are stored once, as ``segments`` (nested: ``tag``, ``start``,
 ``end`` in seconds), so a nested query can ask for a tag within a stretch of time; reading an asset
 puts them back on its smart tags.
@@ -21,6 +29,7 @@ puts them back on its smart tags.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -31,7 +40,10 @@ from smarttags.core.ports import Index, StoredAsset, Versioned, Write
 from smarttags.core.search import CONFIDENCE_STEPS
 from smarttags.errors import ServiceError
 
+log = logging.getLogger(__name__)
+
 KIND = "assets"
+VECTORS = "vectors"
 # An asset attribute -> the document fields it is written to (the rest are written under their own name).
 _FIELDS: dict[str, tuple[str, ...]] = {
     "folder": ("folder",),
@@ -92,7 +104,6 @@ def to_document(asset: Asset) -> dict[str, Any]:
         "promoted_tags": sorted(asset.promoted),
         "rejected_tags": sorted(asset.rejected),
         "reviewed_tags": sorted(asset.reviewed),
-        "embedding": list(embedding.vector) if embedding else None,
         "embedding_model": embedding.backbone if embedding else None,
         "embedding_etag": embedding.etag if embedding else None,
         "tagging": {
@@ -107,6 +118,19 @@ def to_document(asset: Asset) -> dict[str, Any]:
             "run": asset.tagging.run,
         },
         "updated_at": asset.updated_at or now_iso(),
+    }
+
+
+def vector_document(asset: Asset) -> dict[str, Any]:
+    """The asset's embedding as the vectors index holds it (for k-NN: the filters similar search uses)."""
+    assert asset.embedding is not None
+    return {
+        "asset_id": asset.id,
+        "bucket": asset.bucket,
+        "folder": asset.folder.path,
+        "etag": asset.embedding.etag,
+        "backbone": asset.embedding.backbone,
+        "embedding": list(asset.embedding.vector),
     }
 
 
@@ -128,11 +152,21 @@ def _read_tag(entry: Mapping[str, Any], ranges: Sequence[tuple[float, float]] = 
     )
 
 
-def from_document(source: Mapping[str, Any]) -> Asset:
-    """An asset from a document, or from the fields of one a search asked for (the rest take defaults:
-    such a partial value is for reading, never for writing back)."""
+def _embedding(source: Mapping[str, Any], vector: Mapping[str, Any] | None) -> StoredEmbedding | None:
+    """The embedding the asset names, from its vector document if that matches, else from the asset's own
+    document (written before vectors had an index of their own), else none."""
+    backbone, etag = source.get("embedding_model") or "", source.get("embedding_etag") or ""
+    if vector is not None and (vector.get("backbone"), vector.get("etag")) == (backbone, etag):
+        values = vector["embedding"]
+    else:
+        values = source.get("embedding")
+    return StoredEmbedding(tuple(float(v) for v in values), backbone, etag) if values else None
+
+
+def from_document(source: Mapping[str, Any], vector: Mapping[str, Any] | None = None) -> Asset:
+    """An asset from a document (with its vector document, if read), or from the fields of one a search
+    asked for (the rest take defaults: such a partial value is for reading, never for writing back)."""
     tagging = source.get("tagging") or {}
-    vector = source.get("embedding")
     ranges: dict[str, list[tuple[float, float]]] = {}
     for segment in source.get("segments") or ():
         ranges.setdefault(segment["tag"], []).append((float(segment["start"]), float(segment["end"])))
@@ -161,13 +195,7 @@ def from_document(source: Mapping[str, Any]) -> Asset:
         promoted=frozenset(source.get("promoted_tags") or ()),
         rejected=frozenset(source.get("rejected_tags") or ()),
         reviewed=frozenset(source.get("reviewed_tags") or ()),
-        embedding=(
-            StoredEmbedding(
-                tuple(float(v) for v in vector), source.get("embedding_model") or "", source.get("embedding_etag") or ""
-            )
-            if vector
-            else None
-        ),
+        embedding=_embedding(source, vector),
         tagging=Tagging(
             status=TaggingStatus(tagging.get("status") or TaggingStatus.PENDING),
             reason=tagging.get("reason"),
@@ -196,45 +224,88 @@ class AssetIndex:
 
     def __init__(self, index: Index) -> None:
         self._index = index
+        # Assets read with the vector in their own document (written before the split): the next write
+        # of each moves the vector to the vectors index.
+        self._unmoved: set[str] = set()
 
-    def get(self, asset_id: str) -> StoredAsset | None:
-        found = self._index.get(KIND, asset_id)
+    def _stored(self, found: Versioned | None, vector: Mapping[str, Any] | None) -> StoredAsset | None:
         if found is None:
             return None
-        return StoredAsset(from_document(found.source), found.seq_no, found.primary_term)
+        if found.source.get("embedding"):
+            self._unmoved.add(found.id)
+        return StoredAsset(from_document(found.source, vector), found.seq_no, found.primary_term)
+
+    def get(self, asset_id: str) -> StoredAsset | None:
+        found, vector = self._index.get_many([(KIND, asset_id), (VECTORS, asset_id)])
+        return self._stored(found, vector.source if vector else None)
+
+    def get_many(self, asset_ids: Sequence[str]) -> list[StoredAsset | None]:
+        """Several assets with their embeddings in one round trip, None where one does not exist."""
+        if not asset_ids:
+            return []
+        found = self._index.get_many([(KIND, i) for i in asset_ids] + [(VECTORS, i) for i in asset_ids])
+        assets, vectors = found[: len(asset_ids)], found[len(asset_ids) :]
+        return [self._stored(a, v.source if v else None) for a, v in zip(assets, vectors, strict=True)]
+
+    def _vector_write(self, asset: Asset, held: StoredAsset | None) -> Write | None:
+        """The vector's write when the asset's embedding is new or changed (or still in the old place)."""
+        if asset.embedding is None:
+            return None
+        if held is not None and held.asset.embedding == asset.embedding and asset.id not in self._unmoved:
+            return None
+        return Write(VECTORS, asset.id, vector_document(asset), create=False)
 
     def put(self, asset: Asset, *, expected: StoredAsset | None = None, refresh: bool | str = False) -> StoredAsset:
         """Write the asset: over ``expected`` (a ConflictError if it changed since), or as a new document
         (a ConflictError if one exists). Returns it as stored, for the next conditional write."""
+        vector = self._vector_write(asset, expected)
+        if vector is not None:  # first, so the asset never names a vector that is not there yet
+            self._index.put(VECTORS, asset.id, vector.source)
+            self._unmoved.discard(asset.id)
         version = Versioned(asset.id, {}, expected.seq_no, expected.primary_term) if expected else None
         seq_no, primary_term = self._index.put(
             KIND, asset.id, to_document(asset), expected=version, create=expected is None, refresh=refresh
         )
         return StoredAsset(asset, seq_no, primary_term)
 
-    def get_many(self, asset_ids: Sequence[str]) -> list[StoredAsset | None]:
-        """Several assets in one round trip, None where one does not exist."""
-        return [
-            StoredAsset(from_document(found.source), found.seq_no, found.primary_term) if found else None
-            for found in self._index.get_many(KIND, asset_ids)
-        ]
-
     def put_many(self, writes: Sequence[tuple[Asset, StoredAsset | None]]) -> list[StoredAsset | ServiceError]:
-        """``put`` of several assets in one round trip; each answers alone (its stored self, or its error)."""
-        versions = [
-            Write(
-                asset.id, to_document(asset), Versioned(asset.id, {}, held.seq_no, held.primary_term) if held else None
-            )
-            for asset, held in writes
-        ]
-        return [
-            answer if isinstance(answer, ServiceError) else StoredAsset(asset, *answer)
-            for (asset, _), answer in zip(writes, self._index.put_many(KIND, versions), strict=True)
-        ]
+        """``put`` of several assets (and their changed vectors) in one round trip; each asset answers
+        alone (its stored self, or its error)."""
+        items: list[Write] = []
+        vectors: dict[int, int] = {}  # the write's position -> its vector's item
+        for asset, held in writes:
+            version = Versioned(asset.id, {}, held.seq_no, held.primary_term) if held else None
+            items.append(Write(KIND, asset.id, to_document(asset), version))
+        for n, (asset, held) in enumerate(writes):
+            vector = self._vector_write(asset, held)
+            if vector is not None:
+                vectors[n] = len(items)
+                items.append(vector)
+        answers = self._index.put_many(items)
+        results: list[StoredAsset | ServiceError] = []
+        for n, ((asset, _), answer) in enumerate(zip(writes, answers[: len(writes)], strict=True)):
+            vector_answer = answers[vectors[n]] if n in vectors else None
+            if isinstance(vector_answer, ServiceError):
+                # The asset stands; naming a vector that is not there, it reads as not yet embedded.
+                log.warning("the embedding of %s was not written: %s", asset.id, vector_answer)
+            elif n in vectors:
+                self._unmoved.discard(asset.id)
+            results.append(answer if isinstance(answer, ServiceError) else StoredAsset(asset, *answer))
+        return results
 
     def delete(self, expected: StoredAsset) -> bool:
         version = Versioned(expected.asset.id, {}, expected.seq_no, expected.primary_term)
-        return self._index.delete(KIND, expected.asset.id, expected=version)
+        deleted = self._index.delete(KIND, expected.asset.id, expected=version)
+        if deleted:
+            self._index.delete(VECTORS, expected.asset.id)
+        return deleted
+
+    def _with_vectors(self, hits: Sequence[Mapping[str, Any]], attributes: Collection[str] | None) -> list[Asset]:
+        """Assets of search hits, joined with their vectors (one multi-get) when the embedding was asked for."""
+        if attributes is not None and "embedding" not in attributes:
+            return [from_document(hit["_source"]) for hit in hits]
+        vectors = self._index.mget(VECTORS, [hit["_id"] for hit in hits])
+        return [from_document(hit["_source"], vector) for hit, vector in zip(hits, vectors, strict=True)]
 
     def scan(
         self, folder: Folder, *, attributes: Collection[str] | None = None, batch_size: int = 500
@@ -256,7 +327,7 @@ class AssetIndex:
             KIND, folder.query(), source=_source(attributes), batch_size=page_size, after=after
         )
         for hits, cursor in pages:
-            yield [from_document(hit["_source"]) for hit in hits], cursor
+            yield self._with_vectors(hits, attributes), cursor
 
     def count(self, folder: Folder | None = None) -> int:
         """The assets of a folder (and its subfolders), or of the whole index."""
@@ -267,8 +338,8 @@ class AssetIndex:
     ) -> Iterator[Asset]:
         """Every asset of the bucket with a smart tag a moderator removed (training's explicit negatives)."""
         query = {"bool": {"filter": [{"term": {"bucket": bucket}}, {"exists": {"field": "rejected_tags"}}]}}
-        for hit in self._index.scan(KIND, query, source=_source(attributes), batch_size=batch_size):
-            yield from_document(hit["_source"])
+        for hits, _ in self._index.scan_pages(KIND, query, source=_source(attributes), batch_size=batch_size):
+            yield from self._with_vectors(hits, attributes)
 
     def merge(self, assets: Sequence[Asset], attributes: Collection[str], *, create: bool = True) -> None:
         """Write only these attributes of each asset, in one bulk request, leaving the document's other
@@ -284,21 +355,38 @@ class AssetIndex:
             actions.append(
                 ({"update": {"_index": self._index.name(KIND), "_id": asset.id, "retry_on_conflict": 5}}, body)
             )
+            if "embedding" in attributes and asset.embedding is not None:
+                actions.append(
+                    ({"index": {"_index": self._index.name(VECTORS), "_id": asset.id}}, vector_document(asset))
+                )
         self._index.bulk(actions)
 
     def delete_many(self, asset_ids: Sequence[str]) -> None:
-        self._index.bulk([({"delete": {"_index": self._index.name(KIND), "_id": i}}, None) for i in asset_ids])
+        self._index.bulk(
+            [
+                ({"delete": {"_index": self._index.name(kind), "_id": i}}, None)
+                for i in asset_ids
+                for kind in (KIND, VECTORS)
+            ]
+        )
 
     def scan_stored(self, *, after: str | None = None, batch_size: int = 500) -> Iterator[StoredAsset]:
-        """Every asset with its version, in id order, from past ``after`` (an asset id: a resumed pass)."""
-        hits = self._index.scan(
+        """Every asset with its version and embedding, in id order, from past ``after`` (an asset id: a
+        resumed pass)."""
+        pages = self._index.scan_pages(
             KIND, {"match_all": {}}, batch_size=batch_size, after=[after] if after else None, versions=True
         )
-        for hit in hits:
-            yield StoredAsset(from_document(hit["_source"]), int(hit["_seq_no"]), int(hit["_primary_term"]))
+        for hits, _ in pages:
+            vectors = self._index.mget(VECTORS, [hit["_id"] for hit in hits])
+            for hit, vector in zip(hits, vectors, strict=True):
+                found = Versioned(hit["_id"], hit["_source"], int(hit["_seq_no"]), int(hit["_primary_term"]))
+                stored = self._stored(found, vector)
+                assert stored is not None
+                yield stored
 
     def refresh(self) -> None:
         self._index.refresh(KIND)
+        self._index.refresh(VECTORS)
 
     @staticmethod
     def from_source(source: Mapping[str, Any]) -> Asset:

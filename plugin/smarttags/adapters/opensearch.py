@@ -22,10 +22,11 @@ from smarttags.resources import TEMPLATES
 
 log = logging.getLogger(__name__)
 
-KINDS = ("assets", "taxonomy", "runs", "folders", "audit", "leases", "users", "logins")
+KINDS = ("assets", "vectors", "taxonomy", "runs", "folders", "audit", "leases", "users", "logins")
 # A unique keyword per kind: the sort that makes ``search_after`` pages exact.
 UNIQUE_FIELD = {
     "assets": "asset_id",
+    "vectors": "asset_id",
     "taxonomy": "tag",
     "runs": "run_id",
     "folders": "folder",
@@ -79,8 +80,9 @@ class SearchIndex:
         settings = body.setdefault("settings", {}).setdefault("index", {})
         settings["number_of_replicas"] = self._replicas
         settings["number_of_shards"] = self._shards
-        if kind == "assets":
+        if kind == "vectors":
             body["mappings"]["properties"]["embedding"]["dimension"] = self._embedding_dim
+        if kind == "assets":
             body["settings"]["analysis"]["filter"]["english_irregular"]["rules"] = english_irregular_rules()
         return body
 
@@ -207,11 +209,13 @@ class SearchIndex:
             raise translate_opensearch_error(exc) from exc
         return True
 
-    def get_many(self, kind: str, doc_ids: Sequence[str]) -> list[Versioned | None]:
-        """Several documents with their versions in one round trip, None where one does not exist."""
-        if not doc_ids:
+    def get_many(self, refs: Sequence[tuple[str, str]]) -> list[Versioned | None]:
+        """Several (kind, id) documents, of one index or several, with their versions in one round trip;
+        None where one does not exist."""
+        if not refs:
             return []
-        found = self._call("mget", index=self.name(kind), body={"ids": list(doc_ids)})
+        docs = [{"_index": self.name(kind), "_id": doc_id} for kind, doc_id in refs]
+        found = self._call("mget", body={"docs": docs})
         return [
             Versioned(doc["_id"], doc["_source"], int(doc["_seq_no"]), int(doc["_primary_term"]))
             if doc.get("found")
@@ -219,18 +223,19 @@ class SearchIndex:
             for doc in found["docs"]
         ]
 
-    def put_many(self, kind: str, writes: Sequence[Write]) -> list[tuple[int, int] | ServiceError]:
-        """Whole-document writes in one ``_bulk``, each conditional on its own ``expected`` version (or
-        created). Each item answers alone: its new version, or a ConflictError / ServiceError of its own;
-        a failure of the request itself raises."""
+    def put_many(self, writes: Sequence[Write]) -> list[tuple[int, int] | ServiceError]:
+        """Whole-document writes (of one index or several) in one ``_bulk``, each conditional on its own
+        ``expected`` version, or created, or written over. Each item answers alone: its new version, or a
+        ConflictError / ServiceError of its own; a failure of the request itself raises."""
         if not writes:
             return []
         body: list[Mapping[str, Any]] = []
         for write in writes:
-            meta: dict[str, Any] = {"_index": self.name(kind), "_id": write.id}
+            meta: dict[str, Any] = {"_index": self.name(write.kind), "_id": write.id}
             if write.expected is not None:
                 meta.update(if_seq_no=write.expected.seq_no, if_primary_term=write.expected.primary_term)
-            body += [{"index" if write.expected is not None else "create": meta}, dict(write.source)]
+            op = "create" if write.expected is None and write.create else "index"
+            body += [{op: meta}, dict(write.source)]
         response = self._call("bulk", body=body)
         answers: list[tuple[int, int] | ServiceError] = []
         for entry in response["items"]:

@@ -108,6 +108,14 @@ class WorkQueue:
         """Make a failed message visible again after ``seconds`` instead of the full visibility timeout."""
         self._call("change_message_visibility", ReceiptHandle=receipt_handle, VisibilityTimeout=seconds)
 
+    def extend(self, receipt_handles: Iterable[str], seconds: int) -> None:
+        """Keep messages still being handled invisible for ``seconds`` more (a heartbeat)."""
+        entries = [
+            {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": seconds} for i, h in enumerate(receipt_handles)
+        ]
+        for start in range(0, len(entries), SEND_BATCH):
+            self._call("change_message_visibility_batch", Entries=entries[start : start + SEND_BATCH])
+
     def release(self, receipt_handles: Iterable[str]) -> None:
         """Make received messages visible again now (after looking at them without handling them)."""
         for handle in receipt_handles:

@@ -7,7 +7,7 @@ delivery is at least once and out of order, so every record carries its ``sequen
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -110,14 +110,21 @@ def _eventbridge(body: Mapping[str, Any]) -> list[ObjectEvent]:
     ]
 
 
-def _work_item(body: Mapping[str, Any]) -> ObjectEvent:
-    return ObjectEvent(
-        action=TAG,
-        bucket=str(body["bucket"]),
-        key=str(body["key"]),
-        run_id=body.get("run_id"),
-        trigger=str(body.get("trigger", "on-demand")),
-    )
+def _work_items(body: Mapping[str, Any]) -> list[ObjectEvent]:
+    """The events of one work item: its ``keys`` (a message of an older release names one ``key``)."""
+    keys = body["keys"] if "keys" in body else [body["key"]]
+    if not isinstance(keys, list) or not keys:
+        raise ValueError("a work item names a non-empty list of keys")
+    return [
+        ObjectEvent(
+            action=TAG,
+            bucket=str(body["bucket"]),
+            key=str(key),
+            run_id=body.get("run_id"),
+            trigger=str(body.get("trigger", "on-demand")),
+        )
+        for key in keys
+    ]
 
 
 def parse_body(body: Any) -> list[ObjectEvent]:
@@ -126,7 +133,7 @@ def parse_body(body: Any) -> list[ObjectEvent]:
     if not isinstance(body, Mapping):
         raise ValueError(f"a message body must be a JSON object, not {type(body).__name__}")
     if body.get("smarttags") == "tag":
-        return [_work_item(body)]
+        return _work_items(body)
     if body.get("Type") == "Notification" and isinstance(body.get("Message"), str):
         return parse_body(json.loads(body["Message"]))  # S3 -> SNS -> SQS (raw delivery off)
     if body.get("source") == "aws.s3" and "detail-type" in body:
@@ -144,8 +151,10 @@ def parse_body(body: Any) -> list[ObjectEvent]:
     return events
 
 
-def work_item(bucket: str, key: str, *, run_id: str | None, trigger: str) -> dict[str, Any]:
-    return {"smarttags": "tag", "bucket": bucket, "key": key, "run_id": run_id, "trigger": trigger}
+def work_item(bucket: str, keys: Sequence[str], *, run_id: str | None, trigger: str) -> dict[str, Any]:
+    """One queue message of a tagging run: several keys of one bucket (a run's messages are few: the
+    queue's cost is per message, the tagger handles the keys as one batch)."""
+    return {"smarttags": "tag", "bucket": bucket, "keys": list(keys), "run_id": run_id, "trigger": trigger}
 
 
 def parse_message(message_id: str | None, body: str, receive_count: int = 1) -> Message:

@@ -44,11 +44,14 @@ class ObjectInfo:
 
 @dataclass(frozen=True)
 class Write:
-    """One whole-document write of a bulk: over ``expected`` (fails if it changed), or a new document."""
+    """One whole-document write of a bulk: over ``expected`` (fails if it changed), else a new document
+    (``create``: fails if one exists) or over whatever is there (``create=False``)."""
 
+    kind: str
     id: str
     source: Mapping[str, Any]
     expected: Versioned | None = None
+    create: bool = True
 
 
 class Index(Protocol):
@@ -68,8 +71,8 @@ class Index(Protocol):
         refresh: bool | str = False,
     ) -> tuple[int, int]: ...
     def delete(self, kind: str, doc_id: str, *, expected: Versioned | None = None, refresh: bool = False) -> bool: ...
-    def get_many(self, kind: str, doc_ids: Sequence[str]) -> list[Versioned | None]: ...
-    def put_many(self, kind: str, writes: Sequence[Write]) -> list[tuple[int, int] | ServiceError]: ...
+    def get_many(self, refs: Sequence[tuple[str, str]]) -> list[Versioned | None]: ...
+    def put_many(self, writes: Sequence[Write]) -> list[tuple[int, int] | ServiceError]: ...
     def bulk(self, actions: Sequence[tuple[Mapping[str, Any], Mapping[str, Any] | None]]) -> None: ...
     def update_scripted(
         self,

@@ -320,22 +320,28 @@ class Searcher:
             raise NotFound(f"no asset s3://{self._bucket}/{key}")
         if found.asset.embedding is None:
             raise NotFound(f"s3://{self._bucket}/{key} has no embedding yet (tag or train first)")
+        embedding = found.asset.embedding
         params = {
-            "vector": list(found.asset.embedding.vector),
+            "vector": list(embedding.vector),
             "k": size,
             "size": size,
             "bucket": self._bucket,
+            "backbone": embedding.backbone,
             "folder": self._folder(folder),
             "exclude_ids": [doc_id],
         }
-        response = self._index.search_template("assets", SIMILAR_TEMPLATE, params)
+        response = self._index.search_template("vectors", SIMILAR_TEMPLATE, params)
+        raw_hits = response["hits"]["hits"]
+        sources = self._index.mget("assets", [raw["_id"] for raw in raw_hits])
         return [
             Hit(
-                asset=self._assets.from_source(raw["_source"]),
+                asset=self._assets.from_source(source),
                 score=float(raw.get("_score") or 0.0),
                 tier=0,
                 matched_tags=[],
                 highlights={},
             )
-            for raw in response["hits"]["hits"]
+            for raw, source in zip(raw_hits, sources, strict=True)
+            # A vector its asset no longer names (new bytes, not embedded yet) is no match.
+            if source is not None and source.get("embedding_etag") == raw["_source"]["etag"]
         ]

@@ -366,7 +366,15 @@ class Tagger:
         trips for all: one multi-get, one bulk of claims, the S3 reads in parallel, one embedder call,
         one bulk of writes. Each answer is its own: a result, or the error of that event alone (a
         conflicting write is redone one at a time; deletes, our own files and a key named twice in the
-        batch go one at a time, in order)."""
+        batch go one at a time, in order). A long batch goes ``backbone.batch_size`` events at a time, so
+        the bytes and pixels held at once stay bounded."""
+        step = self._settings.backbone.batch_size
+        if len(deliveries) > step:
+            return [
+                a
+                for start in range(0, len(deliveries), step)
+                for a in self.handle_many(deliveries[start : start + step])
+            ]
         answers: list[Result | Exception | None] = [None] * len(deliveries)
         ids = [_id(event) for event, _ in deliveries]
         seen = Counter(ids)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 from smarttags.core import events
 from smarttags.core.asset import Asset, TaggingStatus, run_counter
@@ -115,9 +115,12 @@ def dispatch_tagging(
     again: its assets this run already did are selected again (so the selection counts them), and their
     work items find them done (``tagging.decide``) and count once.
 
-    With ``max_queued`` a page waits until it fits under that many messages on the queue: the consumers
-    drain a short queue (live uploads are not queued behind the whole backfill), and the dispatch lasts
-    as long as the run, a page ahead of it."""
+    A work item (one message) names up to ``tagging.keys_per_message`` assets: the queue's cost (SQS requests,
+    Lambda invocations) is per message, and its consumer handles the keys as one batch.
+
+    With ``max_queued`` a page waits until the queue then holds at most about that many assets (its
+    messages times ``keys_per_message``): the consumers drain a short queue (live uploads are not queued
+    behind the whole backfill), and the dispatch lasts as long as the run, a page ahead of it."""
     if resume is not None:
         run = _unfinished(runs, resume, folder)
         now = parse_iso(run.started_at) or datetime.now(UTC)
@@ -138,7 +141,7 @@ def dispatch_tagging(
     if progress:
         progress("dispatch", int(run.dispatch.get("scanned", 0)), assets.count(folder))
     for page, cursor in assets.pages(folder, attributes=SELECT_ATTRIBUTES, page_size=batch_size, after=after):
-        items: list[dict[str, Any]] = []
+        keys: list[str] = []
         chosen: dict[str, int] = {}
         for asset in page:
             reason = needs_tagging(asset, now=now, active_model=active, gap=gap)
@@ -147,12 +150,21 @@ def dispatch_tagging(
             if reason is None:
                 continue
             chosen[reason] = chosen.get(reason, 0) + 1
-            items.append(events.work_item(asset.bucket, asset.key, run_id=run.run_id, trigger=run.trigger))
-        while items and max_queued and sum(queue.depth().values()) + len(items) > max_queued:
+            keys.append(asset.key)
+        keys_per_item = tagging.keys_per_message
+        items = [
+            events.work_item(folder.bucket, keys[start : start + keys_per_item], run_id=run.run_id, trigger=run.trigger)
+            for start in range(0, len(keys), keys_per_item)
+        ]
+        # The bound is in assets (a message of this run holds up to keys_per_item); a page larger than
+        # the bound goes once the queue is empty.
+        while items and max_queued and (queued := sum(queue.depth().values())):
+            if (queued + len(items)) * keys_per_item <= max_queued:
+                break
             time.sleep(pause_seconds)
         queue.send(items)
-        runs.add_dispatched(run.run_id, len(items), after=cursor, scanned=len(page), reasons=chosen)
-        selected += len(items)
+        runs.add_dispatched(run.run_id, len(keys), after=cursor, scanned=len(page), reasons=chosen)
+        selected += len(keys)
         for reason, n in chosen.items():
             reasons[reason] = reasons.get(reason, 0) + n
         if progress:

@@ -1,7 +1,8 @@
 """A batch of queue messages through the tagger, with partial-batch failures: the one batch loop of the
 Lambda handler and the local worker (the powertools style — the core sees events and deliveries; only
-this module knows messages, receive counts and which of them to retry). The one-record messages of a
-batch go through ``Tagger.handle_many`` together, each answered alone.
+this module knows messages, receive counts and which of them to retry). Every event of a
+batch's messages (S3 records, and the keys of a tagging run's work items) goes through
+``Tagger.handle_many`` together, each answered alone; a message fails when one of its events did.
 
 A message fails in two ways. *Unreadable* (not JSON, not an S3 event): it is retried like any failure
 and after ``aws.max_receive_count`` receives SQS moves it to the dead-letter queue, where an operator
@@ -54,15 +55,23 @@ def handle_messages(
     failed: list[Failure] = []
     tally = tally if tally is not None else RunTally()
     messages = list(messages)
-    # The usual message (one S3 record) goes with the others in one batch through the tagger.
-    single = [m for m in messages if not m.error and len(m.events) == 1 and m.message_id is not None]
+    # Every event of the batch's readable messages (an S3 record, or a run's work item of many keys)
+    # goes through the tagger together; a message fails if one of its events failed (retried whole:
+    # its handled events are found done then, and count once).
+    queued = [m for m in messages if not m.error and m.message_id is not None]
     try:
-        answers = tagger.handle_many([(m.events[0], str(m.message_id)) for m in single])
-        for message, answer in zip(single, answers, strict=True):
-            failure = _answered(message, answer, tally)
-            if failure is not None:
-                failed.append(Failure(str(message.message_id), failure[0], failure[1], message.receive_count))
-        for message in (m for m in messages if not any(m is s for s in single)):
+        pairs = [(m, e) for m in queued for e in m.events]
+        answers = tagger.handle_many([(e, str(m.message_id)) for m, e in pairs])
+        failures: dict[int, tuple[str, bool]] = {}
+        for (message, event), answer in zip(pairs, answers, strict=True):
+            failure = _answered(message, event, answer, tally)
+            if failure is not None and id(message) not in failures:
+                failures[id(message)] = failure
+        for message in queued:
+            if id(message) in failures:
+                reason, transient = failures[id(message)]
+                failed.append(Failure(str(message.message_id), reason, transient, message.receive_count))
+        for message in (m for m in messages if not any(m is q for q in queued)):
             failure = _handle_message(tagger, message, tally)
             if failure is not None:
                 reason, transient = failure
@@ -74,9 +83,10 @@ def handle_messages(
     return failed
 
 
-def _answered(message: events.Message, answer: Result | Exception, tally: RunTally) -> tuple[str, bool] | None:
+def _answered(
+    message: events.Message, event: events.ObjectEvent, answer: Result | Exception, tally: RunTally
+) -> tuple[str, bool] | None:
     """Log and count one batched event's answer; a failure as (reason, transient)."""
-    event = message.events[0]
     if isinstance(answer, Result):
         record(event, answer, tally, owner=message.message_id)
         return None

@@ -135,7 +135,7 @@ class Services:
 
         def forward(event: events.ObjectEvent) -> None:
             queues[:] = queues or [WorkQueue.by_name(self.sqs, name)]
-            queues[0].send([events.work_item(event.bucket, event.key, run_id=event.run_id, trigger=event.trigger)])
+            queues[0].send([events.work_item(event.bucket, [event.key], run_id=event.run_id, trigger=event.trigger)])
 
         return forward
 

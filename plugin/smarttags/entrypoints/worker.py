@@ -7,14 +7,17 @@ receives SQS moves a failing message to the dead-letter queue.
 An outage is not a poison message: when a message fails because OpenSearch or S3 is down, its next
 receive is pushed back (``batch.backoff_seconds``) and the worker stops receiving (the circuit opens)
 until ``healthy()`` answers again, so a backlog burns no receives while a service is away and drains by
-itself when it returns. Threads are supervised: one that dies is logged and replaced.
+itself when it returns. Threads are supervised: one that dies is logged and replaced. While a batch is
+handled its messages' visibility is extended (a heartbeat every half timeout), as a Lambda function's
+messages stay invisible for the whole invocation.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from smarttags.adapters.sqs import WorkQueue
 from smarttags.core import events
@@ -64,7 +67,8 @@ class Worker:
         if not messages:
             return 0
         parsed = [events.parse_message(m.message_id, m.body, m.receive_count) for m in messages]
-        failed = {f.message_id: f for f in handle_messages(self._tagger, self._runs, parsed, tally=tally)}
+        with self._heartbeat([m.receipt_handle for m in messages]):
+            failed = {f.message_id: f for f in handle_messages(self._tagger, self._runs, parsed, tally=tally)}
         self._queue.delete(m.receipt_handle for m in messages if m.message_id not in failed)
         for message in messages:
             failure = failed.get(message.message_id)
@@ -78,6 +82,28 @@ class Worker:
         if any(f.transient for f in failed.values()):
             self._open_circuit()
         return len(messages)
+
+    @contextmanager
+    def _heartbeat(self, receipt_handles: list[str]) -> Iterator[None]:
+        """While a batch is handled, keep its messages invisible: a batch slower than the visibility
+        timeout (a busy machine, a run's many keys) is not delivered to another thread meanwhile, whose
+        copy would do the same work again. A worker that dies stops beating, and its messages return."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self._visibility / 2):
+                try:
+                    self._queue.extend(receipt_handles, self._visibility)
+                except Exception as exc:  # the messages may come back early: their work is done once anyway
+                    log.warning("worker: could not extend the messages' visibility: %s", exc)
+
+        thread = threading.Thread(target=beat, name="smarttags-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def _open_circuit(self) -> None:
         if self._circuit_closed.is_set():
