@@ -234,6 +234,7 @@ class Searcher:
         )
         by_token = self._taxonomy.load().tags_for_tokens(tokens, request.locale, fallback) if tokens else {}
         union = sorted({tag for tags in by_token.values() for tag in tags})
+        # Implies a non-empty union: the template puts the own-tags clause in the branch of the tag clauses.
         every_token_tagged = bool(by_token) and all(by_token.values())
         ranked = union[:MAX_RANKED_TAGS]
         # Below the promoted bonus (0.5): saturated rank features are each < 1.
