@@ -5,7 +5,8 @@ kept, and reused by the next run when they hold as many assets), indexes 100,000
 (``index_corpus``: titles, descriptions, keywords and smart tags drawn from a Zipf-distributed
 vocabulary, a 5,000-tag taxonomy), then sends the same random 1-3 word queries three ways, alternating:
 the template as the CLI calls it (tier, matched fields and tags), the template with highlights, and a
-plain ``multi_match``; prints p50/p95 of each and the ratios to the plain one (goal: at most 1.5).
+plain ``multi_match``; prints p50/p95 of each and the ratios to the plain one (goal: at most 1.5), then
+the node's own CPU per query of each kind run alone (steadier than wall times on a busy machine).
 Run: .venv/bin/python bench/search.py [--assets 100000] [--queries 300] [--port 7210 | --opensearch-url URL]
 """
 
@@ -85,6 +86,21 @@ def index_corpus(
     services.index.refresh()
 
 
+def plain_body(text: str) -> dict[str, Any]:
+    """The plain query as an outside client sends it: OpenSearch's defaults (best_fields, OR, totals
+    counted to 10,000, ties in index order)."""
+    return {
+        "size": 20,
+        "_source": {"excludes": ["embedding"]},
+        "query": {"multi_match": {"query": text, "fields": ["title^3", "keywords^2", "description"]}},
+    }
+
+
+def node_cpu_ms(client: Any) -> int:
+    stats = client.nodes.stats(metric="process")
+    return sum(int(node["process"]["cpu"]["total_in_millis"]) for node in stats["nodes"].values())
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values) * 1000, q))
 
@@ -139,14 +155,7 @@ def main() -> int:
                 t1 = time.perf_counter()
                 client.search_template(index=index, body={"id": SEARCH_TEMPLATE, "params": m})
                 tb = time.perf_counter()
-                client.search(
-                    index=index,
-                    body={
-                        "size": 20,
-                        "_source": {"excludes": ["embedding"]},
-                        "query": {"multi_match": {"query": q, "fields": ["title^3", "keywords^2", "description"]}},
-                    },
-                )
+                client.search(index=index, body=plain_body(q))
                 t2 = time.perf_counter()
                 if not warm:
                     templated.append(t1 - t0)
@@ -163,6 +172,23 @@ def main() -> int:
             print(f"{name}: p50 {p50:.1f} ms, p95 {p95:.1f} ms")
             ratios.append(f"{name} p50 {p50 / base50:.2f}, p95 {p95 / base95:.2f}")
         print("ratios to plain multi_match: " + "; ".join(ratios) + " (goal <= 1.5)")
+        # The node's own CPU per query, each kind run alone: what the wall times hide on a busy machine.
+        bodies = {
+            "plain": [("search", plain_body(q)) for q in queries],
+            "templated": [("template", {"id": SEARCH_TEMPLATE, "params": p}) for p in params],
+            "highlighted": [("template", {"id": SEARCH_TEMPLATE, "params": m}) for m in marked],
+        }
+        cpu = {}
+        for name, calls in bodies.items():
+            before = node_cpu_ms(client)
+            for kind, body in calls:
+                (client.search_template if kind == "template" else client.search)(index=index, body=body)
+            cpu[name] = (node_cpu_ms(client) - before) / len(calls)
+        print(
+            f"node CPU per query: plain {cpu['plain']:.1f} ms, templated {cpu['templated']:.1f} ms "
+            f"({cpu['templated'] / cpu['plain']:.2f}), with highlights {cpu['highlighted']:.1f} ms "
+            f"({cpu['highlighted'] / cpu['plain']:.2f})"
+        )
     finally:
         if node is not None:
             node.stop()

@@ -18,7 +18,7 @@ from smarttags.errors import ConfigError
 # Stored search templates: file in search_templates/ -> stored script id. The id carries a version so a
 # changed template never silently replaces the one a running deployment uses.
 TEMPLATES = {
-    "search.mustache": "smarttags-search-v6",
+    "search.mustache": "smarttags-search-v7",
     "similar.mustache": "smarttags-similar-v2",
     "review.mustache": "smarttags-review-v2",
     "review_stats.mustache": "smarttags-review-stats-v1",

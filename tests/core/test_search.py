@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from smarttags.core.asset import Asset, SmartTag, StoredEmbedding
-from smarttags.core.search import SearchRequest
+from smarttags.core.search import COUNT_TO, SEARCH_TEMPLATE, SearchRequest
 from smarttags.core.taxonomy import Tag
 from smarttags.errors import RequestError
 
@@ -117,11 +117,39 @@ def test_quoted_phrase_and_query_syntax_are_plain_text(services, corpus):
 def test_template_escapes_every_parameter(services, corpus):
     nasty = '"}}]}, "size": 1000, "query": {"match_all": {}}, "x": [{{"'
     params = services.searcher.params(SearchRequest(text=nasty))
-    rendered = services.index.render_template("smarttags-search-v6", params)["template_output"]
+    rendered = services.index.render_template(SEARCH_TEMPLATE, params)["template_output"]
     assert rendered["size"] == 20
-    tier1 = rendered["query"]["bool"]["must"][0]["bool"]["should"][0]
+    tier1 = rendered["query"]["bool"]["must"][0]["dis_max"]["queries"][0]
     assert tier1["multi_match"]["query"] == nasty
     assert {q["match"][f]["query"] for q in rendered["post_filter"]["bool"]["should"] for f in q["match"]} == {nasty}
+
+
+def test_tiers_are_a_dis_max_so_lucene_can_skip(services, corpus):
+    # A bool of should clauses would sum the tiers: Lucene could then not hand the page's minimum score
+    # to the BM25 terms, nor drop the 1e-26 tag clauses, and common words cost twice a plain query.
+    params = services.searcher.params(SearchRequest(text="woman running"))
+    rendered = services.index.render_template(SEARCH_TEMPLATE, params)["template_output"]
+    tiers = rendered["query"]["bool"]["must"]
+    assert len(tiers) == 1 and set(tiers[0]) == {"dis_max"}
+    assert tiers[0]["dis_max"].get("tie_breaker", 0) == 0  # the maximum: the sum would need tie_breaker 1
+    tier1, tags = tiers[0]["dis_max"]["queries"]
+    assert tier1["multi_match"]["_name"] == "tier1_metadata_all_terms"
+    # The own tags and the smart tags are summed among themselves (own tags stay above tier 2).
+    names = [next(iter(q.values())).get("_name") for q in tags["bool"]["should"]]
+    assert names == ["tier1_own_tags_all_terms", "tier3_smart_tags_any_term"]
+    assert rendered["track_total_hits"] == COUNT_TO == 1000
+
+
+def test_counting_stops_where_the_request_says(services, corpus):
+    assert (full := _search(services, "woman")).total == 5 and full.total_exact
+    assert (few := _search(services, "woman", count_to=2)).total == 2 and not few.total_exact
+    assert len(few.hits) == 5  # counting less finds the same hits
+    assert [h.asset_id for h in few.hits] == [h.asset_id for h in full.hits]
+    assert (exact := _search(services, "woman", count_to=None)).total == 5 and exact.total_exact
+    params = services.searcher.params(SearchRequest(text="woman", count_to=None))
+    assert services.index.render_template(SEARCH_TEMPLATE, params)["template_output"]["track_total_hits"] is True
+    with pytest.raises(RequestError, match="count_to"):
+        _search(services, "woman", count_to=0)
 
 
 def test_empty_and_very_long_queries(services, corpus):
@@ -298,7 +326,7 @@ def test_folder_as_s3_url(services, corpus):
 
 def test_minimal_http_call_uses_template_defaults(services, os_client, corpus):
     body = {
-        "id": "smarttags-search-v6",
+        "id": SEARCH_TEMPLATE,
         "params": {"query": "woman", "has_query": True, "bucket": services.settings.aws.bucket},
     }
     response = os_client.search_template(index=services.index.name("assets"), body=body)

@@ -9,13 +9,18 @@ Tier 1 is the metadata match's own BM25, unscaled and alone (smart tags never re
 the asset id). A matching term scores idf * tf with idf > 2.3e-10 (up to 2^31 documents) and, in
 Lucene's float32 arithmetic, tf > 6e-8 while a field is under ten million times the average length:
 above 1e-17, far above the smart-tag tiers, which the template scales by 1e-26
-(float32 keeps 24 bits at any magnitude, so their inner order is as exact as at 1). The clauses are
-summed (a bool of should clauses, so Lucene's max-score skipping drops those that cannot reach the page),
-and the sum is as good as their maximum: a BM25 above 1e-17 absorbs the at most 6e-26 the others add
-(below half its float32 ulp), and an own-tags match stays above tier 2 whatever its smart tags add.
+(float32 keeps 24 bits at any magnitude, so their inner order is as exact as at 1). The tiers are a
+``dis_max`` (tie breaker 0) of the metadata match and the tag clauses (the own tags and tiers 2-3 summed
+among themselves, so an own-tags match stays above tier 2 whatever its smart tags add). Their maximum is
+their sum to the bit: a BM25 above 1e-17 absorbs the at most 6e-26 the others could add (below half its
+float32 ulp). The maximum is what lets Lucene skip: a disjunction taking the maximum hands the page's
+minimum competitive score to each clause, so the BM25 terms skip their blocks that cannot reach the page
+as in a plain ``multi_match``, and the tag clauses (at most 3e-26) drop out once the page holds tier-1
+hits; a bool of should clauses (a sum) cannot do either, and cost common words twice a plain query.
 Tier 2 is a clause inside tier 3 (its assets are tier 3's too): the tags' bonus is computed once. No
-constant is added to the BM25 clause: a constant beside it would defeat Lucene's block-max skipping,
-which is what keeps the template near a plain ``multi_match``. Tiers 2 and 3 put an asset with a promoted matching
+constant is added to the BM25 clause: a constant beside it would defeat Lucene's block-max skipping.
+Totals are counted to ``COUNT_TO`` (1,000) unless the request asks for more: Lucene starts skipping only
+once that many matches are counted. Tiers 2 and 3 put an asset with a promoted matching
 tag first (+0.5), then order by the matched tags' confidences via ``rank_feature`` (their sum bounded
 by 0.45, so no number of unpromoted tags reaches a promoted one). A hit's tier is read from the named
 query it matched, not from its score; the metadata fields that hold a query word are named queries too,
@@ -48,6 +53,12 @@ log = logging.getLogger(__name__)
 SEARCH_TEMPLATE = TEMPLATES["search.mustache"]
 SIMILAR_TEMPLATE = TEMPLATES["similar.mustache"]
 MAX_QUERY_CHARS = 2000
+# How far a search counts its matches by default: past it the total reads "at least" (``total_exact``
+# false). Counting costs: Lucene may skip non-competitive hits only once this many are counted, so a
+# bound of 10,000 (OpenSearch's default) kept common words near twice a plain query's cost. Callers that
+# need more ask (``SearchRequest(count_to=N)``, ``None`` for an exact count): the admin's bulk change does.
+COUNT_TO = 1000
+MAX_COUNT_TO = 1_000_000
 MAX_PAGE_SIZE = 100
 MAX_WINDOW = 10_000
 # Lucene refuses a query of more than 1024 clauses (maxClauseCount). The metadata match expands to
@@ -100,6 +111,9 @@ class SearchRequest:
     # of them) when ``tags`` names some, else any of the asset's smart tags.
     min_confidence: str | None = None
     facets: bool = False  # count the matches per tag, keyword, folder, format, status and month
+    # Count the matches up to this many (``SearchResult.total_exact`` says if the total is all of them);
+    # None counts them all.
+    count_to: int | None = COUNT_TO
 
 
 @dataclass(frozen=True)
@@ -152,6 +166,8 @@ class SearchResult:
     total: int
     hits: list[Hit]
     params: dict[str, Any] = field(repr=False)
+    # False when counting stopped at the request's ``count_to``: there are at least ``total`` matches.
+    total_exact: bool = True
     # Facet name (smart_tags, keywords, folders, formats, statuses, months) -> its values, most first
     # (months newest first, as "YYYY-MM"); empty unless the request asked for facets.
     facets: dict[str, list[Bucket]] = field(default_factory=dict)
@@ -189,6 +205,8 @@ class Searcher:
             raise RequestError(f"page size must be between 1 and {MAX_PAGE_SIZE}")
         if request.page < 0 or (request.page + 1) * request.size > MAX_WINDOW:
             raise RequestError(f"pages reach at most {MAX_WINDOW} results; use search_after for deeper pages")
+        if request.count_to is not None and not 1 <= request.count_to <= MAX_COUNT_TO:
+            raise RequestError(f"count_to must be between 1 and {MAX_COUNT_TO} (None counts every match)")
         if request.search_after is not None and (request.page or len(request.search_after) != 2):
             raise RequestError("search_after takes the previous page's last [score, asset_id] and no page number")
         filters = {
@@ -216,6 +234,7 @@ class Searcher:
         )
         by_token = self._taxonomy.load().tags_for_tokens(tokens, request.locale, fallback) if tokens else {}
         union = sorted({tag for tags in by_token.values() for tag in tags})
+        # Implies a non-empty union: the template puts the own-tags clause in the branch of the tag clauses.
         every_token_tagged = bool(by_token) and all(by_token.values())
         ranked = union[:MAX_RANKED_TAGS]
         # Below the promoted bonus (0.5): saturated rank features are each < 1.
@@ -245,6 +264,7 @@ class Searcher:
             "confidence_range": band if band and not request.tags else None,
             "confidence_bands": [f"{tag}@{band}" for tag in dict.fromkeys(request.tags)] if band else [],
             "facets": request.facets,
+            "count_to": "true" if request.count_to is None else request.count_to,
         }
 
     def search(self, request: SearchRequest) -> SearchResult:
@@ -275,6 +295,7 @@ class Searcher:
             hits=hits,
             params=params,
             facets=_facets(response.get("aggregations") or {}),
+            total_exact=not isinstance(total, dict) or total.get("relation", "eq") == "eq",
         )
 
     def _folder(self, folder: str | None) -> str | None:

@@ -268,7 +268,7 @@ def _run(settings: Settings, out: Callable[[str], None], wait_seconds: float) ->
     for text, locale in QUERIES:
         found = services.searcher.search(SearchRequest(text=text, locale=locale, size=100))
         demo.searches[text] = [(hit.tier, hit.key) for hit in found.hits]
-        out(f"Search {text!r} ({locale}): {found.total} results, best first")
+        out(f"Search {text!r} ({locale}): {found.total}{'' if found.total_exact else '+'} results, best first")
         for tier in sorted({hit.tier for hit in found.hits}):
             hits = [hit for hit in found.hits if hit.tier == tier]
             out(f"  tier {tier} ({TIER_NAMES[tier]}): {len(hits)}")

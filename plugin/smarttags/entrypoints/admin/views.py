@@ -248,7 +248,8 @@ def _search_url(args: dict[str, list[str]]) -> str:
 
 
 def _search_request(args: MultiDict[str, str], *, page: int, size: int) -> SearchRequest:
-    """The search the page's query string describes (text, folder, facet values, month)."""
+    """The search the page's query string describes (text, folder, facet values, month); it counts the
+    matches to one past ``MAX_BULK``, so the page can say whether "all results" may be changed at once."""
     month = args.get("month", "")
     months = _month_range(month) if month else None
     if month and months is None:
@@ -267,6 +268,7 @@ def _search_request(args: MultiDict[str, str], *, page: int, size: int) -> Searc
         modified_from=months[0] if months else None,
         modified_to=months[1] if months else None,
         facets=True,
+        count_to=MAX_BULK + 1,
     )
 
 

@@ -19,6 +19,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
         print_json(
             {
                 "total": result.total,
+                "total_exact": result.total_exact,
                 "hits": [
                     {
                         "key": h.key,
@@ -42,7 +43,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
             }
         )
         return 0
-    print(f"{result.total} result(s) for {text!r}")
+    print(f"{result.total}{'' if result.total_exact else '+'} result(s) for {text!r}")
     tier = None
     for hit in result.hits:
         if hit.tier != tier:
