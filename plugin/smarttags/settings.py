@@ -107,7 +107,11 @@ class AwsSettings(BaseModel):
 class BackboneSettings(BaseModel):
     """Which image encoder turns pixels into embeddings (see README, "Bring your own encoder")."""
 
-    name: Literal["efficientnet-lite0", "efficientnet-lite2", "custom"] = "efficientnet-lite0"
+    # Not set: the backbone of the bucket's active model, or this default for a new deployment
+    # (adapters/backbone.py: for_model).
+    name: Literal["efficientnet-lite0", "efficientnet-lite2", "efficientnet-lite0+lite2", "custom"] = (
+        "efficientnet-lite0"
+    )
     # For name=custom: any ONNX image encoder.
     onnx_file: Path | None = None
     input_size: int = Field(default=224, ge=16, le=2048)

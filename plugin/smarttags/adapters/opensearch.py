@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from opensearchpy.exceptions import NotFoundError, OpenSearchException, RequestError, TransportError
@@ -49,7 +49,7 @@ class SearchIndex:
         *,
         replicas: int = 0,
         shards: int = 1,
-        embedding_dim: int = 1280,
+        embedding_dim: int | Callable[[], int],
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -81,7 +81,8 @@ class SearchIndex:
         settings["number_of_replicas"] = self._replicas
         settings["number_of_shards"] = self._shards
         if kind == "vectors":
-            body["mappings"]["properties"]["embedding"]["dimension"] = self._embedding_dim
+            dim = self._embedding_dim
+            body["mappings"]["properties"]["embedding"]["dimension"] = dim if isinstance(dim, int) else dim()
         if kind == "assets":
             body["settings"]["analysis"]["filter"]["english_irregular"]["rules"] = english_irregular_rules()
         return body
