@@ -1,9 +1,9 @@
 """The asset's one document form: ``Asset`` <-> OpenSearch document (the mapping is the contract), and the
 reads and writes of ``AssetIndex`` on the in-memory fake of the index."""
 
-import pytest
 from dataclasses import replace
 
+import pytest
 from smarttags.adapters.asset_index import AssetIndex, from_document, to_document, vector_document
 from smarttags.core.asset import Asset, SmartTag, StoredEmbedding, TaggingStatus
 from smarttags.core.folders import Folder
