@@ -110,7 +110,7 @@ class BackboneSettings(BaseModel):
     # Not set: the backbone of the bucket's active model, or this default for a new deployment
     # (adapters/backbone.py: for_model).
     name: Literal["efficientnet-lite0", "efficientnet-lite2", "efficientnet-lite0+lite2", "custom"] = (
-        "efficientnet-lite0"
+        "efficientnet-lite0+lite2"
     )
     # For name=custom: any ONNX image encoder.
     onnx_file: Path | None = None

@@ -150,7 +150,7 @@ def test_vectors_written_inside_the_asset_documents_move_to_the_vectors_index(se
     name = services.index.name("assets")
     body = services.index.index_body("assets")
     body["settings"]["index"]["knn"] = True
-    body["mappings"]["properties"]["embedding"] = {"type": "knn_vector", "dimension": 1280}
+    body["mappings"]["properties"]["embedding"] = {"type": "knn_vector", "dimension": services.embedding_dim}
     os_client.indices.delete(index=name)
     os_client.indices.create(index=name, body=body)
     _model(services)
@@ -158,7 +158,7 @@ def test_vectors_written_inside_the_asset_documents_move_to_the_vectors_index(se
     bucket = services.settings.aws.bucket
     vectors = {}
     for key in ("old/a.jpg", "old/b.jpg", "old/c.jpg"):
-        vector = rng.normal(size=1280)
+        vector = rng.normal(size=services.embedding_dim)
         vectors[key] = (vector / np.linalg.norm(vector)).tolist()
         asset = replace(Asset(bucket, key, etag="e"), embedding=StoredEmbedding(tuple(vectors[key]), "t", "e"))
         services.index.put("assets", asset.id, {**to_document(asset), "embedding": vectors[key]})

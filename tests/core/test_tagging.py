@@ -69,7 +69,10 @@ def test_create_overwrite_delete(services, model, enabled):
     assert doc["etag"] == etag and (doc["width"], doc["height"]) == (640, 480) and doc["folder"] == "up/new folder"
     assert doc["smart_tags"][0]["model_version"] == model.version and "embedding" not in doc
     vector = _vector(services, key)
-    assert len(vector["embedding"]) == 1280 and (vector["etag"], vector["backbone"]) == (etag, doc["embedding_model"])
+    assert len(vector["embedding"]) == services.embedding_dim and (vector["etag"], vector["backbone"]) == (
+        etag,
+        doc["embedding_model"],
+    )
 
     etag2 = _upload(services, key, BLUE)
     invoke(services, via_sqs(_created(services, key, etag2, "0055AB")))
