@@ -263,6 +263,17 @@ def test_the_composite_concatenates_its_parts_each_normalised(composite, lite0, 
     np.testing.assert_allclose(np.linalg.norm(both[:, :1280], axis=1), 1.0, atol=1e-5)
 
 
+def test_the_cli_builds_every_preset(composite, monkeypatch, capsys):
+    from smarttags.entrypoints import cli
+
+    monkeypatch.setenv("SMARTTAGS_DATA_DIR", str(composite.model_path.parents[1]))
+    assert cli.main(["backbone", "build", "--name", "efficientnet-lite0+lite2"]) == 0
+    assert capsys.readouterr().out.split("\n")[:2] == [str(composite.model_path), f"sha256 {composite.sha256}"]
+    build_parser = cli.build_parser()._subparsers._group_actions[0].choices["backbone"]
+    choices = build_parser._subparsers._group_actions[0].choices["build"]._option_string_actions["--name"].choices
+    assert sorted(choices) == sorted(backbone.preset_names())
+
+
 def test_the_composite_classifies_with_lite2s_logits(composite):
     logits = composite.logits([composite.decode(png(skdata.chelsea()))])
     assert CATS & set(top(logits[0], 3)), top(logits[0], 5)
