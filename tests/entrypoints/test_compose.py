@@ -54,3 +54,20 @@ def test_an_existing_deployment_keeps_its_models_backbone(settings: Settings, os
         update={"backbone": settings.backbone.model_copy(update={"name": "efficientnet-lite2"})}
     )
     assert Services(chosen).backbone.name == "efficientnet-lite2"
+
+
+def test_a_backbone_of_another_size_than_the_vectors_index_is_one_clear_error(
+    settings: Settings, os_client: Any
+) -> None:
+    """A deployment with 1280-d vectors and no model yet (nothing to follow) upgraded to a default of
+    another size: `init` says which setting to change instead of OpenSearch's refusal of the mapping."""
+    from smarttags.adapters.opensearch import SearchIndex
+    from smarttags.errors import ConfigError
+
+    def index(dim: int) -> SearchIndex:
+        return SearchIndex(os_client, settings.opensearch.index_prefix, embedding_dim=dim)
+
+    index(1280).ensure()
+    with pytest.raises(ConfigError, match=r"SMARTTAGS_BACKBONE__NAME: .* holds 1280-d vectors .* makes 2560-d"):
+        index(2560).ensure()
+    index(1280).ensure()  # the same size: harmless to repeat
