@@ -150,7 +150,14 @@ def test_vectors_written_inside_the_asset_documents_move_to_the_vectors_index(se
     name = services.index.name("assets")
     body = services.index.index_body("assets")
     body["settings"]["index"]["knn"] = True
-    body["mappings"]["properties"]["embedding"] = {"type": "knn_vector", "dimension": services.embedding_dim}
+    # As the assets mapping had it (lucene's HNSW: this node has no native k-NN libraries, faiss's
+    # default engine would stop it at the first flush).
+    method = {"name": "hnsw", "engine": "lucene", "space_type": "cosinesimil"}
+    body["mappings"]["properties"]["embedding"] = {
+        "type": "knn_vector",
+        "dimension": services.embedding_dim,
+        "method": method,
+    }
     os_client.indices.delete(index=name)
     os_client.indices.create(index=name, body=body)
     _model(services)

@@ -117,7 +117,7 @@ class RacingIndex(SearchIndex):
     write (one document or a bulk: the claim is the first, the tagged document the second)."""
 
     def __init__(self, inner: SearchIndex, edit, nth: int) -> None:
-        super().__init__(inner.client, inner.prefix)
+        super().__init__(inner.client, inner.prefix, embedding_dim=inner._embedding_dim)
         self._edit, self._writes, self._nth = edit, 0, nth
 
     def _before_write(self, kind, doc_id) -> None:
