@@ -1,6 +1,7 @@
 """Benchmark of the embedding path on this machine (a script, not a test; about a minute).
 
-    .venv/bin/python bench/embed.py [--data-dir var] [--n 64] [--decode-only]
+    .venv/bin/python bench/embed.py [--data-dir var] [--n 64] [--decode-only] [--backbone NAME]
+    .venv/bin/python bench/embed.py --against efficientnet-lite0   # the backbone's cost per image only
 
 Prints ms/image for: the backbone alone (batch 1 and 32), decoding alone, end to end (bytes ->
 embedding, batches of 32) on small PNGs and on 4000x3000 JPEGs, and a naive pipeline (full decode,
@@ -28,7 +29,7 @@ from PIL import Image
 from skimage import data as skdata
 from smarttags import settings
 from smarttags.adapters import imaging
-from smarttags.adapters.embedder import load_embedder
+from smarttags.adapters.embedder import Embedder, load_embedder
 
 
 def timed(fn: Callable[[], object], repeat: int = 3) -> float:
@@ -194,15 +195,50 @@ def print_decode_lines(size: int, max_pixels: int) -> dict[str, float]:
     return decode_ms
 
 
+def costs(embedder: Embedder, small: list[bytes], big: list[bytes]) -> dict[str, float]:
+    """Seconds per image: the backbone alone (batch 1, batch 32), end to end on small PNGs and large JPEGs."""
+    batch32 = embedder.to_tensor([embedder.decode(b) for b in small[:32]])
+    session = embedder.session
+    feed = session.get_inputs()[0].name
+    return {
+        "backbone batch 1": timed(lambda: [session.run(None, {feed: batch32[i : i + 1]}) for i in range(32)]) / 32,
+        "backbone batch 32": timed(lambda: session.run(None, {feed: batch32})) / 32,
+        "end to end small PNGs": timed(lambda: embedder.embed_bytes(small), 2) / len(small),
+        "end to end 4000x3000 JPEG": timed(lambda: embedder.embed_bytes(big), 2) / len(big),
+    }
+
+
+def compare(embedder: Embedder, other: Embedder, n: int, rounds: int = 3) -> None:
+    """The two backbones' costs, measured in turns (the best of each round) so load hits both alike."""
+    big, small = large_jpegs(n), small_pngs(n)
+    best: dict[str, dict[str, float]] = {embedder.name: {}, other.name: {}}
+    for _ in range(rounds):
+        for e in (embedder, other):
+            for key, value in costs(e, small, big).items():
+                best[e.name][key] = min(best[e.name].get(key, float("inf")), value)
+    print(f"{'ms/image':<26} {embedder.name:>26} {other.name:>26}  ratio")
+    for key, value in best[embedder.name].items():
+        base = best[other.name][key]
+        print(f"{key:<26} {value * 1000:26.2f} {base * 1000:26.2f}  {value / base:5.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="var", type=Path)
     parser.add_argument("--n", default=64, type=int, help="images per measured set (a multiple of 32)")
     parser.add_argument("--decode-only", action="store_true", help="only the per-format decode lines")
+    parser.add_argument("--backbone", help="the preset to measure (default: the settings' backbone)")
+    parser.add_argument("--against", help="only the cost per image against this preset (e.g. efficientnet-lite0)")
     args = parser.parse_args()
 
     s = settings.load(data_dir=args.data_dir)
+    if args.backbone:
+        s = s.model_copy(update={"backbone": s.backbone.model_copy(update={"name": args.backbone})})
     embedder = load_embedder(s)
+    if args.against:
+        other = s.model_copy(update={"backbone": s.backbone.model_copy(update={"name": args.against})})
+        compare(embedder, load_embedder(other), args.n)
+        return
     size = embedder.input_size
     n = args.n
     print(f"model {embedder.backbone_id[:40]}..., {size}px, {embedder.threads} threads, batch {s.backbone.batch_size}")

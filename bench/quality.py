@@ -3,23 +3,31 @@
 Data: every picture of Debian's ``openclipart-png``; labels are its folders and their parents
 (``food/fruit/apple.png`` is ``food`` and ``food/fruit``), several where a picture is linked into
 several folders. Tags with at least 40 pictures are kept. Embeddings: bench/variants.py (one pass per
-backbone, cached under data_dir/bench/; Lite0's ``avg`` is the product's embedding). Over fixed random
+backbone, cached under data_dir/bench/; the composite ``efficientnet-lite0+lite2``'s ``avg`` is the
+product's embedding, Lite0's ``avg`` the previous product's and the probe's). Over fixed random
 60/40 splits, with all training positives and with at most 30 per tag, it prints macro average
 precision and macro F1 of
 
   ours   smarttags.core.heads.train_heads (C and thresholds chosen by cross-validation)
   probe  scikit-learn LogisticRegression(class_weight="balanced"), C by 3-fold CV, threshold 0.5,
-         on the product's embedding (Lite0), the same for every row
+         on Lite0's embedding (the product's until the composite), the same for every row
 
 on the same splits, our F1 against the best F1 any threshold reaches on the test split, and the
 cross-validated macro AP our training reports against the macro AP on the held-out split.
 
 Rows (``--rows``, default all) are experiments, each measured against the same probe:
-  product      the product: Lite0 embedding, untagged pictures as negatives, no shift weighting
-  no-untagged  untagged pictures (none of the kept tags) dropped from training (what negatives bring)
+  product      the product: the efficientnet-lite0+lite2 preset's embedding as its one ONNX graph makes
+               it (260 px input, Lite0 on an in-graph resize to 224), untagged pictures as negatives
+  product-flip / product-gem   flip test-time augmentation / GeM pooling (p = 3) of each part, on it
+  product-shift      with <= 30 positives: as ``shift`` below, on the product's embedding
+  product-shift-untagged   the training split's untagged pictures (negatives of every tag) as the
+               target: what the Trainer has at hand in a training folder
+  lite0        the previous product: Lite0 embedding (224 px)
+  no-untagged  (this and the rows below: on Lite0) untagged pictures dropped from training
   flip         flip test-time augmentation: mean of the picture's and its mirror's embeddings
   gem / multi-level / power   GeM pooling; Lite0's pooled last block appended; signed square root
-  lite2 / lite2-flip / lite0+lite2   the other backbone, and the two concatenated
+  lite2 / lite2-flip / lite0+lite2   the other backbone, and the two concatenated, each decoded at
+               its own size (what the composite preset reproduces in one graph)
   shift        with <= 30 positives: the training split's pictures left out by the cap (unlabelled)
                as ``train_heads(target=)``: CV figures and thresholds weighed to the library's draw
 The test split is never used to choose anything: ``shift`` takes its unlabelled rows from the
@@ -115,6 +123,14 @@ def features(name: str, files: list[Path], cache: Path) -> tuple[np.ndarray, np.
             raise SystemExit(f"no {path}: run bench/variants.py --backbone {backbone} first")
         return np.load(path)
 
+    if name.startswith("product"):
+        composite = load("efficientnet-lite0+lite2")
+        avg = normalise(composite["avg"])
+        built_product = {
+            "product-flip": lambda: normalise(avg + normalise(composite["flip_avg"])),
+            "product-gem": lambda: normalise(composite["gem"]),
+        }
+        return (built_product[name]() if name in built_product else avg), composite["ok"]
     lite0 = load("efficientnet-lite0")
     ok = lite0["ok"]
     if name in ("lite2", "lite2-flip", "lite0+lite2"):
@@ -136,7 +152,24 @@ def features(name: str, files: list[Path], cache: Path) -> tuple[np.ndarray, np.
     return (built[name]() if name in built else avg), ok
 
 
-ROWS = ("product", "no-untagged", "flip", "gem", "multi-level", "power", "lite2", "lite2-flip", "lite0+lite2", "shift")
+ROWS = (
+    "product",
+    "product-flip",
+    "product-gem",
+    "product-shift",
+    "product-shift-untagged",
+    "lite0",
+    "no-untagged",
+    "flip",
+    "gem",
+    "multi-level",
+    "power",
+    "lite2",
+    "lite2-flip",
+    "lite0+lite2",
+    "shift",
+)
+SHIFTED = ("shift", "product-shift")
 
 
 def main() -> int:
@@ -157,7 +190,7 @@ def main() -> int:
     if args.max_images:
         pick = np.sort(np.random.default_rng(0).permutation(len(files))[: args.max_images])
     # The embedding caches cover every picture; a quick run takes a subset of their rows.
-    base, ok = (a[pick] for a in features("product", files, cache))
+    base, ok = (a[pick] for a in features("lite0", files, cache))
     variant = {r: tuple(a[pick] for a in features(r, files, cache)) for r in rows_wanted}
     files, label_sets = [files[i] for i in pick], [label_sets[i] for i in pick]
     for _, good in variant.values():
@@ -187,13 +220,15 @@ def main() -> int:
             probes[regime].append(reference)
             left_out = np.setdiff1d(train, train_rows)
             for name in rows_wanted:
-                if name == "shift" and not left_out.size:
-                    continue  # with all positives nothing is left out: the row is the product's
+                if name in SHIFTED and not left_out.size:
+                    continue  # with all positives nothing is left out: the row is the unshifted one
                 x = variant[name][0][rows]
                 fit_rows = train_rows
                 if name == "no-untagged":
                     fit_rows = train_rows[y[train_rows].sum(axis=1) > 0]
-                target = x[left_out] if name == "shift" and left_out.size else None
+                target = x[left_out] if name in SHIFTED else None
+                if name == "product-shift-untagged":
+                    target = x[fit_rows[y[fit_rows].sum(axis=1) == 0]]
                 xt, yf = x[fit_rows], y[fit_rows][:, usable]
                 started = time.perf_counter()
                 groups = duplicate_groups([str(files[rows[i]]) for i in fit_rows], near_duplicates(xt))

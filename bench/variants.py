@@ -12,7 +12,10 @@ output. From them each pass keeps several poolings, unnormalised (quality.py nor
   grid     2 x 2 region averages of the head's map, concatenated (a spatial pyramid's second level)
   block    global average of the last block's output (a lower level's features)
 
-each for the picture as is (``*``) and mirrored (``flip_*``; no flipped grid). Saved as
+each for the picture as is (``*``) and mirrored (``flip_*``; no flipped grid). A composite preset
+(``efficientnet-lite0+lite2``, one graph, one 260 px input) keeps ``avg``, its ``embedding`` output as
+the product makes it (each part's pooled features L2-normalised, concatenated), and ``gem``, each part's
+GeM of its head's map, normalised and concatenated the same way; both also mirrored. Saved as
 data_dir/bench/variants-<backbone>-<key>.npz with ``ok`` (decoded) per picture.
 Run: nice -n 10 .venv/bin/python bench/variants.py [--backbone efficientnet-lite0] [--max-images N]
 """
@@ -36,6 +39,7 @@ from smarttags.errors import ImageError
 
 POOLINGS = ("avg", "gem", "max", "grid", "block")
 FLIPPED = ("avg", "gem", "max", "block")
+COMPOSITE_POOLINGS = ("avg", "gem")
 
 
 def cache_path(cache: Path, name: str, files: list[Path]) -> Path:
@@ -65,15 +69,38 @@ def bench_graph(model_path: Path, out: Path) -> Path:
     return out
 
 
+def composite_graph(model_path: Path, out: Path) -> Path:
+    """A composite's ONNX file with each part's head map (the input of its GlobalAveragePool) as outputs."""
+    import onnx
+
+    if out.is_file():
+        return out
+    model = onnx.load(str(model_path))
+    for node in [n for n in model.graph.node if n.op_type == "GlobalAveragePool"]:
+        model.graph.output.append(onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out))
+    return out
+
+
+def gem(head: np.ndarray) -> np.ndarray:
+    return np.power(np.mean(np.power(np.maximum(head, 1e-6), 3.0), axis=(2, 3)), 1.0 / 3.0)
+
+
+def composite_pooled(embedding: np.ndarray, heads: list[np.ndarray]) -> dict[str, np.ndarray]:
+    from smarttags.adapters.embedder import normalise
+
+    return {"avg": embedding, "gem": np.concatenate([normalise(gem(h)) for h in heads], axis=1)}
+
+
 def pooled(head: np.ndarray, block: np.ndarray) -> dict[str, np.ndarray]:
     """The poolings of a batch: head (N, C, H, W), block (N, C', H, W)."""
     _, _, h, w = head.shape
-    gem = np.power(np.mean(np.power(np.maximum(head, 1e-6), 3.0), axis=(2, 3)), 1.0 / 3.0)
     hh, ww = (h + 1) // 2, (w + 1) // 2  # overlapping halves when odd (7 -> 4 + 4)
     cells = [head[:, :, i : i + hh, j : j + ww].mean(axis=(2, 3)) for i in (0, h - hh) for j in (0, w - ww)]
     return {
         "avg": head.mean(axis=(2, 3)),
-        "gem": gem,
+        "gem": gem(head),
         "max": head.max(axis=(2, 3)),
         "grid": np.concatenate(cells, axis=1),
         "block": block.mean(axis=(2, 3)),
@@ -89,14 +116,26 @@ def run(name: str, files: list[Path], cache: Path) -> Path:
     built = backbone_mod.build(settings, name)
     import onnxruntime as ort
 
-    graph = bench_graph(built.path, cache / f"{built.path.stem}-bench.onnx")
+    composite = name in backbone_mod.COMPOSITES
+    make_graph = composite_graph if composite else bench_graph
+    graph = make_graph(built.path, cache / f"{built.path.stem}-bench.onnx")
     options = ort.SessionOptions()
     options.intra_op_num_threads = available_cores()
     session = ort.InferenceSession(str(graph), sess_options=options, providers=["CPUExecutionProvider"])
-    embedder = Embedder(settings.backbone, built.path, sha256=built.sha256, name=name, input_size=built.input_size)
-    names = [o.name for o in session.get_outputs()][2:]
-    out: dict[str, list[np.ndarray]] = {k: [] for k in POOLINGS}
-    out.update({f"flip_{k}": [] for k in FLIPPED})
+    embedder = Embedder(
+        settings.backbone,
+        built.path,
+        sha256=built.sha256,
+        name=name,
+        input_size=built.input_size,
+        embedding_dim=built.embedding_dim,
+    )
+    # A composite: the product's embedding and the parts' head maps; a preset: its two extra maps.
+    names = [o.name for o in session.get_outputs()]
+    names = [names[0], *names[2:]] if composite else names[2:]
+    poolings, flipped_poolings = (COMPOSITE_POOLINGS, COMPOSITE_POOLINGS) if composite else (POOLINGS, FLIPPED)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in poolings}
+    out.update({f"flip_{k}": [] for k in flipped_poolings})
     ok = np.zeros(len(files), dtype=bool)
     started = time.perf_counter()
 
@@ -123,18 +162,21 @@ def run(name: str, files: list[Path], cache: Path) -> Path:
         if good:
             tensor = np.stack([t for _, t in good])
             both = np.concatenate([tensor, tensor[:, :, :, ::-1]])  # mirrored: flip the width axis
-            head, block = session.run(names, {"input": np.ascontiguousarray(both)})
-            plain, flipped = (
-                pooled(head[: len(good)], block[: len(good)]),
-                pooled(head[len(good) :], block[len(good) :]),
-            )
-            for k in POOLINGS:
+            results = session.run(names, {"input": np.ascontiguousarray(both)})
+            n = len(good)
+            if composite:
+                plain = composite_pooled(results[0][:n], [r[:n] for r in results[1:]])
+                flipped = composite_pooled(results[0][n:], [r[n:] for r in results[1:]])
+            else:
+                head, block = results
+                plain, flipped = pooled(head[:n], block[:n]), pooled(head[n:], block[n:])
+            for k in poolings:
                 dims[k] = plain[k].shape[1]
             for row, (i, _) in enumerate(good):
                 ok[i] = True
-                for k in POOLINGS:
+                for k in poolings:
                     out[k].append(plain[k][row])
-                for k in FLIPPED:
+                for k in flipped_poolings:
                     out[f"flip_{k}"].append(flipped[k][row])
         for _, t in batch:
             if isinstance(t, ImageError):
@@ -168,7 +210,7 @@ def main() -> int:
     from quality import labelled_files
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="efficientnet-lite0", choices=sorted(backbone_mod.PRESETS))
+    parser.add_argument("--backbone", default="efficientnet-lite0", choices=sorted(backbone_mod.preset_names()))
     parser.add_argument("--max-images", type=int, default=0)
     args = parser.parse_args()
     files, _ = labelled_files()

@@ -1,6 +1,7 @@
 """Build the tagger's Lambda deployment package into ``build/lambda/``.
 
-    .venv/bin/python lambda/build.py [--model FILE.onnx] [--python-version 3.12] [--no-zip] [--with-boto3] [--video]
+    .venv/bin/python lambda/build.py [--model FILE.onnx | --backbone NAME] [--python-version 3.12] [--no-zip]
+        [--with-boto3] [--video]
 
 Lays out ``build/lambda/package/`` (the directory ``template.yaml``'s ``CodeUri`` names) and zips it to
 ``build/lambda/smarttags-tagger.zip``:
@@ -175,13 +176,14 @@ def copy_project(package: Path, model: Path, *, video: bool = False) -> None:
     target.with_name(target.name + ".sha256").write_text(f"{digest}  {target.name}\n")
 
 
-def default_model() -> Path:
-    """The preset backbone built (or found cached) in data_dir/models by smarttags.adapters.backbone."""
+def default_model(name: str | None = None) -> Path:
+    """The preset backbone (``name``, or the settings' default) built (or found cached) in data_dir/models
+    by smarttags.adapters.backbone. It must be the template's ``Backbone`` parameter: the active model's."""
     sys.path.insert(0, str(ROOT / "plugin"))
     from smarttags import settings
     from smarttags.adapters import backbone
 
-    return backbone.build(settings.load()).path
+    return backbone.build(settings.load(), name).path
 
 
 def write_zip(package: Path, zip_path: Path) -> None:
@@ -231,13 +233,14 @@ def build(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="backbone ONNX file (default: build the preset one)")
+    parser.add_argument("--backbone", help="the preset to build and ship (the template's Backbone parameter)")
     parser.add_argument("--out", type=Path, help=f"default: {DEFAULT_OUT} ({VIDEO_OUT} with --video)")
     parser.add_argument("--python-version", default=os.environ.get("LAMBDA_PYTHON_VERSION", "3.12"))
     parser.add_argument("--no-zip", action="store_true")
     parser.add_argument("--with-boto3", action="store_true", help="ship the tested boto3 instead of the runtime's")
     parser.add_argument("--video", action="store_true", help="the video function's package (with PyAV)")
     args = parser.parse_args(argv)
-    model = args.model or default_model()
+    model = args.model or default_model(args.backbone)
     if not model.is_file():
         parser.error(f"no such model file: {model}")
     out = args.out or (VIDEO_OUT if args.video else DEFAULT_OUT)

@@ -55,3 +55,17 @@ def test_internal_bucket_defaults_beside_the_bucket_and_never_is_it() -> None:
         settings.AwsSettings(bucket="acme", internal_bucket="acme")
     with pytest.raises(ValueError, match="set internal_bucket"):
         settings.AwsSettings(bucket="a" * 60)
+
+
+def test_to_env_leaves_derived_backbone_settings_unset():
+    """A child process (the stack's worker) must derive the backbone as its parent does: the active
+    model's, with the preset's sizes, not the defaults exported as if chosen."""
+    env = settings.to_env(settings.load())
+    assert not {
+        "SMARTTAGS_BACKBONE__NAME",
+        "SMARTTAGS_BACKBONE__INPUT_SIZE",
+        "SMARTTAGS_BACKBONE__EMBEDDING_DIM",
+    } & set(env)
+    assert env["SMARTTAGS_BACKBONE__THREADS"] == "0"
+    chosen = settings.to_env(settings.load(backbone={"name": "efficientnet-lite2"}))
+    assert chosen["SMARTTAGS_BACKBONE__NAME"] == "efficientnet-lite2" and "SMARTTAGS_BACKBONE__INPUT_SIZE" not in chosen

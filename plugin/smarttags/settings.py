@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -107,7 +107,15 @@ class AwsSettings(BaseModel):
 class BackboneSettings(BaseModel):
     """Which image encoder turns pixels into embeddings (see README, "Bring your own encoder")."""
 
-    name: Literal["efficientnet-lite0", "efficientnet-lite2", "custom"] = "efficientnet-lite0"
+    # Left unset, these are derived (the active model's backbone, the preset's sizes): ``to_env`` must
+    # pass them to a child process only when set, or the child would see the defaults as choices.
+    DERIVED_WHEN_UNSET: ClassVar[frozenset[str]] = frozenset({"name", "input_size", "embedding_dim"})
+
+    # Not set: the backbone of the bucket's active model, or this default for a new deployment
+    # (adapters/backbone.py: for_model).
+    name: Literal["efficientnet-lite0", "efficientnet-lite2", "efficientnet-lite0+lite2", "custom"] = (
+        "efficientnet-lite0+lite2"
+    )
     # For name=custom: any ONNX image encoder.
     onnx_file: Path | None = None
     input_size: int = Field(default=224, ge=16, le=2048)
@@ -281,7 +289,10 @@ def to_env(settings: Settings) -> dict[str, str]:
 
     def put(prefix: str, value: Any) -> None:
         if isinstance(value, BaseModel):
+            derived: frozenset[str] = getattr(value, "DERIVED_WHEN_UNSET", frozenset())
             for name in type(value).model_fields:
+                if name in derived and name not in value.model_fields_set:
+                    continue
                 put(f"{prefix}__{name.upper()}", getattr(value, name))
         elif value is None:
             if prefix.endswith("ENDPOINT_URL"):

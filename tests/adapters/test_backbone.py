@@ -30,7 +30,7 @@ CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 @pytest.fixture(scope="session")
 def lite0_settings(tmp_path_factory) -> settings.Settings:
     data_dir = tmp_path_factory.mktemp("backbone-data")
-    s = settings.load(data_dir=data_dir)
+    s = settings.load(data_dir=data_dir, backbone={"name": "efficientnet-lite0"})
     backbone.build(s)  # once per session; later builds hit the cache
     return s
 
@@ -182,7 +182,7 @@ def test_tampered_onnx_file_is_refused(lite0_settings, tmp_path):
 
 
 def test_a_tampered_cache_is_rebuilt(tmp_path, caplog):
-    s = settings.load(data_dir=tmp_path)
+    s = settings.load(data_dir=tmp_path, backbone={"name": "efficientnet-lite0"})
     built = backbone.build(s)
     built.path.write_bytes(built.path.read_bytes()[:-10])
     with caplog.at_level(logging.WARNING, logger="smarttags.adapters.backbone"):
@@ -220,6 +220,99 @@ def test_lite2_builds_and_classifies(tmp_path):
     assert embedder.input_size == 260 and embedder.backbone_id.startswith("efficientnet-lite2:")
     logits = embedder.logits([embedder.decode(png(skdata.chelsea()))])
     assert CATS & set(top(logits[0], 3)), top(logits[0], 5)
+
+
+def test_the_lite0_graph_is_the_one_every_lite0_model_was_trained_on(lite0_settings):
+    """Lite0's sha256 is the backbone id of every stored Lite0 embedding and model: a change to the graph
+    builder that touched it would make every existing deployment re-embed and retrain."""
+    assert backbone.build(lite0_settings).sha256 == "9a0005e8c6ecdec0daff00d5af7f62b4f86191ff25dd6512b0d9c99511775f21"
+
+
+# --- the composite: Lite0 + Lite2 in one graph ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def composite(lite0_settings) -> Embedder:
+    s = lite0_settings.model_copy(update={"backbone": settings.BackboneSettings(name="efficientnet-lite0+lite2")})
+    return load_embedder(s)
+
+
+def test_the_composite_is_one_graph_with_one_input_and_a_2560_d_embedding(composite):
+    assert composite.backbone_id.startswith("efficientnet-lite0+lite2:")
+    assert composite.input_size == 260 and composite.dim == 2560
+    model = onnx.load(str(composite.model_path))
+    assert [i.name for i in model.graph.input] == ["input"]
+    dims = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    assert dims == {"embedding": ["batch", 2560], "logits": ["batch", 1000]}
+    assert [n.op_type for n in model.graph.node].count("GlobalAveragePool") == 2
+    assert [n.op_type for n in model.graph.node].count("Resize") == 1  # Lite0's branch only
+    out = composite.embed_bytes([png(skdata.chelsea()), png(skdata.coffee())])
+    assert all(v.shape == (2560,) and abs(float(np.linalg.norm(v)) - 1.0) < 1e-5 for v in out)
+
+
+def test_the_composite_concatenates_its_parts_each_normalised(composite, lite0, tmp_path):
+    """What bench/quality.py measured: normalise([normalise(Lite0), normalise(Lite2)]). Lite2's half is
+    Lite2 exactly (same 260 px letterbox); Lite0's sees the letterbox resized to 224 in the graph, close
+    to (not bit-equal with) Lite0 on its own 224 px letterbox."""
+    lite2 = load_embedder(settings.load(data_dir=tmp_path, backbone={"name": "efficientnet-lite2"}))
+    pictures = [png(skdata.chelsea()), png(skdata.coffee()), png(skdata.astronaut())]
+    both = np.stack(composite.embed_bytes(pictures)) * np.sqrt(2.0)
+    np.testing.assert_allclose(both[:, 1280:], np.stack(lite2.embed_bytes(pictures)), atol=1e-5)
+    cosine = (both[:, :1280] * np.stack(lite0.embed_bytes(pictures))).sum(axis=1)
+    assert np.all(cosine > 0.97), cosine
+    np.testing.assert_allclose(np.linalg.norm(both[:, :1280], axis=1), 1.0, atol=1e-5)
+
+
+def test_the_cli_builds_every_preset(composite, monkeypatch, capsys):
+    from smarttags.entrypoints import cli
+
+    monkeypatch.setenv("SMARTTAGS_DATA_DIR", str(composite.model_path.parents[1]))
+    assert cli.main(["backbone", "build", "--name", "efficientnet-lite0+lite2"]) == 0
+    assert capsys.readouterr().out.split("\n")[:2] == [str(composite.model_path), f"sha256 {composite.sha256}"]
+    build_parser = cli.build_parser()._subparsers._group_actions[0].choices["backbone"]
+    choices = build_parser._subparsers._group_actions[0].choices["build"]._option_string_actions["--name"].choices
+    assert sorted(choices) == sorted(backbone.preset_names())
+
+
+def test_the_composite_classifies_with_lite2s_logits(composite):
+    logits = composite.logits([composite.decode(png(skdata.chelsea()))])
+    assert CATS & set(top(logits[0], 3)), top(logits[0], 5)
+
+
+def test_preset_sizes_follow_the_name_unless_set():
+    composite = settings.BackboneSettings(name="efficientnet-lite0+lite2")
+    assert (backbone.input_size_for(composite), backbone.embedding_dim_for(composite)) == (260, 2560)
+    lite2 = settings.BackboneSettings(name="efficientnet-lite2")
+    assert (backbone.input_size_for(lite2), backbone.embedding_dim_for(lite2)) == (260, 1280)
+    custom = settings.BackboneSettings(name="custom", onnx_file=Path("x.onnx"), embedding_dim=512, input_size=300)
+    assert (backbone.input_size_for(custom), backbone.embedding_dim_for(custom)) == (300, 512)
+    # Set explicitly on a preset, the setting is what the embedder checks the file against.
+    assert backbone.embedding_dim_for(settings.BackboneSettings(name="efficientnet-lite0", embedding_dim=7)) == 7
+
+
+# --- which backbone a deployment embeds with -----------------------------------------------------
+
+
+def test_an_unset_backbone_follows_the_active_models():
+    default = settings.load().backbone
+    assert "name" not in default.model_fields_set
+    followed = backbone.for_model(default, "efficientnet-lite0:9a00")
+    assert followed.name == "efficientnet-lite0" and backbone.embedding_dim_for(followed) == 1280
+    assert backbone.for_model(default, "efficientnet-lite0+lite2:1").name == "efficientnet-lite0+lite2"
+    assert backbone.for_model(default, None) is default  # a new deployment: the default
+    assert backbone.for_model(default, "custom:ab") is default  # cannot follow: the tagger says what to set
+
+
+def test_a_set_backbone_is_never_overridden(monkeypatch):
+    monkeypatch.setenv("SMARTTAGS_BACKBONE__NAME", "efficientnet-lite2")
+    chosen = settings.load().backbone
+    assert backbone.for_model(chosen, "efficientnet-lite0:9a00") is chosen
+    monkeypatch.delenv("SMARTTAGS_BACKBONE__NAME")
+    monkeypatch.setenv("SMARTTAGS_BACKBONE__THREADS", "1")  # another backbone setting leaves the name unset
+    other = settings.load().backbone
+    assert "name" not in other.model_fields_set
+    assert backbone.for_model(other, "efficientnet-lite0:9a00").name == "efficientnet-lite0"
+    assert backbone.for_model(other, "efficientnet-lite0:9a00").threads == 1
 
 
 # --- bring your own encoder ----------------------------------------------------------------------

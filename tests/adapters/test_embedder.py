@@ -19,7 +19,7 @@ from smarttags.errors import CorruptImage, ImageTooLarge, ModelError, Unsupporte
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> settings.Settings:
-    s = settings.load(data_dir=tmp_path_factory.mktemp("embedder-data"))
+    s = settings.load(data_dir=tmp_path_factory.mktemp("embedder-data"), backbone={"name": "efficientnet-lite0"})
     backbone.build(s)
     return s
 
@@ -57,14 +57,14 @@ def test_the_backbone_id_needs_no_read_of_the_model(built, tmp_path):
     raw = bytearray(copy.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # tampered after its checksum was written
     copy.write_bytes(bytes(raw))
-    custom = settings.load(data_dir=tmp_path / "data", backbone={"onnx_file": str(copy)})
+    custom = settings.load(data_dir=tmp_path / "data", backbone={"name": "efficientnet-lite0", "onnx_file": str(copy)})
     lazy = embedder.load_embedder(custom)
     assert lazy.backbone_id == found.backbone_id and lazy.input_size == 224 and not lazy.loaded
     with pytest.raises(ModelError, match="does not match"):
         lazy.embed_arrays([np.zeros((224, 224, 3), np.uint8)])
     assert not lazy.loaded
     # A preset's cache tampered with after its id was read is rebuilt before it runs, as by build().
-    cache = settings.load(data_dir=tmp_path / "cache")
+    cache = settings.load(data_dir=tmp_path / "cache", backbone={"name": "efficientnet-lite0"})
     shutil.copytree(found.path.parent, tmp_path / "cache" / "models")
     early = embedder.load_embedder(cache)
     spoiled = tmp_path / "cache" / "models" / found.path.name
@@ -141,6 +141,7 @@ def test_a_session_can_be_handed_in(built):
 
 def test_cli_backbone_build(built, monkeypatch, capsys):
     monkeypatch.setenv("SMARTTAGS_DATA_DIR", str(built.data_dir))
+    monkeypatch.setenv("SMARTTAGS_BACKBONE__NAME", "efficientnet-lite0")
     assert cli.main(["backbone", "build"]) == 0
     path, sha = capsys.readouterr().out.split("\n")[:2]
     found = backbone.build(built)
@@ -149,6 +150,7 @@ def test_cli_backbone_build(built, monkeypatch, capsys):
 
 def test_cli_embed_json(built, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("SMARTTAGS_DATA_DIR", str(built.data_dir))
+    monkeypatch.setenv("SMARTTAGS_BACKBONE__NAME", "efficientnet-lite0")
     good = tmp_path / "cat.jpg"
     good.write_bytes(jpeg(skdata.chelsea()))
     bad = tmp_path / "movie.mp4"

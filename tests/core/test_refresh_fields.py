@@ -150,11 +150,14 @@ def test_vectors_written_inside_the_asset_documents_move_to_the_vectors_index(se
     name = services.index.name("assets")
     body = services.index.index_body("assets")
     body["settings"]["index"]["knn"] = True
-    # The old mapping's field, engine and all (a knn_vector without the Lucene engine is faiss, whose
-    # native library this node lacks: its first flush would stop the node).
-    body["mappings"]["properties"]["embedding"] = services.index.index_body("vectors")["mappings"]["properties"][
-        "embedding"
-    ]
+    # As the assets mapping had it (lucene's HNSW: this node has no native k-NN libraries, faiss's
+    # default engine would stop it at the first flush).
+    method = {"name": "hnsw", "engine": "lucene", "space_type": "cosinesimil"}
+    body["mappings"]["properties"]["embedding"] = {
+        "type": "knn_vector",
+        "dimension": services.embedding_dim,
+        "method": method,
+    }
     os_client.indices.delete(index=name)
     os_client.indices.create(index=name, body=body)
     _model(services)
@@ -162,7 +165,7 @@ def test_vectors_written_inside_the_asset_documents_move_to_the_vectors_index(se
     bucket = services.settings.aws.bucket
     vectors = {}
     for key in ("old/a.jpg", "old/b.jpg", "old/c.jpg"):
-        vector = rng.normal(size=1280)
+        vector = rng.normal(size=services.embedding_dim)
         vectors[key] = (vector / np.linalg.norm(vector)).tolist()
         asset = replace(Asset(bucket, key, etag="e"), embedding=StoredEmbedding(tuple(vectors[key]), "t", "e"))
         services.index.put("assets", asset.id, {**to_document(asset), "embedding": vectors[key]})

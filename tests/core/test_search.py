@@ -176,10 +176,10 @@ def test_moderation_is_reflected_in_the_next_search(services, corpus):
 
 def test_find_similar(services):
     rng = np.random.default_rng(3)
-    base = rng.normal(size=1280)
+    base = rng.normal(size=services.embedding_dim)
     vectors = {}
     for name, noise in [("query", 0.0), ("near", 0.1), ("middle", 0.6), ("far", 3.0)]:
-        v = base + noise * rng.normal(size=1280)
+        v = base + noise * rng.normal(size=services.embedding_dim)
         vectors[name] = (v / np.linalg.norm(v)).tolist()
         _asset(services, f"sim/{name}.jpg", embedding=vectors[name])
     services.assets.refresh()

@@ -69,7 +69,10 @@ def test_create_overwrite_delete(services, model, enabled):
     assert doc["etag"] == etag and (doc["width"], doc["height"]) == (640, 480) and doc["folder"] == "up/new folder"
     assert doc["smart_tags"][0]["model_version"] == model.version and "embedding" not in doc
     vector = _vector(services, key)
-    assert len(vector["embedding"]) == 1280 and (vector["etag"], vector["backbone"]) == (etag, doc["embedding_model"])
+    assert len(vector["embedding"]) == services.embedding_dim and (vector["etag"], vector["backbone"]) == (
+        etag,
+        doc["embedding_model"],
+    )
 
     etag2 = _upload(services, key, BLUE)
     invoke(services, via_sqs(_created(services, key, etag2, "0055AB")))
@@ -114,7 +117,7 @@ class RacingIndex(SearchIndex):
     write (one document or a bulk: the claim is the first, the tagged document the second)."""
 
     def __init__(self, inner: SearchIndex, edit, nth: int) -> None:
-        super().__init__(inner.client, inner.prefix)
+        super().__init__(inner.client, inner.prefix, embedding_dim=inner._embedding_dim)
         self._edit, self._writes, self._nth = edit, 0, nth
 
     def _before_write(self, kind, doc_id) -> None:

@@ -30,7 +30,7 @@ from smarttags.core.tagging import (
     handle_logged,
 )
 from smarttags.core.taxonomy import TaxonomyStore
-from smarttags.errors import CorruptImage, ModelError, UnsupportedImage
+from smarttags.errors import ConfigError, CorruptImage, ModelError, UnsupportedImage
 
 from tests.fakes import FakeIndex, FakeStore
 
@@ -461,6 +461,27 @@ def test_a_heads_only_re_tag_loads_no_backbone(world: Any, tmp_path: Any) -> Non
     assert len(made) == 1 and not made[0].loaded  # the model file was never read
     with pytest.raises(ModelError, match="does not match"):
         made[0].embed_arrays([np.zeros((4, 4, 3), np.uint8)])  # ...and is still checked before it runs
+
+
+def test_a_model_of_another_backbone_is_refused_with_the_setting_to_change(world: Any) -> None:
+    """The active model was trained on "fake:1": an embedder of another backbone must not score with
+    it (its heads would read another space). The error names the setting; nothing is tagged."""
+    _, assets, store, index = world
+
+    class OtherName(PixelEmbedder):
+        backbone_id = "efficientnet-lite0+lite2:2"
+
+    class OtherFile(PixelEmbedder):
+        backbone_id = "fake:2"
+
+    store.put_bytes("up/a.png", b"red circle")
+    tagger = make_tagger(assets, store, index, "up/", embedder=OtherName)
+    with pytest.raises(ConfigError, match=r"SMARTTAGS_BACKBONE__NAME: .* trained on fake, .* set it to fake"):
+        tagger.handle(created("up/a.png", "01"))
+    assert held(assets, "up/a.png").smart_ids == ()
+    tagger = make_tagger(assets, store, index, "up/", embedder=OtherFile)
+    with pytest.raises(ConfigError, match="SMARTTAGS_BACKBONE__ONNX_FILE"):
+        tagger.active_model()
 
 
 def test_a_re_tag_of_unchanged_bytes_runs_only_the_heads(world: Any) -> None:

@@ -722,9 +722,12 @@ def test_logout_ends_a_copied_session(app):
 
 def test_ensure_adds_new_fields_to_an_index_made_by_an_older_release(settings, os_client):
     """An index created before ``session_generation`` existed learns the field on the next ``init``."""
+    from smarttags.adapters import backbone
     from smarttags.adapters.opensearch import SearchIndex
 
-    index = SearchIndex(os_client, settings.opensearch.index_prefix)
+    index = SearchIndex(
+        os_client, settings.opensearch.index_prefix, embedding_dim=backbone.embedding_dim_for(settings.backbone)
+    )
     body = index.index_body("users")
     del body["mappings"]["properties"]["session_generation"]
     os_client.indices.create(index=index.name("users"), body=body)

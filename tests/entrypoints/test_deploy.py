@@ -247,15 +247,21 @@ def test_environment_configures_real_aws(transformed: dict[str, Any], monkeypatc
         monkeypatch.setenv(name, value if isinstance(value, str) else "example-value")
     monkeypatch.setenv("SMARTTAGS_OPENSEARCH__URL", PARAMETERS["OpenSearchUrl"])
     monkeypatch.setenv("SMARTTAGS_AWS__MAX_RECEIVE_COUNT", "3")
+    assert env["SMARTTAGS_BACKBONE__NAME"] == {"Ref": "Backbone"}
+    backbone_parameter = transformed["Parameters"]["Backbone"]
+    product_default = settings.BackboneSettings().name
+    assert product_default in backbone_parameter["AllowedValues"]
+    monkeypatch.setenv("SMARTTAGS_BACKBONE__NAME", backbone_parameter["Default"])
     monkeypatch.setenv("SMARTTAGS_AWS__MODELS_PREFIX", "_smarttags/models/")
     monkeypatch.setenv("SMARTTAGS_AWS__INTERNAL_BUCKET", PARAMETERS["InternalBucketName"])
     loaded = settings.load()
     assert loaded.aws.own_bucket == "acme-assets-smarttags"
     assert loaded.aws.endpoint_url is None and not loaded.is_local_aws
     assert loaded.opensearch.auth == "sigv4" and loaded.opensearch.region == "example-value"
-    assert loaded.backbone.name == "efficientnet-lite0" and str(loaded.backbone.onnx_file).endswith(
-        "models/backbone.onnx"
-    )
+    # A new stack ships the product's default backbone; its input size is the preset's, not a setting.
+    assert loaded.backbone.name == product_default == backbone_parameter["Default"]
+    assert str(loaded.backbone.onnx_file).endswith("models/backbone.onnx")
+    assert "SMARTTAGS_BACKBONE__INPUT_SIZE" not in env
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,12 @@ and head not scaled, TF "same" padding (the extra pixel goes bottom/right). We n
 folded into the convolutions, and ``onnx.helper`` writes a graph with two outputs, ``embedding``
 (pooled 1280-d features) and ``logits`` (1000 ImageNet classes), and a dynamic batch dimension.
 
+A composite preset (``efficientnet-lite0+lite2``) is one graph with one input at the largest part's
+resolution (260 px): each part runs on it (Lite0 after an in-graph bilinear resize to its 224 px), its
+pooled features are L2-normalised, and ``embedding`` is their concatenation (2 x 1280 = 2560-d; the
+embedder normalises the whole again); ``logits`` are the last part's. One file, one checksum, one
+backbone id: the embedder, the tagger and the models see it as any other encoder.
+
 Built files are cached in ``data_dir/models`` under a key made of the weights' sha256, the builder
 version and the input size; a ``.sha256`` file beside each one is checked on every load.
 """
@@ -78,6 +84,49 @@ PRESETS: dict[str, Preset] = {
         260,
     ),
 }
+
+FEATURES = 1280  # EfficientNet-Lite never scales its head: every variant pools 1280 features
+
+
+@dataclass(frozen=True)
+class Composite:
+    """Several presets run on one input, their L2-normalised embeddings concatenated."""
+
+    name: str
+    parts: tuple[str, ...]
+
+    @property
+    def resolution(self) -> int:
+        # The input is the largest part's; smaller parts resize it inside the graph.
+        return max(PRESETS[p].resolution for p in self.parts)
+
+    @property
+    def weights_sha256(self) -> str:
+        return "+".join(PRESETS[p].weights_sha256 for p in self.parts)
+
+
+COMPOSITES: dict[str, Composite] = {
+    "efficientnet-lite0+lite2": Composite("efficientnet-lite0+lite2", ("efficientnet-lite0", "efficientnet-lite2")),
+}
+
+
+def is_preset(name: str) -> bool:
+    """A backbone ``smarttags backbone build`` makes from pinned weights (not ``custom``)."""
+    return name in PRESETS or name in COMPOSITES
+
+
+def preset_names() -> tuple[str, ...]:
+    return (*PRESETS, *COMPOSITES)
+
+
+def preset_dim(name: str) -> int:
+    """The embedding size of a preset backbone."""
+    return FEATURES * len(COMPOSITES[name].parts) if name in COMPOSITES else FEATURES
+
+
+def preset_resolution(name: str) -> int:
+    return COMPOSITES[name].resolution if name in COMPOSITES else PRESETS[name].resolution
+
 
 # (repeats, kernel, stride, expand ratio, input filters, output filters) of EfficientNet-Lite's stages.
 _STAGES = (
@@ -309,13 +358,16 @@ def block_plan(width: float, depth: float) -> list[_Block]:
 
 
 class _GraphBuilder:
-    def __init__(self, weights: dict[str, np.ndarray[Any, Any]]) -> None:
+    def __init__(self, weights: dict[str, np.ndarray[Any, Any]], prefix: str = "") -> None:
         import onnx.helper
         import onnx.numpy_helper
 
         self._helper = onnx.helper
         self._numpy_helper = onnx.numpy_helper
         self.weights = weights
+        # Names this part's initializers apart from another part's (a composite); "" for one preset,
+        # whose graph (and so its sha256, the backbone id of stored models) must not change.
+        self.prefix = prefix
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self._n = 0
@@ -329,6 +381,7 @@ class _GraphBuilder:
         return value
 
     def const(self, name: str, value: np.ndarray[Any, Any]) -> str:
+        name = self.prefix + name
         self.initializers.append(self._numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
@@ -373,16 +426,10 @@ class _GraphBuilder:
         return self.node("Clip", [x, "relu6_min", "relu6_max"])
 
 
-def build_graph(weights: dict[str, np.ndarray[Any, Any]], preset: Preset, input_size: int) -> Any:
-    """The ONNX ModelProto of an EfficientNet-Lite for these weights, at this square input size."""
-    import onnx
-    import onnx.helper
-
-    g = _GraphBuilder(weights)
-    g.const("relu6_min", np.array(0.0, dtype=np.float32))
-    g.const("relu6_max", np.array(6.0, dtype=np.float32))
-    size = input_size
-    x = g.relu6(g.conv_bn(INPUT_NAME, "_conv_stem", "_bn0", 3, 32, 3, 2, size))
+def _efficientnet(g: _GraphBuilder, x: str, preset: Preset, size: int, embedding: str, logits: str | None) -> str:
+    """One EfficientNet-Lite on ``x`` (square, ``size`` px): its pooled features as ``embedding`` and,
+    unless ``logits`` is None, its ImageNet logits. Returns the pooled features' name."""
+    x = g.relu6(g.conv_bn(x, "_conv_stem", "_bn0", 3, 32, 3, 2, size))
     size = math.ceil(size / 2)
     blocks = block_plan(preset.width, preset.depth)
     for i, b in enumerate(blocks):
@@ -397,26 +444,35 @@ def build_graph(weights: dict[str, np.ndarray[Any, Any]], preset: Preset, input_
         if b.stride == 1 and b.inp == b.out:
             h = g.node("Add", [h, x])
         x = h
-    if f"_blocks.{len(blocks)}._depthwise_conv.weight" in weights:
+    if f"_blocks.{len(blocks)}._depthwise_conv.weight" in g.weights:
         raise ModelError("weights file has more blocks than the EfficientNet-Lite plan")
     feat = g.take("_conv_head.weight").shape[0]
+    if feat != FEATURES:
+        raise ModelError(f"weights _conv_head: {feat} features, EfficientNet-Lite pools {FEATURES}")
     x = g.relu6(g.conv_bn(x, "_conv_head", "_bn1", blocks[-1].out, feat, 1, 1, size))
     pooled = g.node("GlobalAveragePool", [x])
-    emb = g.node("Flatten", [pooled], EMBEDDING_OUTPUT, axis=1)
-    fc_w = g.take("_fc.weight")
-    fc_b = g.take("_fc.bias")
-    if fc_w.shape[1] != feat or fc_b.shape != (fc_w.shape[0],):
-        raise ModelError(f"weights _fc: shapes {fc_w.shape}, {fc_b.shape} do not fit {feat} features")
-    g.node("Gemm", [emb, g.const("_fc.w", fc_w), g.const("_fc.b", fc_b)], LOGITS_OUTPUT, transB=1)
+    emb = g.node("Flatten", [pooled], embedding, axis=1)
+    if logits is not None:
+        fc_w = g.take("_fc.weight")
+        fc_b = g.take("_fc.bias")
+        if fc_w.shape[1] != feat or fc_b.shape != (fc_w.shape[0],):
+            raise ModelError(f"weights _fc: shapes {fc_w.shape}, {fc_b.shape} do not fit {feat} features")
+        g.node("Gemm", [emb, g.const("_fc.w", fc_w), g.const("_fc.b", fc_b)], logits, transB=1)
+    return emb
+
+
+def _model(g: _GraphBuilder, name: str, doc: str, input_size: int, dim: int, classes: int) -> Any:
+    import onnx
+    import onnx.helper
 
     mk = onnx.helper
     graph = mk.make_graph(
         g.nodes,
-        preset.name,
+        name,
         [mk.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["batch", 3, input_size, input_size])],
         [
-            mk.make_tensor_value_info(EMBEDDING_OUTPUT, onnx.TensorProto.FLOAT, ["batch", feat]),
-            mk.make_tensor_value_info(LOGITS_OUTPUT, onnx.TensorProto.FLOAT, ["batch", fc_w.shape[0]]),
+            mk.make_tensor_value_info(EMBEDDING_OUTPUT, onnx.TensorProto.FLOAT, ["batch", dim]),
+            mk.make_tensor_value_info(LOGITS_OUTPUT, onnx.TensorProto.FLOAT, ["batch", classes]),
         ],
         g.initializers,
     )
@@ -425,11 +481,58 @@ def build_graph(weights: dict[str, np.ndarray[Any, Any]], preset: Preset, input_
         opset_imports=[mk.make_opsetid("", OPSET)],
         producer_name="smarttags.adapters.backbone",
         producer_version=BUILDER_VERSION,
-        doc_string=f"{preset.name} ({input_size}px), built from {preset.package}",
+        doc_string=doc,
     )
     model.ir_version = 8  # readable by every onnxruntime >= 1.14
     onnx.checker.check_model(model)
     return model
+
+
+def build_graph(weights: dict[str, np.ndarray[Any, Any]], preset: Preset, input_size: int) -> Any:
+    """The ONNX ModelProto of an EfficientNet-Lite for these weights, at this square input size."""
+    g = _GraphBuilder(weights)
+    g.const("relu6_min", np.array(0.0, dtype=np.float32))
+    g.const("relu6_max", np.array(6.0, dtype=np.float32))
+    _efficientnet(g, INPUT_NAME, preset, input_size, EMBEDDING_OUTPUT, LOGITS_OUTPUT)
+    classes = g.take("_fc.weight").shape[0]
+    doc = f"{preset.name} ({input_size}px), built from {preset.package}"
+    return _model(g, preset.name, doc, input_size, FEATURES, classes)
+
+
+def build_composite_graph(
+    weights: dict[str, dict[str, np.ndarray[Any, Any]]], composite: Composite, input_size: int
+) -> Any:
+    """One graph running every part of ``composite`` on one ``input_size`` input. A part of another
+    resolution gets the input resized (bilinear) inside the graph to its own, scaled as a letterbox at
+    that size would be (the letterbox keeps proportions); each part's pooled features are
+    L2-normalised before they are concatenated, so each weighs the same in the embedding."""
+    g = _GraphBuilder({})
+    g.const("relu6_min", np.array(0.0, dtype=np.float32))
+    g.const("relu6_max", np.array(6.0, dtype=np.float32))
+    eps = g.const("l2_eps", np.array(1e-12, dtype=np.float32))
+    batch: str | None = None
+    normalised: list[str] = []
+    for i, part in enumerate(composite.parts):
+        preset = PRESETS[part]
+        g.weights, g.prefix = weights[part], f"{part}/"
+        x = INPUT_NAME
+        if preset.resolution != input_size:
+            if batch is None:
+                shape = g.node("Shape", [INPUT_NAME])
+                start, end = g.const("batch_start", np.array([0])), g.const("batch_end", np.array([1]))
+                batch = g.node("Slice", [shape, start, end])
+            res = preset.resolution
+            sizes = g.node("Concat", [batch, g.const("size", np.array([3, res, res]))], axis=0)
+            x = g.node("Resize", [x, "", "", sizes], mode="linear", coordinate_transformation_mode="half_pixel")
+        last = i == len(composite.parts) - 1
+        emb = _efficientnet(g, x, preset, preset.resolution, f"{part}/embedding", LOGITS_OUTPUT if last else None)
+        norm = g.node("ReduceL2", [emb], axes=[1], keepdims=1)
+        normalised.append(g.node("Div", [emb, g.node("Max", [norm, eps])]))
+    g.node("Concat", normalised, EMBEDDING_OUTPUT, axis=1)
+    classes = weights[composite.parts[-1]]["_fc.weight"].shape[0]
+    packages = ", ".join(PRESETS[p].package for p in composite.parts)
+    doc = f"{composite.name} ({input_size}px), built from {packages}"
+    return _model(g, composite.name, doc, input_size, preset_dim(composite.name), classes)
 
 
 # --- build, cache, verify ----------------------------------------------------------------------
@@ -459,9 +562,34 @@ def weights_path(preset: Preset) -> Path:
 
 def input_size_for(backbone: BackboneSettings) -> int:
     """A preset's native resolution unless input_size was set explicitly."""
-    if backbone.name in PRESETS and "input_size" not in backbone.model_fields_set:
-        return PRESETS[backbone.name].resolution
+    if is_preset(backbone.name) and "input_size" not in backbone.model_fields_set:
+        return preset_resolution(backbone.name)
     return backbone.input_size
+
+
+def embedding_dim_for(backbone: BackboneSettings) -> int:
+    """A preset's embedding size unless embedding_dim was set explicitly (a custom encoder's is the
+    setting): what the embedder makes, the models learn and the vector mapping holds."""
+    if is_preset(backbone.name) and "embedding_dim" not in backbone.model_fields_set:
+        return preset_dim(backbone.name)
+    return backbone.embedding_dim
+
+
+def for_model(configured: BackboneSettings, model_backbone_id: str | None) -> BackboneSettings:
+    """The backbone to embed with, given the backbone id of the bucket's active model (None: no model).
+
+    ``backbone.name`` set (environment, TOML, keyword): that one, always. Not set: the preset the active
+    model was trained on, so a release that changes the default backbone never changes an existing
+    deployment's (its model and stored embeddings keep matching); with no model yet, the default, for a
+    new deployment. A model on a custom encoder cannot be followed: the tagger's check then names the
+    setting to change."""
+    if "name" in configured.model_fields_set or not model_backbone_id:
+        return configured
+    name = model_backbone_id.split(":", 1)[0]
+    if name == configured.name or not is_preset(name):
+        return configured
+    log.info("backbone.name is not set: following the active model's backbone %s", name)
+    return configured.model_copy(update={"name": name})
 
 
 def models_dir(settings: Settings) -> Path:
@@ -471,35 +599,44 @@ def models_dir(settings: Settings) -> Path:
 def build(settings: Settings, name: str | None = None, *, force: bool = False) -> BackboneFile:
     """Build (or find in the cache) the ONNX file of a preset backbone and return it verified."""
     name = name or settings.backbone.name
-    preset, size, target = _build_target(settings, name)
+    size, target = _build_target(settings, name)
     if target.is_file() and not force:
         try:
             return _verified(name, target, size)
         except ModelError:
             log.warning("cached backbone %s fails its checksum; rebuilding", target)
-    src = weights_path(preset)
-    weights_sha = sha256_file(src)
-    if weights_sha != preset.weights_sha256:
-        raise ModelError(f"{src}: sha256 {weights_sha} is not the pinned {preset.weights_sha256}")
-    log.info("building %s (%dpx) from %s", name, size, src)
-    model = build_graph(read_state_dict(src), preset, size)
+    parts = COMPOSITES[name].parts if name in COMPOSITES else (name,)
+    weights = {part: _pinned_weights(PRESETS[part]) for part in parts}
+    log.info("building %s (%dpx) from %s", name, size, ", ".join(PRESETS[p].package for p in parts))
+    if name in COMPOSITES:
+        model = build_composite_graph(weights, COMPOSITES[name], size)
+    else:
+        model = build_graph(weights[name], PRESETS[name], size)
     data = model.SerializeToString()
     _write_atomic(target, data)
     _write_atomic(_sidecar(target), f"{hashlib.sha256(data).hexdigest()}  {target.name}\n".encode())
     return _verified(name, target, size)
 
 
-def _build_target(settings: Settings, name: str) -> tuple[Preset, int, Path]:
-    """The preset, its input size and where its built ONNX file is cached."""
+def _pinned_weights(preset: Preset) -> dict[str, np.ndarray[Any, Any]]:
+    src = weights_path(preset)
+    weights_sha = sha256_file(src)
+    if weights_sha != preset.weights_sha256:
+        raise ModelError(f"{src}: sha256 {weights_sha} is not the pinned {preset.weights_sha256}")
+    return read_state_dict(src)
+
+
+def _build_target(settings: Settings, name: str) -> tuple[int, Path]:
+    """A preset's input size and where its built ONNX file is cached."""
     backbone = settings.backbone
-    if name not in PRESETS:
-        raise ModelError(f"no preset backbone named {name!r}: choose one of {', '.join(PRESETS)}")
-    preset = PRESETS[name]
-    size = input_size_for(backbone) if name == backbone.name else preset.resolution
+    if not is_preset(name):
+        raise ModelError(f"no preset backbone named {name!r}: choose one of {', '.join(preset_names())}")
+    pinned = COMPOSITES[name].weights_sha256 if name in COMPOSITES else PRESETS[name].weights_sha256
+    size = input_size_for(backbone) if name == backbone.name else preset_resolution(name)
     # The key uses the pinned sha256 (the weights must match it), so a cached build is found without
     # the weights package: an installed smarttags needs it only to build.
-    key = hashlib.sha256(f"{preset.weights_sha256}:{BUILDER_VERSION}:{size}".encode()).hexdigest()[:16]
-    return preset, size, models_dir(settings) / f"{name}-{size}px-{key}.onnx"
+    key = hashlib.sha256(f"{pinned}:{BUILDER_VERSION}:{size}".encode()).hexdigest()[:16]
+    return size, models_dir(settings) / f"{name}-{size}px-{key}.onnx"
 
 
 def _sidecar(path: Path) -> Path:
@@ -545,8 +682,7 @@ def verify(path: Path) -> str:
 
 
 def _verified(name: str, path: Path, size: int) -> BackboneFile:
-    # EfficientNet-Lite never scales its head: every preset pools 1280 features.
-    return BackboneFile(name, path, verify(path), size, 1280)
+    return BackboneFile(name, path, verify(path), size, preset_dim(name))
 
 
 def resolve(settings: Settings) -> BackboneFile:
@@ -563,7 +699,7 @@ def resolve(settings: Settings) -> BackboneFile:
     # A custom file is checked against its .sha256 when one is there; its hash names it either way.
     sha = verify(path) if _sidecar(path).is_file() else sha256_file(path)
     if backbone.name != "custom":
-        return BackboneFile(backbone.name, path, sha, input_size_for(backbone), backbone.embedding_dim)
+        return BackboneFile(backbone.name, path, sha, input_size_for(backbone), embedding_dim_for(backbone))
     return BackboneFile("custom", path, sha, backbone.input_size, backbone.embedding_dim)
 
 
@@ -574,12 +710,14 @@ def locate(settings: Settings) -> BackboneFile:
     file (or a built preset) this is ``resolve``."""
     backbone = settings.backbone
     if backbone.name != "custom" and backbone.onnx_file is None:
-        _preset, size, target = _build_target(settings, backbone.name)
+        size, target = _build_target(settings, backbone.name)
         recorded = recorded_sha256(target)
-        return BackboneFile(backbone.name, target, recorded, size, 1280) if recorded else build(settings)
+        if recorded is None:
+            return build(settings)
+        return BackboneFile(backbone.name, target, recorded, size, embedding_dim_for(backbone))
     recorded = recorded_sha256(backbone.onnx_file) if backbone.onnx_file is not None else None
     if recorded is None:
         return resolve(settings)
     assert backbone.onnx_file is not None
     size = input_size_for(backbone) if backbone.name != "custom" else backbone.input_size
-    return BackboneFile(backbone.name, backbone.onnx_file, recorded, size, backbone.embedding_dim)
+    return BackboneFile(backbone.name, backbone.onnx_file, recorded, size, embedding_dim_for(backbone))

@@ -86,6 +86,7 @@ class Embedder:
         sha256: str | None = None,
         name: str | None = None,
         input_size: int | None = None,
+        embedding_dim: int | None = None,
         session: Any = None,
         check: Callable[[], backbone_mod.BackboneFile] | None = None,
     ) -> None:
@@ -98,6 +99,7 @@ class Embedder:
         self._check = check
         self.name = name or settings_backbone.name
         self.input_size = input_size or backbone_mod.input_size_for(settings_backbone)
+        self._dim = embedding_dim or backbone_mod.embedding_dim_for(settings_backbone)
         self.threads = settings_backbone.threads or available_cores()
         self._session = session
         self._mean = np.asarray(settings_backbone.mean, dtype=np.float32) * 255.0
@@ -145,7 +147,8 @@ class Embedder:
 
     @property
     def dim(self) -> int:
-        return self.settings.embedding_dim
+        """The embedding size: a preset's own (a composite concatenates its parts'), or the setting."""
+        return self._dim
 
     @property
     def backbone_id(self) -> str:
@@ -280,5 +283,6 @@ def load_embedder(settings: Settings) -> Embedder:
         sha256=found.sha256,
         name=found.name,
         input_size=found.input_size,
+        embedding_dim=found.embedding_dim,
         check=lambda: backbone_mod.resolve(settings),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from opensearchpy.exceptions import NotFoundError, OpenSearchException, RequestError, TransportError
@@ -17,7 +17,7 @@ from smarttags import resources
 from smarttags.adapters.clients import translate_opensearch_error
 from smarttags.core.ports import Versioned, Write
 from smarttags.core.taxonomy import english_irregular_rules
-from smarttags.errors import ConflictError, ServiceError
+from smarttags.errors import ConfigError, ConflictError, ServiceError
 from smarttags.resources import TEMPLATES
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class SearchIndex:
         *,
         replicas: int = 0,
         shards: int = 1,
-        embedding_dim: int = 1280,
+        embedding_dim: int | Callable[[], int],
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -81,7 +81,8 @@ class SearchIndex:
         settings["number_of_replicas"] = self._replicas
         settings["number_of_shards"] = self._shards
         if kind == "vectors":
-            body["mappings"]["properties"]["embedding"]["dimension"] = self._embedding_dim
+            dim = self._embedding_dim
+            body["mappings"]["properties"]["embedding"]["dimension"] = dim if isinstance(dim, int) else dim()
         if kind == "assets":
             body["settings"]["analysis"]["filter"]["english_irregular"]["rules"] = english_irregular_rules()
         return body
@@ -94,8 +95,11 @@ class SearchIndex:
         for kind in KINDS:
             name = self.name(kind)
             if self._call("indices.exists", index=name):
+                body = self.index_body(kind)
+                if kind == "vectors":
+                    self._check_dimension(name, body["mappings"]["properties"]["embedding"]["dimension"])
                 # Mappings only grow: new fields (a release adds one) are added in place.
-                self._call("indices.put_mapping", index=name, body=self.index_body(kind)["mappings"])
+                self._call("indices.put_mapping", index=name, body=body["mappings"])
                 continue
             try:
                 self.client.indices.create(index=name, body=self.index_body(kind))
@@ -110,6 +114,19 @@ class SearchIndex:
         if created:
             log.info("created indices %s", ", ".join(created))
         return created
+
+    def _check_dimension(self, name: str, wanted: int) -> None:
+        """The vectors index keeps the dimension it was made with: a backbone of another size says so
+        in one line, not as OpenSearch's refusal of the mapping (nor as every vector write failing)."""
+        mapping: dict[str, Any] = self._call("indices.get_mapping", index=name)
+        index: dict[str, Any] = next(iter(mapping.values()), {})
+        held: dict[str, Any] = index.get("mappings", {}).get("properties", {}).get("embedding", {})
+        if held.get("dimension") not in (None, wanted):
+            raise ConfigError(
+                "SMARTTAGS_BACKBONE__NAME",
+                f"index {name} holds {held['dimension']}-d vectors and this backbone makes {wanted}-d ones: "
+                "set the backbone the vectors were made with, or delete the index and embed again",
+            )
 
     def install_templates(self) -> None:
         for filename, script_id in TEMPLATES.items():

@@ -56,6 +56,7 @@ from smarttags.core.ports import (
 from smarttags.core.runs import RunLog
 from smarttags.core.taxonomy import Taxonomy, TaxonomyStore
 from smarttags.errors import (
+    ConfigError,
     ConflictError,
     CorruptImage,
     ImageError,
@@ -307,9 +308,31 @@ class Tagger:
             cached = self._model[1] if self._model else None
         version = self._models.active_version()
         model = cached if cached and cached.version == version else (self._models.load(version) if version else None)
+        if model is not None and model is not cached:
+            self._check_backbone(model)
         with self._lock:
             self._model = (time.monotonic(), model)
         return model
+
+    def _check_backbone(self, model: Model) -> None:
+        """A model's heads only read embeddings of the backbone it was trained on: another one's would
+        be scored as if they were (silently wrong tags), or not fit at all. Every message then fails
+        with this one line (retried, then dead-lettered: nothing is lost) until the setting is fixed."""
+        trained, used = model.manifest.backbone_id, self.embedder.backbone_id  # named from the checksum file
+        if trained == used:
+            return
+        name, used_name = trained.split(":", 1)[0], used.split(":", 1)[0]
+        if name != used_name:
+            raise ConfigError(
+                "SMARTTAGS_BACKBONE__NAME",
+                f"the active model {model.version} was trained on {name}, this process embeds with {used_name}: "
+                f"set it to {name}, or train and activate a model on {used_name}",
+            )
+        raise ConfigError(
+            "SMARTTAGS_BACKBONE__ONNX_FILE",
+            f"the active model {model.version} was trained on {trained}, this process's backbone file is "
+            f"{used}: deploy the file the model was trained on, or train and activate a model on this one",
+        )
 
     def _resolver(self) -> TagResolver:
         taxonomy = self._taxonomy.load()  # cached for a short while by the store

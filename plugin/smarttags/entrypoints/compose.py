@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import opensearchpy
 
+from smarttags.adapters import backbone as backbone_mod
 from smarttags.adapters import clients, imaging, videos
 from smarttags.adapters.asset_index import AssetIndex
 from smarttags.adapters.embedder import Embedder
@@ -27,7 +28,8 @@ from smarttags.core.search import Searcher
 from smarttags.core.tagging import Tagger
 from smarttags.core.taxonomy import TaxonomyStore
 from smarttags.core.training import Trainer
-from smarttags.settings import Settings
+from smarttags.errors import NotFound
+from smarttags.settings import BackboneSettings, Settings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -57,7 +59,8 @@ class Services:
             self.settings.opensearch.index_prefix,
             replicas=self.settings.opensearch.replicas,
             shards=self.settings.opensearch.shards,
-            embedding_dim=self.settings.backbone.embedding_dim,
+            # Asked only when an index is created: other commands never read the active model for it.
+            embedding_dim=lambda: self.embedding_dim,
         )
 
     @cached_property
@@ -115,11 +118,30 @@ class Services:
     def searcher(self) -> Searcher:
         return Searcher(self.index, self.assets, self.taxonomy, self.settings.aws.bucket)
 
+    @cached_property
+    def backbone(self) -> BackboneSettings:
+        """The backbone this deployment embeds with: ``backbone.name`` when set, else the active model's
+        (``backbone.for_model``: an existing deployment keeps its backbone when the default changes)."""
+        configured = self.settings.backbone
+        if "name" in configured.model_fields_set:
+            return configured
+        try:
+            version = self.models.active_version()
+            model_backbone = self.models.manifest(version).backbone_id if version else None
+        except NotFound:  # no bucket of our own yet (a first `init`): no model
+            model_backbone = None
+        return backbone_mod.for_model(configured, model_backbone)
+
+    @property
+    def embedding_dim(self) -> int:
+        """The size of the embeddings this deployment stores (the vector mapping's dimension)."""
+        return backbone_mod.embedding_dim_for(self.backbone)
+
     def embedder(self) -> Embedder:
         """A new embedder (loading the backbone is slow: the tagger and trainer call this lazily)."""
         from smarttags.adapters.embedder import load_embedder
 
-        return load_embedder(self.settings)
+        return load_embedder(self.settings.model_copy(update={"backbone": self.backbone}))
 
     @cached_property
     def videos(self) -> videos.Videos:

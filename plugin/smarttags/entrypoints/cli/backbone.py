@@ -65,7 +65,9 @@ def add_commands(sub: Any) -> None:
     bb = sub.add_parser("backbone", help="the image encoder (ONNX)")
     bb_sub = bb.add_subparsers(dest="backbone_command", required=True, metavar="ACTION")
     build = bb_sub.add_parser("build", help="build the preset backbone's ONNX file from its pinned weights")
-    build.add_argument("--name", choices=["efficientnet-lite0", "efficientnet-lite2"], default=None)
+    # The presets of adapters/backbone.py (not imported here: --help stays fast); default: the settings'.
+    names = ["efficientnet-lite0+lite2", "efficientnet-lite0", "efficientnet-lite2"]
+    build.add_argument("--name", choices=names, default=None)
     build.add_argument("--force", action="store_true", help="rebuild even if a verified file is cached")
     build.set_defaults(handler=_build)
     embed = sub.add_parser("embed", help="embed image files and print what came out (for inspection)")
