@@ -46,22 +46,26 @@ def _world(count: int) -> tuple[FakeIndex, AssetIndex, RunLog, ModelStore]:
     return index, assets, RunLog(index), models
 
 
+def _dispatch(world: tuple[Any, AssetIndex, RunLog, ModelStore], queue: Queue, **options: Any) -> Any:
+    """A dispatch of folder f/ of bucket b (``options``: the settings and arguments a test changes)."""
+    _, assets, runs, models = world
+    options.setdefault("tagging", settings_mod.load().tagging)
+    return dispatch_tagging(assets, queue, runs, models, Folder("b", "f/"), trigger=ON_DEMAND, **options)
+
+
 def _keys(queue: Queue) -> list[str]:
     return [key for page in queue.sent for item in page for key in item["keys"]]
 
 
 def test_a_dispatch_sends_a_page_at_a_time_and_waits_for_room_on_the_queue() -> None:
-    index, assets, runs, models = _world(95)
+    world = _world(95)
+    index = world[0]
     queue = Queue()
     seen: list[tuple[str, int, int | None]] = []
-    dispatch = dispatch_tagging(
-        assets,
+    dispatch = _dispatch(
+        world,
         queue,
-        runs,
-        models,
-        Folder("b", "f/"),
         tagging=settings_mod.load().tagging.model_copy(update={"keys_per_message": 3}),
-        trigger=ON_DEMAND,
         batch_size=20,
         max_queued=30,
         pause_seconds=0,
@@ -81,54 +85,26 @@ def test_a_dispatch_sends_a_page_at_a_time_and_waits_for_room_on_the_queue() -> 
 
 
 def test_a_page_larger_than_the_bound_goes_once_the_queue_is_empty() -> None:
-    _, assets, runs, models = _world(40)
+    world = _world(40)
     queue = Queue()
-    dispatch_tagging(
-        assets,
-        queue,
-        runs,
-        models,
-        Folder("b", "f/"),
-        tagging=settings_mod.load().tagging,
-        trigger=ON_DEMAND,
-        batch_size=20,
-        max_queued=5,
-        pause_seconds=0,
-    )
+    _dispatch(world, queue, batch_size=20, max_queued=5, pause_seconds=0)
     assert [len(page) for page in queue.sent] == [1, 1] and len(_keys(queue)) == 40  # 25 keys to a message
 
 
 def test_a_resumed_dispatch_goes_on_after_the_recorded_cursor() -> None:
-    _, assets, runs, models = _world(50)
+    world = _world(50)
+    _, _, runs, _ = world
     run = runs.start("tag", Folder("b", "f/").uri, ON_DEMAND)
     ids = sorted(Asset("b", f"f/{i:03d}.jpg").id for i in range(50))
     run.dispatch = {"after": [ids[29]], "scanned": 30, "reasons": {"new": 30}}
     run.counts["selected"] = 30
     runs.save(run)  # as the stopped dispatch left it: 30 assets looked at and sent
     queue = Queue()
-    dispatch = dispatch_tagging(
-        assets,
-        queue,
-        runs,
-        models,
-        Folder("b", "f/"),
-        tagging=settings_mod.load().tagging,
-        trigger=ON_DEMAND,
-        resume=run.run_id,
-    )
+    dispatch = _dispatch(world, queue, resume=run.run_id)
     sent = sorted(Asset("b", key).id for key in _keys(queue))
     assert sent == ids[30:] and dispatch.reasons == {"new": 50}
     assert dispatch.run.run_id == run.run_id
     run.status = RunStatus.SUCCEEDED
     runs.save(run)
     with pytest.raises(RequestError, match="nothing to resume"):
-        dispatch_tagging(
-            assets,
-            queue,
-            runs,
-            models,
-            Folder("b", "f/"),
-            tagging=settings_mod.load().tagging,
-            trigger=ON_DEMAND,
-            resume=run.run_id,
-        )
+        _dispatch(world, queue, resume=run.run_id)
