@@ -137,6 +137,7 @@ def test_a_daily_tagging_run_goes_through_the_queue_and_is_recorded(services, sh
     _wait(lambda: (run := services.runs.get(dispatch.run.run_id)) is not None and run.status == "succeeded", 30)
     run = services.runs.get(dispatch.run.run_id)
     assert run.counts["processed"] == 4 and run.counts["tagged"] == 4 and run.trigger == SCHEDULE
+    services.assets.refresh()  # the run counts right after its one batch's writes, within a refresh interval
     assert services.index.count("assets", {"term": {"tagging.status": "tagged"}}) == 4
     # Nothing changed: the next daily run selects nothing.
     assert services.dispatch_tagging(Folder(bucket, "daily/"), trigger=SCHEDULE).run.counts["selected"] == 0
